@@ -1,0 +1,438 @@
+//! The lab: a testbed of container hosts in network namespaces on an IPv6 underlay, with the ILA
+//! programs attached. Used by `ilanet lab`, the demo, the tests and the benchmarks.
+//!
+//! Layout of a lab named `L`: a router namespace `L-underlay` joined to every host namespace
+//! `L-<host>` by a veth (`to-<host>` ↔ `uplink`); each host has containers `L-<host>-<n>`
+//! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router.
+
+pub mod link;
+pub mod netns;
+pub mod plan;
+pub mod probe;
+pub mod state;
+
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+
+use dataplane::{Counters, HostDataplane, HostMaps, InEntry, OutEntry, ProgramKind, Redirect};
+use serde::Serialize;
+
+use crate::link::Netlink;
+use crate::plan::{HostPlan, Plan, CONTAINER_GATEWAY, CONTAINER_IFNAME, UPLINK_IFNAME};
+use crate::state::{LabState, Phase};
+
+pub use plan::LabSpec;
+
+/// What can go wrong building, inspecting or removing a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The lab needs root.
+    #[error("the lab needs root (network namespaces and eBPF need CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_BPF); run it with sudo")]
+    NotRoot,
+    /// A lab of this name is already up.
+    #[error(
+        "lab '{lab}' is already up (record {record}); run `ilanet lab down --name {lab}` first"
+    )]
+    AlreadyUp {
+        /// Lab name.
+        lab: String,
+        /// Its record.
+        record: PathBuf,
+    },
+    /// A namespace with a planned name exists and is not the lab's.
+    #[error("network namespace '{0}' already exists and does not belong to this lab; remove it (ip netns del) or choose another --name")]
+    NetnsExists(String),
+    /// A link is missing.
+    #[error("no interface '{link}' in namespace '{netns}'")]
+    NoSuchLink {
+        /// Interface name.
+        link: String,
+        /// Namespace.
+        netns: String,
+    },
+    /// The lab's on-disk record is unreadable.
+    #[error("lab record {path} is unreadable: {reason}")]
+    Record {
+        /// Record path.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A netlink request failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The netlink error.
+        source: Box<rtnetlink::Error>,
+    },
+    /// The eBPF data plane failed.
+    #[error("data plane of host '{host}': {source}")]
+    Dataplane {
+        /// Host name.
+        host: String,
+        /// The data plane error.
+        source: dataplane::DataplaneError,
+    },
+    /// Address arithmetic failed.
+    #[error(transparent)]
+    Ila(#[from] ila::IlaError),
+    /// A probe did not get through.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+fn dp_err(host: &str) -> impl FnOnce(dataplane::DataplaneError) -> LabError + '_ {
+    move |source| LabError::Dataplane {
+        host: host.to_string(),
+        source,
+    }
+}
+
+fn require_root() -> Result<(), LabError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LabError::NotRoot);
+    }
+    Ok(())
+}
+
+/// Builds a lab. On any failure everything built so far is removed again.
+pub fn up(spec: &LabSpec) -> Result<Plan, LabError> {
+    let plan = Plan::new(spec)?;
+    require_root()?;
+    if let Some(clash) = plan.netns_names().iter().find(|n| netns::exists(n)) {
+        // Checked before claiming so a clash leaves no record behind.
+        if LabState::load(&plan.name)?.is_none() {
+            return Err(LabError::NetnsExists(clash.clone()));
+        }
+    }
+    let mut state = LabState::claim(&plan)?;
+    match build(&mut state) {
+        Ok(()) => {
+            state.phase = Phase::Up;
+            state.save()?;
+            Ok(plan)
+        }
+        Err(e) => {
+            if let Err(cleanup) = teardown(&state) {
+                log::error!("cleaning up after a failed lab up: {cleanup}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn build(state: &mut LabState) -> Result<(), LabError> {
+    let plan = state.plan.clone();
+    dataplane::ensure_bpffs().map_err(dp_err("-"))?;
+    // Record each namespace before creating it, so a crash in between cannot leak it; drop the
+    // record again if creation fails (the name may belong to someone else).
+    for name in plan.netns_names() {
+        state.created_netns.push(name.clone());
+        state.save()?;
+        if let Err(e) = netns::create(&name) {
+            state.created_netns.pop();
+            state.save()?;
+            return Err(e);
+        }
+    }
+    let nl = Netlink::new()?;
+    configure_router(&nl, &plan)?;
+    for host in &plan.hosts {
+        build_host(&nl, &plan, host)?;
+    }
+    install_mappings(&plan)?;
+    Ok(())
+}
+
+fn base_sysctls(ns: &str, forwarding: bool) -> Result<(), LabError> {
+    netns::run_in(ns, || {
+        // Addresses are planned to be unique: skip duplicate address detection (it would hold
+        // every new address tentative for a second).
+        netns::sysctl("net/ipv6/conf/all/accept_dad", "0")?;
+        netns::sysctl("net/ipv6/conf/default/accept_dad", "0")?;
+        if forwarding {
+            netns::sysctl("net/ipv6/conf/all/forwarding", "1")?;
+        }
+        Ok(())
+    })
+}
+
+fn configure_router(nl: &Netlink, plan: &Plan) -> Result<(), LabError> {
+    base_sysctls(&plan.router_netns, true)?;
+    nl.set_up(&plan.router_netns, "lo")
+}
+
+fn build_host(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Result<(), LabError> {
+    let rtr = &plan.router_netns;
+    base_sysctls(&host.netns, true)?;
+    nl.set_up(&host.netns, "lo")?;
+    let n = host.locator.0.to_be_bytes()[5];
+    nl.add_veth(
+        rtr,
+        &host.router_ifname,
+        [0x02, 0x1a, 0xff, n, 0, 1],
+        &host.netns,
+        UPLINK_IFNAME,
+        [0x02, 0x1a, 0xff, n, 0, 2],
+    )?;
+    nl.add_addr(rtr, &host.router_ifname, host.router_addr, 64)?;
+    nl.add_addr(&host.netns, UPLINK_IFNAME, host.uplink_addr, 64)?;
+    let loc = host.locator.to_addr();
+    nl.add_route(rtr, loc, 64, Some(host.uplink_addr), &host.router_ifname)?;
+    nl.add_route(
+        &host.netns,
+        Ipv6Addr::UNSPECIFIED,
+        0,
+        Some(host.router_addr),
+        UPLINK_IFNAME,
+    )?;
+    for c in &host.containers {
+        base_sysctls(&c.netns, false)?;
+        nl.set_up(&c.netns, "lo")?;
+        nl.add_veth(
+            &host.netns,
+            &c.host_ifname,
+            c.host_mac,
+            &c.netns,
+            CONTAINER_IFNAME,
+            c.mac,
+        )?;
+        nl.add_addr(&host.netns, &c.host_ifname, CONTAINER_GATEWAY, 64)?;
+        nl.add_addr(&c.netns, CONTAINER_IFNAME, c.sir_addr, 128)?;
+        nl.add_route(
+            &c.netns,
+            Ipv6Addr::UNSPECIFIED,
+            0,
+            Some(CONTAINER_GATEWAY),
+            CONTAINER_IFNAME,
+        )?;
+        nl.add_route(&host.netns, c.sir_addr, 128, None, &c.host_ifname)?;
+    }
+    let pin_dir = state::host_pin_dir(&plan.name, &host.name);
+    let mut dp = HostDataplane::load(&pin_dir).map_err(dp_err(&host.name))?;
+    netns::run_in(&host.netns, || {
+        dp.attach(ProgramKind::FromWire, UPLINK_IFNAME)
+            .map_err(dp_err(&host.name))?;
+        for c in &host.containers {
+            dp.attach(ProgramKind::FromContainer, &c.host_ifname)
+                .map_err(dp_err(&host.name))?;
+        }
+        Ok(())
+    })
+}
+
+/// Installs every container's mapping on every host (the agent takes this over later): an
+/// out-entry for each container everywhere, an in-entry on the container's own host.
+fn install_mappings(plan: &Plan) -> Result<(), LabError> {
+    let mappings = plan.mappings();
+    for host in &plan.hosts {
+        let pin_dir = state::host_pin_dir(&plan.name, &host.name);
+        let mut maps = HostMaps::open_pinned(&pin_dir).map_err(dp_err(&host.name))?;
+        for (owner, c, mapping) in &mappings {
+            let ila = mapping.ila_address()?;
+            let local = owner.name == host.name;
+            maps.insert_out(
+                c.sir_addr,
+                &OutEntry {
+                    ila,
+                    csum_mode: mapping.mode,
+                    local,
+                },
+            )
+            .map_err(dp_err(&host.name))?;
+            if local {
+                let ifindex = link::ifindex_in(&host.netns, &c.host_ifname)?;
+                maps.insert_in(
+                    ila,
+                    &InEntry {
+                        sir: c.sir_addr,
+                        ifindex,
+                        csum_mode: mapping.mode,
+                        redirect: Some(Redirect {
+                            endpoint_mac: c.mac,
+                            host_mac: c.host_mac,
+                        }),
+                    },
+                )
+                .map_err(dp_err(&host.name))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Result of [`down`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownOutcome {
+    /// The lab was removed.
+    Removed,
+    /// There was no such lab.
+    NotUp,
+}
+
+/// Removes a lab: its namespaces (only those it recorded), pinned programs and maps, and its
+/// record. Idempotent.
+pub fn down(lab: &str) -> Result<DownOutcome, LabError> {
+    require_root()?;
+    let Some(state) = LabState::load(lab)? else {
+        // No record, but a crash may have left pins: those are ours by path.
+        dataplane::remove_pins(&state::pin_root(lab)).map_err(dp_err("-"))?;
+        return Ok(DownOutcome::NotUp);
+    };
+    teardown(&state)?;
+    Ok(DownOutcome::Removed)
+}
+
+fn teardown(state: &LabState) -> Result<(), LabError> {
+    let mut first_error = None;
+    // Containers and hosts first, the router last: the reverse of creation.
+    for name in state.created_netns.iter().rev() {
+        if let Err(e) = netns::delete(name) {
+            log::error!("{e}");
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Err(e) = dataplane::remove_pins(&state::pin_root(&state.plan.name)) {
+        first_error.get_or_insert(dp_err("-")(e));
+    }
+    match first_error {
+        // Keep the record so a later `down` can finish the job.
+        Some(e) => Err(e),
+        None => LabState::remove(&state.plan.name),
+    }
+}
+
+/// Loads the plan of a running lab.
+pub fn plan_of(lab: &str) -> Result<Plan, LabError> {
+    match LabState::load(lab)? {
+        Some(s) => Ok(s.plan),
+        None => Err(LabError::Invalid(format!(
+            "lab '{lab}' is not up (start it with `ilanet lab up --name {lab}`)"
+        ))),
+    }
+}
+
+/// Live view of a lab.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabStatus {
+    /// Lab name.
+    pub name: String,
+    /// Lifecycle phase.
+    pub phase: Phase,
+    /// SIR prefix of the containers.
+    pub sir_prefix: String,
+    /// Checksum mode.
+    pub csum_mode: String,
+    /// Hosts.
+    pub hosts: Vec<HostStatus>,
+}
+
+/// Live view of one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    /// Short name.
+    pub name: String,
+    /// Place name.
+    pub display: String,
+    /// Namespace.
+    pub netns: String,
+    /// Whether the namespace exists.
+    pub present: bool,
+    /// Locator prefix.
+    pub locator: String,
+    /// Underlay address.
+    pub uplink_addr: Ipv6Addr,
+    /// Number of out-mappings (SIR → ILA) in the host's map.
+    pub out_mappings: usize,
+    /// Number of in-mappings (ILA → local endpoint).
+    pub in_mappings: usize,
+    /// Translation counters, summed over CPUs.
+    pub counters: Option<Counters>,
+    /// Containers.
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// Live view of one container.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerStatus {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub netns: String,
+    /// Whether the namespace exists.
+    pub present: bool,
+    /// SIR address.
+    pub sir_addr: Ipv6Addr,
+    /// ILA address on the wire.
+    pub ila_addr: Ipv6Addr,
+}
+
+/// Reads a lab's live status.
+pub fn status(lab: &str) -> Result<LabStatus, LabError> {
+    require_root()?;
+    let state = LabState::load(lab)?.ok_or_else(|| {
+        LabError::Invalid(format!(
+            "lab '{lab}' is not up (no record under {})",
+            state::state_dir().display()
+        ))
+    })?;
+    let plan = &state.plan;
+    let mappings = plan.mappings();
+    let mut hosts = Vec::new();
+    for host in &plan.hosts {
+        let maps = HostMaps::open_pinned(&state::host_pin_dir(&plan.name, &host.name)).ok();
+        let (out_mappings, in_mappings, counters) = match &maps {
+            Some(m) => (
+                m.out_entries().map(|e| e.len()).unwrap_or(0),
+                m.in_entries().map(|e| e.len()).unwrap_or(0),
+                m.counters().ok(),
+            ),
+            None => (0, 0, None),
+        };
+        let containers = mappings
+            .iter()
+            .filter(|(h, _, _)| h.name == host.name)
+            .map(|(_, c, m)| {
+                Ok(ContainerStatus {
+                    name: c.name.clone(),
+                    netns: c.netns.clone(),
+                    present: netns::exists(&c.netns),
+                    sir_addr: c.sir_addr,
+                    ila_addr: m.ila_address()?,
+                })
+            })
+            .collect::<Result<Vec<_>, LabError>>()?;
+        hosts.push(HostStatus {
+            name: host.name.clone(),
+            display: host.display.clone(),
+            netns: host.netns.clone(),
+            present: netns::exists(&host.netns),
+            locator: host.locator.to_string(),
+            uplink_addr: host.uplink_addr,
+            out_mappings,
+            in_mappings,
+            counters,
+            containers,
+        });
+    }
+    Ok(LabStatus {
+        name: plan.name.clone(),
+        phase: state.phase,
+        sir_prefix: plan.sir_prefix.to_string(),
+        csum_mode: plan.csum_mode.to_string(),
+        hosts,
+    })
+}

@@ -1,0 +1,159 @@
+//! Links, addresses and routes through rtnetlink, inside a chosen namespace.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::{self, NetnsGuard};
+use crate::LabError;
+
+/// A netlink session bound to one namespace (the socket is opened inside it).
+pub struct Netlink {
+    runtime: tokio::runtime::Runtime,
+}
+
+fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> LabError {
+    move |source| LabError::Netlink {
+        what,
+        source: Box::new(source),
+    }
+}
+
+impl Netlink {
+    /// A netlink driver (one small single-threaded runtime, reused for every request).
+    pub fn new() -> Result<Self, LabError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|source| LabError::Os {
+                what: "starting the netlink runtime".into(),
+                source,
+            })?;
+        Ok(Self { runtime })
+    }
+
+    /// Runs netlink requests inside namespace `ns`.
+    fn within<T, F, Fut>(&self, ns: &str, f: F) -> Result<T, LabError>
+    where
+        F: FnOnce(Handle) -> Fut,
+        Fut: Future<Output = Result<T, LabError>>,
+    {
+        let _guard = NetnsGuard::enter(ns)?;
+        self.runtime.block_on(async {
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|source| LabError::Os {
+                    what: format!("opening a netlink socket in '{ns}'"),
+                    source,
+                })?;
+            let task = tokio::spawn(connection);
+            let result = f(handle).await;
+            task.abort();
+            result
+        })
+    }
+
+    /// Creates a veth pair: `name` in namespace `ns`, `peer` in namespace `peer_ns`, with the
+    /// given MACs, both up.
+    pub fn add_veth(
+        &self,
+        ns: &str,
+        name: &str,
+        mac: [u8; 6],
+        peer_ns: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+    ) -> Result<(), LabError> {
+        let peer_file = netns::open(peer_ns)?;
+        let fd = peer_file.as_raw_fd();
+        self.within(ns, |h| async move {
+            let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(peer.to_string())
+                .address(peer_mac.to_vec())
+                .setns_by_fd(fd)
+                .build();
+            let msg = LinkVeth::new(name, peer)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+                .address(mac.to_vec())
+                .up()
+                .build();
+            h.link().add(msg).execute().await.map_err(nl_err(format!(
+                "creating veth {name} in '{ns}' (peer {peer} in '{peer_ns}')"
+            )))
+        })?;
+        drop(peer_file);
+        self.set_up(peer_ns, peer)
+    }
+
+    /// Brings a link up.
+    pub fn set_up(&self, ns: &str, name: &str) -> Result<(), LabError> {
+        let index = ifindex_in(ns, name)?;
+        self.within(ns, |h| async move {
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("bringing {name} up in '{ns}'")))
+        })
+    }
+
+    /// Adds an IPv6 address to a link.
+    pub fn add_addr(&self, ns: &str, name: &str, addr: Ipv6Addr, plen: u8) -> Result<(), LabError> {
+        let index = ifindex_in(ns, name)?;
+        self.within(ns, |h| async move {
+            h.address()
+                .add(index, IpAddr::V6(addr), plen)
+                .execute()
+                .await
+                .map_err(nl_err(format!("adding {addr}/{plen} to {name} in '{ns}'")))
+        })
+    }
+
+    /// Adds a route to `dst/plen`, through `via` if given, out of `dev`.
+    pub fn add_route(
+        &self,
+        ns: &str,
+        dst: Ipv6Addr,
+        plen: u8,
+        via: Option<Ipv6Addr>,
+        dev: &str,
+    ) -> Result<(), LabError> {
+        let index = ifindex_in(ns, dev)?;
+        self.within(ns, |h| async move {
+            let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst, plen)
+                .output_interface(index);
+            if let Some(gw) = via {
+                builder = builder.gateway(gw);
+            }
+            h.route()
+                .add(builder.build())
+                .execute()
+                .await
+                .map_err(nl_err(format!(
+                    "adding route {dst}/{plen} dev {dev} in '{ns}'"
+                )))
+        })
+    }
+}
+
+/// The index of interface `name` inside namespace `ns`.
+pub fn ifindex_in(ns: &str, name: &str) -> Result<u32, LabError> {
+    netns::run_in(ns, || {
+        ifindex(name).ok_or_else(|| LabError::NoSuchLink {
+            link: name.to_string(),
+            netns: ns.to_string(),
+        })
+    })
+}
+
+/// The index of interface `name` in the calling thread's namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}

@@ -1,0 +1,229 @@
+//! Named network namespaces, compatible with `ip netns` (a bind mount under /run/netns), and a
+//! guard that moves the calling thread into one and back.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::LabError;
+
+/// Where `ip netns` keeps its namespaces; using the same place lets users `ip netns exec` into
+/// the lab.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Path of a named namespace.
+pub fn path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Whether a namespace with this name exists.
+pub fn exists(name: &str) -> bool {
+    path(name).exists()
+}
+
+fn errno(what: String) -> LabError {
+    LabError::Os {
+        what,
+        source: io::Error::last_os_error(),
+    }
+}
+
+fn cstr(p: &Path) -> Result<std::ffi::CString, LabError> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| LabError::Invalid(format!("path {} contains a NUL byte", p.display())))
+}
+
+/// Makes /run/netns a shared mount point, as `ip netns` does, so mounts under it propagate.
+fn prepare_dir() -> Result<(), LabError> {
+    fs::create_dir_all(NETNS_DIR).map_err(|source| LabError::Os {
+        what: format!("creating {NETNS_DIR}"),
+        source,
+    })?;
+    let dir = cstr(Path::new(NETNS_DIR))?;
+    let none = c"none";
+    // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+    let shared = unsafe {
+        libc::mount(
+            none.as_ptr(),
+            dir.as_ptr(),
+            none.as_ptr(),
+            libc::MS_SHARED | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if shared == 0 {
+        return Ok(());
+    }
+    // Not a mount point yet: bind it onto itself, then make it shared.
+    // SAFETY: as above.
+    let bound = unsafe {
+        libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            none.as_ptr(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if bound != 0 {
+        return Err(errno(format!("bind-mounting {NETNS_DIR} onto itself")));
+    }
+    // SAFETY: as above.
+    let shared = unsafe {
+        libc::mount(
+            none.as_ptr(),
+            dir.as_ptr(),
+            none.as_ptr(),
+            libc::MS_SHARED | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if shared != 0 {
+        return Err(errno(format!("making {NETNS_DIR} a shared mount")));
+    }
+    Ok(())
+}
+
+/// Creates a named namespace. Fails if the name exists (the lab never adopts a namespace it did
+/// not create).
+pub fn create(name: &str) -> Result<(), LabError> {
+    prepare_dir()?;
+    let target = path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+        .map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                LabError::NetnsExists(name.to_string())
+            } else {
+                LabError::Os {
+                    what: format!("creating {}", target.display()),
+                    source,
+                }
+            }
+        })?;
+    let target_c = cstr(&target)?;
+    // unshare() affects only the calling thread, so do it on a throwaway thread.
+    let result = std::thread::scope(|s| {
+        s.spawn(|| -> Result<(), LabError> {
+            // SAFETY: plain syscalls on this thread; no memory is shared.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(errno(format!(
+                    "unshare(CLONE_NEWNET) for namespace '{name}'"
+                )));
+            }
+            let src = c"/proc/thread-self/ns/net";
+            let none = c"none";
+            // SAFETY: valid NUL-terminated strings.
+            let rc = unsafe {
+                libc::mount(
+                    src.as_ptr(),
+                    target_c.as_ptr(),
+                    none.as_ptr(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                return Err(errno(format!("bind-mounting namespace '{name}'")));
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(LabError::Invalid("namespace thread panicked".into())))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&target);
+    }
+    result
+}
+
+/// Deletes a named namespace (unmount + unlink). A missing namespace is not an error.
+pub fn delete(name: &str) -> Result<(), LabError> {
+    let target = path(name);
+    if !target.exists() {
+        return Ok(());
+    }
+    let target_c = cstr(&target)?;
+    // SAFETY: valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(target_c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        // EINVAL: not a mount point (a half-created namespace); still remove the file.
+        if err.raw_os_error() != Some(libc::EINVAL) {
+            return Err(LabError::Os {
+                what: format!("unmounting namespace '{name}'"),
+                source: err,
+            });
+        }
+    }
+    fs::remove_file(&target).map_err(|source| LabError::Os {
+        what: format!("removing {}", target.display()),
+        source,
+    })
+}
+
+/// While alive, the calling thread is inside a namespace; dropping it moves the thread back.
+pub struct NetnsGuard {
+    original: OwnedFd,
+}
+
+impl NetnsGuard {
+    /// Moves the calling thread into the named namespace.
+    pub fn enter(name: &str) -> Result<Self, LabError> {
+        let original = File::open("/proc/thread-self/ns/net").map_err(|source| LabError::Os {
+            what: "opening this thread's network namespace".into(),
+            source,
+        })?;
+        let target = File::open(path(name)).map_err(|source| LabError::Os {
+            what: format!("opening namespace '{name}'"),
+            source,
+        })?;
+        // SAFETY: target is an open namespace file descriptor.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(errno(format!("entering namespace '{name}'")));
+        }
+        Ok(Self {
+            original: original.into(),
+        })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // SAFETY: original is an open namespace file descriptor.
+        let rc = unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            // A thread left in a foreign namespace would make later work silently wrong.
+            panic!(
+                "cannot return to the original network namespace: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Runs `f` with the calling thread inside the named namespace.
+pub fn run_in<T>(name: &str, f: impl FnOnce() -> Result<T, LabError>) -> Result<T, LabError> {
+    let _guard = NetnsGuard::enter(name)?;
+    f()
+}
+
+/// Opens a namespace file (to hand its descriptor to netlink, e.g. to move a link into it).
+pub fn open(name: &str) -> Result<File, LabError> {
+    File::open(path(name)).map_err(|source| LabError::Os {
+        what: format!("opening namespace '{name}'"),
+        source,
+    })
+}
+
+/// Writes a sysctl of the calling thread's namespace (`key` like `net/ipv6/conf/all/forwarding`).
+pub fn sysctl(key: &str, value: &str) -> Result<(), LabError> {
+    let p = Path::new("/proc/sys").join(key);
+    fs::write(&p, value).map_err(|source| LabError::Os {
+        what: format!("writing {value} to {}", p.display()),
+        source,
+    })
+}

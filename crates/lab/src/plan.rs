@@ -1,0 +1,316 @@
+//! The lab's topology as data: names, addresses and mappings, computed before anything touches
+//! the kernel (so it is tested without root and recorded on disk as it is).
+
+use std::net::Ipv6Addr;
+
+use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, Mapping, SirPrefix, Vnid};
+use serde::{Deserialize, Serialize};
+
+use crate::LabError;
+
+/// Longest lab name: namespace names are `<lab>-<host>-<container>` and stay readable.
+const MAX_LAB_NAME: usize = 24;
+/// Sites and containers are numbered into MAC addresses and prefixes (one byte each).
+const MAX_SITES: usize = 200;
+const MAX_CONTAINERS: usize = 200;
+
+/// Name of a host's uplink to the underlay (inside the host namespace).
+pub const UPLINK_IFNAME: &str = "uplink";
+/// Name of a container's interface (inside the container namespace).
+pub const CONTAINER_IFNAME: &str = "eth0";
+/// Link-local gateway address every host-side veth carries; containers route via it.
+pub const CONTAINER_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// What the user asks for: a name, sites and how many containers each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Lab name; prefixes every namespace and pin path, so labs never collide.
+    pub name: String,
+    /// Sites (container hosts), in order.
+    pub sites: Vec<SiteSpec>,
+    /// Checksum mode of every mapping.
+    pub csum_mode: ChecksumMode,
+    /// The virtual prefix containers use.
+    pub sir_prefix: SirPrefix,
+    /// Tenant network of the containers.
+    pub vnid: Vnid,
+}
+
+/// One site of a [`LabSpec`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SiteSpec {
+    /// Short host name (`[a-z0-9]`, used in namespace names).
+    pub name: String,
+    /// Human-readable place name (e.g. "Salt Lake City").
+    pub display: String,
+    /// Number of containers on this site.
+    pub containers: usize,
+}
+
+impl LabSpec {
+    /// `sites` generic sites (`site1`, `site2`, …) with `containers` containers each.
+    pub fn generic(name: &str, sites: usize, containers: usize) -> Self {
+        let sites = (1..=sites)
+            .map(|i| SiteSpec {
+                name: format!("site{i}"),
+                display: format!("Site {i}"),
+                containers,
+            })
+            .collect();
+        Self {
+            name: name.to_string(),
+            sites,
+            csum_mode: ChecksumMode::NeutralMap,
+            sir_prefix: default_sir_prefix(),
+            vnid: default_vnid(),
+        }
+    }
+
+    /// The paper's SC17 topology: New Orleans, Austin, Salt Lake City and Denver.
+    pub fn sc17(name: &str, containers: usize) -> Self {
+        let sites = [
+            ("nola", "New Orleans"),
+            ("austin", "Austin"),
+            ("slc", "Salt Lake City"),
+            ("denver", "Denver"),
+        ]
+        .into_iter()
+        .map(|(n, d)| SiteSpec {
+            name: n.to_string(),
+            display: d.to_string(),
+            containers,
+        })
+        .collect();
+        Self {
+            sites,
+            ..Self::generic(name, 0, 0)
+        }
+    }
+}
+
+/// The SIR prefix the lab uses unless told otherwise (the paper's `dead:beef`, in ULA space).
+pub fn default_sir_prefix() -> SirPrefix {
+    SirPrefix::from_addr(Ipv6Addr::new(0xfd00, 0xdead, 0xbeef, 0, 0, 0, 0, 0))
+}
+
+/// The tenant the lab's containers belong to unless told otherwise.
+pub fn default_vnid() -> Vnid {
+    // 1 always fits in 28 bits.
+    Vnid::new(1).unwrap_or_else(|_| unreachable!("1 is a valid VNID"))
+}
+
+/// The whole lab, resolved: every name and address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// Lab name.
+    pub name: String,
+    /// Namespace of the underlay router joining the hosts.
+    pub router_netns: String,
+    /// SIR prefix of the containers.
+    pub sir_prefix: SirPrefix,
+    /// Checksum mode of every mapping.
+    pub csum_mode: ChecksumMode,
+    /// Hosts, in site order.
+    pub hosts: Vec<HostPlan>,
+}
+
+/// One container host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostPlan {
+    /// Short name.
+    pub name: String,
+    /// Place name.
+    pub display: String,
+    /// Network namespace of the host.
+    pub netns: String,
+    /// The host's locator (it owns `locator::/64`).
+    pub locator: Locator,
+    /// Underlay address of the host's uplink.
+    pub uplink_addr: Ipv6Addr,
+    /// Underlay address of the router's side of this host's link.
+    pub router_addr: Ipv6Addr,
+    /// Interface name of this host's link inside the router namespace.
+    pub router_ifname: String,
+    /// Containers on this host.
+    pub containers: Vec<ContainerPlan>,
+}
+
+/// One container (endpoint).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerPlan {
+    /// Name, unique in the lab (`<host>-<n>`).
+    pub name: String,
+    /// Network namespace of the container.
+    pub netns: String,
+    /// Host-side veth name (inside the host namespace).
+    pub host_ifname: String,
+    /// The container's identifier.
+    pub identifier: Identifier,
+    /// The container's SIR address (what it has and what peers talk to).
+    pub sir_addr: Ipv6Addr,
+    /// MAC of the container's `eth0`.
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth.
+    pub host_mac: [u8; 6],
+}
+
+impl Plan {
+    /// Resolves a spec into names and addresses; rejects what cannot be built.
+    pub fn new(spec: &LabSpec) -> Result<Self, LabError> {
+        validate_name("lab name", &spec.name, MAX_LAB_NAME)?;
+        if spec.sites.is_empty() || spec.sites.len() > MAX_SITES {
+            return Err(LabError::Invalid(format!(
+                "--sites must be between 1 and {MAX_SITES}, got {}",
+                spec.sites.len()
+            )));
+        }
+        let mut allocator = IdentifierAllocator::for_vnid(spec.vnid);
+        let mut hosts = Vec::with_capacity(spec.sites.len());
+        for (h, site) in spec.sites.iter().enumerate() {
+            validate_name("site name", &site.name, 16)?;
+            if hosts.iter().any(|x: &HostPlan| x.name == site.name) {
+                return Err(LabError::Invalid(format!(
+                    "site name '{}' appears twice",
+                    site.name
+                )));
+            }
+            if site.containers > MAX_CONTAINERS {
+                return Err(LabError::Invalid(format!(
+                    "--containers must be at most {MAX_CONTAINERS}, got {} (site '{}')",
+                    site.containers, site.name
+                )));
+            }
+            let n = h as u16 + 1;
+            let netns = format!("{}-{}", spec.name, site.name);
+            let mut containers = Vec::with_capacity(site.containers);
+            for c in 0..site.containers {
+                let identifier = allocator.allocate()?;
+                containers.push(ContainerPlan {
+                    name: format!("{}-{}", site.name, c + 1),
+                    netns: format!("{netns}-{}", c + 1),
+                    host_ifname: format!("lxc{}", c + 1),
+                    identifier,
+                    sir_addr: spec.sir_prefix.with_identifier(identifier),
+                    mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x01],
+                    host_mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x02],
+                });
+            }
+            hosts.push(HostPlan {
+                name: site.name.clone(),
+                display: site.display.clone(),
+                netns,
+                // Locators 2001:db8:<n>::/64, underlay links 2001:db8:ffff:<n>::/64.
+                locator: Locator::from_addr(Ipv6Addr::new(0x2001, 0xdb8, n, 0, 0, 0, 0, 0)),
+                uplink_addr: Ipv6Addr::new(0x2001, 0xdb8, 0xffff, n, 0, 0, 0, 2),
+                router_addr: Ipv6Addr::new(0x2001, 0xdb8, 0xffff, n, 0, 0, 0, 1),
+                router_ifname: format!("to-{}", truncate(&site.name, 12)),
+                containers,
+            });
+        }
+        Ok(Self {
+            name: spec.name.clone(),
+            router_netns: format!("{}-underlay", spec.name),
+            sir_prefix: spec.sir_prefix,
+            csum_mode: spec.csum_mode,
+            hosts,
+        })
+    }
+
+    /// Every namespace the lab creates, router first.
+    pub fn netns_names(&self) -> Vec<String> {
+        let mut names = vec![self.router_netns.clone()];
+        for host in &self.hosts {
+            names.push(host.netns.clone());
+            names.extend(host.containers.iter().map(|c| c.netns.clone()));
+        }
+        names
+    }
+
+    /// The mapping of every container: its identifier to its host's locator.
+    pub fn mappings(&self) -> Vec<(&HostPlan, &ContainerPlan, Mapping)> {
+        self.hosts
+            .iter()
+            .flat_map(|host| {
+                host.containers.iter().map(move |c| {
+                    let mapping = Mapping {
+                        sir: self.sir_prefix,
+                        identifier: c.identifier,
+                        locator: host.locator,
+                        mode: self.csum_mode,
+                    };
+                    (host, c, mapping)
+                })
+            })
+            .collect()
+    }
+
+    /// Finds a container by name.
+    pub fn container(&self, name: &str) -> Option<(&HostPlan, &ContainerPlan)> {
+        self.hosts
+            .iter()
+            .flat_map(|h| h.containers.iter().map(move |c| (h, c)))
+            .find(|(_, c)| c.name == name)
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    &s[..s.len().min(n)]
+}
+
+fn validate_name(what: &str, name: &str, max: usize) -> Result<(), LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LabError::Invalid(format!(
+            "{what} '{name}' is not valid: use 1 to {max} characters of a-z, 0-9 and '-', not starting with '-'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sc17_plan_has_four_named_sites_and_distinct_addresses() {
+        let plan = Plan::new(&LabSpec::sc17("t", 2)).expect("plan");
+        let names: Vec<_> = plan.hosts.iter().map(|h| h.display.as_str()).collect();
+        assert_eq!(names, ["New Orleans", "Austin", "Salt Lake City", "Denver"]);
+        let mut sirs: Vec<_> = plan.mappings().iter().map(|(_, c, _)| c.sir_addr).collect();
+        assert_eq!(sirs.len(), 8);
+        sirs.sort();
+        sirs.dedup();
+        assert_eq!(sirs.len(), 8, "SIR addresses must be unique");
+        let mut locs: Vec<_> = plan.hosts.iter().map(|h| h.locator).collect();
+        locs.dedup();
+        assert_eq!(locs.len(), 4);
+        // 1 router + 4 hosts + 8 containers
+        assert_eq!(plan.netns_names().len(), 13);
+    }
+
+    #[test]
+    fn mapping_addresses_share_the_identifier() {
+        let plan = Plan::new(&LabSpec::generic("t", 2, 3)).expect("plan");
+        for (host, c, m) in plan.mappings() {
+            assert_eq!(m.sir_address(), c.sir_addr);
+            let ila = m.ila_address().expect("translatable");
+            assert_eq!(Locator::from_addr(ila), host.locator);
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_the_reason() {
+        let err = Plan::new(&LabSpec::generic("Bad Name", 1, 1)).unwrap_err();
+        assert!(err.to_string().contains("lab name 'Bad Name'"), "{err}");
+        let err = Plan::new(&LabSpec::generic("ok", 0, 1)).unwrap_err();
+        assert!(err.to_string().contains("--sites"), "{err}");
+        let err = Plan::new(&LabSpec::generic("ok", 1, 1000)).unwrap_err();
+        assert!(err.to_string().contains("--containers"), "{err}");
+    }
+}

@@ -1,0 +1,164 @@
+//! What a lab created, recorded on disk before each step, so `lab down` removes everything even
+//! after a crash and never touches what the lab did not create.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::LabError;
+
+/// Directory of lab records (tmpfs: namespaces and records vanish together at reboot).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("ILANET_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/ilanet/labs"))
+}
+
+/// Root of a lab's pinned eBPF objects.
+pub fn pin_root(lab: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/ilanet").join(lab)
+}
+
+/// Pin directory of one host's maps and links.
+pub fn host_pin_dir(lab: &str, host: &str) -> PathBuf {
+    pin_root(lab).join(host)
+}
+
+/// Lifecycle of a lab record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// `lab up` is (or was, if it crashed) building.
+    Creating,
+    /// Fully built.
+    Up,
+}
+
+/// The on-disk record of a lab.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Where the lab is in its lifecycle.
+    pub phase: Phase,
+    /// The resolved topology.
+    pub plan: Plan,
+    /// Namespaces this lab created (and only those), in creation order.
+    pub created_netns: Vec<String>,
+    /// Pid of the process that built the lab.
+    pub pid: u32,
+}
+
+fn record_path(lab: &str) -> PathBuf {
+    state_dir().join(format!("{lab}.json"))
+}
+
+fn os_err(what: String) -> impl FnOnce(io::Error) -> LabError {
+    move |source| LabError::Os { what, source }
+}
+
+impl LabState {
+    /// Claims the lab name: creates the record atomically, failing if the lab exists.
+    pub fn claim(plan: &Plan) -> Result<Self, LabError> {
+        let dir = state_dir();
+        fs::create_dir_all(&dir).map_err(os_err(format!("creating {}", dir.display())))?;
+        let path = record_path(&plan.name);
+        let state = Self {
+            phase: Phase::Creating,
+            plan: plan.clone(),
+            created_netns: Vec::new(),
+            pid: std::process::id(),
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    LabError::AlreadyUp {
+                        lab: plan.name.clone(),
+                        record: path.clone(),
+                    }
+                } else {
+                    os_err(format!("creating {}", path.display()))(e)
+                }
+            })?;
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| LabError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        file.write_all(&json)
+            .and_then(|_| file.sync_all())
+            .map_err(os_err(format!("writing {}", path.display())))?;
+        Ok(state)
+    }
+
+    /// Reads a lab's record; `None` if the lab is not up.
+    pub fn load(lab: &str) -> Result<Option<Self>, LabError> {
+        let path = record_path(lab);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(os_err(format!("reading {}", path.display()))(e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LabError::Record {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Writes the record (atomically: temp file + rename).
+    pub fn save(&self) -> Result<(), LabError> {
+        let path = record_path(&self.plan.name);
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|e| LabError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file =
+            fs::File::create(&tmp).map_err(os_err(format!("creating {}", tmp.display())))?;
+        file.write_all(&json)
+            .and_then(|_| file.sync_all())
+            .map_err(os_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &path).map_err(os_err(format!(
+            "renaming {} to {}",
+            tmp.display(),
+            path.display()
+        )))
+    }
+
+    /// Removes the record.
+    pub fn remove(lab: &str) -> Result<(), LabError> {
+        match fs::remove_file(record_path(lab)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(os_err(format!("removing {}", record_path(lab).display()))(
+                e,
+            )),
+        }
+    }
+
+    /// Names of all labs with a record.
+    pub fn list() -> Result<Vec<String>, LabError> {
+        let dir = state_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(os_err(format!("reading {}", dir.display()))(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}

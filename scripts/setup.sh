@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian 12 machine for ilanet: system packages, bpffs, then the
+# Rust build. Safe to run again; it only installs what is missing.
+set -euo pipefail
+
+PACKAGES=(clang-19 llvm-19 libbpf-dev linux-libc-dev gcc-multilib bpftool iperf3 iproute2 iputils-ping protobuf-compiler)
+
+if [ "$(id -u)" -ne 0 ]; then
+	SUDO=sudo
+else
+	SUDO=
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "setup: installing ${missing[*]}"
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# eBPF objects are pinned under bpffs so that programs outlive the process that loaded them.
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+	$SUDO mount -t bpf bpf /sys/fs/bpf
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
