@@ -6,6 +6,7 @@
 //! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router.
 
 pub mod link;
+mod modes;
 pub mod netns;
 pub mod plan;
 pub mod probe;
@@ -18,7 +19,9 @@ use dataplane::{Counters, HostDataplane, HostMaps, InEntry, OutEntry, ProgramKin
 use serde::Serialize;
 
 use crate::link::Netlink;
-use crate::plan::{HostPlan, Plan, CONTAINER_GATEWAY, CONTAINER_IFNAME, UPLINK_IFNAME};
+use crate::plan::{
+    ContainerPlan, HostPlan, Mode, Plan, CONTAINER_GATEWAY, CONTAINER_IFNAME, UPLINK_IFNAME,
+};
 use crate::state::{LabState, Phase};
 
 pub use plan::LabSpec;
@@ -150,14 +153,23 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
     }
     let nl = Netlink::new()?;
     configure_router(&nl, &plan)?;
-    for host in &plan.hosts {
-        build_host(&nl, &plan, host)?;
+    match plan.mode {
+        Mode::Ila => {
+            for host in &plan.hosts {
+                build_underlay(&nl, &plan, host)?;
+                for c in &host.containers {
+                    build_container_link(&nl, host, c)?;
+                }
+                attach_programs(&plan, host)?;
+            }
+            install_mappings(&plan)
+        }
+        Mode::Native => modes::native::build(&nl, &plan),
+        Mode::Swarm => modes::swarm::build(&nl, &plan),
     }
-    install_mappings(&plan)?;
-    Ok(())
 }
 
-fn base_sysctls(ns: &str, forwarding: bool) -> Result<(), LabError> {
+pub(crate) fn base_sysctls(ns: &str, forwarding: bool) -> Result<(), LabError> {
     netns::run_in(ns, || {
         // Addresses are planned to be unique: skip duplicate address detection (it would hold
         // every new address tentative for a second).
@@ -175,7 +187,9 @@ fn configure_router(nl: &Netlink, plan: &Plan) -> Result<(), LabError> {
     nl.set_up(&plan.router_netns, "lo")
 }
 
-fn build_host(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Result<(), LabError> {
+/// Host namespace basics and its link to the underlay router, with routes both ways for the
+/// host's locator /64.
+pub(crate) fn build_underlay(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Result<(), LabError> {
     let rtr = &plan.router_netns;
     base_sysctls(&host.netns, true)?;
     nl.set_up(&host.netns, "lo")?;
@@ -198,8 +212,17 @@ fn build_host(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Result<(), LabError
         0,
         Some(host.router_addr),
         UPLINK_IFNAME,
-    )?;
-    for c in &host.containers {
+    )
+}
+
+/// A container's namespace basics and its veth to the host: SIR address /128 on `eth0`, default
+/// route via the host's link-local gateway, and the host's /128 route back to it.
+pub(crate) fn build_container_link(
+    nl: &Netlink,
+    host: &HostPlan,
+    c: &ContainerPlan,
+) -> Result<(), LabError> {
+    {
         base_sysctls(&c.netns, false)?;
         nl.set_up(&c.netns, "lo")?;
         nl.add_veth(
@@ -221,6 +244,12 @@ fn build_host(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Result<(), LabError
         )?;
         nl.add_route(&host.netns, c.sir_addr, 128, None, &c.host_ifname)?;
     }
+    Ok(())
+}
+
+/// Loads the host's programs (maps pinned) and attaches them: from-wire on the uplink,
+/// from-container on every container's host-side veth.
+fn attach_programs(plan: &Plan, host: &HostPlan) -> Result<(), LabError> {
     let pin_dir = state::host_pin_dir(&plan.name, &host.name);
     let mut dp = HostDataplane::load(&pin_dir).map_err(dp_err(&host.name))?;
     netns::run_in(&host.netns, || {

@@ -21,6 +21,43 @@ pub const CONTAINER_IFNAME: &str = "eth0";
 /// Link-local gateway address every host-side veth carries; containers route via it.
 pub const CONTAINER_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
+/// How containers on different hosts reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// ILA: destination rewritten SIR ↔ ILA by eBPF; no encapsulation (the default).
+    #[default]
+    Ila,
+    /// Plain routed IPv6, no overlay, no translation: the physical limit for benchmarks.
+    Native,
+    /// Docker-Swarm-like: a VXLAN overlay between hosts, containers bridged.
+    Swarm,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Ila => "ila",
+            Mode::Native => "native",
+            Mode::Swarm => "swarm",
+        })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        match s {
+            "ila" => Ok(Mode::Ila),
+            "native" => Ok(Mode::Native),
+            "swarm" => Ok(Mode::Swarm),
+            other => Err(LabError::Invalid(format!(
+                "unknown lab mode '{other}': expected ila, native or swarm"
+            ))),
+        }
+    }
+}
+
 /// What the user asks for: a name, sites and how many containers each.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -34,6 +71,8 @@ pub struct LabSpec {
     pub sir_prefix: SirPrefix,
     /// Tenant network of the containers.
     pub vnid: Vnid,
+    /// How hosts are joined.
+    pub mode: Mode,
 }
 
 /// One site of a [`LabSpec`].
@@ -63,6 +102,7 @@ impl LabSpec {
             csum_mode: ChecksumMode::NeutralMap,
             sir_prefix: default_sir_prefix(),
             vnid: default_vnid(),
+            mode: Mode::Ila,
         }
     }
 
@@ -110,6 +150,9 @@ pub struct Plan {
     pub sir_prefix: SirPrefix,
     /// Checksum mode of every mapping.
     pub csum_mode: ChecksumMode,
+    /// How hosts are joined.
+    #[serde(default)]
+    pub mode: Mode,
     /// Hosts, in site order.
     pub hosts: Vec<HostPlan>,
 }
@@ -212,6 +255,7 @@ impl Plan {
             router_netns: format!("{}-underlay", spec.name),
             sir_prefix: spec.sir_prefix,
             csum_mode: spec.csum_mode,
+            mode: spec.mode,
             hosts,
         })
     }

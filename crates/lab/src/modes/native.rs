@@ -1,0 +1,12 @@
+//! `native` mode.
+
+use crate::link::Netlink;
+use crate::plan::Plan;
+use crate::LabError;
+
+/// Builds the hosts and containers of a `native` lab (the router is already configured).
+pub(crate) fn build(_nl: &Netlink, _plan: &Plan) -> Result<(), LabError> {
+    Err(LabError::Invalid(
+        "lab mode 'native' is not available yet".into(),
+    ))
+}
