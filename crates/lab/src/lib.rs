@@ -5,9 +5,7 @@
 //! `L-<host>` by a veth (`to-<host>` ↔ `uplink`); each host has containers `L-<host>-<n>`
 //! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router.
 
-pub mod link;
 mod modes;
-pub mod netns;
 pub mod plan;
 pub mod probe;
 pub mod state;
@@ -18,11 +16,10 @@ use std::path::PathBuf;
 use dataplane::{Counters, HostDataplane, HostMaps, InEntry, OutEntry, ProgramKind, Redirect};
 use serde::Serialize;
 
-use crate::link::Netlink;
-use crate::plan::{
-    ContainerPlan, HostPlan, Mode, Plan, CONTAINER_GATEWAY, CONTAINER_IFNAME, UPLINK_IFNAME,
-};
+use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, UPLINK_IFNAME};
 use crate::state::{LabState, Phase};
+use hostnet::link::{EndpointLink, Netlink};
+pub use hostnet::{link, netns};
 
 pub use plan::LabSpec;
 
@@ -48,14 +45,6 @@ pub enum LabError {
     /// A namespace with a planned name exists and is not the lab's.
     #[error("network namespace '{0}' already exists and does not belong to this lab; remove it (ip netns del) or choose another --name")]
     NetnsExists(String),
-    /// A link is missing.
-    #[error("no interface '{link}' in namespace '{netns}'")]
-    NoSuchLink {
-        /// Interface name.
-        link: String,
-        /// Namespace.
-        netns: String,
-    },
     /// The lab's on-disk record is unreadable.
     #[error("lab record {path} is unreadable: {reason}")]
     Record {
@@ -72,14 +61,9 @@ pub enum LabError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A netlink request failed.
-    #[error("{what}: {source}")]
-    Netlink {
-        /// What was being done.
-        what: String,
-        /// The netlink error.
-        source: Box<rtnetlink::Error>,
-    },
+    /// Namespaces, links or routes.
+    #[error(transparent)]
+    Net(#[from] hostnet::NetError),
     /// The eBPF data plane failed.
     #[error("data plane of host '{host}': {source}")]
     Dataplane {
@@ -148,7 +132,7 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
         if let Err(e) = netns::create(&name) {
             state.created_netns.pop();
             state.save()?;
-            return Err(e);
+            return Err(e.into());
         }
     }
     let nl = Netlink::new()?;
@@ -184,7 +168,7 @@ pub(crate) fn base_sysctls(ns: &str, forwarding: bool) -> Result<(), LabError> {
 
 fn configure_router(nl: &Netlink, plan: &Plan) -> Result<(), LabError> {
     base_sysctls(&plan.router_netns, true)?;
-    nl.set_up(&plan.router_netns, "lo")
+    Ok(nl.set_up(&plan.router_netns, "lo")?)
 }
 
 /// Host namespace basics and its link to the underlay router, with routes both ways for the
@@ -212,38 +196,24 @@ pub(crate) fn build_underlay(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Resu
         0,
         Some(host.router_addr),
         UPLINK_IFNAME,
-    )
+    )?;
+    Ok(())
 }
 
-/// A container's namespace basics and its veth to the host: SIR address /128 on `eth0`, default
-/// route via the host's link-local gateway, and the host's /128 route back to it.
+/// A container's veth to its host (see [`Netlink::plumb_endpoint`]).
 pub(crate) fn build_container_link(
     nl: &Netlink,
     host: &HostPlan,
     c: &ContainerPlan,
 ) -> Result<(), LabError> {
-    {
-        base_sysctls(&c.netns, false)?;
-        nl.set_up(&c.netns, "lo")?;
-        nl.add_veth(
-            &host.netns,
-            &c.host_ifname,
-            c.host_mac,
-            &c.netns,
-            CONTAINER_IFNAME,
-            c.mac,
-        )?;
-        nl.add_addr(&host.netns, &c.host_ifname, CONTAINER_GATEWAY, 64)?;
-        nl.add_addr(&c.netns, CONTAINER_IFNAME, c.sir_addr, 128)?;
-        nl.add_route(
-            &c.netns,
-            Ipv6Addr::UNSPECIFIED,
-            0,
-            Some(CONTAINER_GATEWAY),
-            CONTAINER_IFNAME,
-        )?;
-        nl.add_route(&host.netns, c.sir_addr, 128, None, &c.host_ifname)?;
-    }
+    nl.plumb_endpoint(&EndpointLink {
+        host_netns: &host.netns,
+        netns: &c.netns,
+        host_ifname: &c.host_ifname,
+        host_mac: c.host_mac,
+        mac: c.mac,
+        addr: c.sir_addr,
+    })?;
     Ok(())
 }
 
@@ -331,7 +301,7 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
     for name in state.created_netns.iter().rev() {
         if let Err(e) = netns::delete(name) {
             log::error!("{e}");
-            first_error.get_or_insert(e);
+            first_error.get_or_insert(LabError::from(e));
         }
     }
     if let Err(e) = dataplane::remove_pins(&state::pin_root(&state.plan.name)) {

@@ -16,10 +16,6 @@ const MAX_CONTAINERS: usize = 200;
 
 /// Name of a host's uplink to the underlay (inside the host namespace).
 pub const UPLINK_IFNAME: &str = "uplink";
-/// Name of a container's interface (inside the container namespace).
-pub const CONTAINER_IFNAME: &str = "eth0";
-/// Link-local gateway address every host-side veth carries; containers route via it.
-pub const CONTAINER_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// How containers on different hosts reach each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -9,15 +9,15 @@ use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::{self, NetnsGuard};
-use crate::LabError;
+use crate::NetError;
 
 /// A netlink session bound to one namespace (the socket is opened inside it).
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
 }
 
-fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> LabError {
-    move |source| LabError::Netlink {
+fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    move |source| NetError::Netlink {
         what,
         source: Box::new(source),
     }
@@ -25,11 +25,11 @@ fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> LabError {
 
 impl Netlink {
     /// A netlink driver (one small single-threaded runtime, reused for every request).
-    pub fn new() -> Result<Self, LabError> {
+    pub fn new() -> Result<Self, NetError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
-            .map_err(|source| LabError::Os {
+            .map_err(|source| NetError::Os {
                 what: "starting the netlink runtime".into(),
                 source,
             })?;
@@ -37,15 +37,15 @@ impl Netlink {
     }
 
     /// Runs netlink requests inside namespace `ns`.
-    fn within<T, F, Fut>(&self, ns: &str, f: F) -> Result<T, LabError>
+    fn within<T, F, Fut>(&self, ns: &str, f: F) -> Result<T, NetError>
     where
         F: FnOnce(Handle) -> Fut,
-        Fut: Future<Output = Result<T, LabError>>,
+        Fut: Future<Output = Result<T, NetError>>,
     {
         let _guard = NetnsGuard::enter(ns)?;
         self.runtime.block_on(async {
             let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|source| LabError::Os {
+                rtnetlink::new_connection().map_err(|source| NetError::Os {
                     what: format!("opening a netlink socket in '{ns}'"),
                     source,
                 })?;
@@ -66,7 +66,7 @@ impl Netlink {
         peer_ns: &str,
         peer: &str,
         peer_mac: [u8; 6],
-    ) -> Result<(), LabError> {
+    ) -> Result<(), NetError> {
         let peer_file = netns::open(peer_ns)?;
         let fd = peer_file.as_raw_fd();
         self.within(ns, |h| async move {
@@ -89,7 +89,7 @@ impl Netlink {
     }
 
     /// Brings a link up.
-    pub fn set_up(&self, ns: &str, name: &str) -> Result<(), LabError> {
+    pub fn set_up(&self, ns: &str, name: &str) -> Result<(), NetError> {
         let index = ifindex_in(ns, name)?;
         self.within(ns, |h| async move {
             h.link()
@@ -101,7 +101,7 @@ impl Netlink {
     }
 
     /// Adds an IPv6 address to a link.
-    pub fn add_addr(&self, ns: &str, name: &str, addr: Ipv6Addr, plen: u8) -> Result<(), LabError> {
+    pub fn add_addr(&self, ns: &str, name: &str, addr: Ipv6Addr, plen: u8) -> Result<(), NetError> {
         let index = ifindex_in(ns, name)?;
         self.within(ns, |h| async move {
             h.address()
@@ -120,7 +120,7 @@ impl Netlink {
         plen: u8,
         via: Option<Ipv6Addr>,
         dev: &str,
-    ) -> Result<(), LabError> {
+    ) -> Result<(), NetError> {
         let index = ifindex_in(ns, dev)?;
         self.within(ns, |h| async move {
             let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
@@ -141,9 +141,9 @@ impl Netlink {
 }
 
 /// The index of interface `name` inside namespace `ns`.
-pub fn ifindex_in(ns: &str, name: &str) -> Result<u32, LabError> {
+pub fn ifindex_in(ns: &str, name: &str) -> Result<u32, NetError> {
     netns::run_in(ns, || {
-        ifindex(name).ok_or_else(|| LabError::NoSuchLink {
+        ifindex(name).ok_or_else(|| NetError::NoSuchLink {
             link: name.to_string(),
             netns: ns.to_string(),
         })
@@ -156,4 +156,56 @@ pub fn ifindex(name: &str) -> Option<u32> {
     // SAFETY: valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
+}
+
+/// Link-local gateway address every host-side veth carries; endpoints route via it.
+pub const ENDPOINT_GATEWAY: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Name of an endpoint's interface inside its namespace.
+pub const ENDPOINT_IFNAME: &str = "eth0";
+
+/// How one endpoint is wired to its host.
+#[derive(Debug, Clone)]
+pub struct EndpointLink<'a> {
+    /// Host namespace.
+    pub host_netns: &'a str,
+    /// Endpoint (container) namespace; must exist.
+    pub netns: &'a str,
+    /// Host-side veth name.
+    pub host_ifname: &'a str,
+    /// MAC of the host-side veth.
+    pub host_mac: [u8; 6],
+    /// MAC of the endpoint's `eth0`.
+    pub mac: [u8; 6],
+    /// The endpoint's address (/128 on `eth0`).
+    pub addr: Ipv6Addr,
+}
+
+impl Netlink {
+    /// Wires an endpoint: veth `host_ifname` ↔ `eth0`, the address /128 on `eth0`, a default
+    /// route via the host's link-local gateway, and the host's /128 route back.
+    pub fn plumb_endpoint(&self, ep: &EndpointLink<'_>) -> Result<(), NetError> {
+        netns::run_in(ep.netns, || {
+            netns::sysctl("net/ipv6/conf/all/accept_dad", "0")?;
+            netns::sysctl("net/ipv6/conf/default/accept_dad", "0")
+        })?;
+        self.set_up(ep.netns, "lo")?;
+        self.add_veth(
+            ep.host_netns,
+            ep.host_ifname,
+            ep.host_mac,
+            ep.netns,
+            ENDPOINT_IFNAME,
+            ep.mac,
+        )?;
+        self.add_addr(ep.host_netns, ep.host_ifname, ENDPOINT_GATEWAY, 64)?;
+        self.add_addr(ep.netns, ENDPOINT_IFNAME, ep.addr, 128)?;
+        self.add_route(
+            ep.netns,
+            Ipv6Addr::UNSPECIFIED,
+            0,
+            Some(ENDPOINT_GATEWAY),
+            ENDPOINT_IFNAME,
+        )?;
+        self.add_route(ep.host_netns, ep.addr, 128, None, ep.host_ifname)
+    }
 }

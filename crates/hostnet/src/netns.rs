@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::LabError;
+use crate::NetError;
 
 /// Where `ip netns` keeps its namespaces; using the same place lets users `ip netns exec` into
 /// the lab.
@@ -22,21 +22,21 @@ pub fn exists(name: &str) -> bool {
     path(name).exists()
 }
 
-fn errno(what: String) -> LabError {
-    LabError::Os {
+fn errno(what: String) -> NetError {
+    NetError::Os {
         what,
         source: io::Error::last_os_error(),
     }
 }
 
-fn cstr(p: &Path) -> Result<std::ffi::CString, LabError> {
+fn cstr(p: &Path) -> Result<std::ffi::CString, NetError> {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| LabError::Invalid(format!("path {} contains a NUL byte", p.display())))
+        .map_err(|_| NetError::Invalid(format!("path {} contains a NUL byte", p.display())))
 }
 
 /// Makes /run/netns a shared mount point, as `ip netns` does, so mounts under it propagate.
-fn prepare_dir() -> Result<(), LabError> {
-    fs::create_dir_all(NETNS_DIR).map_err(|source| LabError::Os {
+fn prepare_dir() -> Result<(), NetError> {
+    fs::create_dir_all(NETNS_DIR).map_err(|source| NetError::Os {
         what: format!("creating {NETNS_DIR}"),
         source,
     })?;
@@ -87,7 +87,7 @@ fn prepare_dir() -> Result<(), LabError> {
 
 /// Creates a named namespace. Fails if the name exists (the lab never adopts a namespace it did
 /// not create).
-pub fn create(name: &str) -> Result<(), LabError> {
+pub fn create(name: &str) -> Result<(), NetError> {
     prepare_dir()?;
     let target = path(name);
     OpenOptions::new()
@@ -96,9 +96,9 @@ pub fn create(name: &str) -> Result<(), LabError> {
         .open(&target)
         .map_err(|source| {
             if source.kind() == io::ErrorKind::AlreadyExists {
-                LabError::NetnsExists(name.to_string())
+                NetError::NetnsExists(name.to_string())
             } else {
-                LabError::Os {
+                NetError::Os {
                     what: format!("creating {}", target.display()),
                     source,
                 }
@@ -107,7 +107,7 @@ pub fn create(name: &str) -> Result<(), LabError> {
     let target_c = cstr(&target)?;
     // unshare() affects only the calling thread, so do it on a throwaway thread.
     let result = std::thread::scope(|s| {
-        s.spawn(|| -> Result<(), LabError> {
+        s.spawn(|| -> Result<(), NetError> {
             // SAFETY: plain syscalls on this thread; no memory is shared.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                 return Err(errno(format!(
@@ -132,7 +132,7 @@ pub fn create(name: &str) -> Result<(), LabError> {
             Ok(())
         })
         .join()
-        .unwrap_or_else(|_| Err(LabError::Invalid("namespace thread panicked".into())))
+        .unwrap_or_else(|_| Err(NetError::Invalid("namespace thread panicked".into())))
     });
     if result.is_err() {
         let _ = fs::remove_file(&target);
@@ -141,7 +141,7 @@ pub fn create(name: &str) -> Result<(), LabError> {
 }
 
 /// Deletes a named namespace (unmount + unlink). A missing namespace is not an error.
-pub fn delete(name: &str) -> Result<(), LabError> {
+pub fn delete(name: &str) -> Result<(), NetError> {
     let target = path(name);
     if !target.exists() {
         return Ok(());
@@ -153,13 +153,13 @@ pub fn delete(name: &str) -> Result<(), LabError> {
         let err = io::Error::last_os_error();
         // EINVAL: not a mount point (a half-created namespace); still remove the file.
         if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(LabError::Os {
+            return Err(NetError::Os {
                 what: format!("unmounting namespace '{name}'"),
                 source: err,
             });
         }
     }
-    fs::remove_file(&target).map_err(|source| LabError::Os {
+    fs::remove_file(&target).map_err(|source| NetError::Os {
         what: format!("removing {}", target.display()),
         source,
     })
@@ -172,12 +172,12 @@ pub struct NetnsGuard {
 
 impl NetnsGuard {
     /// Moves the calling thread into the named namespace.
-    pub fn enter(name: &str) -> Result<Self, LabError> {
-        let original = File::open("/proc/thread-self/ns/net").map_err(|source| LabError::Os {
+    pub fn enter(name: &str) -> Result<Self, NetError> {
+        let original = File::open("/proc/thread-self/ns/net").map_err(|source| NetError::Os {
             what: "opening this thread's network namespace".into(),
             source,
         })?;
-        let target = File::open(path(name)).map_err(|source| LabError::Os {
+        let target = File::open(path(name)).map_err(|source| NetError::Os {
             what: format!("opening namespace '{name}'"),
             source,
         })?;
@@ -206,23 +206,23 @@ impl Drop for NetnsGuard {
 }
 
 /// Runs `f` with the calling thread inside the named namespace.
-pub fn run_in<T>(name: &str, f: impl FnOnce() -> Result<T, LabError>) -> Result<T, LabError> {
+pub fn run_in<T, E: From<NetError>>(name: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
     let _guard = NetnsGuard::enter(name)?;
     f()
 }
 
 /// Opens a namespace file (to hand its descriptor to netlink, e.g. to move a link into it).
-pub fn open(name: &str) -> Result<File, LabError> {
-    File::open(path(name)).map_err(|source| LabError::Os {
+pub fn open(name: &str) -> Result<File, NetError> {
+    File::open(path(name)).map_err(|source| NetError::Os {
         what: format!("opening namespace '{name}'"),
         source,
     })
 }
 
 /// Writes a sysctl of the calling thread's namespace (`key` like `net/ipv6/conf/all/forwarding`).
-pub fn sysctl(key: &str, value: &str) -> Result<(), LabError> {
+pub fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
     let p = Path::new("/proc/sys").join(key);
-    fs::write(&p, value).map_err(|source| LabError::Os {
+    fs::write(&p, value).map_err(|source| NetError::Os {
         what: format!("writing {value} to {}", p.display()),
         source,
     })
