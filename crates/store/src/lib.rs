@@ -1,0 +1,359 @@
+//! The ilanet mapping store: one API ([`Store`]), two backends.
+//!
+//! * [`EmbeddedStore`] — in-process, no external service. The demo and the lab run every site's
+//!   agent in one process and share one `EmbeddedStore` (it is `Clone + Send + Sync`; clones share
+//!   the data). It has etcd's semantics: one global revision counter, leases with a TTL that
+//!   expire unless kept alive (a background thread reaps them, and every call checks first), and
+//!   watches from a revision with a bounded history (older revisions yield [`StoreEvent::Resync`]).
+//! * [`EtcdStore`] — a real etcd v3 cluster through the `etcd-client` crate.
+//!
+//! [`etcd_cluster`] starts real `etcd` processes (Debian `etcd-server`) for tests and for
+//! `ilanet lab up --store etcd`.
+//!
+//! # Key layout (both backends)
+//!
+//! Everything lives under `/ilanet/v1/`; values are JSON.
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `/ilanet/v1/mappings/<sir-address>` | [`MappingRecord`] | the owning agent's lease |
+//! | `/ilanet/v1/hosts/<host-name>` | [`HostRecord`] | the owning agent's lease |
+//!
+//! `<sir-address>` is the canonical (RFC 5952, as `Ipv6Addr`'s `Display` prints it) text form of
+//! the SIR address, e.g. `/ilanet/v1/mappings/2001:db8:ff::3000:1:0:2`. A record whose key does
+//! not match its body (another address, another host name, a non-canonical address) is treated as
+//! malformed. Example values:
+//!
+//! ```json
+//! {"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2",
+//!  "locator":"2001:db8:1:1::/64","mode":"neutral-map"}
+//! {"name":"site-a","locator":"2001:db8:1:1::/64","underlay":"fd00::a"}
+//! ```
+//!
+//! Keys under `/ilanet/v1/` outside `mappings/` and `hosts/` are ignored (reserved for later
+//! record kinds). Each agent holds one lease; when the agent (host) dies, the lease expires and
+//! etcd deletes its mappings and its host record, which watchers see as delete events.
+//!
+//! # Malformed records
+//!
+//! Malformed records are never fatal. [`Store::snapshot`] skips them and names them in
+//! [`Snapshot::skipped`]. A [`Watch`] yields `Some(Err(StoreError::Malformed { key, .. }))` for
+//! such an event **and continues**: [`StoreError::ends_watch`] is `false` for `Malformed`, `true`
+//! for everything else (after which `next` returns `None`).
+//!
+//! # Watch semantics
+//!
+//! [`Store::watch`]`(r)` yields every change with revision `>= r`, in revision order (`r <= 0`:
+//! from now on). Several events may share one revision (a lease expiry deletes all the lease's
+//! keys in one revision). If the history no longer holds revision `r` (compacted), the first item
+//! is a [`StoreEvent::Resync`] and the stream ends: list again ([`Store::snapshot`]) and watch from
+//! `snapshot.revision + 1`.
+
+#![deny(missing_docs)]
+
+mod embedded;
+mod etcd;
+pub mod etcd_cluster;
+mod records;
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use embedded::EmbeddedStore;
+pub use etcd::EtcdStore;
+pub use records::{host_key, mapping_key, HOSTS_PREFIX, KEY_PREFIX, MAPPINGS_PREFIX};
+
+/// Where a container's SIR address is reachable: published by the agent of the host that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingRecord {
+    /// The endpoint (container attachment) name.
+    pub endpoint: String,
+    /// The host that runs the endpoint.
+    pub host: String,
+    /// The tenant network's SIR prefix.
+    pub sir: ila::SirPrefix,
+    /// The endpoint's identifier (low 64 bits of its SIR address).
+    pub identifier: ila::Identifier,
+    /// The locator of the host that runs the endpoint.
+    pub locator: ila::Locator,
+    /// The checksum mode of this mapping.
+    #[serde(default)]
+    pub mode: ila::ChecksumMode,
+}
+
+impl MappingRecord {
+    /// The SIR address (SIR prefix + identifier): the key of this record.
+    pub fn sir_address(&self) -> Ipv6Addr {
+        self.sir.with_identifier(self.identifier)
+    }
+
+    /// The ILA mapping for the data path.
+    pub fn mapping(&self) -> ila::Mapping {
+        ila::Mapping::new(self.sir, self.identifier, self.locator, self.mode)
+    }
+}
+
+/// A host (site) of the network: its name, locator and underlay address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    /// Host name, unique in the network (no `/`).
+    pub name: String,
+    /// The host's locator; it owns `locator::/64`.
+    pub locator: ila::Locator,
+    /// The host's underlay address.
+    pub underlay: Ipv6Addr,
+}
+
+/// A lease: records attached to it are deleted when it expires or is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Lease id (as etcd prints it in decimal; `etcdctl` shows hex).
+    pub id: i64,
+    /// Granted time to live (etcd: whole seconds, at least the server's minimum).
+    pub ttl: Duration,
+}
+
+/// A change seen by a [`Watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A mapping was created or overwritten.
+    PutMapping(MappingRecord),
+    /// The mapping of this SIR address was deleted (explicitly or by lease expiry).
+    DeleteMapping(Ipv6Addr),
+    /// A host record was created or overwritten.
+    PutHost(HostRecord),
+    /// The host record of this name was deleted.
+    DeleteHost(String),
+    /// The watch cannot continue from where it is (history compacted, or it fell behind): list
+    /// again and watch from the new snapshot's revision + 1. The stream ends after this event.
+    Resync,
+}
+
+/// One [`StoreEvent`] with the store revision at which it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Store revision of the change (for `Resync`: the compaction revision, or the revision the
+    /// watch had reached).
+    pub revision: i64,
+    /// The change.
+    pub event: StoreEvent,
+}
+
+/// The whole store content at one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// The revision of this snapshot: watch from `revision + 1` to see every later change.
+    pub revision: i64,
+    /// All well-formed mappings, ordered by key.
+    pub mappings: Vec<MappingRecord>,
+    /// All well-formed host records, ordered by key.
+    pub hosts: Vec<HostRecord>,
+    /// Records that could not be decoded (never fatal).
+    pub skipped: Vec<SkippedRecord>,
+}
+
+/// A record that a snapshot skipped because it is malformed or foreign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRecord {
+    /// The record's key.
+    pub key: String,
+    /// Why it was skipped.
+    pub error: String,
+}
+
+/// Errors of the mapping store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer (connection refused, timeout, no leader, stream broken).
+    #[error("mapping store unavailable at {endpoints}: {reason}")]
+    Unavailable {
+        /// The endpoints tried, comma-separated.
+        endpoints: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The lease has expired, was revoked, or never existed.
+    #[error("lease {0} has expired or does not exist")]
+    LeaseExpired(i64),
+    /// `create_mapping` found an existing mapping for that SIR address.
+    #[error("address {address} is already in use by endpoint {owner_endpoint}")]
+    AddressInUse {
+        /// The SIR address.
+        address: Ipv6Addr,
+        /// The endpoint of the existing mapping (`<malformed record>` if it cannot be decoded).
+        owner_endpoint: String,
+    },
+    /// A record under the ilanet prefix cannot be decoded. In a watch this item does not end the
+    /// stream.
+    #[error("malformed record at {key}: {reason}")]
+    Malformed {
+        /// The record's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The caller passed something the store cannot hold (e.g. a host name with `/`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Compaction: the revision is already compacted or in the future.
+    #[error("revision {revision} cannot be used: {reason}")]
+    Revision {
+        /// The revision asked for.
+        revision: i64,
+        /// Why not.
+        reason: String,
+    },
+    /// Any other error of the backend.
+    #[error("mapping store error: {0}")]
+    Backend(String),
+}
+
+impl StoreError {
+    /// Whether this error, yielded by [`Watch::next`], ends the stream (`true` for everything but
+    /// [`StoreError::Malformed`]). After an ending error, list again and watch again.
+    pub fn ends_watch(&self) -> bool {
+        !matches!(self, StoreError::Malformed { .. })
+    }
+}
+
+/// How to reach a store.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// Use (share) this in-process store.
+    Embedded(EmbeddedStore),
+    /// Connect to an etcd cluster.
+    Etcd {
+        /// Client URLs, e.g. `http://127.0.0.1:2379`.
+        endpoints: Vec<String>,
+        /// Bound on connecting (and on the first request that checks the connection).
+        connect_timeout: Duration,
+    },
+}
+
+/// A connected mapping store (cheap to clone; clones share the connection).
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In-process backend.
+    Embedded(EmbeddedStore),
+    /// etcd backend.
+    Etcd(EtcdStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Embedded($s) => $e,
+            Store::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Connects (one attempt). For etcd, this also checks that a member answers within the
+    /// connect timeout; errors name the endpoints.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Store, StoreError> {
+        match cfg {
+            StoreConfig::Embedded(s) => Ok(Store::Embedded(s.clone())),
+            StoreConfig::Etcd {
+                endpoints,
+                connect_timeout,
+            } => Ok(Store::Etcd(
+                EtcdStore::connect(endpoints, *connect_timeout).await?,
+            )),
+        }
+    }
+
+    /// A human-readable description of the backend (`embedded`, `etcd http://…`).
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Embedded(_) => "embedded".to_string(),
+            Store::Etcd(s) => format!("etcd {}", s.endpoints().join(",")),
+        }
+    }
+
+    /// Grants a lease with this TTL (etcd rounds up to whole seconds, at least its minimum).
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease, StoreError> {
+        dispatch!(self, s => s.grant_lease(ttl).await)
+    }
+
+    /// Refreshes the lease once (call it every `ttl / 3`). An expired or unknown lease gives
+    /// [`StoreError::LeaseExpired`].
+    pub async fn keep_alive(&self, lease: &Lease) -> Result<(), StoreError> {
+        dispatch!(self, s => s.keep_alive(lease).await)
+    }
+
+    /// Revokes the lease: its records are deleted now. Revoking an expired lease is not an error.
+    pub async fn revoke(&self, lease: &Lease) -> Result<(), StoreError> {
+        dispatch!(self, s => s.revoke(lease).await)
+    }
+
+    /// Writes (overwrites) a host record attached to `lease`. Returns the revision.
+    pub async fn put_host(&self, host: &HostRecord, lease: &Lease) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.put_host(host, lease).await)
+    }
+
+    /// Creates a mapping only if no mapping exists for that SIR address (atomic: etcd txn on
+    /// `create_revision == 0`); else [`StoreError::AddressInUse`] with the existing owner (which
+    /// may be the same endpoint, e.g. after an agent restart: then use [`Store::put_mapping`]).
+    /// Returns the revision.
+    pub async fn create_mapping(
+        &self,
+        rec: &MappingRecord,
+        lease: &Lease,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.create_mapping(rec, lease).await)
+    }
+
+    /// Writes a mapping unconditionally (mobility: same SIR address, new host/locator, new
+    /// lease). Returns the revision.
+    pub async fn put_mapping(&self, rec: &MappingRecord, lease: &Lease) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.put_mapping(rec, lease).await)
+    }
+
+    /// Deletes the mapping of a SIR address. Returns the revision (the current one if there was
+    /// nothing to delete).
+    pub async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.delete_mapping(sir_address).await)
+    }
+
+    /// Lists everything at one revision.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        dispatch!(self, s => s.snapshot().await)
+    }
+
+    /// Watches every change with revision `>= from_revision` (`<= 0`: from now on).
+    pub async fn watch(&self, from_revision: i64) -> Result<Watch, StoreError> {
+        Ok(match self {
+            Store::Embedded(s) => Watch(WatchInner::Embedded(s.watch(from_revision)?)),
+            Store::Etcd(s) => Watch(WatchInner::Etcd(Box::new(s.watch(from_revision).await?))),
+        })
+    }
+
+    /// Compacts the history up to `revision` (watches from older revisions get `Resync`).
+    pub async fn compact(&self, revision: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.compact(revision).await)
+    }
+}
+
+/// A stream of [`WatchEvent`]s; see the crate docs for the semantics.
+#[derive(Debug)]
+pub struct Watch(WatchInner);
+
+#[derive(Debug)]
+enum WatchInner {
+    Embedded(embedded::EmbeddedWatch),
+    Etcd(Box<etcd::EtcdWatch>),
+}
+
+impl Watch {
+    /// The next event. `None`, or an error for which [`StoreError::ends_watch`] is true, means
+    /// the stream has ended: list again and watch again. `Err(Malformed)` items do not end it.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+        match &mut self.0 {
+            WatchInner::Embedded(w) => w.next().await,
+            WatchInner::Etcd(w) => w.next().await,
+        }
+    }
+}
