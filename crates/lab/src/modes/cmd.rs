@@ -1,0 +1,69 @@
+//! Running iproute2 and iptables inside a lab namespace. The modes use them for what the lab's
+//! netlink layer does not cover (bridges, VXLAN, FDB, neighbours, MTU, packet filters): one
+//! batched invocation per namespace keeps a lab build to a handful of process starts.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::LabError;
+
+/// Runs `program args…` with `input` on stdin; fails with the command and its stderr.
+pub(crate) fn run(program: &str, args: &[&str], input: &str) -> Result<(), LabError> {
+    let shown = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LabError::Os {
+            what: format!("starting `{shown}` (is it installed?)"),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .map_err(|source| LabError::Os {
+                what: format!("writing the input of `{shown}`"),
+                source,
+            })?;
+    }
+    let out = child.wait_with_output().map_err(|source| LabError::Os {
+        what: format!("waiting for `{shown}`"),
+        source,
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The first lines of a batch's stderr name the failing line; the rest is noise.
+    let excerpt: String = stderr.lines().take(5).collect::<Vec<_>>().join("; ");
+    Err(LabError::Invalid(format!(
+        "`{shown}` failed ({}): {excerpt}",
+        out.status
+    )))
+}
+
+/// Runs `ip -n <ns> -batch -` over `lines` (each an `ip` command without the leading `ip`).
+pub(crate) fn ip_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    run("ip", &["-n", ns, "-batch", "-"], &(lines.join("\n") + "\n"))
+}
+
+/// Runs `bridge -n <ns> -batch -` over `lines`.
+pub(crate) fn bridge_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    run("bridge", &["-n", ns, "-batch", "-"], &(lines.join("\n") + "\n"))
+}
+
+/// Formats a MAC address the way iproute2 reads it.
+pub(crate) fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
