@@ -66,6 +66,25 @@ enum ila_stat {
 	ILA_STAT_MAX,
 };
 
+/*
+ * Prefix filters ILA_OUT_FILTER / ILA_IN_FILTER (ARRAY __u32 -> __u32, ILA_FILTER_SLOTS entries):
+ * slot ila_filter_slot(upper 64 bits of an address) is nonzero if some key of ILA_OUT (resp.
+ * ILA_IN) may lie in that /64. The programs skip the hash lookup when the destination's slot is 0
+ * (host and Internet traffic costs an inlined array read instead of a hash lookup).
+ * User space sets a slot before inserting a key with that prefix, with plain idempotent writes
+ * (no read-modify-write, so concurrent writers cannot lose a slot), and never clears slots while
+ * the maps are in use: a stale slot only costs one lookup.
+ */
+#define ILA_FILTER_SLOTS 4096
+
+/* `upper` is the first 8 address bytes loaded as a native-endian __u64. */
+static inline __u32 ila_filter_slot(__u64 upper)
+{
+	__u32 x = (__u32)upper ^ (__u32)(upper >> 32);
+
+	return (x * 0x9e3779b1u) >> 20; /* Fibonacci hashing: top 12 bits */
+}
+
 /* ILA_CONFIG (ARRAY, one entry). */
 #define ILA_CFG_TRACE 0x1 /* emit an ila_event for every translated packet */
 

@@ -15,6 +15,19 @@ pub const ILA_OUT_F_LOCAL: u8 = 0x1;
 /// `ILA_IN_F_REDIRECT`: MACs are valid, rewrite L2 and `bpf_redirect_peer`.
 pub const ILA_IN_F_REDIRECT: u8 = 0x1;
 
+/// `ILA_FILTER_SLOTS`: entries of each prefix filter map.
+pub const ILA_FILTER_SLOTS: u32 = 4096;
+
+/// `ila_filter_slot()`: the prefix-filter slot of an address's /64 (same arithmetic as the C
+/// header: the first 8 bytes as a native-endian u64, folded, Fibonacci-hashed to 12 bits).
+pub fn filter_slot(addr: &[u8; 16]) -> u32 {
+    let mut upper = [0u8; 8];
+    upper.copy_from_slice(&addr[..8]);
+    let upper = u64::from_ne_bytes(upper);
+    let x = (upper as u32) ^ ((upper >> 32) as u32);
+    x.wrapping_mul(0x9e37_79b1) >> 20
+}
+
 /// `ILA_CFG_TRACE`: emit an `ila_event` per translated packet.
 pub const ILA_CFG_TRACE: u32 = 0x1;
 

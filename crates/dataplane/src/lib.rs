@@ -342,7 +342,10 @@ impl HostDataplane {
                 ),
                 error,
             })?;
-        Self::finish(ebpf, Some(pin_dir.to_path_buf()))
+        let mut dp = Self::finish(ebpf, Some(pin_dir.to_path_buf()))?;
+        // Entries may predate the prefix filters (pins of an older version).
+        dp.maps.rebuild_filters()?;
+        Ok(dp)
     }
 
     /// Loads with unpinned maps (tests, benchmarks).

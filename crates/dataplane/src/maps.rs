@@ -19,6 +19,8 @@ pub(crate) const MAP_IN: &str = "ILA_IN";
 pub(crate) const MAP_STATS: &str = "ILA_STATS";
 pub(crate) const MAP_CONFIG: &str = "ILA_CONFIG";
 pub(crate) const MAP_EVENTS: &str = "ILA_EVENTS";
+pub(crate) const MAP_OUT_FILTER: &str = "ILA_OUT_FILTER";
+pub(crate) const MAP_IN_FILTER: &str = "ILA_IN_FILTER";
 
 fn map_err(context: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let context = context.into();
@@ -32,6 +34,8 @@ pub struct HostMaps {
     stats: PerCpuArray<MapData, u64>,
     config: Array<MapData, IlaConfig>,
     events: RingBuf<MapData>,
+    out_filter: Array<MapData, u32>,
+    in_filter: Array<MapData, u32>,
 }
 
 impl fmt::Debug for HostMaps {
@@ -60,6 +64,8 @@ impl HostMaps {
             stats: typed(MAP_STATS, take(MAP_STATS)?)?,
             config: typed(MAP_CONFIG, take(MAP_CONFIG)?)?,
             events: typed(MAP_EVENTS, take(MAP_EVENTS)?)?,
+            out_filter: typed(MAP_OUT_FILTER, take(MAP_OUT_FILTER)?)?,
+            in_filter: typed(MAP_IN_FILTER, take(MAP_IN_FILTER)?)?,
         })
     }
 
@@ -78,11 +84,29 @@ impl HostMaps {
             stats: typed(MAP_STATS, open(MAP_STATS)?)?,
             config: typed(MAP_CONFIG, open(MAP_CONFIG)?)?,
             events: typed(MAP_EVENTS, open(MAP_EVENTS)?)?,
+            out_filter: typed(MAP_OUT_FILTER, open(MAP_OUT_FILTER)?)?,
+            in_filter: typed(MAP_IN_FILTER, open(MAP_IN_FILTER)?)?,
         })
+    }
+
+    /// Marks the /64 of every key of `ILA_OUT` and `ILA_IN` in the prefix filters. Needed when
+    /// the tables were filled by a version without filters; harmless (idempotent) otherwise.
+    pub(crate) fn rebuild_filters(&mut self) -> Result<(), DataplaneError> {
+        let outs: Vec<Ipv6Addr> = self.out_entries()?.into_iter().map(|(k, _)| k).collect();
+        for k in outs {
+            mark(&mut self.out_filter, MAP_OUT_FILTER, k)?;
+        }
+        let ins: Vec<Ipv6Addr> = self.in_entries()?.into_iter().map(|(k, _)| k).collect();
+        for k in ins {
+            mark(&mut self.in_filter, MAP_IN_FILTER, k)?;
+        }
+        Ok(())
     }
 
     /// Inserts or replaces the `ILA_OUT` entry for SIR destination `sir`.
     pub fn insert_out(&mut self, sir: Ipv6Addr, e: &OutEntry) -> Result<(), DataplaneError> {
+        // Filter first: the entry must never be in the table while its prefix is filtered out.
+        mark(&mut self.out_filter, MAP_OUT_FILTER, sir)?;
         let val = IlaOutVal {
             ila: e.ila.octets(),
             csum_mode: e.csum_mode.as_u8(),
@@ -97,8 +121,10 @@ impl HostMaps {
     /// Removes the `ILA_OUT` entry for `sir`; removing an absent entry is not an error.
     pub fn remove_out(&mut self, sir: Ipv6Addr) -> Result<(), DataplaneError> {
         match self.out.remove(&IlaOutKey { sir: sir.octets() }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(format!("removing {sir} from {MAP_OUT}"))(e)),
+            Err(e) if !is_not_found(&e) => {
+                Err(map_err(format!("removing {sir} from {MAP_OUT}"))(e))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -121,6 +147,7 @@ impl HostMaps {
 
     /// Inserts or replaces the `ILA_IN` entry for ILA destination `ila`.
     pub fn insert_in(&mut self, ila: Ipv6Addr, e: &InEntry) -> Result<(), DataplaneError> {
+        mark(&mut self.in_filter, MAP_IN_FILTER, ila)?;
         let (flags, ep_mac, host_mac) = match e.redirect {
             Some(r) => (abi::ILA_IN_F_REDIRECT, r.endpoint_mac, r.host_mac),
             None => (0, [0; 6], [0; 6]),
@@ -142,8 +169,8 @@ impl HostMaps {
     /// Removes the `ILA_IN` entry for `ila`; removing an absent entry is not an error.
     pub fn remove_in(&mut self, ila: Ipv6Addr) -> Result<(), DataplaneError> {
         match self.inn.remove(&IlaInKey { ila: ila.octets() }) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(format!("removing {ila} from {MAP_IN}"))(e)),
+            Err(e) if !is_not_found(&e) => Err(map_err(format!("removing {ila} from {MAP_IN}"))(e)),
+            _ => Ok(()),
         }
     }
 
@@ -219,6 +246,27 @@ impl HostMaps {
             }
         }
         Ok(v)
+    }
+}
+
+/// Sets the filter slot of `addr`'s /64 (a plain write: concurrent writers cannot undo it).
+fn mark(
+    filter: &mut Array<MapData, u32>,
+    name: &str,
+    addr: Ipv6Addr,
+) -> Result<(), DataplaneError> {
+    let slot = abi::filter_slot(&addr.octets());
+    filter
+        .set(slot, 1u32, 0)
+        .map_err(map_err(format!("marking the /64 of {addr} in {name}")))
+}
+
+/// Deleting an absent key: aya reports ENOENT from the syscall (or `KeyNotFound`).
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

@@ -191,3 +191,50 @@ fn remove_pins_refuses_non_bpffs() {
     assert!(res.is_err());
     assert!(exists);
 }
+
+#[test]
+fn load_rebuilds_prefix_filters() {
+    use aya::maps::{Array, Map, MapData};
+    let pins = PinDir::new("filters");
+    let s = Scenario::new(ChecksumMode::NeutralMap);
+    let pkt = l4_packet(s.src, s.sir(), NH_TCP, 1, 2, b"filtered");
+    {
+        let mut dp = HostDataplane::load(&pins.0).expect("load");
+        dp.maps()
+            .insert_out(
+                s.sir(),
+                &OutEntry {
+                    ila: s.ila(),
+                    csum_mode: s.mode(),
+                    local: false,
+                },
+            )
+            .expect("insert");
+        assert_eq!(
+            dst_of(
+                &dp.test_run(ProgramKind::FromContainer, &pkt, 1)
+                    .expect("run")
+                    .packet
+            ),
+            s.ila()
+        );
+    }
+    // Simulate pins written by a version without filters: the entry exists, its slot is clear.
+    let data = MapData::from_pin(pins.0.join("ILA_OUT_FILTER")).expect("filter pin");
+    let mut filter: Array<MapData, u32> = Map::from_map_data(data)
+        .expect("map")
+        .try_into()
+        .expect("array");
+    for i in 0..filter.len() {
+        filter.set(i, 0, 0).expect("clear");
+    }
+    let dp = HostDataplane::load(&pins.0).expect("reload");
+    let out = dp
+        .test_run(ProgramKind::FromContainer, &pkt, 1)
+        .expect("run");
+    assert_eq!(
+        dst_of(&out.packet),
+        s.ila(),
+        "reload must re-mark existing prefixes"
+    );
+}

@@ -1,0 +1,24 @@
+//! The micro-benchmark runs end to end (small repeat count: correctness, not figures).
+
+use dataplane::microbench;
+use dataplane::ProgramKind;
+
+#[test]
+fn microbench_covers_every_configuration() {
+    let r = microbench::run(1000).expect("benchmark runs and every hit really hits");
+    assert_eq!(r.len(), 2 * 3 * 2);
+    for p in ProgramKind::ALL {
+        for m in dataplane::ChecksumMode::ALL {
+            for case in ["hit", "miss"] {
+                let x = r
+                    .iter()
+                    .find(|x| x.program == p && x.csum_mode == m && x.case == case)
+                    .expect("configuration present");
+                assert!(
+                    x.ns_per_packet > 0.0 && x.ns_per_packet < 100_000.0,
+                    "{x:?}"
+                );
+            }
+        }
+    }
+}
