@@ -49,7 +49,7 @@ pub enum DataplaneError {
         /// What was being done.
         context: String,
         /// The loader's error.
-        error: aya::EbpfError,
+        error: Box<aya::EbpfError>,
     },
     /// Loading, attaching or running a program.
     #[error("{context}: {error}")]
@@ -57,7 +57,7 @@ pub enum DataplaneError {
         /// What was being done.
         context: String,
         /// The program error (verifier output included for load failures).
-        error: aya::programs::ProgramError,
+        error: Box<aya::programs::ProgramError>,
     },
     /// A map operation.
     #[error("{context}: {error}")]
@@ -65,7 +65,7 @@ pub enum DataplaneError {
         /// What was being done.
         context: String,
         /// The map error.
-        error: aya::maps::MapError,
+        error: Box<aya::maps::MapError>,
     },
     /// Pinning an object on bpffs.
     #[error("{context}: {error}")]
@@ -73,7 +73,7 @@ pub enum DataplaneError {
         /// What was being done.
         context: String,
         /// The pin error.
-        error: aya::pin::PinError,
+        error: Box<aya::pin::PinError>,
     },
     /// A BPF link operation.
     #[error("{context}: {error}")]
@@ -81,7 +81,7 @@ pub enum DataplaneError {
         /// What was being done.
         context: String,
         /// The link error.
-        error: aya::programs::links::LinkError,
+        error: Box<aya::programs::links::LinkError>,
     },
     /// A file system or system call.
     #[error("{context}: {error}")]
@@ -105,7 +105,10 @@ fn prog_err(
     context: impl Into<String>,
 ) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
     let context = context.into();
-    move |error| DataplaneError::Program { context, error }
+    move |error| DataplaneError::Program {
+        context,
+        error: Box::new(error),
+    }
 }
 
 /// Which of the two programs.
@@ -336,11 +339,11 @@ impl HostDataplane {
             .default_map_pin_directory(pin_dir)
             .load(OBJ_PINNED)
             .map_err(|error| DataplaneError::Load {
+                error: Box::new(error),
                 context: format!(
                     "loading ila.bpf.o with maps pinned under {}",
                     pin_dir.display()
                 ),
-                error,
             })?;
         let mut dp = Self::finish(ebpf, Some(pin_dir.to_path_buf()))?;
         // Entries may predate the prefix filters (pins of an older version).
@@ -353,8 +356,8 @@ impl HostDataplane {
         let ebpf = EbpfLoader::new()
             .load(OBJ_UNPINNED)
             .map_err(|error| DataplaneError::Load {
+                error: Box::new(error),
                 context: "loading ila_nopin.bpf.o".into(),
-                error,
             })?;
         Self::finish(ebpf, None)
     }
@@ -440,12 +443,12 @@ impl HostDataplane {
             .take_link(id)
             .map_err(prog_err(format!("taking the {kind} link of {ifname}")))?;
         let fd_link = FdLink::try_from(link).map_err(|error| DataplaneError::Link {
+            error: Box::new(error),
             context: format!("{kind} link of {ifname} is not an fd link"),
-            error,
         })?;
         fd_link.pin(&path).map_err(|error| DataplaneError::Pin {
+            error: Box::new(error),
             context: format!("pinning the {kind} link at {}", path.display()),
-            error,
         })?;
         Ok(())
     }

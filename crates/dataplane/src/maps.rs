@@ -24,7 +24,10 @@ pub(crate) const MAP_IN_FILTER: &str = "ILA_IN_FILTER";
 
 fn map_err(context: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let context = context.into();
-    move |error| DataplaneError::Map { context, error }
+    move |error| DataplaneError::Map {
+        context,
+        error: Box::new(error),
+    }
 }
 
 /// The translation tables, counters, trace switch and event ring of one host.
