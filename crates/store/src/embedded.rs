@@ -101,6 +101,7 @@ impl EmbeddedStore {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     revision: 1,
+                    // etcd's convention: watches from revisions below this get `Resync`.
                     compact_revision: 0,
                     kv: BTreeMap::new(),
                     leases: HashMap::new(),
@@ -124,6 +125,13 @@ impl EmbeddedStore {
     pub fn put_raw(&self, key: &str, value: &[u8]) -> i64 {
         let mut st = self.locked();
         st.put(&self.shared, key, value.to_vec(), 0)
+    }
+
+    /// Deletes any key (tests and tools). Returns the revision (the current one if the key did
+    /// not exist).
+    pub fn delete_raw(&self, key: &str) -> i64 {
+        let mut st = self.locked();
+        st.delete(&self.shared, &[key.to_string()])
     }
 
     /// Locks the state after expiring due leases.
@@ -261,13 +269,19 @@ impl EmbeddedStore {
         if revision > st.revision {
             return Err(StoreError::Revision {
                 revision,
-                reason: format!("in the future (current revision {})", st.revision),
+                reason: format!(
+                    "required revision is a future revision (current {})",
+                    st.revision
+                ),
             });
         }
         if revision <= st.compact_revision {
             return Err(StoreError::Revision {
                 revision,
-                reason: format!("already compacted (up to {})", st.compact_revision),
+                reason: format!(
+                    "required revision has been compacted (up to {})",
+                    st.compact_revision
+                ),
             });
         }
         st.compact_to(revision);
@@ -282,7 +296,7 @@ impl EmbeddedStore {
             from_revision
         };
         let mut backlog = VecDeque::new();
-        if from <= st.compact_revision {
+        if from < st.compact_revision {
             backlog.push_back(Ok(WatchEvent {
                 revision: st.compact_revision,
                 event: StoreEvent::Resync,
@@ -323,15 +337,16 @@ impl State {
         self.history.push_back(ev.clone());
         if self.history.len() > self.history_limit {
             let oldest = self.history[0].revision;
-            self.compact_to(oldest);
+            self.compact_to(oldest + 1);
         }
         // No receivers is fine.
         let _ = shared.events.send(ev);
     }
 
-    /// Drops the history up to and including `revision`.
+    /// Drops the history before `revision` (etcd: "compacts all revisions prior to"); watches
+    /// from `revision` on stay possible.
     fn compact_to(&mut self, revision: i64) {
-        while self.history.front().is_some_and(|e| e.revision <= revision) {
+        while self.history.front().is_some_and(|e| e.revision < revision) {
             self.history.pop_front();
         }
         self.compact_revision = self.compact_revision.max(revision);
@@ -479,5 +494,47 @@ impl EmbeddedWatch {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_history_and_lagging_watchers_resync() {
+        let s = EmbeddedStore::with_history(3);
+        let first = s.revision() + 1;
+        for i in 0..5 {
+            s.put_raw(&format!("{KEY_PREFIX}x/{i}"), b"v");
+        }
+        let mut w = s.watch(first).unwrap();
+        let ev = w.next().await.unwrap().unwrap();
+        assert_eq!(ev.event, StoreEvent::Resync);
+        assert!(w.next().await.is_none());
+
+        // A watcher that does not read falls behind the live buffer: Resync, then the end.
+        let mut w = s.watch(0).unwrap();
+        for i in 0..WATCH_BUFFER + 10 {
+            s.put_raw(&format!("{KEY_PREFIX}hosts/h{i}"), b"garbage");
+        }
+        let mut saw_resync = false;
+        while let Some(item) = w.next().await {
+            if let Ok(WatchEvent {
+                event: StoreEvent::Resync,
+                ..
+            }) = item
+            {
+                saw_resync = true;
+            }
+        }
+        assert!(saw_resync);
+    }
+
+    #[test]
+    fn store_is_shareable() {
+        fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync_clone::<EmbeddedStore>();
+        assert_send_sync_clone::<crate::Store>();
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType, GetOptions,
@@ -21,6 +21,10 @@ use crate::{
 
 /// Default bound on one request (also used by [`crate::Store::connect`]).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_BACKOFF: Duration = Duration::from_millis(20);
 
 /// A connection to an etcd cluster (cheap to clone).
 #[derive(Clone)]
@@ -62,8 +66,10 @@ impl EtcdStore {
         }
         let opts = ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            // HTTP/2 pings detect dead connections under long watches. etcd's server rejects
+            // pings more frequent than --grpc-keepalive-min-time (5 s) with GOAWAY, and pings
+            // without open streams: hence 10 s, and not while idle.
+            .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
         let client =
             match tokio::time::timeout(connect_timeout, Client::connect(endpoints, Some(opts)))
                 .await
@@ -82,21 +88,19 @@ impl EtcdStore {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         };
         // The client connects lazily: prove that a member answers.
-        let mut c = (*store.client).clone();
-        match tokio::time::timeout(
-            connect_timeout,
-            c.get(
-                KEY_PREFIX,
-                Some(GetOptions::new().with_prefix().with_count_only()),
-            ),
-        )
-        .await
+        match store
+            .call_within(connect_timeout, None, |mut c| async move {
+                c.get(
+                    KEY_PREFIX,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+            })
+            .await
         {
-            Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable(format!(
-                "no member answered within {connect_timeout:?}"
-            ))),
+            Ok(_) => Ok(store),
+            Err(StoreError::Unavailable { reason, .. }) => Err(unavailable(reason)),
+            Err(e) => Err(unavailable(e.to_string())),
         }
     }
 
@@ -132,6 +136,7 @@ impl EtcdStore {
                     || code == CODE_DEADLINE_EXCEEDED
                     || code == CODE_CANCELLED
                     || s.message().contains("no leader")
+                    || s.message().contains("leader changed")
                     || s.message().contains("timed out")
                 {
                     self.unavailable(format!("{:?}: {}", s.code(), s.message()))
@@ -145,23 +150,54 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one request with the request timeout; `lease` maps "lease not found" errors.
-    async fn timed<T>(
+    /// Runs one request, bounded by the request timeout; see [`Self::call_within`].
+    async fn call<T, F, Fut>(&self, lease: Option<i64>, f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_within(self.request_timeout, lease, f).await
+    }
+
+    /// Runs one request within `timeout`. The client balances over all endpoints but does not
+    /// fail over: a request routed to a dead member fails with a connect error. Such a request
+    /// was never sent, so it is retried (another member is picked) until the timeout. `lease`
+    /// turns "lease not found" into [`StoreError::LeaseExpired`].
+    async fn call_within<T, F, Fut>(
         &self,
+        timeout: Duration,
         lease: Option<i64>,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if let Some(id) = lease {
-                    if is_lease_not_found(&e) {
-                        return Err(StoreError::LeaseExpired(id));
+        mut f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut attempt: u32 = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, f((*self.client).clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    if let Some(id) = lease {
+                        if is_lease_not_found(&e) {
+                            return Err(StoreError::LeaseExpired(id));
+                        }
                     }
+                    attempt += 1;
+                    let backoff = RETRY_BACKOFF * attempt.min(10);
+                    if not_sent(&e) && Instant::now() + backoff < deadline {
+                        log::debug!("etcd: request not sent ({e}), retrying");
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    return Err(self.map_err(e));
                 }
-                Err(self.map_err(e))
+                Err(_) => {
+                    return Err(self.unavailable(format!("no answer within {timeout:?}")));
+                }
             }
-            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.request_timeout))),
         }
     }
 
@@ -170,8 +206,11 @@ impl EtcdStore {
             return Err(StoreError::InvalidArgument("lease TTL must be > 0".into()));
         }
         let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
-        let mut c = (*self.client).clone();
-        let resp = self.timed(None, c.lease_grant(secs as i64, None)).await?;
+        let resp = self
+            .call(None, |mut c| async move {
+                c.lease_grant(secs as i64, None).await
+            })
+            .await?;
         if !resp.error().is_empty() {
             return Err(StoreError::Backend(format!(
                 "lease grant: {}",
@@ -185,28 +224,38 @@ impl EtcdStore {
     }
 
     pub(crate) async fn keep_alive(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut c = (*self.client).clone();
-        // etcd-client sends one keep-alive and waits for its answer (ttl <= 0: not found).
-        self.timed(Some(lease.id), c.lease_keep_alive(lease.id))
-            .await
-            .map(|_| ())
+        let id = lease.id;
+        // etcd-client sends one keep-alive and waits for its answer (ttl <= 0: not found);
+        // dropping the keeper and stream ends that gRPC stream.
+        self.call(
+            Some(id),
+            |mut c| async move { c.lease_keep_alive(id).await },
+        )
+        .await
+        .map(|_| ())
     }
 
     pub(crate) async fn revoke(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut c = (*self.client).clone();
-        match self.timed(Some(lease.id), c.lease_revoke(lease.id)).await {
+        let id = lease.id;
+        match self
+            .call(Some(id), |mut c| async move { c.lease_revoke(id).await })
+            .await
+        {
             Ok(_) | Err(StoreError::LeaseExpired(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn put(&self, key: String, value: Vec<u8>, lease: &Lease) -> Result<i64, StoreError> {
-        let mut c = (*self.client).clone();
+        let id = lease.id;
         let resp = self
-            .timed(
-                Some(lease.id),
-                c.put(key, value, Some(PutOptions::new().with_lease(lease.id))),
-            )
+            .call(Some(id), |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move {
+                    c.put(key, value, Some(PutOptions::new().with_lease(id)))
+                        .await
+                }
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
@@ -245,8 +294,12 @@ impl EtcdStore {
                 Some(PutOptions::new().with_lease(lease.id)),
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let mut c = (*self.client).clone();
-        let resp = self.timed(Some(lease.id), c.txn(txn)).await?;
+        let resp = self
+            .call(Some(lease.id), |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
         }
@@ -270,20 +323,22 @@ impl EtcdStore {
     }
 
     pub(crate) async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
-        let mut c = (*self.client).clone();
+        let key = mapping_key(sir_address);
         let resp = self
-            .timed(None, c.delete(mapping_key(sir_address), None))
+            .call(None, |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let mut c = (*self.client).clone();
         let resp = self
-            .timed(
-                None,
-                c.get(KEY_PREFIX, Some(GetOptions::new().with_prefix())),
-            )
+            .call(None, |mut c| async move {
+                c.get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
             .await?;
         let mut snap = Snapshot {
             revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -296,12 +351,11 @@ impl EtcdStore {
     }
 
     pub(crate) async fn compact(&self, revision: i64) -> Result<(), StoreError> {
-        let mut c = (*self.client).clone();
         match self
-            .timed(
-                None,
-                c.compact(revision, Some(CompactionOptions::new().with_physical())),
-            )
+            .call(None, |mut c| async move {
+                c.compact(revision, Some(CompactionOptions::new().with_physical()))
+                    .await
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -317,14 +371,32 @@ impl EtcdStore {
         if from_revision > 0 {
             opts = opts.with_start_revision(from_revision);
         }
-        let mut c = (*self.client).clone();
-        let stream = self.timed(None, c.watch(KEY_PREFIX, Some(opts))).await?;
+        let stream = self
+            .call(None, |mut c| {
+                let opts = opts.clone();
+                async move { c.watch(KEY_PREFIX, Some(opts)).await }
+            })
+            .await?;
         Ok(EtcdWatch {
             store: self.clone(),
             stream,
             pending: VecDeque::new(),
             done: false,
         })
+    }
+}
+
+/// Errors that mean the request never reached a member (safe to retry on another one).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() as i32 == CODE_UNAVAILABLE
+                && (s.message().contains("tcp connect error")
+                    || s.message().contains("onnection refused")
+                    || s.message().contains("error trying to connect"))
+        }
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
     }
 }
 

@@ -5,10 +5,18 @@
 //!   the data). It has etcd's semantics: one global revision counter, leases with a TTL that
 //!   expire unless kept alive (a background thread reaps them, and every call checks first), and
 //!   watches from a revision with a bounded history (older revisions yield [`StoreEvent::Resync`]).
-//! * [`EtcdStore`] — a real etcd v3 cluster through the `etcd-client` crate.
+//! * [`EtcdStore`] — a real etcd v3 cluster through the `etcd-client` crate. Every request is
+//!   bounded ([`DEFAULT_REQUEST_TIMEOUT`], see [`EtcdStore::with_request_timeout`]); a request
+//!   that could not reach a member (connection refused: a dead member among live ones) is
+//!   retried on another member within that bound — it was never sent, so even `create_mapping`
+//!   is safe to retry. Other failures are returned as [`StoreError::Unavailable`] naming the
+//!   endpoints; the caller decides whether to retry.
 //!
 //! [`etcd_cluster`] starts real `etcd` processes (Debian `etcd-server`) for tests and for
 //! `ilanet lab up --store etcd`.
+//!
+//! Build and test needs: `protobuf-compiler` (for `etcd-client`), `etcd-server` (tests and
+//! `etcd_cluster`), `etcd-client` (`etcdctl`, for humans).
 //!
 //! # Key layout (both backends)
 //!
@@ -61,8 +69,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use embedded::EmbeddedStore;
-pub use etcd::EtcdStore;
+pub use embedded::{EmbeddedStore, DEFAULT_HISTORY};
+pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{host_key, mapping_key, HOSTS_PREFIX, KEY_PREFIX, MAPPINGS_PREFIX};
 
 /// Where a container's SIR address is reachable: published by the agent of the host that runs it.

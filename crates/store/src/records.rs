@@ -152,3 +152,73 @@ pub(crate) fn add_to_snapshot(snap: &mut Snapshot, key: &[u8], value: &[u8]) {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ila::{ChecksumMode, Identifier, Locator, SirPrefix};
+
+    fn rec() -> MappingRecord {
+        MappingRecord {
+            endpoint: "web-1".into(),
+            host: "site-a".into(),
+            sir: SirPrefix(0x2001_0db8_00ff_0000),
+            identifier: Identifier(0x3000_0001_0000_0002),
+            locator: Locator(0x2001_0db8_0001_0001),
+            mode: ChecksumMode::NeutralMap,
+        }
+    }
+
+    #[test]
+    fn layout_and_json_are_documented_form() {
+        let r = rec();
+        assert_eq!(
+            mapping_key(r.sir_address()),
+            "/ilanet/v1/mappings/2001:db8:ff:0:3000:1:0:2"
+        );
+        assert_eq!(host_key("site-a"), "/ilanet/v1/hosts/site-a");
+        let json = String::from_utf8(encode_mapping(&r)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","mode":"neutral-map"}"#
+        );
+        let key = mapping_key(r.sir_address());
+        assert_eq!(
+            decode_put(key.as_bytes(), json.as_bytes()).unwrap(),
+            Some(StoreEvent::PutMapping(r.clone()))
+        );
+        assert_eq!(
+            decode_delete(key.as_bytes()).unwrap(),
+            Some(StoreEvent::DeleteMapping(r.sir_address()))
+        );
+        // `mode` may be left out (default neutral-map); unknown fields are tolerated.
+        let short = r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","extra":1}"#;
+        assert!(decode_put(key.as_bytes(), short.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn malformed_and_foreign_keys() {
+        let v = encode_mapping(&rec());
+        for key in [
+            "/ilanet/v1/mappings/nope",
+            "/ilanet/v1/mappings/2001:0db8:ff:0:3000:1:0:2",
+            "/ilanet/v1/mappings/2001:db8::1",
+            "/ilanet/v1/hosts/",
+        ] {
+            assert!(
+                matches!(
+                    decode_put(key.as_bytes(), &v),
+                    Err(StoreError::Malformed { .. })
+                ),
+                "{key}"
+            );
+        }
+        assert!(matches!(
+            decode_put(b"/ilanet/v1/mappings/\xff", &v),
+            Err(StoreError::Malformed { .. })
+        ));
+        assert_eq!(decode_put(b"/ilanet/v1/policies/x", b"?").unwrap(), None);
+        assert_eq!(decode_delete(b"/ilanet/v1/policies/x").unwrap(), None);
+        assert_eq!(owner_endpoint(b"garbage"), "<malformed record>");
+    }
+}
