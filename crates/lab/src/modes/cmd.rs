@@ -57,7 +57,11 @@ pub(crate) fn bridge_batch(ns: &str, lines: &[String]) -> Result<(), LabError> {
     if lines.is_empty() {
         return Ok(());
     }
-    run("bridge", &["-n", ns, "-batch", "-"], &(lines.join("\n") + "\n"))
+    run(
+        "bridge",
+        &["-n", ns, "-batch", "-"],
+        &(lines.join("\n") + "\n"),
+    )
 }
 
 /// Formats a MAC address the way iproute2 reads it.
@@ -66,4 +70,27 @@ pub(crate) fn mac(m: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// Names of the veth links in namespace `ns` (whatever created them: the lab or an agent).
+pub(crate) fn veth_names(ns: &str) -> Result<Vec<String>, LabError> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show", "type", "veth"])
+        .output()
+        .map_err(|source| LabError::Os {
+            what: format!("listing the veths of '{ns}'"),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(LabError::Invalid(format!(
+            "listing the veths of '{ns}': {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // Lines look like `5: lxc1@if4: <BROADCAST,…> mtu 1500 …`.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
 }

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cmd::{bridge_batch, ip_batch, mac, run};
 use crate::plan::{Mode, Plan, UPLINK_IFNAME};
-use hostnet::link::ENDPOINT_IFNAME as CONTAINER_IFNAME;
 use crate::{base_sysctls, build_underlay, plan_of, LabError};
+use hostnet::link::ENDPOINT_IFNAME as CONTAINER_IFNAME;
 
 /// Name of the overlay bridge in each host namespace.
 pub const BRIDGE_IFNAME: &str = "br0";

@@ -1,11 +1,11 @@
 //! Link MTU of a running lab, for benchmarks at 1500 and 9000 bytes (the paper used 9000 on the
 //! wire and 8950 inside its IPv4 overlay).
 
-use super::cmd::ip_batch;
+use super::cmd::{ip_batch, veth_names};
 use super::swarm::{BRIDGE_IFNAME, VXLAN6_OVERHEAD, VXLAN_IFNAME};
 use crate::plan::{Mode, UPLINK_IFNAME};
-use hostnet::link::ENDPOINT_IFNAME as CONTAINER_IFNAME;
 use crate::{plan_of, LabError};
+use hostnet::link::ENDPOINT_IFNAME as CONTAINER_IFNAME;
 
 /// Smallest MTU IPv6 allows.
 const IPV6_MIN_MTU: u32 = 1280;
@@ -31,13 +31,17 @@ pub fn set_mtu(lab: &str, mtu: u32) -> Result<(), LabError> {
     }
     let inner = mtu - overhead;
     for host in &plan.hosts {
+        // Container ports by what exists, not by the plan: in ILA mode the agents name them.
+        let ports: Vec<String> = veth_names(&host.netns)?
+            .into_iter()
+            .filter(|n| n != UPLINK_IFNAME)
+            .collect();
         // A VXLAN device may not exceed its lower device's MTU minus the overhead: shrink the
         // overlay first, then set the underlay, then grow the overlay to its final size.
         let overlay = |m: u32| -> Vec<String> {
-            let mut l: Vec<String> = host
-                .containers
+            let mut l: Vec<String> = ports
                 .iter()
-                .map(|c| format!("link set {} mtu {m}", c.host_ifname))
+                .map(|p| format!("link set {p} mtu {m}"))
                 .collect();
             if plan.mode == Mode::Swarm {
                 l.push(format!("link set {VXLAN_IFNAME} mtu {m}"));
@@ -50,7 +54,10 @@ pub fn set_mtu(lab: &str, mtu: u32) -> Result<(), LabError> {
             &plan.router_netns,
             &[format!("link set {} mtu {mtu}", host.router_ifname)],
         )?;
-        ip_batch(&host.netns, &[format!("link set {UPLINK_IFNAME} mtu {mtu}")])?;
+        ip_batch(
+            &host.netns,
+            &[format!("link set {UPLINK_IFNAME} mtu {mtu}")],
+        )?;
         ip_batch(&host.netns, &overlay(inner))?;
         for c in &host.containers {
             ip_batch(

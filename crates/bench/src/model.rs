@@ -1,0 +1,360 @@
+//! The results of a campaign as data: what `results.json` holds, and the summaries computed from
+//! the raw runs.
+
+use serde::{Deserialize, Serialize};
+
+use crate::iperf::IperfReport;
+use crate::machine::Machine;
+use crate::stats::{drop_warmup, summarize, Summary};
+
+/// Confidence level of every interval in the reports.
+pub const CONFIDENCE: f64 = 0.95;
+
+/// How a campaign measures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Runs per case (rounds).
+    pub runs: usize,
+    /// Seconds per iperf3 run.
+    pub duration: u32,
+    /// Leading 1-second intervals dropped from each run (warm-up).
+    pub skip: usize,
+    /// Parallel TCP streams.
+    pub streams: u32,
+    /// Underlay MTU.
+    pub mtu: u32,
+    /// iperf3 server port (Listing 9 lets 5201 through).
+    pub port: u16,
+}
+
+impl Settings {
+    /// Refuses settings that cannot produce a sample.
+    pub fn validate(&self) -> Result<(), crate::BenchError> {
+        let bad = |m: String| Err(crate::BenchError::Invalid(m));
+        if self.runs == 0 {
+            return bad("--runs must be at least 1".into());
+        }
+        if self.duration == 0 || self.duration > 3600 {
+            return bad(format!(
+                "--duration must be 1..=3600 seconds, got {}",
+                self.duration
+            ));
+        }
+        if self.skip >= self.duration as usize {
+            return bad(format!(
+                "--skip ({}) must be smaller than --duration ({}): nothing would be left",
+                self.skip, self.duration
+            ));
+        }
+        if self.streams == 0 || self.streams > 128 {
+            return bad(format!("--parallel must be 1..=128, got {}", self.streams));
+        }
+        Ok(())
+    }
+}
+
+/// Which campaign produced a result file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Campaign {
+    /// The paper's Fig. 14 comparison.
+    Paper,
+    /// Throughput against rule count.
+    Rules,
+}
+
+impl Campaign {
+    /// Base name of the campaign's files (`results.json`, `rules.json`, …).
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Campaign::Paper => "results",
+            Campaign::Rules => "rules",
+        }
+    }
+}
+
+/// Everything a campaign measured (written after every run, so an interrupted campaign keeps
+/// what it gathered).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    /// Which campaign.
+    pub campaign: Campaign,
+    /// Start time (UTC).
+    pub started: String,
+    /// Time of the last update (UTC).
+    pub updated: String,
+    /// Every planned run was done.
+    pub complete: bool,
+    /// The user stopped the campaign.
+    pub interrupted: bool,
+    /// Where it ran.
+    pub machine: Machine,
+    /// How it measured.
+    pub settings: Settings,
+    /// Case that ratios are taken against (`native`; the unfiltered overlay for rules).
+    pub baseline: Option<String>,
+    /// One entry per case, in measurement order.
+    pub cases: Vec<CaseResult>,
+    /// Remarks for the report.
+    pub notes: Vec<String>,
+}
+
+/// One measured (or skipped) case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// Short name (`native`, `swarm+iptables`, `iptables/1000`).
+    pub name: String,
+    /// What it is.
+    pub description: String,
+    /// Lab mode.
+    pub mode: String,
+    /// Series of the rule-count curve (`iptables`, `ebpf`, `reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<String>,
+    /// Non-matching rules before the accepts (rule-count curve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_rules: Option<usize>,
+    /// Total rules in the filter (rule-count curve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_rules: Option<usize>,
+    /// Whether this case can be measured yet.
+    pub available: bool,
+    /// Why not, or other remarks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Runs so far.
+    pub runs: Vec<RunRecord>,
+    /// Statistics over the runs so far.
+    pub summary: Option<CaseSummary>,
+}
+
+/// One iperf3 run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Round (0-based).
+    pub round: usize,
+    /// Raw iperf3 JSON, relative to the output directory.
+    pub raw: String,
+    /// Every 1-second interval's throughput, Gbit/s (warm-up included).
+    pub interval_gbps: Vec<f64>,
+    /// Mean of the intervals after the warm-up, Gbit/s.
+    pub mean_gbps: f64,
+    /// Whole-run receiver throughput, Gbit/s.
+    pub received_gbps: f64,
+    /// TCP retransmits of the run.
+    pub retransmits: u64,
+    /// Sender iperf3 CPU, % of one core.
+    pub cpu_host: f64,
+    /// Receiver iperf3 CPU, % of one core.
+    pub cpu_remote: f64,
+}
+
+impl RunRecord {
+    /// Builds the record of one run from its iperf3 report.
+    pub fn new(round: usize, raw: String, report: &IperfReport, skip: usize) -> Self {
+        let interval_gbps: Vec<f64> = report
+            .intervals
+            .iter()
+            .map(|i| i.bits_per_second / 1e9)
+            .collect();
+        let kept = drop_warmup(&interval_gbps, skip);
+        let mean_gbps = if kept.is_empty() {
+            0.0
+        } else {
+            kept.iter().sum::<f64>() / kept.len() as f64
+        };
+        Self {
+            round,
+            raw,
+            interval_gbps,
+            mean_gbps,
+            received_gbps: report.received_bps / 1e9,
+            retransmits: report.retransmits,
+            cpu_host: report.cpu_host,
+            cpu_remote: report.cpu_remote,
+        }
+    }
+}
+
+/// Statistics of one case.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseSummary {
+    /// Runs.
+    pub runs: usize,
+    /// Pooled 1-second samples after warm-up (the paper's N).
+    pub samples: usize,
+    /// Over all pooled 1-second samples, Gbit/s: the paper's method. Successive intervals of a
+    /// run are correlated, so this interval is optimistic.
+    pub intervals: Summary,
+    /// Over the per-run means, Gbit/s: runs are independent, so this is the honest interval.
+    pub run_means: Summary,
+    /// Per-round ratio to the baseline measured in the same round, summarised over rounds.
+    pub ratio_to_baseline: Option<Summary>,
+    /// Mean retransmits per run.
+    pub retransmits_per_run: f64,
+    /// Mean sender iperf3 CPU, % of one core.
+    pub cpu_host: f64,
+    /// Mean receiver iperf3 CPU, % of one core.
+    pub cpu_remote: f64,
+    /// (sender + receiver iperf3 CPU %) per Gbit/s of throughput.
+    pub cpu_per_gbps: f64,
+}
+
+impl Results {
+    /// Recomputes every case's summary (after each run).
+    pub fn resummarize(&mut self, skip: usize) {
+        let baseline: Option<Vec<(usize, f64)>> = self.baseline.as_ref().and_then(|b| {
+            self.cases
+                .iter()
+                .find(|c| &c.name == b)
+                .map(|c| c.runs.iter().map(|r| (r.round, r.mean_gbps)).collect())
+        });
+        for case in &mut self.cases {
+            case.summary = summarize_case(case, skip, baseline.as_deref());
+        }
+    }
+
+    /// The case named `name`.
+    pub fn case(&self, name: &str) -> Option<&CaseResult> {
+        self.cases.iter().find(|c| c.name == name)
+    }
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+fn summarize_case(
+    case: &CaseResult,
+    skip: usize,
+    baseline: Option<&[(usize, f64)]>,
+) -> Option<CaseSummary> {
+    let pooled: Vec<f64> = case
+        .runs
+        .iter()
+        .flat_map(|r| drop_warmup(&r.interval_gbps, skip).iter().copied())
+        .collect();
+    let run_means: Vec<f64> = case.runs.iter().map(|r| r.mean_gbps).collect();
+    let intervals = summarize(&pooled, CONFIDENCE)?;
+    let run_summary = summarize(&run_means, CONFIDENCE)?;
+    let ratio_to_baseline = baseline.and_then(|b| {
+        let ratios: Vec<f64> = case
+            .runs
+            .iter()
+            .filter_map(|r| {
+                b.iter()
+                    .find(|(round, _)| *round == r.round)
+                    .filter(|(_, base)| *base > 0.0)
+                    .map(|(_, base)| r.mean_gbps / base)
+            })
+            .collect();
+        summarize(&ratios, CONFIDENCE)
+    });
+    let cpu_host = mean(case.runs.iter().map(|r| r.cpu_host));
+    let cpu_remote = mean(case.runs.iter().map(|r| r.cpu_remote));
+    Some(CaseSummary {
+        runs: case.runs.len(),
+        samples: pooled.len(),
+        intervals,
+        run_means: run_summary,
+        ratio_to_baseline,
+        retransmits_per_run: mean(case.runs.iter().map(|r| r.retransmits as f64)),
+        cpu_host,
+        cpu_remote,
+        cpu_per_gbps: if run_summary.mean > 0.0 {
+            (cpu_host + cpu_remote) / run_summary.mean
+        } else {
+            0.0
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(round: usize, gbps: &[f64]) -> RunRecord {
+        RunRecord {
+            round,
+            raw: String::new(),
+            interval_gbps: gbps.to_vec(),
+            mean_gbps: gbps[1..].iter().sum::<f64>() / (gbps.len() - 1) as f64,
+            received_gbps: 0.0,
+            retransmits: 2,
+            cpu_host: 50.0,
+            cpu_remote: 30.0,
+        }
+    }
+
+    fn case(name: &str, runs: Vec<RunRecord>) -> CaseResult {
+        CaseResult {
+            name: name.into(),
+            description: String::new(),
+            mode: "native".into(),
+            series: None,
+            extra_rules: None,
+            total_rules: None,
+            available: true,
+            note: None,
+            runs,
+            summary: None,
+        }
+    }
+
+    #[test]
+    fn summaries_skip_warmup_and_pair_ratios_by_round() {
+        let mut r = Results {
+            campaign: Campaign::Paper,
+            started: String::new(),
+            updated: String::new(),
+            complete: true,
+            interrupted: false,
+            machine: Machine {
+                cpu: String::new(),
+                cpus: 1,
+                kernel: String::new(),
+                os: String::new(),
+                iperf3: String::new(),
+            },
+            settings: Settings {
+                runs: 2,
+                duration: 3,
+                skip: 1,
+                streams: 1,
+                mtu: 1500,
+                port: 5201,
+            },
+            baseline: Some("native".into()),
+            cases: vec![
+                case(
+                    "native",
+                    vec![run(0, &[1.0, 10.0, 10.0]), run(1, &[1.0, 8.0, 8.0])],
+                ),
+                case(
+                    "ila",
+                    vec![run(0, &[1.0, 5.0, 5.0]), run(1, &[1.0, 4.0, 4.0])],
+                ),
+            ],
+            notes: vec![],
+        };
+        r.resummarize(1);
+        let ila = r
+            .case("ila")
+            .and_then(|c| c.summary.clone())
+            .expect("summary");
+        assert_eq!(ila.samples, 4, "warm-up intervals dropped");
+        assert!((ila.intervals.mean - 4.5).abs() < 1e-12);
+        let ratio = ila.ratio_to_baseline.expect("ratio");
+        assert!(
+            (ratio.mean - 0.5).abs() < 1e-12,
+            "paired by round: 5/10 and 4/8"
+        );
+        assert_eq!(ratio.ci_low, Some(0.5));
+        assert!((ila.cpu_per_gbps - 80.0 / 4.5).abs() < 1e-9);
+    }
+}

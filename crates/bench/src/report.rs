@@ -1,0 +1,376 @@
+//! Files of a campaign: `<stem>.json` (the [`Results`]), `<stem>.csv` (one row per case),
+//! `<stem>-samples.csv` (one row per 1-second interval), and `report.md` with the figures,
+//! regenerated from whichever result files the directory holds.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::model::{CaseResult, Results};
+use crate::plots::{self, palette, Bar, Curve, Point};
+use crate::stats::Summary;
+use crate::BenchError;
+
+/// The paper's Fig. 14 numbers (Gbit/s), for the comparison in the report.
+pub const PAPER_FIG14: [(&str, f64); 4] = [
+    ("ipt_no_rules (Docker Swarm overlay)", 7.22),
+    ("ipt_tcp5201 (Swarm + Listing 9)", 7.20),
+    ("cilium_no_rules (Cilium overlay)", 8.22),
+    ("cilium_tcp5201 (Cilium + Listing 10)", 8.24),
+];
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Os { what, source }
+}
+
+fn write(path: &Path, content: &str) -> Result<(), BenchError> {
+    // Write then rename: an interrupted write never leaves a truncated result file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).map_err(io(format!("writing {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+/// Writes the JSON and CSV files of `results` into `dir`.
+pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
+    let stem = results.campaign.file_stem();
+    let json = serde_json::to_string_pretty(results)
+        .map_err(|e| BenchError::Invalid(format!("serialising results: {e}")))?;
+    write(&dir.join(format!("{stem}.json")), &json)?;
+
+    let mut csv = String::from(
+        "case,series,extra_rules,total_rules,available,runs,samples,mean_gbps,median_gbps,std_gbps,\
+         ci95_low_gbps,ci95_high_gbps,run_ci95_low_gbps,run_ci95_high_gbps,ratio,ratio_ci95_low,\
+         ratio_ci95_high,retransmits_per_run,cpu_sender_pct,cpu_receiver_pct,cpu_pct_per_gbps\n",
+    );
+    for c in &results.cases {
+        let _ = write!(
+            csv,
+            "{},{},{},{},{},",
+            c.name,
+            c.series.clone().unwrap_or_default(),
+            c.extra_rules.map(|n| n.to_string()).unwrap_or_default(),
+            c.total_rules.map(|n| n.to_string()).unwrap_or_default(),
+            c.available
+        );
+        match &c.summary {
+            Some(s) => {
+                let r = s.ratio_to_baseline;
+                let _ = writeln!(
+                    csv,
+                    "{},{},{:.4},{:.4},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{:.2}",
+                    s.runs,
+                    s.samples,
+                    s.intervals.mean,
+                    s.intervals.median,
+                    opt(s.intervals.std_dev, 4),
+                    opt(s.intervals.ci_low, 4),
+                    opt(s.intervals.ci_high, 4),
+                    opt(s.run_means.ci_low, 4),
+                    opt(s.run_means.ci_high, 4),
+                    opt(r.map(|r| r.mean), 4),
+                    opt(r.and_then(|r| r.ci_low), 4),
+                    opt(r.and_then(|r| r.ci_high), 4),
+                    s.retransmits_per_run,
+                    s.cpu_host,
+                    s.cpu_remote,
+                    s.cpu_per_gbps
+                );
+            }
+            None => csv.push_str(&format!("0,0{}\n", ",".repeat(14))),
+        }
+    }
+    write(&dir.join(format!("{stem}.csv")), &csv)?;
+
+    let mut samples = String::from("case,round,interval,gbps,warmup\n");
+    for c in &results.cases {
+        for r in &c.runs {
+            for (i, g) in r.interval_gbps.iter().enumerate() {
+                let _ = writeln!(
+                    samples,
+                    "{},{},{},{g:.4},{}",
+                    c.name,
+                    r.round + 1,
+                    i + 1,
+                    i < results.settings.skip
+                );
+            }
+        }
+    }
+    write(&dir.join(format!("{stem}-samples.csv")), &samples)
+}
+
+fn load(dir: &Path, stem: &str) -> Result<Option<Results>, BenchError> {
+    let path = dir.join(format!("{stem}.json"));
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            BenchError::Invalid(format!("{} is not a results file: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+fn ci(s: &Summary, digits: usize) -> String {
+    match (s.ci_low, s.ci_high) {
+        (Some(lo), Some(hi)) => format!("{lo:.digits$} – {hi:.digits$}"),
+        _ => "–".into(),
+    }
+}
+
+fn color_of(case: &CaseResult) -> plotters::style::RGBColor {
+    match case.mode.as_str() {
+        "native" => palette::NATIVE,
+        "ila" => palette::ILA,
+        _ => palette::SWARM,
+    }
+}
+
+fn header(md: &mut String, r: &Results) {
+    let s = &r.settings;
+    let m = &r.machine;
+    let _ = writeln!(
+        md,
+        "- Machine: {} ({} CPUs), {}, kernel {}\n- Tool: {}\n- Settings: {} runs × {} s, first {} \
+         interval(s) of each run dropped as warm-up, {} TCP stream(s), underlay MTU {}, server port {}\n\
+         - Order: interleaved rounds (every case once per round)\n- Started {}, last update {}{}\n",
+        m.cpu,
+        m.cpus,
+        m.os,
+        m.kernel,
+        m.iperf3,
+        s.runs,
+        s.duration,
+        s.skip,
+        s.streams,
+        s.mtu,
+        s.port,
+        r.started,
+        r.updated,
+        if r.interrupted {
+            " — **interrupted: partial results**"
+        } else if !r.complete {
+            " — **incomplete**"
+        } else {
+            ""
+        }
+    );
+}
+
+fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchError> {
+    md.push_str("## Fig. 14: TCP throughput between containers on two hosts\n\n");
+    header(md, r);
+    md.push_str(
+        "| scenario | mean Gbit/s | median | 95 % CI, 1-s samples (N) | 95 % CI, run means (n) | ratio to native [95 % CI] | retransmits/run | CPU % snd / rcv | CPU % per Gbit/s |\n\
+         |---|---:|---:|---|---|---|---:|---|---:|\n",
+    );
+    let mut bars = Vec::new();
+    for c in &r.cases {
+        match (&c.summary, c.available) {
+            (Some(s), _) => {
+                let ratio = s
+                    .ratio_to_baseline
+                    .map(|x| format!("{:.3} [{}]", x.mean, ci(&x, 3)))
+                    .unwrap_or_else(|| "–".into());
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.3} | {:.3} | {} ({}) | {} ({}) | {} | {:.1} | {:.0} / {:.0} | {:.1} |",
+                    c.name,
+                    s.intervals.mean,
+                    s.intervals.median,
+                    ci(&s.intervals, 3),
+                    s.samples,
+                    ci(&s.run_means, 3),
+                    s.runs,
+                    ratio,
+                    s.retransmits_per_run,
+                    s.cpu_host,
+                    s.cpu_remote,
+                    s.cpu_per_gbps
+                );
+                bars.push(Bar {
+                    label: c.name.clone(),
+                    value: Some(s.run_means.mean),
+                    ci: s.run_means.ci_low.zip(s.run_means.ci_high),
+                    color: color_of(c),
+                });
+            }
+            (None, false) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | n/a (not yet) | – | – | – | – | – | – | – |",
+                    c.name
+                );
+                bars.push(Bar {
+                    label: c.name.clone(),
+                    value: None,
+                    ci: None,
+                    color: color_of(c),
+                });
+            }
+            (None, true) => {
+                let _ = writeln!(md, "| {} | (no runs yet) | | | | | | | |", c.name);
+            }
+        }
+    }
+    md.push('\n');
+    for c in r.cases.iter().filter(|c| !c.available) {
+        let _ = writeln!(
+            md,
+            "- `{}` ({}): {}",
+            c.name,
+            c.description,
+            c.note.clone().unwrap_or_default()
+        );
+    }
+    for c in r.cases.iter().filter(|c| c.available) {
+        let _ = writeln!(md, "- `{}`: {}", c.name, c.description);
+    }
+    plots::fig14(
+        dir,
+        "fig14",
+        "TCP throughput, container to container across hosts (95 % CI over runs)",
+        &bars,
+    )?;
+    md.push_str(
+        "\n![Fig. 14](fig14.png) ([SVG](fig14.svg)) — bars: mean of the run means; error bars: \
+         95 % t-interval over the runs.\n\n",
+    );
+    md.push_str(
+        "The paper pooled 1-s samples (N = runs × kept intervals) for its interval; successive \
+         intervals of one run are correlated, so that interval is optimistic. Both are given; the \
+         figure uses the run-based one. CPU is iperf3's own figure (user + system time of the \
+         sending and receiving iperf3 processes, % of one core), so per-packet work done in \
+         softirq context on other CPUs is not in it.\n\n",
+    );
+    md.push_str("### The paper's numbers (two Xeon E5620 servers, 10 GbE, MTU 9000)\n\n| paper case | Gbit/s |\n|---|---:|\n");
+    for (name, v) in PAPER_FIG14 {
+        let _ = writeln!(md, "| {name} | {v:.2} |");
+    }
+    let _ = writeln!(
+        md,
+        "\nPaper ratios: Cilium / Swarm = {:.3} without rules, {:.3} with rules; filter cost: \
+         Swarm {:+.1} %, Cilium {:+.1} %.",
+        8.22 / 7.22,
+        8.24 / 7.20,
+        (7.20 / 7.22 - 1.0) * 100.0,
+        (8.24 / 8.22 - 1.0) * 100.0
+    );
+    let mean_of = |n: &str| {
+        r.case(n)
+            .and_then(|c| c.summary.as_ref())
+            .map(|s| s.run_means.mean)
+    };
+    if let (Some(ila), Some(sw)) = (mean_of("ila"), mean_of("swarm")) {
+        let _ = writeln!(md, "Here: ILA / swarm = {:.3}.", ila / sw);
+    }
+    if let (Some(sw), Some(swi)) = (mean_of("swarm"), mean_of("swarm+iptables")) {
+        let _ = writeln!(
+            md,
+            "Here: Listing 9 changes swarm by {:+.1} %.",
+            (swi / sw - 1.0) * 100.0
+        );
+    }
+    md.push('\n');
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md.push('\n');
+    Ok(())
+}
+
+fn rules_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchError> {
+    md.push_str("## Throughput against the number of filter rules\n\n");
+    header(md, r);
+    md.push_str(
+        "Listing 9 with N rules that never match placed before its accepts, in the FORWARD chain \
+         of both hosts (iptables x_tables back end), so every packet walks past all N. The \
+         reference is the same overlay without any filter.\n\n\
+         | case | rules in chain | mean Gbit/s | 95 % CI, run means (n) | ratio to no filter [95 % CI] | retransmits/run | CPU % per Gbit/s |\n\
+         |---|---:|---:|---|---|---:|---:|\n",
+    );
+    let mut curves: Vec<Curve> = Vec::new();
+    let mut reference = None;
+    for c in &r.cases {
+        let Some(s) = &c.summary else {
+            let _ = writeln!(md, "| {} | | (no runs yet) | | | | |", c.name);
+            continue;
+        };
+        let ratio = s
+            .ratio_to_baseline
+            .map(|x| format!("{:.3} [{}]", x.mean, ci(&x, 3)))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {} ({}) | {} | {:.1} | {:.1} |",
+            c.name,
+            c.total_rules.unwrap_or(0),
+            s.run_means.mean,
+            ci(&s.run_means, 3),
+            s.runs,
+            ratio,
+            s.retransmits_per_run,
+            s.cpu_per_gbps
+        );
+        let point = Point {
+            rules: c.total_rules.unwrap_or(0).max(1) as f64,
+            mean: s.run_means.mean,
+            ci: s.run_means.ci_low.zip(s.run_means.ci_high),
+        };
+        match c.series.as_deref() {
+            Some("reference") | None => reference = Some(point),
+            Some(series) => match curves.iter_mut().find(|k| k.name == series) {
+                Some(k) => k.points.push(point),
+                None => curves.push(Curve {
+                    name: series.to_string(),
+                    points: vec![point],
+                    color: if series == "ebpf" {
+                        palette::EBPF
+                    } else {
+                        palette::IPTABLES
+                    },
+                }),
+            },
+        }
+    }
+    for k in &mut curves {
+        k.points.sort_by(|a, b| a.rules.total_cmp(&b.rules));
+    }
+    plots::rules_curve(
+        dir,
+        "rules",
+        "TCP throughput against filter rules (95 % CI over runs)",
+        &curves,
+        reference,
+    )?;
+    md.push_str("\n![rules](rules.png) ([SVG](rules.svg))\n\n");
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md.push('\n');
+    Ok(())
+}
+
+/// Regenerates `report.md` and the figures from the result files in `dir`.
+pub fn write_report(dir: &Path) -> Result<(), BenchError> {
+    let paper = load(dir, "results")?;
+    let rules = load(dir, "rules")?;
+    let mut md = String::from("# ilanet benchmark report\n\n");
+    if paper.is_none() && rules.is_none() {
+        md.push_str("No results yet.\n");
+    }
+    if let Some(r) = &paper {
+        paper_section(&mut md, dir, r)?;
+    }
+    if let Some(r) = &rules {
+        rules_section(&mut md, dir, r)?;
+    }
+    md.push_str(
+        "Files: `results.json` / `rules.json` (everything, incl. per-run data), `*.csv` (one row \
+         per case), `*-samples.csv` (every 1-s interval), `raw/` (iperf3 JSON as written by \
+         iperf3).\n",
+    );
+    write(&dir.join("report.md"), &md)
+}

@@ -1,0 +1,235 @@
+//! `ilanet bench paper|rules`: the paper's Fig. 14 comparison and the rule-count curve, with
+//! presets, a progress line on stderr, and Ctrl-C that keeps what was measured.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use bench::model::Settings;
+use bench::{PaperConfig, Progress, Results, RulesConfig};
+use clap::Args;
+
+/// Set by SIGINT/SIGTERM; the campaign stops at the next check and tears its labs down.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Installs the stop handler (a store to an atomic is async-signal-safe).
+fn install_stop_handler() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+/// Options shared by both campaigns.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Runs per case (rounds); overrides the preset.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Seconds per iperf3 run; overrides the preset.
+    #[arg(long)]
+    pub duration: Option<u32>,
+    /// Leading 1-second intervals dropped from each run (warm-up); overrides the preset.
+    #[arg(long)]
+    pub skip: Option<usize>,
+    /// Parallel TCP streams (iperf3 -P).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: u32,
+    /// Underlay MTU: 1500 or 9000 (overlay devices get 70 bytes less in swarm mode).
+    #[arg(long, default_value_t = 1500, value_parser = parse_mtu)]
+    pub mtu: u32,
+    /// Output directory (default: results/<UTC timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Short preset (smoke test).
+    #[arg(long, conflicts_with = "paper")]
+    pub quick: bool,
+    /// The paper's settings (100 runs × 70 s, first 10 s dropped): hours.
+    #[arg(long)]
+    pub paper: bool,
+}
+
+fn parse_mtu(s: &str) -> Result<u32, String> {
+    match s {
+        "1500" => Ok(1500),
+        "9000" => Ok(9000),
+        other => Err(format!("expected 1500 or 9000, got '{other}'")),
+    }
+}
+
+/// `ilanet bench paper`.
+#[derive(Args, Debug)]
+pub struct PaperArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Scenarios to run, comma-separated (native, ila, ila+policy, swarm, swarm+iptables).
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+}
+
+/// `ilanet bench rules`.
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Non-matching rule counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = bench::scenario::RULE_COUNTS)]
+    pub counts: Vec<usize>,
+}
+
+/// (runs, duration s, skip) of each preset.
+struct Preset(usize, u32, usize);
+
+impl CommonArgs {
+    fn settings(&self, quick: Preset, default: Preset, paper: Preset) -> Settings {
+        let p = if self.quick {
+            quick
+        } else if self.paper {
+            paper
+        } else {
+            default
+        };
+        Settings {
+            runs: self.runs.unwrap_or(p.0),
+            duration: self.duration.unwrap_or(p.1),
+            skip: self.skip.unwrap_or(p.2),
+            streams: self.parallel,
+            mtu: self.mtu,
+            port: lab::LISTING9_PORT,
+        }
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("results").join(bench::machine::now_compact()))
+    }
+}
+
+fn fmt_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Progress on stderr: one rewritten line on a terminal, one line per step otherwise.
+fn progress_printer() -> impl FnMut(&Progress) {
+    let tty = std::io::stderr().is_terminal();
+    move |p: &Progress| {
+        let line = if p.total == 0 {
+            format!("bench: {}", p.doing)
+        } else {
+            let last = p
+                .last
+                .as_ref()
+                .map(|(n, g)| format!(" | last: {n} {g:.2} Gbit/s"))
+                .unwrap_or_default();
+            format!(
+                "bench: [{:>3}/{}] {}{last} | ~{} left",
+                p.done + 1,
+                p.total,
+                p.doing,
+                fmt_secs(p.eta)
+            )
+        };
+        if tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    let baseline = results.baseline.clone().unwrap_or_default();
+    println!(
+        "{:<16} {:>9} {:>19} {:>8} {:>22} {:>10}",
+        "case",
+        "Gbit/s",
+        "95% CI (runs)",
+        "runs",
+        format!("ratio to {baseline}"),
+        "CPU%/Gbps"
+    );
+    for c in &results.cases {
+        match &c.summary {
+            Some(s) => {
+                let ci = match (s.run_means.ci_low, s.run_means.ci_high) {
+                    (Some(l), Some(h)) => format!("{l:.2} – {h:.2}"),
+                    _ => "–".into(),
+                };
+                let ratio = s
+                    .ratio_to_baseline
+                    .map(|r| match (r.ci_low, r.ci_high) {
+                        (Some(l), Some(h)) => format!("{:.3} [{l:.3}, {h:.3}]", r.mean),
+                        _ => format!("{:.3}", r.mean),
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<16} {:>9.3} {:>19} {:>8} {:>22} {:>10.1}",
+                    c.name, s.run_means.mean, ci, s.runs, ratio, s.cpu_per_gbps
+                );
+            }
+            None => println!("{:<16} {}", c.name, c.note.as_deref().unwrap_or("no runs")),
+        }
+    }
+    println!("report: {}", out.join("report.md").display());
+    if results.interrupted {
+        eprintln!(
+            "interrupted: the labs are down; partial results are kept in {}",
+            out.display()
+        );
+        return ExitCode::from(130);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `ilanet bench paper`.
+pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
+    let settings = args
+        .common
+        .settings(Preset(2, 5, 1), Preset(10, 12, 2), Preset(100, 70, 10));
+    let out = args.common.out_dir();
+    let cfg = PaperConfig {
+        settings,
+        scenarios: args.scenarios.clone(),
+        out: out.clone(),
+        lab_prefix: format!("b{}", std::process::id()),
+    };
+    install_stop_handler();
+    let results = bench::paper(&cfg, &STOP, &mut progress_printer())
+        .with_context(|| format!("bench paper (results so far in {})", out.display()))?;
+    Ok(finish(&results, &out))
+}
+
+/// Runs `ilanet bench rules`.
+pub fn rules(args: &RulesArgs) -> Result<ExitCode> {
+    let settings = args
+        .common
+        .settings(Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5));
+    let out = args.common.out_dir();
+    let cfg = RulesConfig {
+        settings,
+        counts: args.counts.clone(),
+        out: out.clone(),
+        lab_prefix: format!("b{}", std::process::id()),
+    };
+    install_stop_handler();
+    let results = bench::rules(&cfg, &STOP, &mut progress_printer())
+        .with_context(|| format!("bench rules (results so far in {})", out.display()))?;
+    Ok(finish(&results, &out))
+}
