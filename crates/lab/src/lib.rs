@@ -5,6 +5,7 @@
 //! `L-<host>` by a veth (`to-<host>` ↔ `uplink`); each host has containers `L-<host>-<n>`
 //! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router.
 
+pub mod agents;
 mod modes;
 pub mod plan;
 pub mod probe;
@@ -13,7 +14,7 @@ pub mod state;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 
-use dataplane::{Counters, HostDataplane, HostMaps, InEntry, OutEntry, ProgramKind, Redirect};
+use dataplane::{Counters, HostMaps};
 use serde::Serialize;
 
 use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, UPLINK_IFNAME};
@@ -21,6 +22,8 @@ use crate::state::{LabState, Phase};
 use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
 
+pub use modes::swarm::{set_swarm_rules, SwarmRules, LISTING9_PORT};
+pub use modes::tune::set_mtu;
 pub use plan::LabSpec;
 
 /// What can go wrong building, inspecting or removing a lab.
@@ -75,6 +78,12 @@ pub enum LabError {
     /// Address arithmetic failed.
     #[error(transparent)]
     Ila(#[from] ila::IlaError),
+    /// An agent failed or refused.
+    #[error("agent: {0}")]
+    Agent(String),
+    /// The lab's store failed.
+    #[error("store: {0}")]
+    Store(String),
     /// A probe did not get through.
     #[error("{0}")]
     Unreachable(String),
@@ -106,7 +115,7 @@ pub fn up(spec: &LabSpec) -> Result<Plan, LabError> {
         }
     }
     let mut state = LabState::claim(&plan)?;
-    match build(&mut state) {
+    match build(&mut state, spec) {
         Ok(()) => {
             state.phase = Phase::Up;
             state.save()?;
@@ -121,12 +130,12 @@ pub fn up(spec: &LabSpec) -> Result<Plan, LabError> {
     }
 }
 
-fn build(state: &mut LabState) -> Result<(), LabError> {
+fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
     let plan = state.plan.clone();
     dataplane::ensure_bpffs().map_err(dp_err("-"))?;
     // Record each namespace before creating it, so a crash in between cannot leak it; drop the
     // record again if creation fails (the name may belong to someone else).
-    for name in plan.netns_names() {
+    for name in plan.lab_netns() {
         state.created_netns.push(name.clone());
         state.save()?;
         if let Err(e) = netns::create(&name) {
@@ -141,12 +150,18 @@ fn build(state: &mut LabState) -> Result<(), LabError> {
         Mode::Ila => {
             for host in &plan.hosts {
                 build_underlay(&nl, &plan, host)?;
-                for c in &host.containers {
-                    build_container_link(&nl, host, c)?;
-                }
-                attach_programs(&plan, host)?;
             }
-            install_mappings(&plan)
+            // The agents attach the programs, create the containers and distribute the
+            // mappings, exactly as they would on real hosts.
+            let binary = match &spec.agent_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe().map_err(|source| LabError::Os {
+                    what: "finding the ilanet executable".into(),
+                    source,
+                })?,
+            };
+            agents::start(state, &binary, spec.lease_ttl)?;
+            agents::create_planned_endpoints(&plan)
         }
         Mode::Native => modes::native::build(&nl, &plan),
         Mode::Swarm => modes::swarm::build(&nl, &plan),
@@ -217,62 +232,6 @@ pub(crate) fn build_container_link(
     Ok(())
 }
 
-/// Loads the host's programs (maps pinned) and attaches them: from-wire on the uplink,
-/// from-container on every container's host-side veth.
-fn attach_programs(plan: &Plan, host: &HostPlan) -> Result<(), LabError> {
-    let pin_dir = state::host_pin_dir(&plan.name, &host.name);
-    let mut dp = HostDataplane::load(&pin_dir).map_err(dp_err(&host.name))?;
-    netns::run_in(&host.netns, || {
-        dp.attach(ProgramKind::FromWire, UPLINK_IFNAME)
-            .map_err(dp_err(&host.name))?;
-        for c in &host.containers {
-            dp.attach(ProgramKind::FromContainer, &c.host_ifname)
-                .map_err(dp_err(&host.name))?;
-        }
-        Ok(())
-    })
-}
-
-/// Installs every container's mapping on every host (the agent takes this over later): an
-/// out-entry for each container everywhere, an in-entry on the container's own host.
-fn install_mappings(plan: &Plan) -> Result<(), LabError> {
-    let mappings = plan.mappings();
-    for host in &plan.hosts {
-        let pin_dir = state::host_pin_dir(&plan.name, &host.name);
-        let mut maps = HostMaps::open_pinned(&pin_dir).map_err(dp_err(&host.name))?;
-        for (owner, c, mapping) in &mappings {
-            let ila = mapping.ila_address()?;
-            let local = owner.name == host.name;
-            maps.insert_out(
-                c.sir_addr,
-                &OutEntry {
-                    ila,
-                    csum_mode: mapping.mode,
-                    local,
-                },
-            )
-            .map_err(dp_err(&host.name))?;
-            if local {
-                let ifindex = link::ifindex_in(&host.netns, &c.host_ifname)?;
-                maps.insert_in(
-                    ila,
-                    &InEntry {
-                        sir: c.sir_addr,
-                        ifindex,
-                        csum_mode: mapping.mode,
-                        redirect: Some(Redirect {
-                            endpoint_mac: c.mac,
-                            host_mac: c.host_mac,
-                        }),
-                    },
-                )
-                .map_err(dp_err(&host.name))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Result of [`down`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownOutcome {
@@ -297,7 +256,22 @@ pub fn down(lab: &str) -> Result<DownOutcome, LabError> {
 
 fn teardown(state: &LabState) -> Result<(), LabError> {
     let mut first_error = None;
-    // Containers and hosts first, the router last: the reverse of creation.
+    // Agents first, so nothing recreates what is being removed; then the endpoints they made.
+    let endpoint_netns = match agents::stop(state) {
+        Ok(n) => n,
+        Err(e) => {
+            log::error!("{e}");
+            first_error.get_or_insert(e);
+            Vec::new()
+        }
+    };
+    for name in &endpoint_netns {
+        if let Err(e) = netns::delete(name) {
+            log::error!("{e}");
+            first_error.get_or_insert(LabError::from(e));
+        }
+    }
+    // Containers and hosts, the router last: the reverse of creation.
     for name in state.created_netns.iter().rev() {
         if let Err(e) = netns::delete(name) {
             log::error!("{e}");
@@ -310,7 +284,16 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
     match first_error {
         // Keep the record so a later `down` can finish the job.
         Some(e) => Err(e),
-        None => LabState::remove(&state.plan.name),
+        None => {
+            // Sockets, agent records, logs and etcd data go with the lab.
+            let dir = agents::run_dir(&state.plan.name);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    log::error!("removing {}: {e}", dir.display());
+                }
+            }
+            LabState::remove(&state.plan.name)
+        }
     }
 }
 

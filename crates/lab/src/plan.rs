@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, Mapping, SirPrefix, Vnid};
 use serde::{Deserialize, Serialize};
 
+use crate::agents::StoreKind;
 use crate::LabError;
 
 /// Longest lab name: namespace names are `<lab>-<host>-<container>` and stay readable.
@@ -69,6 +70,12 @@ pub struct LabSpec {
     pub vnid: Vnid,
     /// How hosts are joined.
     pub mode: Mode,
+    /// Which mapping store the agents use (ILA mode).
+    pub store: StoreKind,
+    /// Lease time to live of the agents.
+    pub lease_ttl: std::time::Duration,
+    /// The `ilanet` binary that runs the agents (default: the running executable).
+    pub agent_binary: Option<std::path::PathBuf>,
 }
 
 /// One site of a [`LabSpec`].
@@ -99,6 +106,9 @@ impl LabSpec {
             sir_prefix: default_sir_prefix(),
             vnid: default_vnid(),
             mode: Mode::Ila,
+            store: StoreKind::Embedded,
+            lease_ttl: agent::DEFAULT_LEASE_TTL,
+            agent_binary: None,
         }
     }
 
@@ -149,6 +159,11 @@ pub struct Plan {
     /// How hosts are joined.
     #[serde(default)]
     pub mode: Mode,
+    /// Tenant network of the containers.
+    pub vnid: Vnid,
+    /// Which mapping store the agents use.
+    #[serde(default)]
+    pub store: StoreKind,
     /// Hosts, in site order.
     pub hosts: Vec<HostPlan>,
 }
@@ -252,11 +267,26 @@ impl Plan {
             sir_prefix: spec.sir_prefix,
             csum_mode: spec.csum_mode,
             mode: spec.mode,
+            vnid: spec.vnid,
+            store: spec.store,
             hosts,
         })
     }
 
-    /// Every namespace the lab creates, router first.
+    /// The namespaces the lab creates itself, router first. In ILA mode the agents create the
+    /// containers' namespaces.
+    pub fn lab_netns(&self) -> Vec<String> {
+        let mut names = vec![self.router_netns.clone()];
+        for host in &self.hosts {
+            names.push(host.netns.clone());
+            if self.mode != Mode::Ila {
+                names.extend(host.containers.iter().map(|c| c.netns.clone()));
+            }
+        }
+        names
+    }
+
+    /// Every namespace of the lab (its own and its containers'), router first.
     pub fn netns_names(&self) -> Vec<String> {
         let mut names = vec![self.router_netns.clone()];
         for host in &self.hosts {

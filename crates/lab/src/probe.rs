@@ -150,7 +150,7 @@ pub fn tcp_transfer(
         Err(e) => {
             // Unblock the server thread: connect to it locally from its own namespace.
             let _ = NetnsGuard::enter(server_ns)
-                .map(|_g| TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)).map(|s| drop(s)));
+                .map(|_g| TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)).map(drop));
             let _ = server.join();
             return Err(LabError::Unreachable(format!(
                 "TCP connect from '{client_ns}' to [{addr}]:{port} failed: {e}"

@@ -48,6 +48,12 @@ pub struct LabState {
     pub created_netns: Vec<String>,
     /// Pid of the process that built the lab.
     pub pid: u32,
+    /// Agent processes started for the lab.
+    #[serde(default)]
+    pub agents: Vec<u32>,
+    /// The lab's etcd cluster, if it has one.
+    #[serde(default)]
+    pub etcd: Option<store::etcd_cluster::EtcdClusterInfo>,
 }
 
 fn record_path(lab: &str) -> PathBuf {
@@ -69,6 +75,8 @@ impl LabState {
             plan: plan.clone(),
             created_netns: Vec::new(),
             pid: std::process::id(),
+            agents: Vec::new(),
+            etcd: None,
         };
         let mut file = OpenOptions::new()
             .write(true)

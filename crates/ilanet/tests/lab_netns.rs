@@ -9,9 +9,16 @@ use lab::{netns, probe, DownOutcome, LabError, LabSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A lab spec whose agents run from the `ilanet` binary under test.
+fn spec(name: &str, sites: usize, containers: usize) -> LabSpec {
+    let mut s = LabSpec::generic(name, sites, containers);
+    s.agent_binary = Some(env!("CARGO_BIN_EXE_ilanet").into());
+    s
+}
+
 /// Per-run unique lab name, so parallel runs never collide.
 fn lab_name(tag: &str) -> String {
-    format!("t{}-{tag}", std::process::id())
+    format!("l{}-{tag}", std::process::id())
 }
 
 /// Removes the lab when the test ends, also when it fails.
@@ -49,7 +56,7 @@ fn check_all_pairs(plan: &Plan, bytes: usize) {
 fn run_mode(tag: &str, mode: ChecksumMode) {
     let name = lab_name(tag);
     let _cleanup = Cleanup(name.clone());
-    let mut spec = LabSpec::generic(&name, 2, 2);
+    let mut spec = spec(&name, 2, 2);
     spec.csum_mode = mode;
     let plan = lab::up(&spec).expect("lab up");
     check_all_pairs(&plan, 200_000);
@@ -101,7 +108,7 @@ fn no_action_lab_reaches_every_pair() {
 fn second_up_is_refused_and_down_is_idempotent() {
     let name = lab_name("idem");
     let _cleanup = Cleanup(name.clone());
-    let spec = LabSpec::generic(&name, 1, 1);
+    let spec = spec(&name, 1, 1);
     let plan = lab::up(&spec).expect("lab up");
     let err = lab::up(&spec).expect_err("second up must fail");
     assert!(matches!(err, LabError::AlreadyUp { .. }), "{err}");
@@ -126,7 +133,7 @@ fn second_up_is_refused_and_down_is_idempotent() {
 fn foreign_namespace_is_never_touched() {
     let name = lab_name("clash");
     let _cleanup = Cleanup(name.clone());
-    let plan = Plan::new(&LabSpec::generic(&name, 1, 1)).expect("plan");
+    let plan = Plan::new(&spec(&name, 1, 1)).expect("plan");
     let foreign = plan.hosts[0].netns.clone();
     netns::create(&foreign).expect("create foreign netns");
     struct Foreign(String);
@@ -136,7 +143,7 @@ fn foreign_namespace_is_never_touched() {
         }
     }
     let _foreign = Foreign(foreign.clone());
-    let err = lab::up(&LabSpec::generic(&name, 1, 1)).expect_err("clash");
+    let err = lab::up(&spec(&name, 1, 1)).expect_err("clash");
     assert!(
         matches!(err, LabError::NetnsExists(ref n) if *n == foreign),
         "{err}"
@@ -158,7 +165,7 @@ fn down_removes_a_half_built_lab_from_its_record() {
     // far; `down` must remove exactly those.
     let name = lab_name("crash");
     let _cleanup = Cleanup(name.clone());
-    let plan = Plan::new(&LabSpec::generic(&name, 2, 1)).expect("plan");
+    let plan = Plan::new(&spec(&name, 2, 1)).expect("plan");
     let mut st = LabState::claim(&plan).expect("claim");
     for ns in plan.netns_names().iter().take(3) {
         st.created_netns.push(ns.clone());

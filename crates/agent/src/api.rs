@@ -1,0 +1,179 @@
+//! The agent's local API: one JSON object per line over a unix socket (mode 0600), one response
+//! line per request. Small on purpose: the CLI, the CNI plugin and the dashboard all speak it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv6Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::LocalEndpoint;
+
+/// A request to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The agent's state.
+    Status,
+    /// Create an endpoint on this host.
+    EndpointAdd {
+        /// Name, unique in the network.
+        name: String,
+        /// Use this identifier instead of allocating one (a move, or a planned address).
+        #[serde(default)]
+        identifier: Option<ila::Identifier>,
+        /// Overwrite an existing mapping of that address (a move from another host).
+        #[serde(default)]
+        replace: bool,
+        /// Labels.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    /// Remove an endpoint of this host.
+    EndpointDel {
+        /// Name.
+        name: String,
+        /// Leave the mapping in the store (the endpoint is moving; the new host overwrites it).
+        #[serde(default)]
+        keep_mapping: bool,
+    },
+    /// This host's endpoints.
+    EndpointList,
+    /// Every mapping the agent knows, with what its maps hold.
+    Mappings,
+}
+
+/// A response line: either `{"ok": <data>}` or `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Success.
+    Ok(serde_json::Value),
+    /// Failure, with a message that names what is wrong.
+    Error(String),
+}
+
+/// One row of [`Request::Mappings`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MappingRow {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Host that runs it.
+    pub host: String,
+    /// SIR address.
+    pub sir_addr: Ipv6Addr,
+    /// Locator of its host.
+    pub locator: String,
+    /// ILA address on the wire.
+    pub ila_addr: Option<Ipv6Addr>,
+    /// Checksum mode.
+    pub mode: String,
+    /// Whether this host's out-map holds exactly this mapping.
+    pub installed: bool,
+}
+
+/// Reply of [`Request::Status`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Host name.
+    pub host: String,
+    /// Locator prefix.
+    pub locator: String,
+    /// Store backend and address.
+    pub store: String,
+    /// Whether the store session is up.
+    pub store_connected: bool,
+    /// Last error talking to the store, if the session is down.
+    pub store_error: Option<String>,
+    /// Current lease id.
+    pub lease: Option<i64>,
+    /// Store revision the maps reflect.
+    pub revision: i64,
+    /// Mappings in the agent's view of the store.
+    pub mappings: usize,
+    /// Local endpoints.
+    pub endpoints: usize,
+    /// Entries in the out-map.
+    pub out_entries: usize,
+    /// Entries in the in-map.
+    pub in_entries: usize,
+    /// Full resyncs done (mark and sweep).
+    pub resyncs: u64,
+    /// Data path counters.
+    pub counters: Option<dataplane::Counters>,
+}
+
+/// A client error: the agent is unreachable or answered with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Cannot talk to the agent.
+    #[error("agent at {socket}: {reason}")]
+    Unreachable {
+        /// Socket path.
+        socket: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends one request and waits for its response (blocking; used by the CLI).
+pub fn call(
+    socket: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
+    let unreachable = |reason: String| ClientError::Unreachable {
+        socket: socket.display().to_string(),
+        reason,
+    };
+    let mut stream = UnixStream::connect(socket).map_err(|e| unreachable(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut line = serde_json::to_vec(req).map_err(|e| unreachable(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .map_err(|e| unreachable(format!("no reply: {e}")))?;
+    match serde_json::from_str::<Response>(&reply) {
+        Ok(Response::Ok(v)) => Ok(v),
+        Ok(Response::Error(e)) => Err(ClientError::Refused(e)),
+        Err(e) => Err(unreachable(format!("unreadable reply {reply:?}: {e}"))),
+    }
+}
+
+/// Typed view of [`Request::EndpointList`] replies.
+pub type EndpointList = Vec<LocalEndpoint>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_unknown_fields_are_refused() {
+        let r = Request::EndpointAdd {
+            name: "x".into(),
+            identifier: None,
+            replace: false,
+            labels: BTreeMap::new(),
+        };
+        let s = serde_json::to_string(&r).expect("json");
+        assert_eq!(serde_json::from_str::<Request>(&s).expect("parse"), r);
+        let err =
+            serde_json::from_str::<Request>(r#"{"op":"endpoint_del","name":"x","force":true}"#)
+                .expect_err("unknown field");
+        assert!(err.to_string().contains("force"), "{err}");
+        let err = serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).expect_err("unknown op");
+        assert!(err.to_string().contains("reboot"), "{err}");
+    }
+}

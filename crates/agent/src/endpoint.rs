@@ -1,0 +1,182 @@
+//! Endpoint plumbing on the host: namespace, veth, address, routes, program attachment — and
+//! its removal. Blocking (netlink, setns); the agent runs it off the async threads.
+
+use std::net::Ipv6Addr;
+
+use dataplane::{HostDataplane, ProgramKind};
+use hostnet::link::{self, EndpointLink, Netlink};
+use hostnet::netns;
+
+use crate::reconcile::LocalEndpoint;
+use crate::{AgentConfig, AgentError};
+
+/// Longest endpoint name (namespace names are `<prefix>-<name>`).
+pub const MAX_NAME: usize = 40;
+
+/// Checks an endpoint name: 1–40 of `a-z 0-9 - _ .`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), AgentError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::Invalid(format!(
+            "endpoint name '{name}' is not valid: use 1 to {MAX_NAME} characters of a-z, 0-9, '-', '_' and '.', starting with a letter or digit"
+        )))
+    }
+}
+
+/// 32-bit FNV-1a: a stable short hash for interface names and MACs.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// Host-side veth name of an endpoint (stable across agent restarts, ≤ 15 characters).
+pub fn host_ifname(name: &str) -> String {
+    format!("lxc{:08x}", fnv1a(name))
+}
+
+/// MACs of an endpoint (`eth0`) and of its host-side veth: locally administered, stable.
+pub fn macs(name: &str) -> ([u8; 6], [u8; 6]) {
+    let h = fnv1a(name).to_be_bytes();
+    (
+        [0x02, 0x1b, h[0], h[1], h[2], h[3]],
+        [0x02, 0x1c, h[0], h[1], h[2], h[3]],
+    )
+}
+
+/// Namespace name of an endpoint.
+pub fn netns_name(cfg: &AgentConfig, name: &str) -> String {
+    format!("{}-{name}", cfg.netns_prefix)
+}
+
+/// Creates the endpoint's namespace and wiring and attaches from-container. On failure nothing
+/// is left behind.
+pub fn create(
+    cfg: &AgentConfig,
+    dp: &mut HostDataplane,
+    name: &str,
+    identifier: ila::Identifier,
+    sir_addr: Ipv6Addr,
+    labels: std::collections::BTreeMap<String, String>,
+) -> Result<LocalEndpoint, AgentError> {
+    let ns = netns_name(cfg, name);
+    let ifname = host_ifname(name);
+    if link::ifindex_in(&cfg.host_netns, &ifname).is_ok() {
+        return Err(AgentError::Invalid(format!(
+            "interface {ifname} for endpoint '{name}' already exists on host '{}'",
+            cfg.host
+        )));
+    }
+    netns::create(&ns)?;
+    let (mac, host_mac) = macs(name);
+    let built = (|| -> Result<u32, AgentError> {
+        let nl = Netlink::new()?;
+        nl.plumb_endpoint(&EndpointLink {
+            host_netns: &cfg.host_netns,
+            netns: &ns,
+            host_ifname: &ifname,
+            host_mac,
+            mac,
+            addr: sir_addr,
+        })?;
+        let ifindex = link::ifindex_in(&cfg.host_netns, &ifname)?;
+        netns::run_in(&cfg.host_netns, || {
+            dp.attach(ProgramKind::FromContainer, &ifname)
+                .map_err(AgentError::from)
+        })?;
+        Ok(ifindex)
+    })();
+    match built {
+        Ok(ifindex) => Ok(LocalEndpoint {
+            name: name.to_string(),
+            identifier,
+            sir_addr,
+            netns: ns,
+            host_ifname: ifname,
+            ifindex,
+            mac,
+            host_mac,
+            labels,
+        }),
+        Err(e) => {
+            destroy_parts(cfg, &ns, &ifname);
+            Err(e)
+        }
+    }
+}
+
+/// Removes an endpoint's namespace (its veth pair goes with it) and pinned link.
+pub fn destroy(cfg: &AgentConfig, ep: &LocalEndpoint) -> Result<(), AgentError> {
+    netns::delete(&ep.netns)?;
+    remove_link_pin(cfg, &ep.host_ifname)
+}
+
+fn destroy_parts(cfg: &AgentConfig, ns: &str, ifname: &str) {
+    if let Err(e) = netns::delete(ns) {
+        log::error!("cleaning up namespace {ns}: {e}");
+    }
+    if let Err(e) = remove_link_pin(cfg, ifname) {
+        log::error!("cleaning up the link pin of {ifname}: {e}");
+    }
+}
+
+fn remove_link_pin(cfg: &AgentConfig, ifname: &str) -> Result<(), AgentError> {
+    // The link is already defunct once the veth is gone; the pin only holds the object.
+    let pin = cfg.pin_dir.join("links").join(ifname);
+    match std::fs::remove_file(&pin) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AgentError::Io {
+            what: format!("removing {}", pin.display()),
+            source,
+        }),
+    }
+}
+
+/// Whether an endpoint recorded before a restart is still wired (namespace and veth exist);
+/// refreshes its interface index.
+pub fn revalidate(cfg: &AgentConfig, ep: &mut LocalEndpoint) -> bool {
+    if !netns::exists(&ep.netns) {
+        return false;
+    }
+    match link::ifindex_in(&cfg.host_netns, &ep.host_ifname) {
+        Ok(i) => {
+            ep.ifindex = i;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("nola-1").is_ok());
+        assert!(validate_name("a.b_c").is_ok());
+        for bad in ["", "-x", "UP", "a/b", &"x".repeat(41)] {
+            let e = validate_name(bad).expect_err(bad);
+            assert!(e.to_string().contains("not valid"), "{e}");
+        }
+    }
+
+    #[test]
+    fn interface_names_fit_and_differ() {
+        let a = host_ifname("nola-1");
+        let b = host_ifname("nola-2");
+        assert!(a.len() <= 15);
+        assert_ne!(a, b);
+        let (m1, h1) = macs("nola-1");
+        assert_ne!(m1, h1);
+        assert_eq!(m1[0] & 0x03, 0x02, "locally administered unicast");
+    }
+}

@@ -1,0 +1,746 @@
+//! The ilanet agent, one per host. It owns the host's locator, creates and deletes endpoints,
+//! publishes their mappings to the store under its lease, watches every mapping and keeps the
+//! host's eBPF maps equal to the store's view (list, then watch from that revision; every full
+//! resync is a mark and sweep), and serves a local API on a unix socket.
+//!
+//! When the store is unreachable the agent retries with backoff and leaves the data path at its
+//! last known state; when it comes back the agent republishes its endpoints and resyncs.
+
+pub mod api;
+pub mod endpoint;
+pub mod reconcile;
+mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dataplane::{HostDataplane, ProgramKind};
+use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, SirPrefix, Vnid};
+use serde::{Deserialize, Serialize};
+use store::{HostRecord, Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
+
+use crate::api::{AgentStatus, MappingRow};
+use crate::reconcile::LocalEndpoint;
+
+pub use server::serve;
+
+/// Default lease time to live: a dead host's mappings disappear this long after it dies.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Everything an agent needs to know about its host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Host name, unique in the network.
+    pub host: String,
+    /// The host's network namespace (named, as under /run/netns).
+    pub host_netns: String,
+    /// The host's uplink (from-wire is attached to it).
+    pub uplink: String,
+    /// The host's locator.
+    pub locator: Locator,
+    /// The host's underlay address.
+    pub underlay: Ipv6Addr,
+    /// SIR prefix of the tenant network endpoints join.
+    pub sir_prefix: SirPrefix,
+    /// VNID of that network.
+    pub vnid: Vnid,
+    /// Checksum mode of the mappings this agent publishes.
+    pub csum_mode: ChecksumMode,
+    /// Where the host's maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// File recording this host's endpoints (survives agent restarts).
+    pub state_file: PathBuf,
+    /// Unix socket of the local API.
+    pub socket: PathBuf,
+    /// Prefix of endpoint namespace names (`<prefix>-<endpoint>`).
+    pub netns_prefix: String,
+    /// Lease time to live.
+    pub lease_ttl: Duration,
+}
+
+/// What can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A bad request; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store is needed and not reachable; nothing was changed.
+    #[error("mapping store not reachable ({0}); nothing was changed")]
+    NoStore(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Namespaces or links.
+    #[error(transparent)]
+    Net(#[from] hostnet::NetError),
+    /// The eBPF data path.
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::DataplaneError),
+    /// Address arithmetic.
+    #[error(transparent)]
+    Ila(#[from] ila::IlaError),
+    /// Files.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Notified each time a mapping is written into this host's out-map (for convergence
+/// measurements): host, SIR address, when.
+pub type InstallObserver = tokio::sync::mpsc::UnboundedSender<(String, Ipv6Addr, Instant)>;
+
+struct Session {
+    store: Store,
+    lease: Lease,
+}
+
+struct Inner {
+    endpoints: BTreeMap<String, LocalEndpoint>,
+    view: BTreeMap<Ipv6Addr, MappingRecord>,
+    /// In-entries this agent installed, by SIR address (to remove them when a mapping moves).
+    in_by_sir: HashMap<Ipv6Addr, Ipv6Addr>,
+    session: Option<Session>,
+    store_error: Option<String>,
+    revision: i64,
+    resyncs: u64,
+    allocator: IdentifierAllocator,
+}
+
+/// One host's agent.
+pub struct Agent {
+    cfg: AgentConfig,
+    store_cfg: StoreConfig,
+    inner: Mutex<Inner>,
+    dp: Mutex<HostDataplane>,
+    /// Serialises endpoint changes (they span blocking plumbing and store calls).
+    ops: tokio::sync::Mutex<()>,
+    observer: Option<InstallObserver>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    endpoints: Vec<LocalEndpoint>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent-enough data (maps are reconciled anyway).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// Loads the host's data path (reusing pinned maps: traffic keeps flowing across restarts),
+    /// attaches from-wire to the uplink and recovers the endpoints recorded before a restart.
+    /// Blocking; call before entering the async runtime or from a blocking task.
+    pub fn new(
+        cfg: AgentConfig,
+        store_cfg: StoreConfig,
+        observer: Option<InstallObserver>,
+    ) -> Result<Arc<Self>, AgentError> {
+        endpoint::validate_name(&cfg.host)
+            .map_err(|_| AgentError::Invalid(format!("host name '{}' is not valid", cfg.host)))?;
+        dataplane::ensure_bpffs()?;
+        let mut dp = HostDataplane::load(&cfg.pin_dir)?;
+        hostnet::netns::run_in(&cfg.host_netns, || {
+            dp.attach(ProgramKind::FromWire, &cfg.uplink)
+                .map_err(AgentError::from)
+        })?;
+        let mut endpoints = BTreeMap::new();
+        for mut ep in read_state(&cfg)? {
+            if endpoint::revalidate(&cfg, &mut ep) {
+                // Re-attach: the program may be a newer build; the pinned link is updated in place.
+                hostnet::netns::run_in(&cfg.host_netns, || {
+                    dp.attach(ProgramKind::FromContainer, &ep.host_ifname)
+                        .map_err(AgentError::from)
+                })?;
+                endpoints.insert(ep.name.clone(), ep);
+            } else {
+                log::warn!(
+                    "host {}: endpoint '{}' recorded before the restart is gone; forgetting it",
+                    cfg.host,
+                    ep.name
+                );
+            }
+        }
+        // Start each host's allocation somewhere else so that hosts rarely collide; a
+        // collision is still caught by the store's atomic create.
+        let start = (u32::from_be_bytes(
+            endpoint::macs(&cfg.host).0[2..6]
+                .try_into()
+                .unwrap_or([0; 4]),
+        ) & 0xffff)
+            << 16
+            | 1;
+        let allocator = IdentifierAllocator::for_vnid_range(cfg.vnid, start.max(1), u32::MAX)?;
+        let agent = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                endpoints,
+                view: BTreeMap::new(),
+                in_by_sir: HashMap::new(),
+                session: None,
+                store_error: Some("not connected yet".into()),
+                revision: 0,
+                resyncs: 0,
+                allocator,
+            }),
+            dp: Mutex::new(dp),
+            cfg,
+            store_cfg,
+            ops: tokio::sync::Mutex::new(()),
+            observer,
+        });
+        agent.save_state()?;
+        Ok(agent)
+    }
+
+    /// The agent's configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    fn save_state(&self) -> Result<(), AgentError> {
+        let state = StateFile {
+            endpoints: lock(&self.inner).endpoints.values().cloned().collect(),
+        };
+        let path = &self.cfg.state_file;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
+        }
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec_pretty(&state).map_err(|e| AgentError::Io {
+            what: format!("encoding {}", path.display()),
+            source: std::io::Error::other(e),
+        })?;
+        std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|source| AgentError::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })
+    }
+
+    fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
+        MappingRecord {
+            endpoint: ep.name.clone(),
+            host: self.cfg.host.clone(),
+            sir: self.cfg.sir_prefix,
+            identifier: ep.identifier,
+            locator: self.cfg.locator,
+            mode: self.cfg.csum_mode,
+        }
+    }
+
+    /// Runs the store session forever: connect, publish, resync, watch; on any failure back off
+    /// and start again. `ready` is signalled once after the first publication (so agents sharing
+    /// one process publish before any of them sweeps).
+    pub async fn run(self: Arc<Self>, mut ready: Option<Arc<tokio::sync::Barrier>>) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            let result = self.session(&mut ready).await;
+            lock(&self.inner).session = None;
+            let reason = match result {
+                Ok(()) => "session ended".to_string(),
+                Err(e) => e.to_string(),
+            };
+            log::warn!(
+                "host {}: store session ended ({reason}); data path kept as it is; retrying in {backoff:?}",
+                self.cfg.host
+            );
+            lock(&self.inner).store_error = Some(reason);
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn session(
+        &self,
+        ready: &mut Option<Arc<tokio::sync::Barrier>>,
+    ) -> Result<(), AgentError> {
+        let store = Store::connect(&self.store_cfg).await?;
+        let lease = store.grant_lease(self.cfg.lease_ttl).await?;
+        store
+            .put_host(
+                &HostRecord {
+                    name: self.cfg.host.clone(),
+                    locator: self.cfg.locator,
+                    underlay: self.cfg.underlay,
+                },
+                &lease,
+            )
+            .await?;
+        let records: Vec<MappingRecord> = lock(&self.inner)
+            .endpoints
+            .values()
+            .map(|ep| self.record_of(ep))
+            .collect();
+        for rec in &records {
+            store.put_mapping(rec, &lease).await?;
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner.session = Some(Session {
+                store: store.clone(),
+                lease,
+            });
+            inner.store_error = None;
+        }
+        log::info!(
+            "host {}: connected to {}, lease {}, {} endpoints published",
+            self.cfg.host,
+            store.describe(),
+            lease.id,
+            records.len()
+        );
+        if let Some(barrier) = ready.take() {
+            barrier.wait().await;
+        }
+        let keepalive = async {
+            loop {
+                tokio::time::sleep(lease.ttl / 3).await;
+                store.keep_alive(&lease).await?;
+            }
+        };
+        let sync = async {
+            loop {
+                let snap = store.snapshot().await?;
+                let from = snap.revision + 1;
+                self.full_resync(snap)?;
+                let mut watch = store.watch(from).await?;
+                while let Some(item) = watch.next().await {
+                    match item {
+                        Ok(ev) => {
+                            if ev.event == StoreEvent::Resync {
+                                break;
+                            }
+                            self.apply(ev.revision, ev.event)?;
+                        }
+                        Err(e) if !e.ends_watch() => {
+                            log::error!("host {}: {e}; skipped", self.cfg.host)
+                        }
+                        Err(e) => return Err(AgentError::from(e)),
+                    }
+                }
+            }
+        };
+        let result: Result<(), AgentError> = tokio::select! {
+            r = keepalive => r,
+            r = sync => r,
+        };
+        result
+    }
+
+    /// Makes the maps equal to a snapshot (mark and sweep).
+    fn full_resync(&self, snap: Snapshot) -> Result<(), AgentError> {
+        for s in &snap.skipped {
+            log::error!(
+                "host {}: skipping store record {}: {}",
+                self.cfg.host,
+                s.key,
+                s.error
+            );
+        }
+        let mut inner = lock(&self.inner);
+        inner.view = snap
+            .mappings
+            .into_iter()
+            .map(|r| (r.sir_address(), r))
+            .collect();
+        let (desired, unusable) =
+            reconcile::desired(&self.cfg.host, inner.view.values(), &inner.endpoints);
+        for u in unusable {
+            log::error!(
+                "host {}: mapping of {} unusable: {}",
+                self.cfg.host,
+                u.sir_addr,
+                u.reason
+            );
+        }
+        let mut dp = lock(&self.dp);
+        let maps = dp.maps();
+        let ops = reconcile::diff(&desired, &maps.out_entries()?, &maps.in_entries()?);
+        for (k, v) in &ops.out_put {
+            maps.insert_out(*k, v)?;
+        }
+        for (k, v) in &ops.in_put {
+            maps.insert_in(*k, v)?;
+        }
+        for k in &ops.out_del {
+            maps.remove_out(*k)?;
+        }
+        for k in &ops.in_del {
+            maps.remove_in(*k)?;
+        }
+        drop(dp);
+        if let Some(obs) = &self.observer {
+            let now = Instant::now();
+            for (k, _) in &ops.out_put {
+                let _ = obs.send((self.cfg.host.clone(), *k, now));
+            }
+        }
+        inner.in_by_sir = desired
+            .inbound
+            .iter()
+            .map(|(ila, e)| (e.sir, *ila))
+            .collect();
+        inner.revision = snap.revision;
+        inner.resyncs += 1;
+        log::info!(
+            "host {}: resynced at revision {}: {} mappings ({} written, {} swept)",
+            self.cfg.host,
+            snap.revision,
+            inner.view.len(),
+            ops.out_put.len() + ops.in_put.len(),
+            ops.out_del.len() + ops.in_del.len()
+        );
+        Ok(())
+    }
+
+    /// Applies one watched change to the view and the maps.
+    fn apply(&self, revision: i64, event: StoreEvent) -> Result<(), AgentError> {
+        let mut inner = lock(&self.inner);
+        inner.revision = revision;
+        match event {
+            StoreEvent::PutMapping(rec) => {
+                let sir = rec.sir_address();
+                self.install(&mut inner, &rec)?;
+                inner.view.insert(sir, rec);
+            }
+            StoreEvent::DeleteMapping(sir) => {
+                inner.view.remove(&sir);
+                let mut dp = lock(&self.dp);
+                dp.maps().remove_out(sir)?;
+                if let Some(ila) = inner.in_by_sir.remove(&sir) {
+                    dp.maps().remove_in(ila)?;
+                }
+            }
+            StoreEvent::PutHost(_) | StoreEvent::DeleteHost(_) | StoreEvent::Resync => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the entries of one mapping (and removes a stale in-entry of the same address).
+    fn install(&self, inner: &mut Inner, rec: &MappingRecord) -> Result<(), AgentError> {
+        let sir = rec.sir_address();
+        let out = match reconcile::out_entry(&self.cfg.host, rec) {
+            Ok(e) => e,
+            Err(u) => {
+                log::error!(
+                    "host {}: mapping of {sir} unusable: {}",
+                    self.cfg.host,
+                    u.reason
+                );
+                return Ok(());
+            }
+        };
+        let inbound =
+            reconcile::in_entry(&self.cfg.host, rec, &inner.endpoints).unwrap_or_else(|u| {
+                log::error!("host {}: {}", self.cfg.host, u.reason);
+                None
+            });
+        let mut dp = lock(&self.dp);
+        let maps = dp.maps();
+        maps.insert_out(sir, &out)?;
+        if let Some(old) = inner.in_by_sir.remove(&sir) {
+            if inbound.map(|(k, _)| k) != Some(old) {
+                maps.remove_in(old)?;
+            }
+        }
+        if let Some((k, v)) = inbound {
+            maps.insert_in(k, &v)?;
+            inner.in_by_sir.insert(sir, k);
+        }
+        drop(dp);
+        if let Some(obs) = &self.observer {
+            let _ = obs.send((self.cfg.host.clone(), sir, Instant::now()));
+        }
+        Ok(())
+    }
+
+    fn session_handle(&self) -> Result<(Store, Lease), AgentError> {
+        let inner = lock(&self.inner);
+        match &inner.session {
+            Some(s) => Ok((s.store.clone(), s.lease)),
+            None => Err(AgentError::NoStore(
+                inner
+                    .store_error
+                    .clone()
+                    .unwrap_or_else(|| "no session".into()),
+            )),
+        }
+    }
+
+    /// Creates an endpoint on this host and publishes its mapping. With `identifier`, that
+    /// identifier is used (a planned address, or a move when `replace` is set: the mapping is
+    /// overwritten instead of created). Nothing is left behind on failure.
+    pub async fn add_endpoint(
+        self: &Arc<Self>,
+        name: &str,
+        identifier: Option<Identifier>,
+        replace: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LocalEndpoint, AgentError> {
+        endpoint::validate_name(name)?;
+        for (k, v) in &labels {
+            if k.is_empty() || k.contains(['=', '\n']) || v.contains('\n') {
+                return Err(AgentError::Invalid(format!("label '{k}={v}' is not valid")));
+            }
+        }
+        let _ops = self.ops.lock().await;
+        let (store, lease) = self.session_handle()?;
+        {
+            let inner = lock(&self.inner);
+            if inner.endpoints.contains_key(name) {
+                return Err(AgentError::Invalid(format!(
+                    "endpoint '{name}' already exists on host '{}'",
+                    self.cfg.host
+                )));
+            }
+            if !replace {
+                if let Some(r) = inner.view.values().find(|r| r.endpoint == name) {
+                    return Err(AgentError::Invalid(format!(
+                        "endpoint name '{name}' is in use on host '{}'",
+                        r.host
+                    )));
+                }
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let id = match identifier {
+                Some(id) => {
+                    self.check_identifier(id)?;
+                    id
+                }
+                None => self.next_identifier()?,
+            };
+            let sir_addr = self.cfg.sir_prefix.with_identifier(id);
+            if !replace {
+                if let Some(r) = lock(&self.inner).view.get(&sir_addr) {
+                    if identifier.is_some() {
+                        return Err(AgentError::Invalid(format!(
+                            "address {sir_addr} is in use by endpoint '{}' on host '{}'",
+                            r.endpoint, r.host
+                        )));
+                    }
+                    continue;
+                }
+            }
+            let me = Arc::clone(self);
+            let ep_name = name.to_string();
+            let ep_labels = labels.clone();
+            let ep = tokio::task::spawn_blocking(move || {
+                let mut dp = lock(&me.dp);
+                endpoint::create(&me.cfg, &mut dp, &ep_name, id, sir_addr, ep_labels)
+            })
+            .await
+            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
+            let rec = self.record_of(&ep);
+            let published = if replace {
+                store.put_mapping(&rec, &lease).await
+            } else {
+                store.create_mapping(&rec, &lease).await
+            };
+            match published {
+                Ok(_) => {
+                    {
+                        let mut inner = lock(&self.inner);
+                        inner.endpoints.insert(ep.name.clone(), ep.clone());
+                        let _ = inner.allocator.reserve(id);
+                        // Install right away rather than waiting for our own watch event.
+                        self.install(&mut inner, &rec)?;
+                        inner.view.insert(sir_addr, rec);
+                    }
+                    self.save_state()?;
+                    return Ok(ep);
+                }
+                Err(e) => {
+                    let me = Arc::clone(self);
+                    let ep2 = ep.clone();
+                    let cleanup =
+                        tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2)).await;
+                    if let Ok(Err(c)) = cleanup {
+                        log::error!("host {}: cleaning up endpoint '{name}': {c}", self.cfg.host);
+                    }
+                    match e {
+                        store::StoreError::AddressInUse { .. }
+                            if identifier.is_none() && attempts < 32 =>
+                        {
+                            continue
+                        }
+                        e => return Err(e.into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_identifier(&self, id: Identifier) -> Result<(), AgentError> {
+        if id.c_bit() || id.low16() == 0 {
+            return Err(AgentError::Invalid(format!(
+                "identifier {id} cannot be used: the C bit must be clear and the low 16 bits non-zero"
+            )));
+        }
+        if id.vnid() != Some(self.cfg.vnid) {
+            return Err(AgentError::Invalid(format!(
+                "identifier {id} is not of this network (VNID {})",
+                self.cfg.vnid
+            )));
+        }
+        Ok(())
+    }
+
+    fn next_identifier(&self) -> Result<Identifier, AgentError> {
+        let mut inner = lock(&self.inner);
+        loop {
+            let id = inner.allocator.allocate()?;
+            if !inner
+                .view
+                .contains_key(&self.cfg.sir_prefix.with_identifier(id))
+            {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Removes an endpoint of this host; with `keep_mapping` its mapping stays in the store (the
+    /// endpoint is moving and the new host overwrites it).
+    pub async fn del_endpoint(
+        self: &Arc<Self>,
+        name: &str,
+        keep_mapping: bool,
+    ) -> Result<(), AgentError> {
+        let _ops = self.ops.lock().await;
+        let ep = lock(&self.inner)
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::Invalid(format!("no endpoint '{name}' on host '{}'", self.cfg.host))
+            })?;
+        if !keep_mapping {
+            let (store, _) = self.session_handle()?;
+            let ours = lock(&self.inner)
+                .view
+                .get(&ep.sir_addr)
+                .is_none_or(|r| r.host == self.cfg.host);
+            if ours {
+                store.delete_mapping(ep.sir_addr).await?;
+            }
+        }
+        let me = Arc::clone(self);
+        let ep2 = ep.clone();
+        tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2))
+            .await
+            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
+        {
+            let mut inner = lock(&self.inner);
+            inner.endpoints.remove(name);
+            inner.allocator.release(ep.identifier);
+            let mut dp = lock(&self.dp);
+            if let Some(ila) = inner.in_by_sir.remove(&ep.sir_addr) {
+                dp.maps().remove_in(ila)?;
+            }
+            if !keep_mapping {
+                inner.view.remove(&ep.sir_addr);
+                dp.maps().remove_out(ep.sir_addr)?;
+            }
+        }
+        self.save_state()
+    }
+
+    /// This host's endpoints.
+    pub fn endpoints(&self) -> Vec<LocalEndpoint> {
+        lock(&self.inner).endpoints.values().cloned().collect()
+    }
+
+    /// Every mapping in the view, and whether the out-map holds it.
+    pub fn mappings(&self) -> Result<Vec<MappingRow>, AgentError> {
+        let inner = lock(&self.inner);
+        let installed: HashMap<Ipv6Addr, dataplane::OutEntry> =
+            lock(&self.dp).maps().out_entries()?.into_iter().collect();
+        Ok(inner
+            .view
+            .values()
+            .map(|r| {
+                let expected = reconcile::out_entry(&self.cfg.host, r).ok();
+                MappingRow {
+                    endpoint: r.endpoint.clone(),
+                    host: r.host.clone(),
+                    sir_addr: r.sir_address(),
+                    locator: r.locator.to_string(),
+                    ila_addr: expected.map(|e| e.ila),
+                    mode: r.mode.to_string(),
+                    installed: expected.is_some()
+                        && installed.get(&r.sir_address()) == expected.as_ref(),
+                }
+            })
+            .collect())
+    }
+
+    /// The agent's state.
+    pub fn status(&self) -> AgentStatus {
+        let inner = lock(&self.inner);
+        let mut dp = lock(&self.dp);
+        let maps = dp.maps();
+        AgentStatus {
+            host: self.cfg.host.clone(),
+            locator: self.cfg.locator.to_string(),
+            store: inner
+                .session
+                .as_ref()
+                .map(|s| s.store.describe())
+                .unwrap_or_else(|| describe_cfg(&self.store_cfg)),
+            store_connected: inner.session.is_some(),
+            store_error: inner.store_error.clone(),
+            lease: inner.session.as_ref().map(|s| s.lease.id),
+            revision: inner.revision,
+            mappings: inner.view.len(),
+            endpoints: inner.endpoints.len(),
+            out_entries: maps.out_entries().map(|e| e.len()).unwrap_or(0),
+            in_entries: maps.in_entries().map(|e| e.len()).unwrap_or(0),
+            resyncs: inner.resyncs,
+            counters: maps.counters().ok(),
+        }
+    }
+}
+
+fn describe_cfg(cfg: &StoreConfig) -> String {
+    match cfg {
+        StoreConfig::Embedded(_) => "embedded".into(),
+        StoreConfig::Etcd { endpoints, .. } => format!("etcd {}", endpoints.join(",")),
+    }
+}
+
+fn read_state(cfg: &AgentConfig) -> Result<Vec<LocalEndpoint>, AgentError> {
+    match std::fs::read(&cfg.state_file) {
+        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
+            .map(|s| s.endpoints)
+            .map_err(|e| {
+                AgentError::Invalid(format!(
+                    "agent state {} is unreadable: {e}",
+                    cfg.state_file.display()
+                ))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(AgentError::Io {
+            what: format!("reading {}", cfg.state_file.display()),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,398 @@
+//! `ilanet agent`, `ilanet agent status`, `ilanet endpoint …`, `ilanet mappings`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::api::{AgentStatus, MappingRow, Request};
+use agent::reconcile::LocalEndpoint;
+use agent::Agent;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use lab::agents::{self, StoreKind};
+use lab::plan::Plan;
+use store::{EmbeddedStore, StoreConfig};
+
+use crate::labcmd::DEFAULT_LAB;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// Lab whose host(s) this agent serves.
+    #[arg(long, default_value = DEFAULT_LAB)]
+    lab: String,
+    /// Serve only this host (default: every host of the lab, in this one process).
+    #[arg(long)]
+    host: Option<String>,
+    /// Mapping store: embedded (in this process) or etcd.
+    #[arg(long, default_value = "embedded")]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Lease time to live in seconds: a dead host's mappings vanish this long after it dies.
+    #[arg(long, default_value_t = 10)]
+    lease_ttl: u64,
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Show each agent's state: store session, lease, revision, map sizes, counters.
+    Status(Target),
+}
+
+#[derive(Args)]
+pub struct Target {
+    /// Lab name.
+    #[arg(long, default_value = DEFAULT_LAB)]
+    lab: String,
+    /// Only this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// Create an endpoint (a container namespace with a SIR address) on a host.
+    Add {
+        /// Endpoint name, unique in the lab.
+        name: String,
+        /// Host to create it on.
+        #[arg(long)]
+        host: String,
+        /// Labels, `key=value` (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Lab name.
+        #[arg(long, default_value = DEFAULT_LAB)]
+        lab: String,
+    },
+    /// Remove an endpoint (and its mapping everywhere).
+    Del {
+        /// Endpoint name.
+        name: String,
+        /// Lab name.
+        #[arg(long, default_value = DEFAULT_LAB)]
+        lab: String,
+    },
+    /// List endpoints of every host.
+    List(Target),
+    /// Recreate an endpoint on another host with the same SIR address.
+    Move {
+        /// Endpoint name.
+        name: String,
+        /// Destination host.
+        #[arg(long)]
+        to: String,
+        /// Lab name.
+        #[arg(long, default_value = DEFAULT_LAB)]
+        lab: String,
+    },
+}
+
+fn hosts_of<'a>(plan: &'a Plan, only: Option<&str>) -> Result<Vec<&'a lab::plan::HostPlan>> {
+    match only {
+        None => Ok(plan.hosts.iter().collect()),
+        Some(h) => plan
+            .hosts
+            .iter()
+            .find(|x| x.name == h)
+            .map(|x| vec![x])
+            .ok_or_else(|| {
+                let names: Vec<_> = plan.hosts.iter().map(|x| x.name.as_str()).collect();
+                anyhow!(
+                    "unknown host '{h}' in lab '{}' (hosts: {})",
+                    plan.name,
+                    names.join(", ")
+                )
+            }),
+    }
+}
+
+/// Runs agents in this process until killed.
+pub fn run(args: &AgentArgs) -> Result<ExitCode> {
+    if let Some(AgentCommand::Status(t)) = &args.command {
+        return status(t);
+    }
+    let plan = lab::plan_of(&args.lab)?;
+    let hosts = hosts_of(&plan, args.host.as_deref())?;
+    let store_cfg = match args.store {
+        StoreKind::Embedded => StoreConfig::Embedded(EmbeddedStore::new()),
+        StoreKind::Etcd => {
+            if args.etcd_endpoints.is_empty() {
+                bail!("--store etcd needs --etcd-endpoints URL[,URL…]");
+            }
+            StoreConfig::Etcd {
+                endpoints: args.etcd_endpoints.clone(),
+                connect_timeout: Duration::from_secs(3),
+            }
+        }
+    };
+    if args.lease_ttl == 0 {
+        bail!("--lease-ttl must be at least 1 second");
+    }
+    let ttl = Duration::from_secs(args.lease_ttl);
+    let mut list = Vec::new();
+    for host in &hosts {
+        let cfg = agents::agent_config(&plan, host, ttl);
+        list.push(
+            Agent::new(cfg, store_cfg.clone(), None)
+                .with_context(|| format!("starting the agent of host '{}'", host.name))?,
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        // Every agent publishes before any sweeps: a restarted process with a fresh embedded
+        // store must not remove its neighbours' mappings in the meantime.
+        let barrier = Arc::new(tokio::sync::Barrier::new(list.len()));
+        let mut servers = tokio::task::JoinSet::new();
+        for a in &list {
+            tokio::spawn(Arc::clone(a).run(Some(Arc::clone(&barrier))));
+            servers.spawn(agent::serve(Arc::clone(a)));
+        }
+        match servers.join_next().await {
+            Some(Ok(Err(e))) => Err(anyhow!(e)),
+            Some(Err(e)) => Err(anyhow!("api server task failed: {e}")),
+            _ => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+fn status(t: &Target) -> Result<ExitCode> {
+    let plan = lab::plan_of(&t.lab)?;
+    let mut all = Vec::new();
+    for host in hosts_of(&plan, t.host.as_deref())? {
+        let v = agents::call(&plan.name, &host.name, &Request::Status)?;
+        all.push(serde_json::from_value::<AgentStatus>(v)?);
+    }
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &all {
+        println!(
+            "{:<10} locator {:<22} store {} ({}) lease {} revision {} mappings {} endpoints {} maps {} out / {} in, resyncs {}",
+            s.host,
+            s.locator,
+            s.store,
+            if s.store_connected {
+                "connected".to_string()
+            } else {
+                format!("DOWN: {}", s.store_error.clone().unwrap_or_default())
+            },
+            s.lease.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            s.revision,
+            s.mappings,
+            s.endpoints,
+            s.out_entries,
+            s.in_entries,
+            s.resyncs
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--label '{l}' is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+fn endpoints_of(plan: &Plan, host: &str) -> Result<Vec<LocalEndpoint>> {
+    let v = agents::call(&plan.name, host, &Request::EndpointList)?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// The host currently running endpoint `name`.
+fn find_endpoint(plan: &Plan, name: &str) -> Result<(String, LocalEndpoint)> {
+    for host in &plan.hosts {
+        if let Some(ep) = endpoints_of(plan, &host.name)?
+            .into_iter()
+            .find(|e| e.name == name)
+        {
+            return Ok((host.name.clone(), ep));
+        }
+    }
+    bail!("no endpoint '{name}' in lab '{}'", plan.name)
+}
+
+/// `ilanet endpoint …`.
+pub fn endpoint(cmd: &EndpointCommand) -> Result<ExitCode> {
+    match cmd {
+        EndpointCommand::Add {
+            name,
+            host,
+            labels,
+            lab,
+        } => {
+            let plan = lab::plan_of(lab)?;
+            hosts_of(&plan, Some(host))?;
+            let labels = parse_labels(labels)?;
+            let v = agents::call(
+                lab,
+                host,
+                &Request::EndpointAdd {
+                    name: name.clone(),
+                    identifier: None,
+                    replace: false,
+                    labels,
+                },
+            )?;
+            let ep: LocalEndpoint = serde_json::from_value(v)?;
+            println!(
+                "endpoint {} on {host}: {} (namespace {})",
+                ep.name, ep.sir_addr, ep.netns
+            );
+        }
+        EndpointCommand::Del { name, lab } => {
+            let plan = lab::plan_of(lab)?;
+            let (host, _) = find_endpoint(&plan, name)?;
+            agents::call(
+                lab,
+                &host,
+                &Request::EndpointDel {
+                    name: name.clone(),
+                    keep_mapping: false,
+                },
+            )?;
+            println!("endpoint {name} removed from {host}");
+        }
+        EndpointCommand::List(t) => {
+            let plan = lab::plan_of(&t.lab)?;
+            let mut rows = Vec::new();
+            for host in hosts_of(&plan, t.host.as_deref())? {
+                for ep in endpoints_of(&plan, &host.name)? {
+                    rows.push((host.name.clone(), ep));
+                }
+            }
+            if t.json {
+                let v: Vec<_> = rows
+                    .iter()
+                    .map(|(h, e)| serde_json::json!({"host": h, "endpoint": e}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<10} {:<14} {:<32} {:<20} labels",
+                    "host", "endpoint", "SIR address", "namespace"
+                );
+                for (h, e) in rows {
+                    let labels: Vec<_> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<10} {:<14} {:<32} {:<20} {}",
+                        h,
+                        e.name,
+                        e.sir_addr.to_string(),
+                        e.netns,
+                        labels.join(",")
+                    );
+                }
+            }
+        }
+        EndpointCommand::Move { name, to, lab } => {
+            let plan = lab::plan_of(lab)?;
+            hosts_of(&plan, Some(to))?;
+            let (from, ep) = find_endpoint(&plan, name)?;
+            if &from == to {
+                bail!("endpoint '{name}' already runs on '{to}'");
+            }
+            move_endpoint(lab, &from, to, &ep)?;
+            println!(
+                "endpoint {name} moved {from} -> {to}, address {} unchanged",
+                ep.sir_addr
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Moves an endpoint: the old host releases it (keeping the mapping), the new host recreates it
+/// with the same identifier and overwrites the mapping. If the new host fails, the endpoint is
+/// recreated where it was.
+fn move_endpoint(lab: &str, from: &str, to: &str, ep: &LocalEndpoint) -> Result<()> {
+    agents::call(
+        lab,
+        from,
+        &Request::EndpointDel {
+            name: ep.name.clone(),
+            keep_mapping: true,
+        },
+    )?;
+    let add = |host: &str| {
+        agents::call(
+            lab,
+            host,
+            &Request::EndpointAdd {
+                name: ep.name.clone(),
+                identifier: Some(ep.identifier),
+                replace: true,
+                labels: ep.labels.clone(),
+            },
+        )
+    };
+    if let Err(e) = add(to) {
+        add(from).with_context(|| {
+            format!("moving to '{to}' failed ({e}) and restoring on '{from}' failed too")
+        })?;
+        return Err(anyhow!(e).context(format!(
+            "moving endpoint '{}' to '{to}'; it stays on '{from}'",
+            ep.name
+        )));
+    }
+    Ok(())
+}
+
+/// `ilanet mappings`.
+pub fn mappings(t: &Target) -> Result<ExitCode> {
+    let plan = lab::plan_of(&t.lab)?;
+    let host = match &t.host {
+        Some(h) => h.clone(),
+        None => plan
+            .hosts
+            .first()
+            .map(|h| h.name.clone())
+            .ok_or_else(|| anyhow!("lab '{}' has no hosts", plan.name))?,
+    };
+    hosts_of(&plan, Some(&host))?;
+    let v = agents::call(&plan.name, &host, &Request::Mappings)?;
+    let rows: Vec<MappingRow> = serde_json::from_value(v)?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("mappings as host '{host}' sees them:");
+    println!(
+        "{:<14} {:<10} {:<32} {:<34} {:<13} installed",
+        "endpoint", "host", "SIR address", "ILA address", "mode"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:<10} {:<32} {:<34} {:<13} {}",
+            r.endpoint,
+            r.host,
+            r.sir_addr.to_string(),
+            r.ila_addr
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.mode,
+            if r.installed { "yes" } else { "NO" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

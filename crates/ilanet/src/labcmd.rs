@@ -1,0 +1,135 @@
+//! `ilanet lab up|down|status`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use ila::ChecksumMode;
+use lab::plan::Mode;
+use lab::{DownOutcome, LabSpec, LabStatus};
+
+/// Name of the lab when `--name` is not given.
+pub const DEFAULT_LAB: &str = "ilanet";
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Build a lab: N hosts on an IPv6 underlay, M containers each, programs and mappings in place.
+    Up(UpArgs),
+    /// Remove a lab (also after a crash); doing it twice is fine.
+    Down(NameArg),
+    /// Show hosts, containers, addresses and counters.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct NameArg {
+    /// Lab name (prefix of every namespace it creates).
+    #[arg(long, default_value = DEFAULT_LAB)]
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Number of hosts (sites).
+    #[arg(long, default_value_t = 2)]
+    pub sites: usize,
+    /// Containers per host.
+    #[arg(long, default_value_t = 2)]
+    pub containers: usize,
+    /// Checksum mode of the mappings: neutral-map, adj-transport or no-action.
+    #[arg(long, default_value = "neutral-map")]
+    pub csum_mode: ChecksumMode,
+    /// How hosts are joined: ila (translation in eBPF), native (plain routing) or swarm (VXLAN).
+    #[arg(long, default_value = "ila")]
+    pub mode: Mode,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
+    match cmd {
+        LabCommand::Up(args) => {
+            let mut spec = LabSpec::generic(&args.name.name, args.sites, args.containers);
+            spec.csum_mode = args.csum_mode;
+            spec.mode = args.mode;
+            let plan = lab::up(&spec).with_context(|| format!("lab up '{}'", args.name.name))?;
+            let containers: usize = plan.hosts.iter().map(|h| h.containers.len()).sum();
+            println!(
+                "lab '{}' is up ({} mode): {} hosts, {} containers (see `ilanet lab status --name {}`)",
+                plan.name,
+                plan.mode,
+                plan.hosts.len(),
+                containers,
+                plan.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Down(args) => {
+            match lab::down(&args.name).with_context(|| format!("lab down '{}'", args.name))? {
+                DownOutcome::Removed => println!("lab '{}' removed", args.name),
+                DownOutcome::NotUp => println!("lab '{}' is not up; nothing to do", args.name),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        LabCommand::Status(args) => {
+            let status = lab::status(&args.name.name)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints a lab's status as text.
+pub fn print_status(s: &LabStatus) {
+    println!(
+        "lab '{}' ({:?}), SIR prefix {}, checksum mode {}",
+        s.name, s.phase, s.sir_prefix, s.csum_mode
+    );
+    for h in &s.hosts {
+        println!(
+            "\nhost {} ({}) netns {}{} locator {} uplink {}  mappings: {} out, {} in",
+            h.name,
+            h.display,
+            h.netns,
+            if h.present { "" } else { " [MISSING]" },
+            h.locator,
+            h.uplink_addr,
+            h.out_mappings,
+            h.in_mappings
+        );
+        for c in &h.containers {
+            println!(
+                "  {:<14} {:<40} SIR {:<28} ILA {}{}",
+                c.name,
+                c.netns,
+                c.sir_addr.to_string(),
+                c.ila_addr,
+                if c.present { "" } else { " [MISSING]" }
+            );
+        }
+        match &h.counters {
+            Some(c) => {
+                let line: Vec<String> = c
+                    .pairs()
+                    .into_iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                println!("  counters: {}", line.join(" "));
+            }
+            None => println!("  counters: unavailable (maps not pinned)"),
+        }
+    }
+}

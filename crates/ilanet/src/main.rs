@@ -1,0 +1,120 @@
+//! `ilanet`: the command line of the ILA container network.
+
+mod agentcmd;
+mod benchcmd;
+mod demo;
+mod labcmd;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+/// ilanet — stable IPv6 addresses for containers across sites, by Identifier-Locator Addressing
+/// in eBPF.
+#[derive(Parser)]
+#[command(name = "ilanet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the SC17 demo: four sites, two containers each, every cross-site pair checked.
+    Demo(demo::DemoArgs),
+    /// Build, inspect and remove a testbed of hosts and containers in network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: labcmd::LabCommand,
+    },
+    /// Run the agent(s) of a lab's host(s), or `agent status`.
+    Agent(agentcmd::AgentArgs),
+    /// Create, remove, list and move endpoints.
+    Endpoint {
+        #[command(subcommand)]
+        command: agentcmd::EndpointCommand,
+    },
+    /// The mappings a host's agent knows, and whether its eBPF map holds them.
+    Mappings(agentcmd::Target),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Nanoseconds per packet of each program, checksum mode, hit and miss (BPF_PROG_TEST_RUN).
+    Micro(MicroArgs),
+    /// The paper's Fig. 14: iperf3 TCP throughput for native, ILA, ILA + policy, swarm and swarm +
+    /// iptables, interleaved runs, mean/median/95 % CI, ratios to native, report with figures.
+    Paper(benchcmd::PaperArgs),
+    /// TCP throughput against the number of filter rules (iptables; eBPF once policy exists).
+    Rules(benchcmd::RulesArgs),
+}
+
+#[derive(Args)]
+struct MicroArgs {
+    /// Repetitions per measurement (the kernel runs the program this many times).
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_micro(args: &MicroArgs) -> Result<ExitCode> {
+    if args.repeat < 1000 {
+        anyhow::bail!("--repeat must be at least 1000, got {}", args.repeat);
+    }
+    let results = dataplane::microbench::run(args.repeat)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<14} {:<5} {:<8} {:>10}",
+        "program", "csum-mode", "case", "packet", "ns/packet"
+    );
+    for r in &results {
+        println!(
+            "{:<16} {:<14} {:<5} {:<8} {:>10.1}",
+            r.program.to_string(),
+            r.csum_mode.to_string(),
+            r.case,
+            r.packet,
+            r.ns_per_packet
+        );
+    }
+    println!(
+        "({} repeats per measurement, median of interleaved rounds)",
+        args.repeat
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Lab { command } => labcmd::run(command),
+        Command::Agent(args) => agentcmd::run(args),
+        Command::Endpoint { command } => agentcmd::endpoint(command),
+        Command::Mappings(t) => agentcmd::mappings(t),
+        Command::Bench { command } => match command {
+            BenchCommand::Micro(args) => bench_micro(args),
+            BenchCommand::Paper(args) => benchcmd::paper(args),
+            BenchCommand::Rules(args) => benchcmd::rules(args),
+        },
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The `ilanet` binary as a user runs it (needs root: namespaces and eBPF).
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
+
+fn ilanet(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run ilanet")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn lab_name(tag: &str) -> String {
+    format!("c{}-{tag}", std::process::id())
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = ilanet(&["lab", "down", "--name", &self.0]);
+    }
+}
+
+#[test]
+fn lab_outlives_the_process_that_built_it() {
+    let name = lab_name("cli");
+    let _cleanup = Cleanup(name.clone());
+    let up = ilanet(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--sites",
+        "2",
+        "--containers",
+        "1",
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+
+    // The process that attached the programs has exited: pinned links keep them working.
+    let plan = lab::plan_of(&name).expect("plan");
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    lab::probe::ping(&a.netns, b.sir_addr, Duration::from_secs(3)).expect("ping after exit");
+    lab::probe::tcp_transfer(
+        &a.netns,
+        &b.netns,
+        b.sir_addr,
+        5201,
+        100_000,
+        Duration::from_secs(3),
+    )
+    .expect("tcp after exit");
+
+    let status = ilanet(&["lab", "status", "--name", &name, "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    let hosts = v["hosts"].as_array().expect("hosts");
+    assert_eq!(hosts.len(), 2);
+    assert_eq!(
+        hosts[0]["containers"][0]["sir_addr"],
+        a.sir_addr.to_string()
+    );
+    assert!(
+        hosts[0]["counters"]["out_translated"]
+            .as_u64()
+            .expect("counter")
+            > 0
+    );
+
+    let again = ilanet(&["lab", "up", "--name", &name]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already up"), "{}", text(&again));
+
+    let down = ilanet(&["lab", "down", "--name", &name]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(text(&down).contains("removed"), "{}", text(&down));
+    let down2 = ilanet(&["lab", "down", "--name", &name]);
+    assert!(down2.status.success(), "{}", text(&down2));
+    assert!(text(&down2).contains("not up"), "{}", text(&down2));
+    assert!(!lab::netns::exists(&a.netns));
+}
+
+#[test]
+fn demo_checks_every_cross_site_pair() {
+    let name = lab_name("demo");
+    let _cleanup = Cleanup(name.clone());
+    let out = ilanet(&["demo", "--name", &name, "--bytes", "65536"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for site in ["New Orleans", "Austin", "Salt Lake City", "Denver"] {
+        assert!(t.contains(site), "{site} missing: {t}");
+    }
+    assert!(t.contains("All 48 cross-site pairs passed"), "{t}");
+    assert!(t.contains("from-container SIR→ILA"), "{t}");
+    assert!(t.contains("from-wire      ILA→SIR"), "{t}");
+    // Without --keep the demo removes its lab.
+    assert!(!lab::netns::exists(&format!("{name}-nola")), "{t}");
+}
+
+#[test]
+fn bad_input_is_refused_with_the_reason() {
+    let name = lab_name("bad");
+    let _cleanup = Cleanup(name.clone());
+    let o = ilanet(&["lab", "up", "--name", &name, "--sites", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("--sites must be between 1"),
+        "{}",
+        text(&o)
+    );
+    let o = ilanet(&["lab", "up", "--name", &name, "--csum-mode", "fast"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("neutral-map"), "{}", text(&o));
+    let o = ilanet(&["lab", "up", "--name", "UPPER"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("lab name 'UPPER'"), "{}", text(&o));
+    // None of these left anything behind.
+    assert!(lab::state::LabState::load(&name).expect("load").is_none());
+    let o = ilanet(&["lab", "status", "--name", &name]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not up"), "{}", text(&o));
+}
+
+#[test]
+fn non_root_is_a_clear_error() {
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "lab",
+            "up",
+            "--name",
+            "nonroot",
+        ])
+        .output()
+        .expect("setpriv");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("needs root"), "{}", text(&o));
+}

@@ -1,0 +1,282 @@
+//! The lab's agents: one process running every host's agent on the embedded store, or (with
+//! etcd) a 3-member etcd cluster on loopback and one agent process per host. They outlive
+//! `ilanet lab up` and are stopped by `lab down`.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent::api::{self, AgentStatus, Request};
+use agent::AgentConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{HostPlan, Plan, UPLINK_IFNAME};
+use crate::state::{self, LabState};
+use crate::LabError;
+
+/// Which mapping store the lab's agents use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// One agent process for all hosts, sharing an in-process store.
+    #[default]
+    Embedded,
+    /// A real 3-member etcd cluster on loopback, one agent process per host.
+    Etcd,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Etcd => "etcd",
+        })
+    }
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        match s {
+            "embedded" => Ok(StoreKind::Embedded),
+            "etcd" => Ok(StoreKind::Etcd),
+            other => Err(LabError::Invalid(format!(
+                "unknown store '{other}': expected embedded or etcd"
+            ))),
+        }
+    }
+}
+
+/// How long `lab up` waits for the agents to be connected to the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time allowed for one API call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Directory of a lab's runtime files (sockets, agent state, logs, etcd data).
+pub fn run_dir(lab: &str) -> PathBuf {
+    state::state_dir().join(lab)
+}
+
+/// The API socket of a host's agent.
+pub fn socket_path(lab: &str, host: &str) -> PathBuf {
+    run_dir(lab).join(format!("{host}.sock"))
+}
+
+/// The configuration of a lab host's agent.
+pub fn agent_config(plan: &Plan, host: &HostPlan, lease_ttl: Duration) -> AgentConfig {
+    let dir = run_dir(&plan.name);
+    AgentConfig {
+        host: host.name.clone(),
+        host_netns: host.netns.clone(),
+        uplink: UPLINK_IFNAME.to_string(),
+        locator: host.locator,
+        underlay: host.uplink_addr,
+        sir_prefix: plan.sir_prefix,
+        vnid: plan.vnid,
+        csum_mode: plan.csum_mode,
+        pin_dir: state::host_pin_dir(&plan.name, &host.name),
+        state_file: dir.join(format!("{}.endpoints.json", host.name)),
+        socket: socket_path(&plan.name, &host.name),
+        netns_prefix: plan.name.clone(),
+        lease_ttl,
+    }
+}
+
+/// Sends one request to a host's agent.
+pub fn call(lab: &str, host: &str, req: &Request) -> Result<serde_json::Value, LabError> {
+    api::call(&socket_path(lab, host), req, CALL_TIMEOUT)
+        .map_err(|e| LabError::Agent(format!("host '{host}': {e}")))
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LabError {
+    move |source| LabError::Os { what, source }
+}
+
+/// Spawns a detached process (own session: it survives the terminal and `lab up`).
+fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(format!("opening {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(io_err(format!("opening {}", log.display())))?;
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(io_err(format!("starting {}", binary.display())))?;
+    Ok(child.id())
+}
+
+/// Starts the lab's store (etcd) and agents, records them, and waits until every agent is
+/// connected to the store.
+pub(crate) fn start(
+    state: &mut LabState,
+    binary: &Path,
+    lease_ttl: Duration,
+) -> Result<(), LabError> {
+    let plan = state.plan.clone();
+    let dir = run_dir(&plan.name);
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let ttl = lease_ttl.as_secs().max(1).to_string();
+    let mut base = vec![
+        "agent".to_string(),
+        "--lab".into(),
+        plan.name.clone(),
+        "--lease-ttl".into(),
+        ttl,
+    ];
+    match plan.store {
+        StoreKind::Embedded => {
+            base.extend(["--store".into(), "embedded".into()]);
+            let pid = spawn_detached(binary, &base, &dir.join("agent.log"))?;
+            state.agents.push(pid);
+            state.save()?;
+        }
+        StoreKind::Etcd => {
+            let cluster = store::etcd_cluster::EtcdCluster::start_detached(3, &dir.join("etcd"))
+                .map_err(|e| LabError::Store(format!("starting the etcd cluster: {e}")))?;
+            let endpoints = cluster.client_endpoints().join(",");
+            state.etcd = Some(cluster);
+            state.save()?;
+            for host in &plan.hosts {
+                let mut args = base.clone();
+                args.extend([
+                    "--host".into(),
+                    host.name.clone(),
+                    "--store".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    endpoints.clone(),
+                ]);
+                let log = dir.join(format!("agent-{}.log", host.name));
+                let pid = spawn_detached(binary, &args, &log)?;
+                state.agents.push(pid);
+                state.save()?;
+            }
+        }
+    }
+    wait_ready(&plan)
+}
+
+/// Waits until every host's agent answers and is connected to the store.
+pub fn wait_ready(plan: &Plan) -> Result<(), LabError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for host in &plan.hosts {
+        loop {
+            let last = match call(&plan.name, &host.name, &Request::Status) {
+                Ok(v) => match serde_json::from_value::<AgentStatus>(v) {
+                    Ok(s) if s.store_connected => break,
+                    Ok(s) => s.store_error.unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() > deadline {
+                return Err(LabError::Agent(format!(
+                    "the agent of host '{}' is not ready after {READY_TIMEOUT:?} ({last}); see the logs in {}",
+                    host.name,
+                    run_dir(&plan.name).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the planned containers through their hosts' agents, with their planned addresses.
+pub(crate) fn create_planned_endpoints(plan: &Plan) -> Result<(), LabError> {
+    for host in &plan.hosts {
+        for c in &host.containers {
+            call(
+                &plan.name,
+                &host.name,
+                &Request::EndpointAdd {
+                    name: c.name.clone(),
+                    identifier: Some(c.identifier),
+                    replace: false,
+                    labels: [("site".to_string(), host.name.clone())].into(),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pid` is still a process started by this lab (guards against pid reuse).
+fn is_ours(pid: u32, lab: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.contains(&b"agent".as_slice()) && args.contains(&lab.as_bytes())
+        })
+        .unwrap_or(false)
+}
+
+/// Stops one recorded agent process (SIGTERM, then SIGKILL after 3 s).
+pub fn stop_agent(pid: u32, lab: &str) {
+    if !is_ours(pid, lab) {
+        return;
+    }
+    // SAFETY: plain kill(2) on a pid we checked belongs to this lab.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while is_ours(pid, lab) && Instant::now() < deadline {
+        // Reap it if it is our child (a test that started the lab in-process).
+        // SAFETY: non-blocking waitpid on a specific pid.
+        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if is_ours(pid, lab) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// Stops the lab's agents and etcd, and lists the endpoint namespaces the agents created.
+pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
+    for pid in &state.agents {
+        stop_agent(*pid, &state.plan.name);
+    }
+    if let Some(etcd) = &state.etcd {
+        store::etcd_cluster::stop_detached(etcd)
+            .map_err(|e| LabError::Store(format!("stopping the etcd cluster: {e}")))?;
+    }
+    // The agents' records name every endpoint namespace they created (including endpoints
+    // added or moved after `lab up`).
+    let mut namespaces = Vec::new();
+    for host in &state.plan.hosts {
+        let cfg = agent_config(&state.plan, host, agent::DEFAULT_LEASE_TTL);
+        if let Ok(bytes) = fs::read(&cfg.state_file) {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                for ep in v["endpoints"].as_array().into_iter().flatten() {
+                    if let Some(ns) = ep["netns"].as_str() {
+                        if ns.starts_with(&format!("{}-", state.plan.name)) {
+                            namespaces.push(ns.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(namespaces)
+}
