@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ila::ChecksumMode;
+use lab::agents::StoreKind;
 use lab::plan::Mode;
 use lab::{DownOutcome, LabSpec, LabStatus};
 
@@ -44,6 +45,12 @@ pub struct UpArgs {
     /// How hosts are joined: ila (translation in eBPF), native (plain routing) or swarm (VXLAN).
     #[arg(long, default_value = "ila")]
     pub mode: Mode,
+    /// Mapping store of the agents: embedded (one process) or etcd (a real 3-member cluster).
+    #[arg(long, default_value = "embedded")]
+    pub store: StoreKind,
+    /// Agents' lease time to live in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl: u64,
 }
 
 #[derive(Args)]
@@ -61,12 +68,18 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             let mut spec = LabSpec::generic(&args.name.name, args.sites, args.containers);
             spec.csum_mode = args.csum_mode;
             spec.mode = args.mode;
+            spec.store = args.store;
+            if args.lease_ttl == 0 {
+                anyhow::bail!("--lease-ttl must be at least 1 second");
+            }
+            spec.lease_ttl = std::time::Duration::from_secs(args.lease_ttl);
             let plan = lab::up(&spec).with_context(|| format!("lab up '{}'", args.name.name))?;
             let containers: usize = plan.hosts.iter().map(|h| h.containers.len()).sum();
             println!(
-                "lab '{}' is up ({} mode): {} hosts, {} containers (see `ilanet lab status --name {}`)",
+                "lab '{}' is up ({} mode, {} store): {} hosts, {} containers (see `ilanet lab status --name {}`)",
                 plan.name,
                 plan.mode,
+                plan.store,
                 plan.hosts.len(),
                 containers,
                 plan.name
