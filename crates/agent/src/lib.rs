@@ -186,7 +186,7 @@ impl Agent {
                 view: BTreeMap::new(),
                 in_by_sir: HashMap::new(),
                 session: None,
-                store_error: Some("not connected yet".into()),
+                store_error: Some(format!("connecting to {}", describe_cfg(&store_cfg))),
                 revision: 0,
                 resyncs: 0,
                 allocator,

@@ -1,0 +1,503 @@
+//! The agents and mapping distribution end to end: real etcd clusters, real namespaces, real
+//! eBPF (needs root).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent::api::{AgentStatus, MappingRow, Request};
+use agent::reconcile::LocalEndpoint;
+use dataplane::HostMaps;
+use lab::agents::{self, StoreKind};
+use lab::netns::NetnsGuard;
+use lab::plan::Plan;
+use lab::state::{self, LabState};
+use lab::{probe, LabSpec};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
+const T: Duration = Duration::from_secs(3);
+
+fn lab_name(tag: &str) -> String {
+    format!("a{}-{tag}", std::process::id())
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.0);
+    }
+}
+
+fn up(name: &str, sites: usize, containers: usize, store: StoreKind, ttl: u64) -> (Cleanup, Plan) {
+    let cleanup = Cleanup(name.to_string());
+    let mut spec = LabSpec::generic(name, sites, containers);
+    spec.agent_binary = Some(BIN.into());
+    spec.store = store;
+    spec.lease_ttl = Duration::from_secs(ttl);
+    let plan = lab::up(&spec).expect("lab up");
+    (cleanup, plan)
+}
+
+fn status(lab: &str, host: &str) -> AgentStatus {
+    serde_json::from_value(agents::call(lab, host, &Request::Status).expect("status"))
+        .expect("json")
+}
+
+fn mappings(lab: &str, host: &str) -> Vec<MappingRow> {
+    serde_json::from_value(agents::call(lab, host, &Request::Mappings).expect("mappings"))
+        .expect("json")
+}
+
+fn add(lab: &str, host: &str, name: &str) -> Result<LocalEndpoint, lab::LabError> {
+    agents::call(
+        lab,
+        host,
+        &Request::EndpointAdd {
+            name: name.into(),
+            identifier: None,
+            replace: false,
+            labels: BTreeMap::new(),
+        },
+    )
+    .map(|v| serde_json::from_value(v).expect("json"))
+}
+
+/// The SIR addresses in a host's out-map (read from the pinned map, not from the agent).
+fn out_map(lab: &str, host: &str) -> Vec<Ipv6Addr> {
+    HostMaps::open_pinned(&state::host_pin_dir(lab, host))
+        .expect("maps")
+        .out_entries()
+        .expect("entries")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid the test's lab recorded.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn etcd_pids(lab: &str) -> Vec<u32> {
+    LabState::load(lab)
+        .expect("load")
+        .expect("record")
+        .etcd
+        .expect("etcd")
+        .members
+        .iter()
+        .filter_map(|m| m.pid)
+        .collect()
+}
+
+fn agent_pids(lab: &str) -> Vec<u32> {
+    LabState::load(lab).expect("load").expect("record").agents
+}
+
+/// Starts an agent process for one host and records it in the lab so `lab down` stops it.
+fn start_agent(lab: &str, extra: &[&str]) -> u32 {
+    let mut args = vec!["agent", "--lab", lab, "--lease-ttl", "2"];
+    args.extend_from_slice(extra);
+    let child = Command::new(BIN)
+        .args(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let mut st = LabState::load(lab).expect("load").expect("record");
+    st.agents.push(child.id());
+    st.save().expect("save");
+    child.id()
+}
+
+#[test]
+fn etcd_lab_converges_and_survives_a_dead_member() {
+    let name = lab_name("etcd");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    probe::ping(&a.netns, b.sir_addr, T).expect("ping a->b");
+    probe::tcp_transfer(&b.netns, &a.netns, a.sir_addr, 7001, 100_000, T).expect("tcp b->a");
+
+    // One of three members dies: the cluster keeps a quorum and mappings still converge.
+    let pids = etcd_pids(&name);
+    assert_eq!(pids.len(), 3);
+    kill(pids[0], libc::SIGKILL);
+    let ep = add(&name, "site1", "late").expect("add after a member died");
+    wait_for("the new mapping on site2", Duration::from_secs(10), || {
+        out_map(&name, "site2").contains(&ep.sir_addr)
+    });
+    probe::ping(&b.netns, ep.sir_addr, T).expect("ping the late endpoint");
+    assert!(mappings(&name, "site2").iter().all(|m| m.installed));
+}
+
+#[test]
+fn a_dead_hosts_mappings_are_withdrawn_after_its_lease() {
+    let name = lab_name("lease");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
+    let gone = plan.hosts[1].containers[0].sir_addr;
+    assert!(out_map(&name, "site1").contains(&gone));
+    let pids = agent_pids(&name);
+    kill(pids[1], libc::SIGKILL);
+    let killed = Instant::now();
+    wait_for(
+        "site2's mapping to vanish from site1",
+        Duration::from_secs(10),
+        || !out_map(&name, "site1").contains(&gone),
+    );
+    // Not before the lease could have expired (2 s TTL; etcd may round up).
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        killed.elapsed()
+    );
+    // site1's own mapping is still there.
+    assert!(out_map(&name, "site1").contains(&plan.hosts[0].containers[0].sir_addr));
+}
+
+#[test]
+fn a_moved_endpoint_is_reached_at_the_same_address() {
+    let name = lab_name("move");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    let ep = add(&name, "site1", "mob").expect("add");
+    probe::tcp_transfer(&b.netns, &ep.netns, ep.sir_addr, 7002, 50_000, T)
+        .expect("before the move");
+    let out = Command::new(BIN)
+        .args(["endpoint", "move", "mob", "--to", "site2", "--lab", &name])
+        .output()
+        .expect("move");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "site1 to map mob to site2's locator",
+        Duration::from_secs(5),
+        || {
+            mappings(&name, "site1")
+                .iter()
+                .any(|m| m.endpoint == "mob" && m.host == "site2" && m.installed)
+        },
+    );
+    // The same address, now on site2: reached from the other site (translated) and from its
+    // new neighbour (local).
+    probe::tcp_transfer(&a.netns, &ep.netns, ep.sir_addr, 7003, 50_000, T)
+        .expect("after, cross-site");
+    probe::tcp_transfer(&b.netns, &ep.netns, ep.sir_addr, 7004, 50_000, T)
+        .expect("after, same host");
+    let on2: Vec<LocalEndpoint> =
+        serde_json::from_value(agents::call(&name, "site2", &Request::EndpointList).expect("list"))
+            .expect("json");
+    assert!(on2
+        .iter()
+        .any(|e| e.name == "mob" && e.sir_addr == ep.sir_addr));
+}
+
+/// A TCP echo stream that runs until stopped and reports bytes verified, or the first error.
+fn start_stream(
+    client_ns: &str,
+    server_ns: &str,
+    addr: Ipv6Addr,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<usize, String>> {
+    let listener = {
+        let _g = NetnsGuard::enter(server_ns).expect("enter");
+        TcpListener::bind(SocketAddrV6::new(addr, port, 0, 0)).expect("bind")
+    };
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            c.write_all(&buf[..n])?;
+        }
+    });
+    let mut s = {
+        let _g = NetnsGuard::enter(client_ns).expect("enter");
+        TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)).expect("connect")
+    };
+    std::thread::spawn(move || {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut total = 0usize;
+        let mut i = 0u8;
+        while !stop.load(Ordering::Relaxed) {
+            let chunk: Vec<u8> = (0..1024).map(|k| i.wrapping_add(k as u8)).collect();
+            s.write_all(&chunk)
+                .map_err(|e| format!("write after {total} bytes: {e}"))?;
+            let mut back = vec![0u8; chunk.len()];
+            s.read_exact(&mut back)
+                .map_err(|e| format!("read after {total} bytes: {e}"))?;
+            if back != chunk {
+                return Err(format!("corrupted echo after {total} bytes"));
+            }
+            total += chunk.len();
+            i = i.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(total)
+    })
+}
+
+#[test]
+fn restarting_an_agent_keeps_a_tcp_stream_and_converges_again() {
+    let name = lab_name("restart");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = start_stream(&a.netns, &b.netns, b.sir_addr, 7005, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let endpoints = LabState::load(&name)
+        .expect("load")
+        .expect("rec")
+        .etcd
+        .expect("etcd")
+        .client_endpoints()
+        .join(",");
+    kill(agent_pids(&name)[0], libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    start_agent(
+        &name,
+        &[
+            "--host",
+            "site1",
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+        ],
+    );
+    lab::agents::wait_ready(&plan).expect("restarted agent ready");
+    wait_for("site1 to resync", Duration::from_secs(10), || {
+        let s = status(&name, "site1");
+        s.resyncs >= 1 && s.mappings == 2 && s.out_entries == 2 && s.in_entries == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let total = stream
+        .join()
+        .expect("join")
+        .expect("the stream survived the restart");
+    assert!(total > 10_000, "{total} bytes");
+    // The restarted agent still serves: a new endpoint there converges on site2.
+    let ep = add(&name, "site1", "after").expect("add");
+    wait_for("the new mapping on site2", Duration::from_secs(5), || {
+        out_map(&name, "site2").contains(&ep.sir_addr)
+    });
+}
+
+#[test]
+fn restarting_the_embedded_agents_keeps_a_tcp_stream() {
+    let name = lab_name("emb");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = start_stream(&a.netns, &b.netns, b.sir_addr, 7006, Arc::clone(&stop));
+    std::thread::sleep(Duration::from_millis(300));
+    // The whole process goes, store included; the new one starts from an empty store.
+    kill(agent_pids(&name)[0], libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    start_agent(&name, &["--store", "embedded"]);
+    lab::agents::wait_ready(&plan).expect("ready");
+    wait_for(
+        "both hosts to know both mappings",
+        Duration::from_secs(10),
+        || {
+            ["site1", "site2"].iter().all(|h| {
+                let s = status(&name, h);
+                s.mappings == 2 && s.out_entries == 2
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let total = stream.join().expect("join").expect("the stream survived");
+    assert!(total > 10_000, "{total} bytes");
+}
+
+#[test]
+fn store_outage_keeps_the_data_path_and_refuses_changes_cleanly() {
+    let name = lab_name("outage");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    let pids = etcd_pids(&name);
+    for p in &pids {
+        kill(*p, libc::SIGSTOP);
+    }
+    struct Resume(Vec<u32>);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                kill(*p, libc::SIGCONT);
+            }
+        }
+    }
+    let resume = Resume(pids);
+    wait_for(
+        "site1 to notice the outage",
+        Duration::from_secs(15),
+        || !status(&name, "site1").store_connected,
+    );
+    // The data path stays at its last known state.
+    probe::ping(&a.netns, b.sir_addr, T).expect("ping during the outage");
+    // A change is refused and leaves nothing behind.
+    let err = add(&name, "site1", "during").expect_err("no store");
+    assert!(err.to_string().contains("not reachable"), "{err}");
+    assert!(!lab::netns::exists(&format!("{name}-during")));
+    drop(resume);
+    wait_for("reconnection", Duration::from_secs(20), || {
+        ["site1", "site2"]
+            .iter()
+            .all(|h| status(&name, h).store_connected)
+    });
+    let ep = add(&name, "site1", "after").expect("add after the outage");
+    wait_for("the new mapping on site2", Duration::from_secs(5), || {
+        out_map(&name, "site2").contains(&ep.sir_addr)
+    });
+    probe::ping(&b.netns, ep.sir_addr, T).expect("ping the new endpoint");
+}
+
+#[test]
+fn an_agent_started_without_a_store_retries_and_says_why() {
+    let name = lab_name("nostore");
+    let (_c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
+    // Replace the lab's agent by one pointed at a port where nothing listens.
+    kill(agent_pids(&name)[0], libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = start_agent(
+        &name,
+        &["--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:9"],
+    );
+    wait_for("the agent's socket", Duration::from_secs(10), || {
+        agents::call(&name, "site1", &Request::Status).is_ok()
+    });
+    // The first attempt fails (connection refused or timeout) and the reason names the store.
+    wait_for("a failed attempt", Duration::from_secs(15), || {
+        let s = status(&name, "site1");
+        assert!(!s.store_connected);
+        s.store_error
+            .unwrap_or_default()
+            .contains("unavailable at http://127.0.0.1:9")
+    });
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "agent keeps running"
+    );
+}
+
+#[test]
+fn malformed_store_records_are_skipped_by_key() {
+    let name = lab_name("junk");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
+    let endpoints = LabState::load(&name)
+        .expect("load")
+        .expect("rec")
+        .etcd
+        .expect("etcd")
+        .client_endpoints()
+        .join(",");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &endpoints,
+            "put",
+            "/ilanet/v1/mappings/not-an-address",
+            "{garbage",
+        ])
+        .output()
+        .expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ep = add(&name, "site2", "fine").expect("add");
+    wait_for("the new mapping on site1", Duration::from_secs(5), || {
+        out_map(&name, "site1").contains(&ep.sir_addr)
+    });
+    // Both agents still serve and hold exactly the well-formed mappings.
+    for h in &plan.hosts {
+        let s = status(&name, &h.name);
+        assert!(s.store_connected);
+        assert_eq!(s.mappings, 3, "{}", h.name);
+    }
+    let log =
+        std::fs::read_to_string(agents::run_dir(&name).join("agent-site1.log")).unwrap_or_default();
+    assert!(
+        log.contains("/ilanet/v1/mappings/not-an-address"),
+        "the key is named in the log: {log}"
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_and_change_nothing() {
+    let name = lab_name("bad");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
+    let before: Vec<_> = plan.hosts.iter().map(|h| status(&name, &h.name)).collect();
+    let taken = plan.hosts[1].containers[0].clone();
+    // Duplicate name (on another host).
+    let err = add(&name, "site1", &taken.name).expect_err("duplicate");
+    assert!(err.to_string().contains("in use on host 'site2'"), "{err}");
+    // Address in use.
+    let err = agents::call(
+        &name,
+        "site1",
+        &Request::EndpointAdd {
+            name: "thief".into(),
+            identifier: Some(taken.identifier),
+            replace: false,
+            labels: BTreeMap::new(),
+        },
+    )
+    .expect_err("address in use");
+    assert!(err.to_string().contains("is in use by endpoint"), "{err}");
+    // Unknown host (CLI).
+    let out = Command::new(BIN)
+        .args(["endpoint", "add", "x", "--host", "mars", "--lab", &name])
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown host 'mars'"));
+    // Malformed request on the socket.
+    let err = agent::api::call(
+        &agents::socket_path(&name, "site1"),
+        &Request::EndpointDel {
+            name: "nope".into(),
+            keep_mapping: false,
+        },
+        T,
+    )
+    .expect_err("no such endpoint");
+    assert!(err.to_string().contains("no endpoint 'nope'"), "{err}");
+    let after: Vec<_> = plan.hosts.iter().map(|h| status(&name, &h.name)).collect();
+    for (x, y) in before.iter().zip(&after) {
+        assert_eq!(
+            (x.mappings, x.endpoints, x.out_entries, x.in_entries),
+            (y.mappings, y.endpoints, y.out_entries, y.in_entries)
+        );
+    }
+    assert!(!lab::netns::exists(&format!("{name}-thief")));
+}
