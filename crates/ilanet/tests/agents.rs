@@ -110,7 +110,9 @@ fn agent_pids(lab: &str) -> Vec<u32> {
     LabState::load(lab).expect("load").expect("record").agents
 }
 
-/// Starts an agent process for one host and records it in the lab so `lab down` stops it.
+/// Starts an agent process for one host and records it in the lab so `lab down` stops it
+/// (and reaps it: `lab::agents::stop_agent` waits for its own children).
+#[allow(clippy::zombie_processes)]
 fn start_agent(lab: &str, extra: &[&str]) -> u32 {
     let mut args = vec!["agent", "--lab", lab, "--lease-ttl", "2"];
     args.extend_from_slice(extra);
