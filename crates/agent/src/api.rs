@@ -22,6 +22,9 @@ pub enum Request {
     EndpointAdd {
         /// Name, unique in the network.
         name: String,
+        /// Tenant network (default: the host's first).
+        #[serde(default)]
+        tenant: Option<String>,
         /// Use this identifier instead of allocating one (a move, or a planned address).
         #[serde(default)]
         identifier: Option<ila::Identifier>,
@@ -163,6 +166,7 @@ mod tests {
     fn requests_round_trip_and_unknown_fields_are_refused() {
         let r = Request::EndpointAdd {
             name: "x".into(),
+            tenant: None,
             identifier: None,
             replace: false,
             labels: BTreeMap::new(),

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dataplane::{HostDataplane, ProgramKind};
-use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, SirPrefix, Vnid};
+use ila::SirPrefix;
+use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, TenantNetwork};
 use serde::{Deserialize, Serialize};
 use store::{HostRecord, Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
 
@@ -45,10 +46,8 @@ pub struct AgentConfig {
     pub locator: Locator,
     /// The host's underlay address.
     pub underlay: Ipv6Addr,
-    /// SIR prefix of the tenant network endpoints join.
-    pub sir_prefix: SirPrefix,
-    /// VNID of that network.
-    pub vnid: Vnid,
+    /// Tenant networks endpoints can join; the first is the default.
+    pub tenants: Vec<TenantNetwork>,
     /// Checksum mode of the mappings this agent publishes.
     pub csum_mode: ChecksumMode,
     /// Where the host's maps and links are pinned.
@@ -112,7 +111,8 @@ struct Inner {
     store_error: Option<String>,
     revision: i64,
     resyncs: u64,
-    allocator: IdentifierAllocator,
+    /// One allocator per tenant network, by tenant name.
+    allocators: HashMap<String, IdentifierAllocator>,
 }
 
 /// One host's agent.
@@ -170,16 +170,27 @@ impl Agent {
                 );
             }
         }
+        if cfg.tenants.is_empty() {
+            return Err(AgentError::Invalid(format!(
+                "host '{}' has no tenant network configured",
+                cfg.host
+            )));
+        }
         // Start each host's allocation somewhere else so that hosts rarely collide; a
         // collision is still caught by the store's atomic create.
-        let start = (u32::from_be_bytes(
-            endpoint::macs(&cfg.host).0[2..6]
-                .try_into()
-                .unwrap_or([0; 4]),
-        ) & 0xffff)
-            << 16
-            | 1;
-        let allocator = IdentifierAllocator::for_vnid_range(cfg.vnid, start.max(1), u32::MAX)?;
+        let seed = endpoint::macs(&cfg.host).0;
+        let start = (u32::from_be_bytes([seed[2], seed[3], seed[4], seed[5]]) & 0xffff) << 16 | 1;
+        let mut allocators = HashMap::new();
+        for t in &cfg.tenants {
+            let mut a = IdentifierAllocator::for_vnid_range(t.vnid, start, u32::MAX)?;
+            for ep in endpoints
+                .values()
+                .filter(|e: &&LocalEndpoint| t.owns(e.identifier))
+            {
+                let _ = a.reserve(ep.identifier);
+            }
+            allocators.insert(t.name.clone(), a);
+        }
         let agent = Arc::new(Self {
             inner: Mutex::new(Inner {
                 endpoints,
@@ -189,7 +200,7 @@ impl Agent {
                 store_error: Some(format!("connecting to {}", describe_cfg(&store_cfg))),
                 revision: 0,
                 resyncs: 0,
-                allocator,
+                allocators,
             }),
             dp: Mutex::new(dp),
             cfg,
@@ -230,11 +241,38 @@ impl Agent {
             })
     }
 
+    /// The tenant network an endpoint belongs to (by its identifier's VNID).
+    fn tenant_of(&self, id: Identifier) -> Option<&TenantNetwork> {
+        self.cfg.tenants.iter().find(|t| t.owns(id))
+    }
+
+    fn tenant_named(&self, name: Option<&str>) -> Result<&TenantNetwork, AgentError> {
+        match name {
+            None => self
+                .cfg
+                .tenants
+                .first()
+                .ok_or_else(|| AgentError::Invalid("no tenant network configured".into())),
+            Some(n) => self
+                .cfg
+                .tenants
+                .iter()
+                .find(|t| t.name == n)
+                .ok_or_else(|| {
+                    let names: Vec<_> = self.cfg.tenants.iter().map(|t| t.name.as_str()).collect();
+                    AgentError::Invalid(format!(
+                        "unknown tenant '{n}' (tenants: {})",
+                        names.join(", ")
+                    ))
+                }),
+        }
+    }
+
     fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
         MappingRecord {
             endpoint: ep.name.clone(),
             host: self.cfg.host.clone(),
-            sir: self.cfg.sir_prefix,
+            sir: SirPrefix::from_addr(ep.sir_addr),
             identifier: ep.identifier,
             locator: self.cfg.locator,
             mode: self.cfg.csum_mode,
@@ -490,11 +528,22 @@ impl Agent {
     pub async fn add_endpoint(
         self: &Arc<Self>,
         name: &str,
+        tenant: Option<&str>,
         identifier: Option<Identifier>,
         replace: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
         endpoint::validate_name(name)?;
+        // With an identifier and no tenant named, the identifier's VNID says which network.
+        let tenant = match (tenant, identifier) {
+            (None, Some(id)) => self.tenant_of(id).cloned().ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "identifier {id} belongs to no tenant network of host '{}'",
+                    self.cfg.host
+                ))
+            })?,
+            (t, _) => self.tenant_named(t)?.clone(),
+        };
         for (k, v) in &labels {
             if k.is_empty() || k.contains(['=', '\n']) || v.contains('\n') {
                 return Err(AgentError::Invalid(format!("label '{k}={v}' is not valid")));
@@ -524,12 +573,12 @@ impl Agent {
             attempts += 1;
             let id = match identifier {
                 Some(id) => {
-                    self.check_identifier(id)?;
+                    check_identifier(&tenant, id)?;
                     id
                 }
-                None => self.next_identifier()?,
+                None => self.next_identifier(&tenant)?,
             };
-            let sir_addr = self.cfg.sir_prefix.with_identifier(id);
+            let sir_addr = tenant.address(id);
             if !replace {
                 if let Some(r) = lock(&self.inner).view.get(&sir_addr) {
                     if identifier.is_some() {
@@ -561,7 +610,9 @@ impl Agent {
                     {
                         let mut inner = lock(&self.inner);
                         inner.endpoints.insert(ep.name.clone(), ep.clone());
-                        let _ = inner.allocator.reserve(id);
+                        if let Some(a) = inner.allocators.get_mut(&tenant.name) {
+                            let _ = a.reserve(id);
+                        }
                         // Install right away rather than waiting for our own watch event.
                         self.install(&mut inner, &rec)?;
                         inner.view.insert(sir_addr, rec);
@@ -590,29 +641,15 @@ impl Agent {
         }
     }
 
-    fn check_identifier(&self, id: Identifier) -> Result<(), AgentError> {
-        if id.c_bit() || id.low16() == 0 {
-            return Err(AgentError::Invalid(format!(
-                "identifier {id} cannot be used: the C bit must be clear and the low 16 bits non-zero"
-            )));
-        }
-        if id.vnid() != Some(self.cfg.vnid) {
-            return Err(AgentError::Invalid(format!(
-                "identifier {id} is not of this network (VNID {})",
-                self.cfg.vnid
-            )));
-        }
-        Ok(())
-    }
-
-    fn next_identifier(&self) -> Result<Identifier, AgentError> {
+    fn next_identifier(&self, tenant: &TenantNetwork) -> Result<Identifier, AgentError> {
         let mut inner = lock(&self.inner);
         loop {
-            let id = inner.allocator.allocate()?;
-            if !inner
-                .view
-                .contains_key(&self.cfg.sir_prefix.with_identifier(id))
-            {
+            let alloc = inner
+                .allocators
+                .get_mut(&tenant.name)
+                .ok_or_else(|| AgentError::Invalid(format!("unknown tenant '{}'", tenant.name)))?;
+            let id = alloc.allocate()?;
+            if !inner.view.contains_key(&tenant.address(id)) {
                 return Ok(id);
             }
         }
@@ -651,7 +688,11 @@ impl Agent {
         {
             let mut inner = lock(&self.inner);
             inner.endpoints.remove(name);
-            inner.allocator.release(ep.identifier);
+            if let Some(t) = self.tenant_of(ep.identifier) {
+                if let Some(a) = inner.allocators.get_mut(&t.name) {
+                    a.release(ep.identifier);
+                }
+            }
             let mut dp = lock(&self.dp);
             if let Some(ila) = inner.in_by_sir.remove(&ep.sir_addr) {
                 dp.maps().remove_in(ila)?;
@@ -718,6 +759,21 @@ impl Agent {
             counters: maps.counters().ok(),
         }
     }
+}
+
+fn check_identifier(tenant: &TenantNetwork, id: Identifier) -> Result<(), AgentError> {
+    if id.c_bit() || id.low16() == 0 {
+        return Err(AgentError::Invalid(format!(
+            "identifier {id} cannot be used: the C bit must be clear and the low 16 bits non-zero"
+        )));
+    }
+    if !tenant.owns(id) {
+        return Err(AgentError::Invalid(format!(
+            "identifier {id} is not of tenant '{}' (VNID {})",
+            tenant.name, tenant.vnid
+        )));
+    }
+    Ok(())
 }
 
 fn describe_cfg(cfg: &StoreConfig) -> String {

@@ -84,11 +84,12 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
         Request::Mappings => agent.mappings().map(ok),
         Request::EndpointAdd {
             name,
+            tenant,
             identifier,
             replace,
             labels,
         } => agent
-            .add_endpoint(&name, identifier, replace, labels)
+            .add_endpoint(&name, tenant.as_deref(), identifier, replace, labels)
             .await
             .map(ok),
         Request::EndpointDel { name, keep_mapping } => agent

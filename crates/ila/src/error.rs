@@ -74,4 +74,12 @@ pub enum IlaError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A tenant network definition is not valid.
+    #[error("tenant '{name}' is not valid: {reason}")]
+    InvalidTenant {
+        /// The tenant name given.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

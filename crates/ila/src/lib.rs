@@ -10,6 +10,7 @@ mod alloc;
 mod csum;
 mod error;
 mod mapping;
+mod tenant;
 
 pub use addr::{Identifier, IdentifierType, Locator, SirPrefix, Vnid};
 pub use alloc::IdentifierAllocator;
@@ -19,3 +20,4 @@ pub use csum::{
 };
 pub use error::IlaError;
 pub use mapping::Mapping;
+pub use tenant::TenantNetwork;

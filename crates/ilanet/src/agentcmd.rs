@@ -69,6 +69,9 @@ pub enum EndpointCommand {
         /// Labels, `key=value` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
+        /// Tenant network to join (default: the lab's first).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Lab name.
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
@@ -239,6 +242,7 @@ pub fn endpoint(cmd: &EndpointCommand) -> Result<ExitCode> {
             name,
             host,
             labels,
+            tenant,
             lab,
         } => {
             let plan = lab::plan_of(lab)?;
@@ -249,6 +253,7 @@ pub fn endpoint(cmd: &EndpointCommand) -> Result<ExitCode> {
                 host,
                 &Request::EndpointAdd {
                     name: name.clone(),
+                    tenant: tenant.clone(),
                     identifier: None,
                     replace: false,
                     labels,
@@ -340,6 +345,7 @@ fn move_endpoint(lab: &str, from: &str, to: &str, ep: &LocalEndpoint) -> Result<
             host,
             &Request::EndpointAdd {
                 name: ep.name.clone(),
+                tenant: None,
                 identifier: Some(ep.identifier),
                 replace: true,
                 labels: ep.labels.clone(),

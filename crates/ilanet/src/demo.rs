@@ -141,10 +141,13 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
 }
 
 fn print_topology(plan: &Plan) {
-    println!(
-        "\nSIR prefix {} (what containers use); one locator per site:",
-        plan.sir_prefix
-    );
+    for t in &plan.tenants {
+        println!(
+            "\nTenant {} (VNID {}): SIR prefix {} (what its containers use)",
+            t.name, t.vnid, t.sir
+        );
+    }
+    println!("One locator per site:");
     for h in &plan.hosts {
         println!(
             "  {:<15} locator {:<22} underlay {}",

@@ -48,6 +48,10 @@ pub struct UpArgs {
     /// Mapping store of the agents: embedded (one process) or etcd (a real 3-member cluster).
     #[arg(long, default_value = "embedded")]
     pub store: StoreKind,
+    /// Number of tenant networks (t1…tN, VNID k, SIR prefix fd00:dead:beef:<k-1>::/64);
+    /// containers are spread over them in turn.
+    #[arg(long, default_value_t = 1)]
+    pub tenants: u16,
     /// Agents' lease time to live in seconds.
     #[arg(long, default_value_t = 10)]
     pub lease_ttl: u64,
@@ -69,6 +73,12 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.csum_mode = args.csum_mode;
             spec.mode = args.mode;
             spec.store = args.store;
+            if args.tenants == 0 {
+                anyhow::bail!("--tenants must be at least 1");
+            }
+            if args.tenants > 1 {
+                spec.tenants = lab::plan::numbered_tenants(args.tenants);
+            }
             if args.lease_ttl == 0 {
                 anyhow::bail!("--lease-ttl must be at least 1 second");
             }
@@ -108,8 +118,15 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
 /// Prints a lab's status as text.
 pub fn print_status(s: &LabStatus) {
     println!(
-        "lab '{}' ({:?}), SIR prefix {}, checksum mode {}",
-        s.name, s.phase, s.sir_prefix, s.csum_mode
+        "lab '{}' ({:?}), checksum mode {}, tenants: {}",
+        s.name,
+        s.phase,
+        s.csum_mode,
+        s.tenants
+            .iter()
+            .map(|t| format!("{} (VNID {}, {})", t.name, t.vnid, t.sir))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for h in &s.hosts {
         println!(

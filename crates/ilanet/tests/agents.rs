@@ -59,6 +59,7 @@ fn add(lab: &str, host: &str, name: &str) -> Result<LocalEndpoint, lab::LabError
         host,
         &Request::EndpointAdd {
             name: name.into(),
+            tenant: None,
             identifier: None,
             replace: false,
             labels: BTreeMap::new(),
@@ -469,6 +470,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         "site1",
         &Request::EndpointAdd {
             name: "thief".into(),
+            tenant: None,
             identifier: Some(taken.identifier),
             replace: false,
             labels: BTreeMap::new(),

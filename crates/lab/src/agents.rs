@@ -72,8 +72,7 @@ pub fn agent_config(plan: &Plan, host: &HostPlan, lease_ttl: Duration) -> AgentC
         uplink: UPLINK_IFNAME.to_string(),
         locator: host.locator,
         underlay: host.uplink_addr,
-        sir_prefix: plan.sir_prefix,
-        vnid: plan.vnid,
+        tenants: plan.tenants.clone(),
         csum_mode: plan.csum_mode,
         pin_dir: state::host_pin_dir(&plan.name, &host.name),
         state_file: dir.join(format!("{}.endpoints.json", host.name)),
@@ -212,9 +211,14 @@ pub(crate) fn create_planned_endpoints(plan: &Plan) -> Result<(), LabError> {
                 &host.name,
                 &Request::EndpointAdd {
                     name: c.name.clone(),
+                    tenant: Some(c.tenant.clone()),
                     identifier: Some(c.identifier),
                     replace: false,
-                    labels: [("site".to_string(), host.name.clone())].into(),
+                    labels: [
+                        ("site".to_string(), host.name.clone()),
+                        ("tenant".to_string(), c.tenant.clone()),
+                    ]
+                    .into(),
                 },
             )?;
         }

@@ -314,8 +314,8 @@ pub struct LabStatus {
     pub name: String,
     /// Lifecycle phase.
     pub phase: Phase,
-    /// SIR prefix of the containers.
-    pub sir_prefix: String,
+    /// Tenant networks: name, VNID and SIR prefix.
+    pub tenants: Vec<ila::TenantNetwork>,
     /// Checksum mode.
     pub csum_mode: String,
     /// Hosts.
@@ -413,7 +413,7 @@ pub fn status(lab: &str) -> Result<LabStatus, LabError> {
     Ok(LabStatus {
         name: plan.name.clone(),
         phase: state.phase,
-        sir_prefix: plan.sir_prefix.to_string(),
+        tenants: plan.tenants.clone(),
         csum_mode: plan.csum_mode.to_string(),
         hosts,
     })

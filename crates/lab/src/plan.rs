@@ -3,7 +3,9 @@
 
 use std::net::Ipv6Addr;
 
-use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, Mapping, SirPrefix, Vnid};
+use ila::{
+    ChecksumMode, Identifier, IdentifierAllocator, Locator, Mapping, SirPrefix, TenantNetwork, Vnid,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::StoreKind;
@@ -64,10 +66,9 @@ pub struct LabSpec {
     pub sites: Vec<SiteSpec>,
     /// Checksum mode of every mapping.
     pub csum_mode: ChecksumMode,
-    /// The virtual prefix containers use.
-    pub sir_prefix: SirPrefix,
-    /// Tenant network of the containers.
-    pub vnid: Vnid,
+    /// Tenant networks; containers are spread over them in turn (container k of a site joins
+    /// tenant k mod n).
+    pub tenants: Vec<TenantNetwork>,
     /// How hosts are joined.
     pub mode: Mode,
     /// Which mapping store the agents use (ILA mode).
@@ -103,8 +104,7 @@ impl LabSpec {
             name: name.to_string(),
             sites,
             csum_mode: ChecksumMode::NeutralMap,
-            sir_prefix: default_sir_prefix(),
-            vnid: default_vnid(),
+            tenants: vec![default_tenant()],
             mode: Mode::Ila,
             store: StoreKind::Embedded,
             lease_ttl: agent::DEFAULT_LEASE_TTL,
@@ -145,6 +145,26 @@ pub fn default_vnid() -> Vnid {
     Vnid::new(1).unwrap_or_else(|_| unreachable!("1 is a valid VNID"))
 }
 
+/// The default tenant network: VNID 1 on [`default_sir_prefix`].
+pub fn default_tenant() -> TenantNetwork {
+    TenantNetwork {
+        name: "default".into(),
+        vnid: default_vnid(),
+        sir: default_sir_prefix(),
+    }
+}
+
+/// `n` tenant networks `t1`…`tn`: VNID k on `fd00:dead:beef:<k-1>::/64`.
+pub fn numbered_tenants(n: u16) -> Vec<TenantNetwork> {
+    (1..=n)
+        .map(|k| TenantNetwork {
+            name: format!("t{k}"),
+            vnid: Vnid::new(u32::from(k)).unwrap_or_else(|_| unreachable!("u16 fits 28 bits")),
+            sir: SirPrefix::from_addr(Ipv6Addr::new(0xfd00, 0xdead, 0xbeef, k - 1, 0, 0, 0, 0)),
+        })
+        .collect()
+}
+
 /// The whole lab, resolved: every name and address.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
@@ -152,15 +172,13 @@ pub struct Plan {
     pub name: String,
     /// Namespace of the underlay router joining the hosts.
     pub router_netns: String,
-    /// SIR prefix of the containers.
-    pub sir_prefix: SirPrefix,
+    /// Tenant networks (the first is the default).
+    pub tenants: Vec<TenantNetwork>,
     /// Checksum mode of every mapping.
     pub csum_mode: ChecksumMode,
     /// How hosts are joined.
     #[serde(default)]
     pub mode: Mode,
-    /// Tenant network of the containers.
-    pub vnid: Vnid,
     /// Which mapping store the agents use.
     #[serde(default)]
     pub store: StoreKind,
@@ -198,6 +216,8 @@ pub struct ContainerPlan {
     pub netns: String,
     /// Host-side veth name (inside the host namespace).
     pub host_ifname: String,
+    /// Tenant network the container belongs to.
+    pub tenant: String,
     /// The container's identifier.
     pub identifier: Identifier,
     /// The container's SIR address (what it has and what peers talk to).
@@ -218,7 +238,16 @@ impl Plan {
                 spec.sites.len()
             )));
         }
-        let mut allocator = IdentifierAllocator::for_vnid(spec.vnid);
+        if spec.tenants.is_empty() {
+            return Err(LabError::Invalid(
+                "a lab needs at least one tenant network".into(),
+            ));
+        }
+        let mut allocators: Vec<IdentifierAllocator> = spec
+            .tenants
+            .iter()
+            .map(|t| IdentifierAllocator::for_vnid(t.vnid))
+            .collect();
         let mut hosts = Vec::with_capacity(spec.sites.len());
         for (h, site) in spec.sites.iter().enumerate() {
             validate_name("site name", &site.name, 16)?;
@@ -238,13 +267,16 @@ impl Plan {
             let netns = format!("{}-{}", spec.name, site.name);
             let mut containers = Vec::with_capacity(site.containers);
             for c in 0..site.containers {
-                let identifier = allocator.allocate()?;
+                let t = c % spec.tenants.len();
+                let tenant = &spec.tenants[t];
+                let identifier = allocators[t].allocate()?;
                 containers.push(ContainerPlan {
                     name: format!("{}-{}", site.name, c + 1),
                     netns: format!("{netns}-{}", c + 1),
                     host_ifname: format!("lxc{}", c + 1),
+                    tenant: tenant.name.clone(),
                     identifier,
-                    sir_addr: spec.sir_prefix.with_identifier(identifier),
+                    sir_addr: tenant.address(identifier),
                     mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x01],
                     host_mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x02],
                 });
@@ -264,10 +296,9 @@ impl Plan {
         Ok(Self {
             name: spec.name.clone(),
             router_netns: format!("{}-underlay", spec.name),
-            sir_prefix: spec.sir_prefix,
+            tenants: spec.tenants.clone(),
             csum_mode: spec.csum_mode,
             mode: spec.mode,
-            vnid: spec.vnid,
             store: spec.store,
             hosts,
         })
@@ -303,7 +334,7 @@ impl Plan {
             .flat_map(|host| {
                 host.containers.iter().map(move |c| {
                     let mapping = Mapping {
-                        sir: self.sir_prefix,
+                        sir: SirPrefix::from_addr(c.sir_addr),
                         identifier: c.identifier,
                         locator: host.locator,
                         mode: self.csum_mode,
