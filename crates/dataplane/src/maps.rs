@@ -131,6 +131,19 @@ impl HostMaps {
         }
     }
 
+    /// The `ILA_OUT` entry for `sir`, if any (one lookup syscall: cheap enough to poll).
+    pub fn get_out(&self, sir: Ipv6Addr) -> Result<Option<OutEntry>, DataplaneError> {
+        match self.out.get(&IlaOutKey { sir: sir.octets() }, 0) {
+            Ok(val) => Ok(Some(OutEntry {
+                ila: Ipv6Addr::from(val.ila),
+                csum_mode: csum_mode(val.csum_mode)?,
+                local: val.flags & abi::ILA_OUT_F_LOCAL != 0,
+            })),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(format!("looking up {sir} in {MAP_OUT}"))(e)),
+        }
+    }
+
     /// All `ILA_OUT` entries (SIR address, entry).
     pub fn out_entries(&self) -> Result<Vec<(Ipv6Addr, OutEntry)>, DataplaneError> {
         let mut v = Vec::new();
@@ -177,24 +190,21 @@ impl HostMaps {
         }
     }
 
+    /// The `ILA_IN` entry for `ila`, if any (one lookup syscall).
+    pub fn get_in(&self, ila: Ipv6Addr) -> Result<Option<InEntry>, DataplaneError> {
+        match self.inn.get(&IlaInKey { ila: ila.octets() }, 0) {
+            Ok(val) => Ok(Some(in_entry(&val)?)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(map_err(format!("looking up {ila} in {MAP_IN}"))(e)),
+        }
+    }
+
     /// All `ILA_IN` entries (ILA address, entry).
     pub fn in_entries(&self) -> Result<Vec<(Ipv6Addr, InEntry)>, DataplaneError> {
         let mut v = Vec::new();
         for item in self.inn.iter() {
             let (k, val) = item.map_err(map_err(format!("iterating {MAP_IN}")))?;
-            let redirect = (val.flags & abi::ILA_IN_F_REDIRECT != 0).then_some(Redirect {
-                endpoint_mac: val.ep_mac,
-                host_mac: val.host_mac,
-            });
-            v.push((
-                Ipv6Addr::from(k.ila),
-                InEntry {
-                    sir: Ipv6Addr::from(val.sir),
-                    ifindex: val.ifindex,
-                    csum_mode: csum_mode(val.csum_mode)?,
-                    redirect,
-                },
-            ));
+            v.push((Ipv6Addr::from(k.ila), in_entry(&val)?));
         }
         Ok(v)
     }
@@ -271,6 +281,19 @@ fn is_not_found(e: &MapError) -> bool {
         MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
     }
+}
+
+fn in_entry(val: &IlaInVal) -> Result<InEntry, DataplaneError> {
+    let redirect = (val.flags & abi::ILA_IN_F_REDIRECT != 0).then_some(Redirect {
+        endpoint_mac: val.ep_mac,
+        host_mac: val.host_mac,
+    });
+    Ok(InEntry {
+        sir: Ipv6Addr::from(val.sir),
+        ifindex: val.ifindex,
+        csum_mode: csum_mode(val.csum_mode)?,
+        redirect,
+    })
 }
 
 fn csum_mode(v: u8) -> Result<ChecksumMode, DataplaneError> {

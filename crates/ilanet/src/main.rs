@@ -2,6 +2,7 @@
 
 mod agentcmd;
 mod benchcmd;
+mod converge;
 mod demo;
 mod labcmd;
 
@@ -53,6 +54,9 @@ enum BenchCommand {
     Paper(benchcmd::PaperArgs),
     /// TCP throughput against the number of filter rules (iptables; eBPF once policy exists).
     Rules(benchcmd::RulesArgs),
+    /// Time from an endpoint's creation to its mapping in every other host's eBPF map (p50,
+    /// p99, max) on a lab, and the time of a cold resync of many mappings into an eBPF map.
+    Converge(converge::ConvergeArgs),
 }
 
 #[derive(Args)]
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
             BenchCommand::Rules(args) => benchcmd::rules(args),
+            BenchCommand::Converge(args) => converge::run(args),
         },
     };
     match result {
