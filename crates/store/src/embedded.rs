@@ -9,10 +9,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use crate::records::{
-    self, decode_delete, decode_put, encode_host, encode_mapping, host_key, mapping_key,
+    self, decode_delete, decode_put, encode_host, encode_identity, encode_identity_index,
+    encode_mapping, encode_policy, host_key, identity_key, identity_labels_key, mapping_key,
+    next_identity_candidate, policy_key,
 };
 use crate::{
-    HostRecord, Lease, MappingRecord, Snapshot, StoreError, StoreEvent, WatchEvent, KEY_PREFIX,
+    HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
+    StoreEvent, WatchEvent, IDENTITY_PROBES, KEY_PREFIX,
 };
 
 /// Default number of change events kept for watches from past revisions.
@@ -249,6 +252,71 @@ impl EmbeddedStore {
         Ok(st.delete(&self.shared, &[mapping_key(sir_address)]))
     }
 
+    pub(crate) async fn allocate_identity(
+        &self,
+        labels: &str,
+        first: u32,
+    ) -> Result<u32, StoreError> {
+        let index_key = identity_labels_key(labels);
+        // One lock: no race to lose. The same decisions as the etcd backend's transaction.
+        let mut st = self.locked();
+        if let Some(e) = st.kv.get(&index_key) {
+            return records::decode_identity_index(&index_key, &e.value);
+        }
+        let mut id = first;
+        for _ in 0..IDENTITY_PROBES {
+            let key = identity_key(id);
+            match st.kv.get(&key) {
+                None => {
+                    let rec = IdentityRecord {
+                        id,
+                        labels: labels.to_string(),
+                    };
+                    let writes = vec![
+                        (key, encode_identity(&rec)?),
+                        (index_key, encode_identity_index(id)),
+                    ];
+                    st.put_all(&self.shared, writes, 0);
+                    return Ok(id);
+                }
+                Some(e) if records::identity_labels_of(id, &e.value).as_deref() == Ok(labels) => {
+                    // The record exists without its index (written by hand, or half-deleted):
+                    // adopt it.
+                    st.put_all(
+                        &self.shared,
+                        vec![(index_key, encode_identity_index(id))],
+                        0,
+                    );
+                    return Ok(id);
+                }
+                Some(_) => id = next_identity_candidate(id),
+            }
+        }
+        Err(StoreError::IdentitiesExhausted {
+            labels: labels.to_string(),
+            first,
+            probes: IDENTITY_PROBES,
+        })
+    }
+
+    pub(crate) async fn put_policy(&self, policy: &PolicyRecord) -> Result<i64, StoreError> {
+        let value = encode_policy(policy)?;
+        let mut st = self.locked();
+        Ok(st.put(&self.shared, &policy_key(&policy.name), value, 0))
+    }
+
+    pub(crate) async fn delete_policy(&self, name: &str) -> Result<i64, StoreError> {
+        let key = policy_key(name);
+        let mut st = self.locked();
+        if !st.kv.contains_key(&key) {
+            return Err(StoreError::NotFound {
+                kind: "policy".into(),
+                name: name.to_string(),
+            });
+        }
+        Ok(st.delete(&self.shared, &[key]))
+    }
+
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let st = self.locked();
         let mut snap = Snapshot {
@@ -261,6 +329,7 @@ impl EmbeddedStore {
             }
             records::add_to_snapshot(&mut snap, k.as_bytes(), &e.value);
         }
+        records::finish_snapshot(&mut snap);
         Ok(snap)
     }
 
@@ -361,33 +430,40 @@ impl State {
     }
 
     fn put(&mut self, shared: &Shared, key: &str, value: Vec<u8>, lease: i64) -> i64 {
+        self.put_all(shared, vec![(key.to_string(), value)], lease)
+    }
+
+    /// Writes these keys in one revision (an etcd transaction); returns it.
+    fn put_all(&mut self, shared: &Shared, writes: Vec<(String, Vec<u8>)>, lease: i64) -> i64 {
         self.revision += 1;
         let rev = self.revision;
-        let old = self.kv.insert(
-            key.to_string(),
-            Entry {
-                value: value.clone(),
-                lease,
-            },
-        );
-        if let Some(old) = old {
-            if old.lease != lease {
-                self.detach_from_lease(key, old.lease);
+        for (key, value) in writes {
+            let old = self.kv.insert(
+                key.clone(),
+                Entry {
+                    value: value.clone(),
+                    lease,
+                },
+            );
+            if let Some(old) = old {
+                if old.lease != lease {
+                    self.detach_from_lease(&key, old.lease);
+                }
             }
-        }
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(key.to_string());
+            if lease != 0 {
+                if let Some(l) = self.leases.get_mut(&lease) {
+                    l.keys.insert(key.clone());
+                }
             }
+            self.record(
+                shared,
+                RawEvent {
+                    revision: rev,
+                    key,
+                    value: Some(value),
+                },
+            );
         }
-        self.record(
-            shared,
-            RawEvent {
-                revision: rev,
-                key: key.to_string(),
-                value: Some(value),
-            },
-        );
         rev
     }
 

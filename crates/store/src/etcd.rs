@@ -13,10 +13,13 @@ use etcd_client::{
 };
 
 use crate::records::{
-    self, decode_delete, decode_put, encode_host, encode_mapping, host_key, mapping_key,
+    self, decode_delete, decode_put, encode_host, encode_identity, encode_identity_index,
+    encode_mapping, encode_policy, host_key, identity_key, identity_labels_key, mapping_key,
+    next_identity_candidate, policy_key,
 };
 use crate::{
-    HostRecord, Lease, MappingRecord, Snapshot, StoreError, StoreEvent, WatchEvent, KEY_PREFIX,
+    HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
+    StoreEvent, WatchEvent, IDENTITY_PROBES, KEY_PREFIX,
 };
 
 /// Default bound on one request (also used by [`crate::Store::connect`]).
@@ -333,6 +336,130 @@ impl EtcdStore {
         Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
     }
 
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.call(None, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    pub(crate) async fn allocate_identity(
+        &self,
+        labels: &str,
+        first: u32,
+    ) -> Result<u32, StoreError> {
+        let index_key = identity_labels_key(labels);
+        let mut id = first;
+        let mut probes: u32 = 1;
+        // Each round either settles or moves on, except when another writer changes the
+        // candidate between two of our transactions: bound those too.
+        for _ in 0..2 * IDENTITY_PROBES + 8 {
+            let key = identity_key(id);
+            let rec = IdentityRecord {
+                id,
+                labels: labels.to_string(),
+            };
+            // Create both keys only if neither exists; else read both, in the same revision.
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(index_key.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(key.clone(), encode_identity(&rec)?, None),
+                    TxnOp::put(index_key.clone(), encode_identity_index(id), None),
+                ])
+                .or_else([
+                    TxnOp::get(index_key.clone(), None),
+                    TxnOp::get(key.clone(), None),
+                ]);
+            let resp = self.txn(txn).await?;
+            if resp.succeeded() {
+                return Ok(id);
+            }
+            let mut gets = resp.op_responses().into_iter().map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| (kv.value().to_vec(), kv.mod_revision())),
+                _ => None,
+            });
+            let (index, record) = (gets.next().flatten(), gets.next().flatten());
+            if let Some((value, _)) = index {
+                // Allocated before (or by the racer that won): the index is authoritative.
+                return records::decode_identity_index(&index_key, &value);
+            }
+            match record {
+                Some((value, mod_revision))
+                    if records::identity_labels_of(id, &value).as_deref() == Ok(labels) =>
+                {
+                    // The record exists without its index (written by hand, or half-deleted):
+                    // adopt it, unless it changes meanwhile (then look again).
+                    let txn = Txn::new()
+                        .when([
+                            Compare::create_revision(index_key.clone(), CompareOp::Equal, 0),
+                            Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
+                        ])
+                        .and_then([TxnOp::put(
+                            index_key.clone(),
+                            encode_identity_index(id),
+                            None,
+                        )]);
+                    if self.txn(txn).await?.succeeded() {
+                        return Ok(id);
+                    }
+                }
+                Some(_) => {
+                    // Taken by another label set (or a malformed record): next candidate.
+                    if probes >= IDENTITY_PROBES {
+                        return Err(StoreError::IdentitiesExhausted {
+                            labels: labels.to_string(),
+                            first,
+                            probes,
+                        });
+                    }
+                    probes += 1;
+                    id = next_identity_candidate(id);
+                }
+                // Deleted since the compare of the same transaction cannot happen; look again.
+                None => {}
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "identity allocation for labels {labels:?} did not settle (concurrent changes)"
+        )))
+    }
+
+    pub(crate) async fn put_policy(&self, policy: &PolicyRecord) -> Result<i64, StoreError> {
+        let key = policy_key(&policy.name);
+        let value = encode_policy(policy)?;
+        let resp = self
+            .call(None, |mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
+    pub(crate) async fn delete_policy(&self, name: &str) -> Result<i64, StoreError> {
+        let key = policy_key(name);
+        let resp = self
+            .call(None, |mut c| {
+                let key = key.clone();
+                async move { c.delete(key, None).await }
+            })
+            .await?;
+        if resp.deleted() == 0 {
+            return Err(StoreError::NotFound {
+                kind: "policy".into(),
+                name: name.to_string(),
+            });
+        }
+        Ok(resp.header().map(|h| h.revision()).unwrap_or_default())
+    }
+
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let resp = self
             .call(None, |mut c| async move {
@@ -347,6 +474,7 @@ impl EtcdStore {
         for kv in resp.kvs() {
             records::add_to_snapshot(&mut snap, kv.key(), kv.value());
         }
+        records::finish_snapshot(&mut snap);
         Ok(snap)
     }
 

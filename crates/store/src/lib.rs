@@ -26,6 +26,9 @@
 //! |---|---|---|
 //! | `/ilanet/v1/mappings/<sir-address>` | [`MappingRecord`] | the owning agent's lease |
 //! | `/ilanet/v1/hosts/<host-name>` | [`HostRecord`] | the owning agent's lease |
+//! | `/ilanet/v1/identities/<id>` | [`IdentityRecord`] | none (global) |
+//! | `/ilanet/v1/identity-labels/<escaped labels>` | the id, a JSON number | none (global) |
+//! | `/ilanet/v1/policies/<name>` | [`PolicyRecord`] | none (global) |
 //!
 //! `<sir-address>` is the canonical (RFC 5952, as `Ipv6Addr`'s `Display` prints it) text form of
 //! the SIR address, e.g. `/ilanet/v1/mappings/2001:db8:ff::3000:1:0:2`. A record whose key does
@@ -34,13 +37,33 @@
 //!
 //! ```json
 //! {"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2",
-//!  "locator":"2001:db8:1:1::/64","mode":"neutral-map"}
+//!  "locator":"2001:db8:1:1::/64","mode":"neutral-map","identity":4242}
 //! {"name":"site-a","locator":"2001:db8:1:1::/64","underlay":"fd00::a"}
+//! {"id":4242,"labels":"app=web,io.ilanet.tenant=1"}
+//! {"name":"allow-web","document":"{\"ingress\":[]}"}
 //! ```
 //!
-//! Keys under `/ilanet/v1/` outside `mappings/` and `hosts/` are ignored (reserved for later
-//! record kinds). Each agent holds one lease; when the agent (host) dies, the lease expires and
-//! etcd deletes its mappings and its host record, which watchers see as delete events.
+//! A mapping's `identity` is the endpoint's security identity (0 = unknown; records written
+//! before identities existed decode with 0).
+//!
+//! **Identities** ([`Store::allocate_identity`]) are numbers from [`MIN_ALLOCATED_IDENTITY`]
+//! (256) up to, not including, [`IDENTITY_LIMIT`] (2^24), each standing for one label set, the
+//! same on every host. `<id>` is the decimal number (canonical: no leading zeros). The
+//! index key `identity-labels/…` maps a label set back to its id; `<escaped labels>` is the label
+//! string with every byte outside `[A-Za-z0-9._=,:-]` written `%XX` ([`identity_labels_key`]),
+//! e.g. `/ilanet/v1/identity-labels/app=web,io.ilanet.tenant=1` → `4242`. Both keys are created
+//! in one transaction guarded by `create_revision == 0` on both, so the index is authoritative.
+//! Identities have no lease and are **never deleted: garbage collection of unused identities is
+//! out of scope** (a deletion made by hand is not reported to watches). Watches report the
+//! identity record ([`StoreEvent::PutIdentity`]), not the index key.
+//!
+//! **Policies** are stored verbatim (`document` is JSON text; the store only checks that it is
+//! valid JSON). `<name>` is 1 to 253 characters of `[a-z0-9.-]`. No lease: a policy stays until
+//! [`Store::delete_policy`].
+//!
+//! Other keys under `/ilanet/v1/` are ignored (reserved for later record kinds). Each agent holds
+//! one lease; when the agent (host) dies, the lease expires and etcd deletes its mappings and its
+//! host record, which watchers see as delete events.
 //!
 //! # Malformed records
 //!
@@ -71,7 +94,12 @@ use serde::{Deserialize, Serialize};
 
 pub use embedded::{EmbeddedStore, DEFAULT_HISTORY};
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
-pub use records::{host_key, mapping_key, HOSTS_PREFIX, KEY_PREFIX, MAPPINGS_PREFIX};
+pub use records::{
+    host_key, identity_first_candidate, identity_key, identity_labels_key, mapping_key, policy_key,
+    HOSTS_PREFIX, IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES,
+    KEY_PREFIX, MAPPINGS_PREFIX, MAX_LABELS_LEN, MAX_POLICY_NAME_LEN, MIN_ALLOCATED_IDENTITY,
+    POLICIES_PREFIX,
+};
 
 /// Where a container's SIR address is reachable: published by the agent of the host that runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +117,10 @@ pub struct MappingRecord {
     /// The checksum mode of this mapping.
     #[serde(default)]
     pub mode: ila::ChecksumMode,
+    /// The endpoint's numeric security identity ([`Store::allocate_identity`]); 0 = unknown
+    /// (also what records written before identities existed decode to).
+    #[serde(default)]
+    pub identity: u32,
 }
 
 impl MappingRecord {
@@ -114,6 +146,26 @@ pub struct HostRecord {
     pub underlay: Ipv6Addr,
 }
 
+/// A security identity: a number standing for one label set, the same on every host.
+/// Allocated with [`Store::allocate_identity`]; never deleted (no lease, no GC yet).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// The identity, in `[MIN_ALLOCATED_IDENTITY, IDENTITY_LIMIT)`.
+    pub id: u32,
+    /// The canonical (sorted) label-set string, e.g. `app=web,io.ilanet.tenant=1`. Opaque to
+    /// the store: non-empty, no newline, at most [`MAX_LABELS_LEN`] bytes.
+    pub labels: String,
+}
+
+/// A network policy, stored as given. The store checks only that `document` is valid JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// The policy name: 1 to [`MAX_POLICY_NAME_LEN`] characters of `[a-z0-9.-]`.
+    pub name: String,
+    /// The policy as JSON text (kept verbatim).
+    pub document: String,
+}
+
 /// A lease: records attached to it are deleted when it expires or is revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
@@ -134,6 +186,13 @@ pub enum StoreEvent {
     PutHost(HostRecord),
     /// The host record of this name was deleted.
     DeleteHost(String),
+    /// An identity was allocated. (Identities are never deleted by ilanet; a manual deletion is
+    /// not reported.)
+    PutIdentity(IdentityRecord),
+    /// A policy was created or overwritten.
+    PutPolicy(PolicyRecord),
+    /// The policy of this name was deleted.
+    DeletePolicy(String),
     /// The watch cannot continue from where it is (history compacted, or it fell behind): list
     /// again and watch from the new snapshot's revision + 1. The stream ends after this event.
     Resync,
@@ -158,6 +217,10 @@ pub struct Snapshot {
     pub mappings: Vec<MappingRecord>,
     /// All well-formed host records, ordered by key.
     pub hosts: Vec<HostRecord>,
+    /// All well-formed identities, ordered by number.
+    pub identities: Vec<IdentityRecord>,
+    /// All well-formed policies, ordered by name.
+    pub policies: Vec<PolicyRecord>,
     /// Records that could not be decoded (never fatal).
     pub skipped: Vec<SkippedRecord>,
 }
@@ -205,6 +268,24 @@ pub enum StoreError {
     /// The caller passed something the store cannot hold (e.g. a host name with `/`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The record to delete does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// The record kind (`policy`).
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+    /// [`Store::allocate_identity`] found every candidate taken by other label sets.
+    #[error("no free identity for labels {labels:?}: {probes} candidates from {first} are taken")]
+    IdentitiesExhausted {
+        /// The label set.
+        labels: String,
+        /// The first candidate tried.
+        first: u32,
+        /// How many candidates were tried.
+        probes: u32,
+    },
     /// Compaction: the revision is already compacted or in the future.
     #[error("revision {revision} cannot be used: {reason}")]
     Revision {
@@ -324,6 +405,43 @@ impl Store {
     /// nothing to delete).
     pub async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
         dispatch!(self, s => s.delete_mapping(sir_address).await)
+    }
+
+    /// The identity of a label set (the canonical sorted label string): the existing one, or a
+    /// new one allocated atomically, so that hosts racing for the same labels get the same id
+    /// and different label sets never share one. The first candidate is
+    /// [`identity_first_candidate`]; a candidate taken by another label set (or by a malformed
+    /// record) is skipped for the next one, at most [`IDENTITY_PROBES`] times
+    /// ([`StoreError::IdentitiesExhausted`]). The record and its index are written in one etcd
+    /// transaction guarded by `create_revision == 0` on both keys, without a lease.
+    pub async fn allocate_identity(&self, labels: &str) -> Result<u32, StoreError> {
+        self.allocate_identity_from(labels, identity_first_candidate(labels))
+            .await
+    }
+
+    /// [`Store::allocate_identity`] starting at `first_candidate` instead of the hash (tests:
+    /// forces collisions). Not for production use: ids then depend on the caller.
+    #[doc(hidden)]
+    pub async fn allocate_identity_from(
+        &self,
+        labels: &str,
+        first_candidate: u32,
+    ) -> Result<u32, StoreError> {
+        records::check_labels(labels)?;
+        records::check_identity_id(first_candidate)?;
+        dispatch!(self, s => s.allocate_identity(labels, first_candidate).await)
+    }
+
+    /// Creates or overwrites a policy (no lease). Returns the revision.
+    pub async fn put_policy(&self, policy: &PolicyRecord) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.put_policy(policy).await)
+    }
+
+    /// Deletes a policy. Returns the revision; [`StoreError::NotFound`] if there is none of
+    /// that name.
+    pub async fn delete_policy(&self, name: &str) -> Result<i64, StoreError> {
+        records::check_policy_name(name)?;
+        dispatch!(self, s => s.delete_policy(name).await)
     }
 
     /// Lists everything at one revision.

@@ -2,7 +2,10 @@
 
 use std::net::Ipv6Addr;
 
-use crate::{HostRecord, MappingRecord, SkippedRecord, Snapshot, StoreError, StoreEvent};
+use crate::{
+    HostRecord, IdentityRecord, MappingRecord, PolicyRecord, SkippedRecord, Snapshot, StoreError,
+    StoreEvent,
+};
 
 /// Prefix of every ilanet key (the watch range).
 pub const KEY_PREFIX: &str = "/ilanet/v1/";
@@ -10,6 +13,25 @@ pub const KEY_PREFIX: &str = "/ilanet/v1/";
 pub const MAPPINGS_PREFIX: &str = "/ilanet/v1/mappings/";
 /// Prefix of host keys: `/ilanet/v1/hosts/<host-name>`.
 pub const HOSTS_PREFIX: &str = "/ilanet/v1/hosts/";
+
+/// Prefix of identity keys: `/ilanet/v1/identities/<id>` (decimal) → [`IdentityRecord`].
+pub const IDENTITIES_PREFIX: &str = "/ilanet/v1/identities/";
+/// Prefix of the identity index: `/ilanet/v1/identity-labels/<escaped labels>` → the id (a JSON
+/// number). See [`identity_labels_key`].
+pub const IDENTITY_LABELS_PREFIX: &str = "/ilanet/v1/identity-labels/";
+/// Prefix of policy keys: `/ilanet/v1/policies/<name>` → [`PolicyRecord`].
+pub const POLICIES_PREFIX: &str = "/ilanet/v1/policies/";
+
+/// The smallest identity the store allocates (below: reserved, well-known identities).
+pub const MIN_ALLOCATED_IDENTITY: u32 = 256;
+/// One past the largest identity the store allocates (identities fit in 24 bits).
+pub const IDENTITY_LIMIT: u32 = 1 << 24;
+/// How many candidates [`crate::Store::allocate_identity`] tries before giving up.
+pub const IDENTITY_PROBES: u32 = 64;
+/// The longest label-set string an identity may have (bytes).
+pub const MAX_LABELS_LEN: usize = 16 * 1024;
+/// The longest policy name.
+pub const MAX_POLICY_NAME_LEN: usize = 253;
 
 /// The key of the mapping of a SIR address.
 pub fn mapping_key(sir_address: Ipv6Addr) -> String {
@@ -19,6 +41,112 @@ pub fn mapping_key(sir_address: Ipv6Addr) -> String {
 /// The key of a host record.
 pub fn host_key(name: &str) -> String {
     format!("{HOSTS_PREFIX}{name}")
+}
+
+/// The key of an identity record.
+pub fn identity_key(id: u32) -> String {
+    format!("{IDENTITIES_PREFIX}{id}")
+}
+
+/// The index key of a label set: the labels with every byte outside `[A-Za-z0-9._=,:-]`
+/// written as `%XX` (upper-case hex), so the key is injective, readable and free of `/`.
+/// E.g. `app=web,io.ilanet.tenant=1` → `/ilanet/v1/identity-labels/app=web,io.ilanet.tenant=1`.
+pub fn identity_labels_key(labels: &str) -> String {
+    let mut key = String::with_capacity(IDENTITY_LABELS_PREFIX.len() + labels.len());
+    key.push_str(IDENTITY_LABELS_PREFIX);
+    for b in labels.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'=' | b',' | b':' | b'-') {
+            key.push(b as char);
+        } else {
+            key.push_str(&format!("%{b:02X}"));
+        }
+    }
+    key
+}
+
+/// The key of a policy.
+pub fn policy_key(name: &str) -> String {
+    format!("{POLICIES_PREFIX}{name}")
+}
+
+/// The first identity candidate of a label set: a stable hash (FNV-1a, 64 bit) of the labels
+/// mapped into `[MIN_ALLOCATED_IDENTITY, IDENTITY_LIMIT)`. The same on every host and release.
+pub fn identity_first_candidate(labels: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in labels.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let range = u64::from(IDENTITY_LIMIT - MIN_ALLOCATED_IDENTITY);
+    MIN_ALLOCATED_IDENTITY + (h % range) as u32
+}
+
+/// The candidate after `id` (wrapping within the allocated range).
+pub(crate) fn next_identity_candidate(id: u32) -> u32 {
+    if id + 1 >= IDENTITY_LIMIT {
+        MIN_ALLOCATED_IDENTITY
+    } else {
+        id + 1
+    }
+}
+
+pub(crate) fn check_identity_id(id: u32) -> Result<(), StoreError> {
+    if !(MIN_ALLOCATED_IDENTITY..IDENTITY_LIMIT).contains(&id) {
+        return Err(StoreError::InvalidArgument(format!(
+            "identity {id} is outside [{MIN_ALLOCATED_IDENTITY}, {IDENTITY_LIMIT})"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_labels(labels: &str) -> Result<(), StoreError> {
+    if labels.is_empty() || labels.contains('\n') || labels.len() > MAX_LABELS_LEN {
+        return Err(StoreError::InvalidArgument(format!(
+            "label set {labels:?} must be non-empty, at most {MAX_LABELS_LEN} bytes, without newline"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_policy_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty()
+        || name.len() > MAX_POLICY_NAME_LEN
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return Err(StoreError::InvalidArgument(format!(
+            "policy name {name:?} must be 1..={MAX_POLICY_NAME_LEN} characters of [a-z0-9.-]"
+        )));
+    }
+    Ok(())
+}
+
+fn check_policy(rec: &PolicyRecord) -> Result<(), StoreError> {
+    check_policy_name(&rec.name)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&rec.document).map_err(|e| {
+        StoreError::InvalidArgument(format!(
+            "policy {:?}: document is not valid JSON: {e}",
+            rec.name
+        ))
+    })?;
+    Ok(())
+}
+
+pub(crate) fn encode_identity(rec: &IdentityRecord) -> Result<Vec<u8>, StoreError> {
+    check_identity_id(rec.id)?;
+    check_labels(&rec.labels)?;
+    Ok(serde_json::to_vec(rec).expect("IdentityRecord serializes"))
+}
+
+/// The value of an identity index key.
+pub(crate) fn encode_identity_index(id: u32) -> Vec<u8> {
+    id.to_string().into_bytes()
+}
+
+pub(crate) fn encode_policy(rec: &PolicyRecord) -> Result<Vec<u8>, StoreError> {
+    check_policy(rec)?;
+    Ok(serde_json::to_vec(rec).expect("PolicyRecord serializes"))
 }
 
 pub(crate) fn check_host_name(name: &str) -> Result<(), StoreError> {
@@ -103,6 +231,100 @@ fn decode_host(key: &str, name: &str, value: &[u8]) -> Result<HostRecord, StoreE
     Ok(rec)
 }
 
+fn parse_identity_key(key: &str, rest: &str) -> Result<u32, StoreError> {
+    let id: u32 = rest
+        .parse()
+        .map_err(|_| malformed(key, format!("{rest:?} is not an identity number")))?;
+    if id.to_string() != rest {
+        return Err(malformed(
+            key,
+            format!("identity {rest:?} is not in canonical form ({id})"),
+        ));
+    }
+    check_identity_id(id).map_err(|e| malformed(key, e.to_string()))?;
+    Ok(id)
+}
+
+fn decode_identity(key: &str, id: u32, value: &[u8]) -> Result<IdentityRecord, StoreError> {
+    let rec: IdentityRecord = serde_json::from_slice(value)
+        .map_err(|e| malformed(key, format!("not an identity record: {e}")))?;
+    if rec.id != id {
+        return Err(malformed(
+            key,
+            format!("record is for identity {} but stored under {id}", rec.id),
+        ));
+    }
+    check_labels(&rec.labels).map_err(|e| malformed(key, e.to_string()))?;
+    Ok(rec)
+}
+
+/// The identity named by an index value (`Err`: the reason it is malformed).
+fn parse_identity_index(value: &[u8]) -> Result<u32, String> {
+    let id: u32 =
+        serde_json::from_slice(value).map_err(|e| format!("not an identity number: {e}"))?;
+    check_identity_id(id).map_err(|e| e.to_string())?;
+    Ok(id)
+}
+
+/// Checks an identity index key (canonical escaping of a valid label set).
+fn parse_identity_labels_key(key: &str, rest: &str) -> Result<String, StoreError> {
+    let mut bytes = Vec::with_capacity(rest.len());
+    let mut it = rest.bytes();
+    while let Some(b) = it.next() {
+        if b == b'%' {
+            let hex: Vec<u8> = it.by_ref().take(2).collect();
+            let v = std::str::from_utf8(&hex)
+                .ok()
+                .filter(|h| h.len() == 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| malformed(key, "bad %-escape in the label key"))?;
+            bytes.push(v);
+        } else {
+            bytes.push(b);
+        }
+    }
+    let labels = String::from_utf8(bytes).map_err(|_| malformed(key, "labels are not UTF-8"))?;
+    if identity_labels_key(&labels) != key {
+        return Err(malformed(key, "label key is not in canonical escaped form"));
+    }
+    check_labels(&labels).map_err(|e| malformed(key, e.to_string()))?;
+    Ok(labels)
+}
+
+/// Decodes the value of the index key `key` (the id it names).
+pub(crate) fn decode_identity_index(key: &str, value: &[u8]) -> Result<u32, StoreError> {
+    parse_identity_index(value).map_err(|r| malformed(key, r))
+}
+
+/// Decodes the value of an identity key for the allocator: `Ok(labels)` of a well-formed
+/// record, `Err(())` if it is malformed (the id is occupied all the same).
+pub(crate) fn identity_labels_of(id: u32, value: &[u8]) -> Result<String, ()> {
+    decode_identity(&identity_key(id), id, value)
+        .map(|r| r.labels)
+        .map_err(|_| ())
+}
+
+fn parse_policy_key(key: &str, rest: &str) -> Result<String, StoreError> {
+    check_policy_name(rest).map_err(|e| malformed(key, e.to_string()))?;
+    Ok(rest.to_string())
+}
+
+fn decode_policy(key: &str, name: &str, value: &[u8]) -> Result<PolicyRecord, StoreError> {
+    let rec: PolicyRecord = serde_json::from_slice(value)
+        .map_err(|e| malformed(key, format!("not a policy record: {e}")))?;
+    if rec.name != name {
+        return Err(malformed(
+            key,
+            format!(
+                "record is for policy {:?} but stored under {name:?}",
+                rec.name
+            ),
+        ));
+    }
+    check_policy(&rec).map_err(|e| malformed(key, e.to_string()))?;
+    Ok(rec)
+}
+
 /// Decodes a put. `Ok(None)`: a key outside our record kinds (ignored).
 pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>, StoreError> {
     let key = key_str(key).map_err(|k| malformed(&k, "key is not UTF-8"))?;
@@ -112,6 +334,16 @@ pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>,
     } else if let Some(rest) = key.strip_prefix(HOSTS_PREFIX) {
         let name = parse_host_key(key, rest)?;
         decode_host(key, &name, value).map(|r| Some(StoreEvent::PutHost(r)))
+    } else if let Some(rest) = key.strip_prefix(IDENTITIES_PREFIX) {
+        let id = parse_identity_key(key, rest)?;
+        decode_identity(key, id, value).map(|r| Some(StoreEvent::PutIdentity(r)))
+    } else if let Some(rest) = key.strip_prefix(IDENTITY_LABELS_PREFIX) {
+        // The index is checked but not reported: its identity record is.
+        parse_identity_labels_key(key, rest)?;
+        decode_identity_index(key, value).map(|_| None)
+    } else if let Some(rest) = key.strip_prefix(POLICIES_PREFIX) {
+        let name = parse_policy_key(key, rest)?;
+        decode_policy(key, &name, value).map(|r| Some(StoreEvent::PutPolicy(r)))
     } else {
         Ok(None)
     }
@@ -124,6 +356,13 @@ pub(crate) fn decode_delete(key: &[u8]) -> Result<Option<StoreEvent>, StoreError
         parse_mapping_key(key, rest).map(|a| Some(StoreEvent::DeleteMapping(a)))
     } else if let Some(rest) = key.strip_prefix(HOSTS_PREFIX) {
         parse_host_key(key, rest).map(|n| Some(StoreEvent::DeleteHost(n)))
+    } else if let Some(rest) = key.strip_prefix(IDENTITIES_PREFIX) {
+        // Identities are never deleted by ilanet (no GC yet): a deletion is not reported.
+        parse_identity_key(key, rest).map(|_| None)
+    } else if let Some(rest) = key.strip_prefix(IDENTITY_LABELS_PREFIX) {
+        parse_identity_labels_key(key, rest).map(|_| None)
+    } else if let Some(rest) = key.strip_prefix(POLICIES_PREFIX) {
+        parse_policy_key(key, rest).map(|n| Some(StoreEvent::DeletePolicy(n)))
     } else {
         Ok(None)
     }
@@ -136,11 +375,18 @@ pub(crate) fn owner_endpoint(value: &[u8]) -> String {
         .unwrap_or_else(|_| "<malformed record>".to_string())
 }
 
+/// Puts the listed records in their documented order (identities by number, not by key text).
+pub(crate) fn finish_snapshot(snap: &mut Snapshot) {
+    snap.identities.sort_by_key(|i| i.id);
+}
+
 /// Adds one listed key/value to a snapshot.
 pub(crate) fn add_to_snapshot(snap: &mut Snapshot, key: &[u8], value: &[u8]) {
     match decode_put(key, value) {
         Ok(Some(StoreEvent::PutMapping(m))) => snap.mappings.push(m),
         Ok(Some(StoreEvent::PutHost(h))) => snap.hosts.push(h),
+        Ok(Some(StoreEvent::PutIdentity(i))) => snap.identities.push(i),
+        Ok(Some(StoreEvent::PutPolicy(p))) => snap.policies.push(p),
         Ok(_) => {}
         Err(StoreError::Malformed { key, reason }) => {
             log::warn!("mapping store: skipping malformed record {key}: {reason}");
@@ -166,6 +412,7 @@ mod tests {
             identifier: Identifier(0x3000_0001_0000_0002),
             locator: Locator(0x2001_0db8_0001_0001),
             mode: ChecksumMode::NeutralMap,
+            identity: 4242,
         }
     }
 
@@ -180,7 +427,7 @@ mod tests {
         let json = String::from_utf8(encode_mapping(&r)).unwrap();
         assert_eq!(
             json,
-            r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","mode":"neutral-map"}"#
+            r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","mode":"neutral-map","identity":4242}"#
         );
         let key = mapping_key(r.sir_address());
         assert_eq!(
@@ -191,9 +438,13 @@ mod tests {
             decode_delete(key.as_bytes()).unwrap(),
             Some(StoreEvent::DeleteMapping(r.sir_address()))
         );
-        // `mode` may be left out (default neutral-map); unknown fields are tolerated.
+        // `mode` and `identity` may be left out (records written before they existed: default
+        // neutral-map, identity 0 = unknown); unknown fields are tolerated.
         let short = r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","extra":1}"#;
-        assert!(decode_put(key.as_bytes(), short.as_bytes()).is_ok());
+        assert_eq!(
+            decode_put(key.as_bytes(), short.as_bytes()).unwrap(),
+            Some(StoreEvent::PutMapping(MappingRecord { identity: 0, ..r }))
+        );
     }
 
     #[test]
@@ -217,8 +468,149 @@ mod tests {
             decode_put(b"/ilanet/v1/mappings/\xff", &v),
             Err(StoreError::Malformed { .. })
         ));
-        assert_eq!(decode_put(b"/ilanet/v1/policies/x", b"?").unwrap(), None);
-        assert_eq!(decode_delete(b"/ilanet/v1/policies/x").unwrap(), None);
+        assert_eq!(decode_put(b"/ilanet/v1/future-kind/x", b"?").unwrap(), None);
+        assert_eq!(decode_delete(b"/ilanet/v1/future-kind/x").unwrap(), None);
         assert_eq!(owner_endpoint(b"garbage"), "<malformed record>");
+    }
+
+    #[test]
+    fn identity_layout_and_validation() {
+        let labels = "app=web,io.ilanet.tenant=1";
+        assert_eq!(
+            identity_labels_key(labels),
+            "/ilanet/v1/identity-labels/app=web,io.ilanet.tenant=1"
+        );
+        assert_eq!(
+            identity_labels_key("k8s:a/b=c d%"),
+            "/ilanet/v1/identity-labels/k8s:a%2Fb=c%20d%25"
+        );
+        assert_eq!(
+            identity_labels_key("é"),
+            "/ilanet/v1/identity-labels/%C3%A9"
+        );
+        // Stable across hosts and releases: pinned values (FNV-1a 64, computed independently).
+        assert_eq!(identity_first_candidate(labels), 10_094_946);
+        assert_eq!(identity_first_candidate(""), 16_388_133);
+        assert_eq!(
+            next_identity_candidate(IDENTITY_LIMIT - 1),
+            MIN_ALLOCATED_IDENTITY
+        );
+        assert_eq!(next_identity_candidate(300), 301);
+
+        let rec = IdentityRecord {
+            id: 4242,
+            labels: labels.into(),
+        };
+        let v = encode_identity(&rec).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&v).unwrap(),
+            r#"{"id":4242,"labels":"app=web,io.ilanet.tenant=1"}"#
+        );
+        assert_eq!(
+            decode_put(identity_key(4242).as_bytes(), &v).unwrap(),
+            Some(StoreEvent::PutIdentity(rec.clone()))
+        );
+        assert_eq!(decode_delete(identity_key(4242).as_bytes()).unwrap(), None);
+        let ikey = identity_labels_key(labels);
+        assert_eq!(decode_put(ikey.as_bytes(), b"4242").unwrap(), None);
+        assert_eq!(decode_delete(ikey.as_bytes()).unwrap(), None);
+        for (key, value) in [
+            ("/ilanet/v1/identities/4243", &v[..]),  // key/body mismatch
+            ("/ilanet/v1/identities/04242", &v[..]), // not canonical
+            ("/ilanet/v1/identities/12", br#"{"id":12,"labels":"a"}"#), // reserved range
+            ("/ilanet/v1/identities/x", &v[..]),
+            ("/ilanet/v1/identities/4242", br#"{"id":4242,"labels":""}"#),
+            (
+                "/ilanet/v1/identities/4242",
+                br#"{"id":4242,"labels":"a\nb"}"#,
+            ),
+            ("/ilanet/v1/identity-labels/a", b"nope"),
+            ("/ilanet/v1/identity-labels/a", b"3"),
+            ("/ilanet/v1/identity-labels/a%2f", b"4242"), // lower-case escape: not canonical
+            ("/ilanet/v1/identity-labels/a b", b"4242"),
+            ("/ilanet/v1/identity-labels/%0A", b"4242"),
+            ("/ilanet/v1/identity-labels/%G1", b"4242"),
+            ("/ilanet/v1/identity-labels/", b"4242"),
+        ] {
+            assert!(
+                matches!(
+                    decode_put(key.as_bytes(), value),
+                    Err(StoreError::Malformed { .. })
+                ),
+                "{key} {:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        for bad in ["", "a\nb"] {
+            assert!(matches!(
+                check_labels(bad),
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
+        assert!(check_labels(&"x".repeat(MAX_LABELS_LEN + 1)).is_err());
+        assert!(encode_identity(&IdentityRecord {
+            id: 3,
+            labels: "a".into()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn policy_layout_and_validation() {
+        let p = PolicyRecord {
+            name: "allow-web.v1".into(),
+            document: r#"{"ingress": [ {"from": "app=db"} ]}"#.into(),
+        };
+        assert_eq!(policy_key(&p.name), "/ilanet/v1/policies/allow-web.v1");
+        let v = encode_policy(&p).unwrap();
+        assert_eq!(
+            decode_put(policy_key(&p.name).as_bytes(), &v).unwrap(),
+            Some(StoreEvent::PutPolicy(p.clone()))
+        );
+        assert_eq!(
+            decode_delete(policy_key(&p.name).as_bytes()).unwrap(),
+            Some(StoreEvent::DeletePolicy(p.name.clone()))
+        );
+        for name in ["", "Upper", "a/b", "a_b", "a b", &"a".repeat(254)] {
+            let bad = PolicyRecord {
+                name: name.to_string(),
+                ..p.clone()
+            };
+            assert!(
+                matches!(encode_policy(&bad), Err(StoreError::InvalidArgument(_))),
+                "{name:?}"
+            );
+        }
+        assert!(check_policy_name(&"a".repeat(253)).is_ok());
+        for doc in ["", "{", "{} x", "nope"] {
+            let bad = PolicyRecord {
+                document: doc.to_string(),
+                ..p.clone()
+            };
+            assert!(
+                matches!(encode_policy(&bad), Err(StoreError::InvalidArgument(_))),
+                "{doc:?}"
+            );
+        }
+        let bad_doc = br#"{"name":"allow-web.v1","document":"{"}"#;
+        let other_name = br#"{"name":"other","document":"{}"}"#;
+        for (key, value) in [
+            ("/ilanet/v1/policies/allow-web.v1", &bad_doc[..]),
+            ("/ilanet/v1/policies/allow-web.v1", &other_name[..]),
+            ("/ilanet/v1/policies/Bad", &v[..]),
+            ("/ilanet/v1/policies/allow-web.v1", b"garbage"),
+        ] {
+            assert!(
+                matches!(
+                    decode_put(key.as_bytes(), value),
+                    Err(StoreError::Malformed { .. })
+                ),
+                "{key}"
+            );
+        }
+        assert!(matches!(
+            decode_delete(b"/ilanet/v1/policies/Bad"),
+            Err(StoreError::Malformed { .. })
+        ));
     }
 }

@@ -63,6 +63,7 @@ fn mapping(endpoint: &str, host: &str, n: u64, locator: Locator) -> MappingRecor
         identifier: Identifier(0x3000_0001_0000_0000 | n),
         locator,
         mode: ChecksumMode::NeutralMap,
+        identity: 0x1000 + n as u32,
     }
 }
 
