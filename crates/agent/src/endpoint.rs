@@ -2,6 +2,7 @@
 //! its removal. Blocking (netlink, setns); the agent runs it off the async threads.
 
 use std::net::Ipv6Addr;
+use std::sync::Mutex;
 
 use dataplane::{HostDataplane, ProgramKind};
 use hostnet::link::{self, EndpointLink, Netlink};
@@ -57,10 +58,11 @@ pub fn netns_name(cfg: &AgentConfig, name: &str) -> String {
 }
 
 /// Creates the endpoint's namespace and wiring and attaches from-container. On failure nothing
-/// is left behind.
+/// is left behind. The data path is locked only for the attachment: the plumbing takes tens of
+/// milliseconds and must not hold up map updates from the watch.
 pub fn create(
     cfg: &AgentConfig,
-    dp: &mut HostDataplane,
+    dp: &Mutex<HostDataplane>,
     name: &str,
     identifier: ila::Identifier,
     sir_addr: Ipv6Addr,
@@ -88,7 +90,8 @@ pub fn create(
         })?;
         let ifindex = link::ifindex_in(&cfg.host_netns, &ifname)?;
         netns::run_in(&cfg.host_netns, || {
-            dp.attach(ProgramKind::FromContainer, &ifname)
+            crate::lock(dp)
+                .attach(ProgramKind::FromContainer, &ifname)
                 .map_err(AgentError::from)
         })?;
         Ok(ifindex)

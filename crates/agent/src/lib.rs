@@ -131,7 +131,7 @@ struct StateFile {
     endpoints: Vec<LocalEndpoint>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent-enough data (maps are reconciled anyway).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -276,6 +276,7 @@ impl Agent {
             identifier: ep.identifier,
             locator: self.cfg.locator,
             mode: self.cfg.csum_mode,
+            identity: 0,
         }
     }
 
@@ -466,7 +467,12 @@ impl Agent {
                     dp.maps().remove_in(ila)?;
                 }
             }
-            StoreEvent::PutHost(_) | StoreEvent::DeleteHost(_) | StoreEvent::Resync => {}
+            StoreEvent::PutHost(_)
+            | StoreEvent::DeleteHost(_)
+            | StoreEvent::PutIdentity(_)
+            | StoreEvent::PutPolicy(_)
+            | StoreEvent::DeletePolicy(_)
+            | StoreEvent::Resync => {}
         }
         Ok(())
     }
@@ -594,8 +600,7 @@ impl Agent {
             let ep_name = name.to_string();
             let ep_labels = labels.clone();
             let ep = tokio::task::spawn_blocking(move || {
-                let mut dp = lock(&me.dp);
-                endpoint::create(&me.cfg, &mut dp, &ep_name, id, sir_addr, ep_labels)
+                endpoint::create(&me.cfg, &me.dp, &ep_name, id, sir_addr, ep_labels)
             })
             .await
             .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;

@@ -205,6 +205,7 @@ mod tests {
             ),
             locator: Locator::from_addr(Ipv6Addr::new(0x2001, 0xdb8, loc, 0, 0, 0, 0, 0)),
             mode: ChecksumMode::NeutralMap,
+            identity: 0,
         }
     }
 
