@@ -64,6 +64,8 @@ pub struct CompiledPolicy {
     /// Rule origins: rule id `n` is `rules[n - 1]`.
     pub rules: Vec<RuleRef>,
     labels: BTreeMap<u32, LabelSet>,
+    /// Prefix lengths present in `cidr_entries`, longest first (to emulate LPM quickly).
+    cidr_lens: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -338,6 +340,8 @@ pub fn compile(
             }
         }
     }
+    let lens: BTreeSet<u8> = out.cidr_entries.keys().map(CidrKey::cidr_len).collect();
+    out.cidr_lens = lens.into_iter().rev().collect();
     Ok(out)
 }
 
@@ -350,7 +354,8 @@ impl CompiledPolicy {
 
     /// What a `BPF_MAP_TYPE_LPM_TRIE` lookup returns for a full-length key.
     fn lpm(&self, ep: u32, dir: u8, pk: PortKey, addr: Ipv6Addr) -> Option<&PolicyValue> {
-        (0..=128u8).rev().find_map(|len| {
+        // Only lengths that occur can match: same answer as trying 128 down to 0.
+        self.cidr_lens.iter().find_map(|&len| {
             self.cidr_entries
                 .get(&CidrKey::new(ep, dir, pk.proto, pk.port, addr, len))
         })

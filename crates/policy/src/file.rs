@@ -704,12 +704,14 @@ fn rule(path: &str, f: PeerFields<'_>, to_ports: &Option<Vec<RawPortRule>>) -> V
             "world" | "world-ipv6" => Entity::World,
             "all" => Entity::All,
             "world-ipv4" => return fail(p, "world-ipv4 is not supported (ilanet is IPv6-only)"),
-            other => return fail(
-                p,
-                format!(
+            other => {
+                return fail(
+                    p,
+                    format!(
                     "entity `{other}` is not supported (supported: host, world, world-ipv6, all)"
                 ),
-            ),
+                )
+            }
         };
         peers.entities.insert(ent);
     }
