@@ -12,8 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ila::{ChecksumMode, Identifier, Locator, SirPrefix};
 use store::etcd_cluster::{stop_detached, EtcdCluster, EtcdClusterInfo, EtcdClusterOptions};
 use store::{
-    EmbeddedStore, EtcdStore, HostRecord, MappingRecord, Store, StoreConfig, StoreError,
-    StoreEvent, Watch, WatchEvent, HOSTS_PREFIX, KEY_PREFIX, MAPPINGS_PREFIX,
+    identity_first_candidate, identity_key, identity_labels_key, policy_key, EmbeddedStore,
+    EtcdStore, HostRecord, IdentityRecord, MappingRecord, PolicyRecord, Store, StoreConfig,
+    StoreError, StoreEvent, Watch, WatchEvent, HOSTS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES,
+    KEY_PREFIX, MAPPINGS_PREFIX, MIN_ALLOCATED_IDENTITY,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -158,6 +160,36 @@ impl Harness {
         }
     }
 
+    /// Writes many raw keys (etcd: over one connection).
+    async fn put_raw_many(&self, store: &Store, kvs: &[(String, Vec<u8>)]) {
+        match store {
+            Store::Embedded(e) => {
+                for (k, v) in kvs {
+                    e.put_raw(k, v);
+                }
+            }
+            Store::Etcd(_) => {
+                let mut raw = self.raw_client().await;
+                for (k, v) in kvs {
+                    raw.put(k.as_str(), v.as_slice(), None).await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// A second, independent client of the same store (etcd: another connection).
+    async fn second_client(&self, store: &Store) -> Store {
+        match store {
+            Store::Embedded(_) => store.clone(),
+            Store::Etcd(_) => Store::connect(&StoreConfig::Etcd {
+                endpoints: self.endpoints(),
+                connect_timeout: Duration::from_secs(2),
+            })
+            .await
+            .unwrap(),
+        }
+    }
+
     async fn delete_raw(&self, store: &Store, key: &str) {
         match store {
             Store::Embedded(e) => {
@@ -204,6 +236,11 @@ async fn conformance(h: &Harness) {
         malformed_records_are_skipped_and_reported,
         compacted_history_yields_resync,
         invalid_arguments_are_rejected,
+        identities_are_idempotent_distinct_and_watched,
+        concurrent_identity_allocations_agree,
+        identity_collisions_probe_the_next_candidate,
+        policies_put_list_delete_watch,
+        malformed_identities_and_policies_are_skipped,
     );
 }
 
@@ -592,6 +629,428 @@ async fn invalid_arguments_are_rejected(h: &Harness) {
         Err(StoreError::LeaseExpired(never.id))
     );
     s.revoke(&lease).await.unwrap();
+}
+
+fn policy(name: &str, document: &str) -> PolicyRecord {
+    PolicyRecord {
+        name: name.into(),
+        document: document.into(),
+    }
+}
+
+async fn identities_are_idempotent_distinct_and_watched(h: &Harness) {
+    let s = h.fresh().await;
+    let snap = s.snapshot().await.unwrap();
+    assert!(snap.identities.is_empty());
+    let mut w = s.watch(snap.revision + 1).await.unwrap();
+
+    let web = "app=web,io.ilanet.tenant=1";
+    let db = "app=db,io.ilanet.tenant=1";
+    let a = s.allocate_identity(web).await.unwrap();
+    // An empty store: the hash's first candidate is free.
+    assert_eq!(a, identity_first_candidate(web));
+    assert!((MIN_ALLOCATED_IDENTITY..IDENTITY_LIMIT).contains(&a));
+    let after_first = s.snapshot().await.unwrap().revision;
+    assert_eq!(s.allocate_identity(web).await.unwrap(), a);
+    assert_eq!(
+        s.snapshot().await.unwrap().revision,
+        after_first,
+        "allocating an existing identity writes nothing"
+    );
+    let b = s.allocate_identity(db).await.unwrap();
+    assert_ne!(a, b);
+    assert_eq!(s.allocate_identity(db).await.unwrap(), b);
+    assert_eq!(s.allocate_identity(web).await.unwrap(), a);
+
+    let rec_a = IdentityRecord {
+        id: a,
+        labels: web.into(),
+    };
+    let rec_b = IdentityRecord {
+        id: b,
+        labels: db.into(),
+    };
+    let ev = next_event(&mut w).await;
+    assert_eq!(ev.event, StoreEvent::PutIdentity(rec_a.clone()));
+    assert_eq!(ev.revision, after_first);
+    // The index key of the same transaction is not reported: next is b.
+    assert_eq!(
+        next_event(&mut w).await.event,
+        StoreEvent::PutIdentity(rec_b.clone())
+    );
+
+    let snap = s.snapshot().await.unwrap();
+    let mut want = vec![rec_a, rec_b];
+    want.sort_by_key(|r| r.id);
+    assert_eq!(snap.identities, want);
+    assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
+
+    // Identities have no lease: revoking every lease leaves them.
+    let lease = s.grant_lease(TTL).await.unwrap();
+    s.revoke(&lease).await.unwrap();
+    assert_eq!(s.snapshot().await.unwrap().identities, want);
+
+    for bad in ["", "a\nb"] {
+        assert!(
+            matches!(
+                s.allocate_identity(bad).await,
+                Err(StoreError::InvalidArgument(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    for first in [0, MIN_ALLOCATED_IDENTITY - 1, IDENTITY_LIMIT] {
+        assert!(matches!(
+            s.allocate_identity_from("x=1", first).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+}
+
+async fn concurrent_identity_allocations_agree(h: &Harness) {
+    let s1 = h.fresh().await;
+    let s2 = h.second_client(&s1).await;
+    let labels: Vec<String> = (0..12).map(|i| format!("app=race-{i},tier=x")).collect();
+
+    // Two "hosts" allocate the same label sets at the same time (opposite orders, so that
+    // some allocations really race).
+    let spawn_all = |s: Store, labels: Vec<String>, reverse: bool| {
+        tokio::spawn(async move {
+            let mut order: Vec<usize> = (0..labels.len()).collect();
+            if reverse {
+                order.reverse();
+            }
+            let mut ids = vec![0; labels.len()];
+            for i in order {
+                ids[i] = s.allocate_identity(&labels[i]).await.unwrap();
+            }
+            ids
+        })
+    };
+    let t1 = spawn_all(s1.clone(), labels.clone(), false);
+    let t2 = spawn_all(s2.clone(), labels.clone(), true);
+    let (ids1, ids2) = (t1.await.unwrap(), t2.await.unwrap());
+    assert_eq!(ids1, ids2, "both hosts see the same identities");
+    assert_eq!(
+        ids1.iter().collect::<BTreeSet<_>>().len(),
+        labels.len(),
+        "distinct label sets get distinct ids"
+    );
+
+    // Head-on races: both clients, same labels, same instant.
+    for i in 0..6 {
+        let l = format!("app=head-on-{i}");
+        let (x, y) = tokio::join!(
+            tokio::spawn({
+                let (s, l) = (s1.clone(), l.clone());
+                async move { s.allocate_identity(&l).await.unwrap() }
+            }),
+            tokio::spawn({
+                let (s, l) = (s2.clone(), l.clone());
+                async move { s.allocate_identity(&l).await.unwrap() }
+            }),
+        );
+        assert_eq!(x.unwrap(), y.unwrap(), "{l}");
+    }
+
+    // Different label sets racing for the same candidate never share it.
+    let first = 0x0040_0000;
+    for round in 0..4u32 {
+        let c = first + round * 10;
+        let (x, y) = tokio::join!(
+            tokio::spawn({
+                let s = s1.clone();
+                async move { s.allocate_identity_from(&format!("a={round}"), c).await }
+            }),
+            tokio::spawn({
+                let s = s2.clone();
+                async move { s.allocate_identity_from(&format!("b={round}"), c).await }
+            }),
+        );
+        let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
+        let got: BTreeSet<u32> = [x, y].into();
+        assert_eq!(got, [c, c + 1].into(), "round {round}");
+    }
+
+    // The store agrees: one record per label set, ids unique, each matching what was returned.
+    let snap = s1.snapshot().await.unwrap();
+    assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
+    assert_eq!(snap.identities.len(), labels.len() + 6 + 8);
+    let unique_labels: BTreeSet<&str> = snap.identities.iter().map(|r| r.labels.as_str()).collect();
+    assert_eq!(unique_labels.len(), snap.identities.len());
+    for (l, id) in labels.iter().zip(&ids1) {
+        assert!(snap.identities.contains(&IdentityRecord {
+            id: *id,
+            labels: l.clone(),
+        }));
+    }
+}
+
+async fn identity_collisions_probe_the_next_candidate(h: &Harness) {
+    let s = h.fresh().await;
+    // Forced collisions through the test hook.
+    let x = 0x0012_3400;
+    assert_eq!(s.allocate_identity_from("app=a", x).await.unwrap(), x);
+    assert_eq!(s.allocate_identity_from("app=b", x).await.unwrap(), x + 1);
+    assert_eq!(s.allocate_identity_from("app=c", x).await.unwrap(), x + 2);
+    // An allocated label set keeps its id whatever the first candidate.
+    assert_eq!(
+        s.allocate_identity_from("app=b", x + 7).await.unwrap(),
+        x + 1
+    );
+    assert_eq!(s.allocate_identity("app=b").await.unwrap(), x + 1);
+    // The probe wraps around the top of the range.
+    let top = IDENTITY_LIMIT - 1;
+    assert_eq!(s.allocate_identity_from("wrap=1", top).await.unwrap(), top);
+    assert_eq!(
+        s.allocate_identity_from("wrap=2", top).await.unwrap(),
+        MIN_ALLOCATED_IDENTITY
+    );
+
+    // A real hash collision: another label set already holds this one's first candidate.
+    let labels = "app=hashed";
+    let first = identity_first_candidate(labels);
+    let squatter = IdentityRecord {
+        id: first,
+        labels: "app=squatter".into(),
+    };
+    h.put_raw(
+        &s,
+        &identity_key(first),
+        &serde_json::to_vec(&squatter).unwrap(),
+    )
+    .await;
+    let got = s.allocate_identity(labels).await.unwrap();
+    assert_eq!(got, first + 1);
+    assert_eq!(s.allocate_identity(labels).await.unwrap(), got);
+
+    // A malformed record occupies its id too.
+    let y = 0x0055_0000;
+    h.put_raw(&s, &identity_key(y), b"garbage").await;
+    assert_eq!(s.allocate_identity_from("app=m", y).await.unwrap(), y + 1);
+
+    // A record without its index (written by hand) is adopted, not duplicated.
+    let z = 0x0066_0000;
+    let orphan = IdentityRecord {
+        id: z,
+        labels: "app=orphan".into(),
+    };
+    h.put_raw(&s, &identity_key(z), &serde_json::to_vec(&orphan).unwrap())
+        .await;
+    assert_eq!(s.allocate_identity_from("app=orphan", z).await.unwrap(), z);
+    assert_eq!(s.allocate_identity("app=orphan").await.unwrap(), z);
+
+    // Every candidate taken: a bounded search, then an error naming the labels.
+    let e = 0x0077_0000;
+    let taken: Vec<(String, Vec<u8>)> = (0..IDENTITY_PROBES)
+        .map(|i| {
+            let rec = IdentityRecord {
+                id: e + i,
+                labels: format!("taken={i}"),
+            };
+            (identity_key(rec.id), serde_json::to_vec(&rec).unwrap())
+        })
+        .collect();
+    h.put_raw_many(&s, &taken).await;
+    match s.allocate_identity_from("app=late", e).await {
+        Err(err @ StoreError::IdentitiesExhausted { .. }) => {
+            assert!(err.to_string().contains("app=late"), "{err}");
+            let StoreError::IdentitiesExhausted { first, probes, .. } = err else {
+                unreachable!()
+            };
+            assert_eq!((first, probes), (e, IDENTITY_PROBES));
+        }
+        other => panic!("expected IdentitiesExhausted, got {other:?}"),
+    }
+    // Nothing half-written.
+    let snap = s.snapshot().await.unwrap();
+    assert!(!snap.identities.iter().any(|r| r.labels == "app=late"));
+    assert_eq!(
+        s.allocate_identity_from("app=late", e + IDENTITY_PROBES - 1)
+            .await
+            .unwrap(),
+        e + IDENTITY_PROBES
+    );
+}
+
+async fn policies_put_list_delete_watch(h: &Harness) {
+    let s = h.fresh().await;
+    let snap = s.snapshot().await.unwrap();
+    assert!(snap.policies.is_empty());
+    let mut w = s.watch(snap.revision + 1).await.unwrap();
+
+    let p1 = policy(
+        "web.allow-db",
+        r#"{"ingress":[{"fromEndpoints":["app=db"]}]}"#,
+    );
+    let p2 = policy("deny-all", "{}");
+    let p1b = policy("web.allow-db", "{\n  \"ingress\": []\n}");
+    let r1 = s.put_policy(&p1).await.unwrap();
+    let r2 = s.put_policy(&p2).await.unwrap();
+    let r3 = s.put_policy(&p1b).await.unwrap();
+    assert!(r1 < r2 && r2 < r3);
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(
+        snap.policies,
+        vec![p2.clone(), p1b.clone()],
+        "ordered by name"
+    );
+    let r4 = s.delete_policy("deny-all").await.unwrap();
+    assert!(r4 > r3);
+    for name in ["deny-all", "never-existed"] {
+        match s.delete_policy(name).await {
+            Err(err @ StoreError::NotFound { .. }) => {
+                assert!(err.to_string().contains(name), "{err}");
+                assert_eq!(
+                    err,
+                    StoreError::NotFound {
+                        kind: "policy".into(),
+                        name: name.into()
+                    }
+                );
+            }
+            other => panic!("expected NotFound for {name}, got {other:?}"),
+        }
+    }
+    let expected = vec![
+        (r1, StoreEvent::PutPolicy(p1.clone())),
+        (r2, StoreEvent::PutPolicy(p2.clone())),
+        (r3, StoreEvent::PutPolicy(p1b.clone())),
+        (r4, StoreEvent::DeletePolicy("deny-all".into())),
+    ];
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        let ev = next_event(&mut w).await;
+        got.push((ev.revision, ev.event));
+    }
+    assert_eq!(got, expected);
+
+    // No lease: policies outlive every agent.
+    let lease = s.grant_lease(TTL).await.unwrap();
+    s.revoke(&lease).await.unwrap();
+    assert_eq!(s.snapshot().await.unwrap().policies, vec![p1b.clone()]);
+
+    // Invalid names and documents.
+    for name in ["", "Web", "a/b", "a_b", "a b"] {
+        assert!(
+            matches!(
+                s.put_policy(&policy(name, "{}")).await,
+                Err(StoreError::InvalidArgument(_))
+            ),
+            "{name:?}"
+        );
+        assert!(matches!(
+            s.delete_policy(name).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+    }
+    assert!(matches!(
+        s.put_policy(&policy(&"a".repeat(254), "{}")).await,
+        Err(StoreError::InvalidArgument(_))
+    ));
+    s.put_policy(&policy(&"a".repeat(253), "[]")).await.unwrap();
+    for doc in ["", "{", "not json", "{} {}"] {
+        assert!(
+            matches!(
+                s.put_policy(&policy("bad-doc", doc)).await,
+                Err(StoreError::InvalidArgument(_))
+            ),
+            "{doc:?}"
+        );
+    }
+    s.delete_policy(&"a".repeat(253)).await.unwrap();
+    s.delete_policy("web.allow-db").await.unwrap();
+    assert!(s.snapshot().await.unwrap().policies.is_empty());
+}
+
+async fn malformed_identities_and_policies_are_skipped(h: &Harness) {
+    let s = h.fresh().await;
+    let good_id = s.allocate_identity("app=good").await.unwrap();
+    let good_policy = policy("good", "{}");
+    s.put_policy(&good_policy).await.unwrap();
+    // A mapping written before identities existed: decodes with identity 0.
+    let legacy = mapping("legacy", "site-a", 7, LOC_A);
+    let mut legacy_json: serde_json::Value = serde_json::to_value(&legacy).unwrap();
+    legacy_json.as_object_mut().unwrap().remove("identity");
+    h.put_raw(
+        &s,
+        &store::mapping_key(legacy.sir_address()),
+        legacy_json.to_string().as_bytes(),
+    )
+    .await;
+
+    let bad: Vec<(String, Vec<u8>)> = vec![
+        (format!("{KEY_PREFIX}identities/garbage"), b"{}".to_vec()),
+        (
+            identity_key(5000),
+            br#"{"id":5001,"labels":"app=x"}"#.to_vec(),
+        ),
+        (identity_key(5002), b"not json".to_vec()),
+        (identity_key(5003), br#"{"id":5003,"labels":""}"#.to_vec()),
+        (identity_key(7), br#"{"id":7,"labels":"reserved"}"#.to_vec()),
+        (identity_labels_key("app=y"), b"\"x\"".to_vec()),
+        (format!("{KEY_PREFIX}identity-labels/a b"), b"5000".to_vec()),
+        (policy_key("broken"), b"[1,2]".to_vec()),
+        (
+            policy_key("bad-doc"),
+            br#"{"name":"bad-doc","document":"{"}"#.to_vec(),
+        ),
+        (
+            policy_key("renamed"),
+            br#"{"name":"other","document":"{}"}"#.to_vec(),
+        ),
+        (format!("{KEY_PREFIX}policies/Upper"), b"{}".to_vec()),
+    ];
+    h.put_raw_many(&s, &bad).await;
+
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(
+        snap.identities,
+        vec![IdentityRecord {
+            id: good_id,
+            labels: "app=good".into()
+        }]
+    );
+    assert_eq!(snap.policies, vec![good_policy.clone()]);
+    let with_identity_zero = MappingRecord {
+        identity: 0,
+        ..legacy
+    };
+    assert_eq!(snap.mappings, vec![with_identity_zero]);
+    let skipped: BTreeSet<&str> = snap.skipped.iter().map(|r| r.key.as_str()).collect();
+    let want: BTreeSet<&str> = bad.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(skipped, want, "{:?}", snap.skipped);
+
+    // Watch: malformed items are errors that do not end the stream.
+    let mut w = s.watch(snap.revision + 1).await.unwrap();
+    h.put_raw(&s, &identity_key(6000), b"nope").await;
+    h.put_raw(&s, &policy_key("broken-2"), b"nope").await;
+    h.delete_raw(&s, &policy_key("broken")).await; // a delete is reported by name
+    let p = policy("after", "true");
+    let r = s.put_policy(&p).await.unwrap();
+    for key in [identity_key(6000), policy_key("broken-2")] {
+        match next_item(&mut w).await {
+            Err(StoreError::Malformed { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("expected Malformed for {key}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        next_event(&mut w).await.event,
+        StoreEvent::DeletePolicy("broken".into())
+    );
+    assert_eq!(
+        next_event(&mut w).await,
+        WatchEvent {
+            revision: r,
+            event: StoreEvent::PutPolicy(p)
+        }
+    );
+    // A malformed index entry is an error for its label set only.
+    assert!(matches!(
+        s.allocate_identity("app=y").await,
+        Err(StoreError::Malformed { .. })
+    ));
+    assert_eq!(s.allocate_identity("app=good").await.unwrap(), good_id);
 }
 
 // ---------------------------------------------------------------------------------------------
