@@ -63,6 +63,13 @@ enum ila_stat {
 	ILA_STAT_DROP_MALFORMED,     /* either program: IPv6 header truncated or inconsistent */
 	ILA_STAT_DROP_CSUM,          /* adj-transport: L4 header unreadable or checksum fix failed */
 	ILA_STAT_DROP_REWRITE,       /* storing the new address failed */
+	/* Enforcement (ILA_CFG_ENFORCE): */
+	ILA_STAT_DROP_POLICY,        /* a deny rule or default deny */
+	ILA_STAT_DROP_TENANT,        /* no rule, peer in another tenant (tenant isolation) */
+	ILA_STAT_DROP_SPOOFED,       /* from-container: source is not the endpoint's own address */
+	ILA_STAT_DROP_NO_ENDPOINT,   /* local endpoint or its POLICY_EP entry unknown (fail closed) */
+	ILA_STAT_CT_NEW,             /* new flow allowed by policy: conntrack entry created */
+	ILA_STAT_CT_HIT,             /* passed on conntrack (established, reply or related) */
 	ILA_STAT_MAX,
 };
 
@@ -86,7 +93,8 @@ static inline __u32 ila_filter_slot(__u64 upper)
 }
 
 /* ILA_CONFIG (ARRAY, one entry). */
-#define ILA_CFG_TRACE 0x1 /* emit an ila_event for every translated packet */
+#define ILA_CFG_TRACE 0x1   /* emit an ila_event per translated packet, verdict events (below) */
+#define ILA_CFG_ENFORCE 0x2 /* anti-spoofing, conntrack and policy (off: translation only) */
 
 struct ila_config {
 	__u32 flags;
@@ -106,5 +114,110 @@ struct ila_event {
 	__u8 dst_before[16];
 	__u8 dst_after[16];
 }; /* 56 bytes */
+
+/*
+ * ---- Enforcement (ILA_CFG_ENFORCE) ----
+ *
+ * from-container: parse (L4 ports) -> anti-spoofing (ILA_ENDPOINTS[saddr].ifindex must be the
+ * ingress interface) -> conntrack (any hit passes) -> egress policy of the source endpoint
+ * against the destination (ILA_IPCACHE hit: identity lookups; miss: CIDR lookups, see
+ * policy_abi.h) -> if the destination is a local endpoint (ILA_OUT local flag, or no ILA_OUT
+ * entry and an ILA_ENDPOINTS entry) also its ingress policy -> conntrack entry -> translate.
+ * from-wire: ILA_IN hit -> conntrack -> ingress policy of ILA_ENDPOINTS[SIR destination]
+ * against the source (ILA_IPCACHE by SIR source address) -> conntrack entry -> translate and
+ * deliver. A packet arriving on the uplink already addressed to a local SIR address gets the
+ * same ingress check (no policy bypass by skipping ILA).
+ * Neighbour discovery and MLD (ICMPv6 133-137, 130-132, 143) to link-local or ff02::/16
+ * destinations pass without checks (the endpoint must resolve its gateway).
+ * A peer is "an endpoint" for tenant isolation when its ipcache identity is a user identity
+ * (>= ILANET_IDENTITY_FIRST_USER); the host (identity 1) has no tenant.
+ */
+
+/* ILA_ENDPOINTS (HASH): SIR address -> endpoint on this host. */
+struct ila_endpoint_key {
+	__u8 sir[16];
+};
+
+struct ila_endpoint_val {
+	__u32 identity; /* numeric identity (POLICY_EP key) */
+	__u32 vnid;     /* tenant */
+	__u32 ifindex;  /* host-side veth: the only interface its packets may come from */
+	__u32 flags;    /* reserved, zero */
+}; /* 16 bytes */
+
+/* ILA_IPCACHE (HASH): SIR address (or host address) -> identity of every endpoint in the network. */
+struct ila_ipcache_val {
+	__u32 identity;
+	__u32 vnid; /* ignored for reserved identities (< ILANET_IDENTITY_FIRST_USER) */
+}; /* 8 bytes */
+
+/*
+ * ILA_CT (LRU_HASH): one entry per flow, both directions. The key is normalised so that a packet
+ * and its reply find the same entry: `a` is the smaller of the two addresses (comparing the two
+ * native-endian 64-bit halves, then the ports), port_a is a's port. ICMPv6 echo uses the echo
+ * identifier as both ports; other protocols without ports use 0. An ICMPv6 error (types 1-4)
+ * looks up the flow of the packet it quotes (RELATED).
+ */
+struct ila_ct_key {
+	__u8 a[16];
+	__u8 b[16];
+	__be16 port_a;
+	__be16 port_b;
+	__u8 proto;
+	__u8 pad[3];
+} __attribute__((aligned(8))); /* 40 bytes */
+
+#define ILA_CT_F_ORIG_B 0x1    /* the flow was opened by b (else by a) */
+#define ILA_CT_F_FROM_WIRE 0x2 /* created by from-wire (ingress); else by from-container */
+
+struct ila_ct_val {
+	__u64 last_seen; /* bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE), refreshed at most 1/s */
+	__u64 created;   /* same clock */
+	__u32 flags;     /* ILA_CT_F_* */
+	__u32 pad;
+}; /* 24 bytes */
+
+/* ILA_EVENTS record of a policy verdict on a new flow, or of a drop (while ILA_CFG_TRACE). */
+#define ILA_EV_VERDICT 3
+
+#define ILA_VERDICT_ALLOW 1 /* same values as ILANET_VERDICT_* */
+#define ILA_VERDICT_DROP 2
+
+enum ila_reason {
+	ILA_REASON_RULE = 1,      /* a rule decided (rule_id) */
+	ILA_REASON_DEFAULT_ALLOW, /* no rule, the endpoint is not enforced in this direction */
+	ILA_REASON_DEFAULT_DENY,  /* no rule, the endpoint is enforced (default deny) */
+	ILA_REASON_TENANT,        /* no rule, the peer is an endpoint of another tenant */
+	ILA_REASON_NO_POLICY,     /* no POLICY_EP entry for the endpoint identity (fail closed) */
+	ILA_REASON_SPOOFED,       /* source address / ingress interface mismatch */
+	ILA_REASON_NO_ENDPOINT,   /* the local destination has no ILA_ENDPOINTS entry */
+	ILA_REASON_MALFORMED,     /* L4 header unreadable while enforcing */
+	ILA_REASON_CSUM,          /* checksum fix failed (ILA_STAT_DROP_CSUM) */
+	ILA_REASON_REWRITE,       /* rewrite failed (ILA_STAT_DROP_REWRITE) */
+};
+
+#define ILA_DIR_NONE 0xff /* verdict_event.direction when no policy was evaluated */
+
+/* Addresses sit at 8-byte offsets: the programs copy them as two u64 on the (aligned) stack. */
+struct ila_verdict_event {
+	__u8 kind;      /* ILA_EV_VERDICT */
+	__u8 program;   /* ILA_EV_OUT (from-container) or ILA_EV_IN (from-wire) */
+	__u8 verdict;   /* ILA_VERDICT_* */
+	__u8 reason;    /* enum ila_reason */
+	__u8 direction; /* ILANET_DIR_* of the policy evaluated, ILA_DIR_NONE */
+	__u8 proto;     /* final next header */
+	__be16 sport;   /* ports as on the wire (ICMPv6 echo: identifier), 0 if none */
+	__be16 dport;
+	__u16 pad;
+	__u32 ifindex;      /* interface the program ran on */
+	__u32 src_identity; /* 0 = unknown, 2 = world */
+	__u32 dst_identity;
+	__u32 src_vnid; /* 0 = unknown / none */
+	__u32 dst_vnid;
+	__u32 rule_id; /* deciding rule, 0 = none */
+	__u32 pad2;
+	__u8 src[16];
+	__u8 dst[16]; /* SIR destination (before SIR->ILA, after ILA->SIR) */
+} __attribute__((aligned(8))); /* 72 bytes */
 
 #endif

@@ -28,13 +28,53 @@ pub fn filter_slot(addr: &[u8; 16]) -> u32 {
     x.wrapping_mul(0x9e37_79b1) >> 20
 }
 
-/// `ILA_CFG_TRACE`: emit an `ila_event` per translated packet.
+/// `ILA_CFG_TRACE`: emit an `ila_event` per translated packet (and verdict events).
 pub const ILA_CFG_TRACE: u32 = 0x1;
+/// `ILA_CFG_ENFORCE`: anti-spoofing, conntrack and policy.
+pub const ILA_CFG_ENFORCE: u32 = 0x2;
 
 /// `ILA_EV_OUT`: SIR → ILA at the sender.
 pub const ILA_EV_OUT: u8 = 1;
 /// `ILA_EV_IN`: ILA → SIR at the receiver.
 pub const ILA_EV_IN: u8 = 2;
+/// `ILA_EV_VERDICT`: a policy verdict on a new flow, or a drop ([`IlaVerdictEvent`]).
+pub const ILA_EV_VERDICT: u8 = 3;
+
+/// `ILA_VERDICT_ALLOW`.
+pub const ILA_VERDICT_ALLOW: u8 = 1;
+/// `ILA_VERDICT_DROP`.
+pub const ILA_VERDICT_DROP: u8 = 2;
+/// `ILA_DIR_NONE`: no policy was evaluated.
+pub const ILA_DIR_NONE: u8 = 0xff;
+
+/// `enum ila_reason`.
+pub mod reason {
+    /// A rule decided.
+    pub const RULE: u8 = 1;
+    /// No rule, not enforced.
+    pub const DEFAULT_ALLOW: u8 = 2;
+    /// No rule, enforced.
+    pub const DEFAULT_DENY: u8 = 3;
+    /// No rule, peer in another tenant.
+    pub const TENANT: u8 = 4;
+    /// No `POLICY_EP` entry.
+    pub const NO_POLICY: u8 = 5;
+    /// Anti-spoofing.
+    pub const SPOOFED: u8 = 6;
+    /// Local destination without `ILA_ENDPOINTS` entry.
+    pub const NO_ENDPOINT: u8 = 7;
+    /// L4 unreadable while enforcing.
+    pub const MALFORMED: u8 = 8;
+    /// Checksum fix failed.
+    pub const CSUM: u8 = 9;
+    /// Rewrite failed.
+    pub const REWRITE: u8 = 10;
+}
+
+/// `ILA_CT_F_ORIG_B`: the flow was opened by `b`.
+pub const ILA_CT_F_ORIG_B: u32 = 0x1;
+/// `ILA_CT_F_FROM_WIRE`: created by from-wire.
+pub const ILA_CT_F_FROM_WIRE: u32 = 0x2;
 
 /// Index of each per-CPU counter in `ILA_STATS` (`enum ila_stat`).
 pub mod stat {
@@ -58,8 +98,20 @@ pub mod stat {
     pub const DROP_CSUM: u32 = 8;
     /// `ILA_STAT_DROP_REWRITE`.
     pub const DROP_REWRITE: u32 = 9;
+    /// `ILA_STAT_DROP_POLICY`.
+    pub const DROP_POLICY: u32 = 10;
+    /// `ILA_STAT_DROP_TENANT`.
+    pub const DROP_TENANT: u32 = 11;
+    /// `ILA_STAT_DROP_SPOOFED`.
+    pub const DROP_SPOOFED: u32 = 12;
+    /// `ILA_STAT_DROP_NO_ENDPOINT`.
+    pub const DROP_NO_ENDPOINT: u32 = 13;
+    /// `ILA_STAT_CT_NEW`.
+    pub const CT_NEW: u32 = 14;
+    /// `ILA_STAT_CT_HIT`.
+    pub const CT_HIT: u32 = 15;
     /// `ILA_STAT_MAX`: number of counters.
-    pub const MAX: u32 = 10;
+    pub const MAX: u32 = 16;
 }
 
 /// `struct ila_out_key`: SIR destination address.
@@ -166,6 +218,164 @@ impl IlaEvent {
         })
     }
 }
+
+/// `struct ila_endpoint_val`: a local endpoint (`ILA_ENDPOINTS`, keyed by its SIR address).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IlaEndpointVal {
+    /// Numeric identity.
+    pub identity: u32,
+    /// Tenant.
+    pub vnid: u32,
+    /// Host-side veth.
+    pub ifindex: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// `struct ila_ipcache_val` (`ILA_IPCACHE`, keyed by address).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IlaIpcacheVal {
+    /// Identity.
+    pub identity: u32,
+    /// Tenant (ignored for reserved identities).
+    pub vnid: u32,
+}
+
+/// `struct ila_ct_key`: normalised flow key (`a` is the smaller address).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IlaCtKey {
+    /// Smaller address.
+    pub a: [u8; 16],
+    /// Larger address.
+    pub b: [u8; 16],
+    /// `a`'s port, network order.
+    pub port_a: [u8; 2],
+    /// `b`'s port, network order.
+    pub port_b: [u8; 2],
+    /// L4 protocol.
+    pub proto: u8,
+    /// Zero.
+    pub pad: [u8; 3],
+}
+
+/// `struct ila_ct_val`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IlaCtVal {
+    /// `CLOCK_MONOTONIC_COARSE` ns of the last packet (refreshed at most once a second).
+    pub last_seen: u64,
+    /// `CLOCK_MONOTONIC_COARSE` ns of creation.
+    pub created: u64,
+    /// `ILA_CT_F_*`.
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// `struct ila_verdict_event`: a policy verdict on a new flow, or a drop.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IlaVerdictEvent {
+    /// `ILA_EV_VERDICT`.
+    pub kind: u8,
+    /// `ILA_EV_OUT` / `ILA_EV_IN`.
+    pub program: u8,
+    /// `ILA_VERDICT_*`.
+    pub verdict: u8,
+    /// [`reason`].
+    pub reason: u8,
+    /// `DIR_*` of `policy::abi`, or [`ILA_DIR_NONE`].
+    pub direction: u8,
+    /// Final next header.
+    pub proto: u8,
+    /// Source port, network order.
+    pub sport: [u8; 2],
+    /// Destination port, network order.
+    pub dport: [u8; 2],
+    /// Zero.
+    pub pad: u16,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// Source identity (0 unknown).
+    pub src_identity: u32,
+    /// Destination identity (0 unknown).
+    pub dst_identity: u32,
+    /// Source tenant (0 unknown).
+    pub src_vnid: u32,
+    /// Destination tenant (0 unknown).
+    pub dst_vnid: u32,
+    /// Deciding rule (0 none).
+    pub rule_id: u32,
+    /// Zero.
+    pub pad2: u32,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination (SIR) address.
+    pub dst: [u8; 16],
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn addr_at(b: &[u8], o: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[o..o + 16]);
+    a
+}
+
+impl IlaVerdictEvent {
+    /// Decodes a ring-buffer record; `None` if it is too short or not a verdict event.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < size_of::<Self>() || b[0] != ILA_EV_VERDICT {
+            return None;
+        }
+        Some(Self {
+            kind: b[0],
+            program: b[1],
+            verdict: b[2],
+            reason: b[3],
+            direction: b[4],
+            proto: b[5],
+            sport: [b[6], b[7]],
+            dport: [b[8], b[9]],
+            pad: u16::from_ne_bytes([b[10], b[11]]),
+            ifindex: u32_at(b, 12),
+            src_identity: u32_at(b, 16),
+            dst_identity: u32_at(b, 20),
+            src_vnid: u32_at(b, 24),
+            dst_vnid: u32_at(b, 28),
+            rule_id: u32_at(b, 32),
+            pad2: u32_at(b, 36),
+            src: addr_at(b, 40),
+            dst: addr_at(b, 56),
+        })
+    }
+}
+
+const _: () = assert!(size_of::<IlaEndpointVal>() == 16);
+const _: () = assert!(size_of::<IlaIpcacheVal>() == 8);
+const _: () = assert!(size_of::<IlaCtKey>() == 40);
+const _: () = assert!(std::mem::offset_of!(IlaCtKey, port_a) == 32);
+const _: () = assert!(std::mem::offset_of!(IlaCtKey, proto) == 36);
+const _: () = assert!(size_of::<IlaCtVal>() == 24);
+const _: () = assert!(size_of::<IlaVerdictEvent>() == 72);
+const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, ifindex) == 12);
+const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, rule_id) == 32);
+const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, src) == 40);
+const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, dst) == 56);
+
+// SAFETY: plain-old-data: repr(C), only integer fields, no padding (sizes asserted).
+unsafe impl aya::Pod for IlaEndpointVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IlaIpcacheVal {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IlaCtKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IlaCtVal {}
 
 const _: () = assert!(size_of::<IlaOutKey>() == 16);
 const _: () = assert!(size_of::<IlaOutVal>() == 20);

@@ -3,8 +3,13 @@
 //! The programs (`bpf/ila.bpf.c`) are compiled by `build.rs` and embedded. [`HostDataplane`]
 //! loads them, pins their maps by name under a per-host directory on bpffs (so an agent restart
 //! keeps state and traffic), and attaches them with TCX links that are pinned as well.
-//! [`HostMaps`] manipulates the translation tables, counters, trace switch and event ring, either
-//! from a loaded [`HostDataplane`] or from the pins alone.
+//! [`HostMaps`] manipulates the translation tables, the enforcement tables (local endpoints,
+//! ipcache, compiled policy, conntrack), counters, switches and event ring, either from a loaded
+//! [`HostDataplane`] or from the pins alone.
+//!
+//! Enforcement (anti-spoofing, conntrack, identity policy, tenant isolation; `bpf/ila_abi.h`
+//! "Enforcement") runs only after [`HostMaps::set_enforce`]`(true)`; the policy map layout is
+//! `policy::abi`, written with [`HostMaps::replace_policy`] from `policy::compile`.
 
 #![deny(missing_docs)]
 
@@ -27,7 +32,18 @@ use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
 pub use ila::ChecksumMode;
-pub use maps::HostMaps;
+pub use maps::{
+    monotonic_coarse_ns, HostMaps, PolicySync, CT_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES,
+    POLICY_EP_MAX_ENTRIES, POLICY_MAX_ENTRIES,
+};
+
+/// The `policy` compile limits that fit this data path's maps.
+pub fn compile_limits() -> policy::CompileLimits {
+    policy::CompileLimits {
+        max_entries: POLICY_MAX_ENTRIES,
+        max_cidr_entries: POLICY_CIDR_MAX_ENTRIES,
+    }
+}
 
 /// The object with maps pinned by name (agents).
 static OBJ_PINNED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ila.bpf.o"));
@@ -204,6 +220,19 @@ pub struct Counters {
     pub drop_csum: u64,
     /// Storing the new address/MACs failed, dropped.
     pub drop_rewrite: u64,
+    /// Enforcement: a deny rule or default deny, dropped.
+    pub drop_policy: u64,
+    /// Enforcement: no rule and the peer is in another tenant, dropped.
+    pub drop_tenant: u64,
+    /// Enforcement (from-container): source not the endpoint's own address on its own
+    /// interface, dropped.
+    pub drop_spoofed: u64,
+    /// Enforcement: local endpoint (or its `POLICY_EP` entry) unknown, dropped (fail closed).
+    pub drop_no_endpoint: u64,
+    /// Enforcement: new flows allowed by policy (conntrack entries created).
+    pub ct_new: u64,
+    /// Enforcement: packets passed on conntrack (established, reply, related).
+    pub ct_hit: u64,
 }
 
 impl Counters {
@@ -220,6 +249,12 @@ impl Counters {
             ("drop_malformed", self.drop_malformed),
             ("drop_csum", self.drop_csum),
             ("drop_rewrite", self.drop_rewrite),
+            ("drop_policy", self.drop_policy),
+            ("drop_tenant", self.drop_tenant),
+            ("drop_spoofed", self.drop_spoofed),
+            ("drop_no_endpoint", self.drop_no_endpoint),
+            ("ct_new", self.ct_new),
+            ("ct_hit", self.ct_hit),
         ]
     }
 }
@@ -241,6 +276,169 @@ pub struct TranslationEvent {
     pub dst_before: Ipv6Addr,
     /// Destination after translation.
     pub dst_after: Ipv6Addr,
+}
+
+/// One `ILA_ENDPOINTS` entry: an endpoint on this host, keyed by its SIR address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LocalEndpoint {
+    /// Numeric identity (the `POLICY_EP` key of its policy).
+    pub identity: u32,
+    /// Tenant (VNID).
+    pub vnid: u32,
+    /// Host-side veth (host namespace ifindex): the only interface its packets may come from.
+    pub ifindex: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// One `ILA_IPCACHE` entry: the identity and tenant behind an address (every endpoint of the
+/// network, and the host addresses with identity 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IpcacheEntry {
+    /// Identity.
+    pub identity: u32,
+    /// Tenant; ignored for reserved identities (< 256), which have none.
+    pub vnid: u32,
+}
+
+/// One conntrack entry, oriented as the flow was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtEntry {
+    /// Address that opened the flow.
+    pub src: Ipv6Addr,
+    /// Its peer.
+    pub dst: Ipv6Addr,
+    /// Source port (ICMPv6 echo: identifier; 0 without ports).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// L4 protocol.
+    pub proto: u8,
+    /// Created by from-wire (ingress at this host) rather than from-container.
+    pub from_wire: bool,
+    /// Creation, `CLOCK_MONOTONIC_COARSE` nanoseconds.
+    pub created_ns: u64,
+    /// Last packet (refreshed at most once a second), same clock.
+    pub last_seen_ns: u64,
+}
+
+/// Allow or drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowVerdict {
+    /// Passed.
+    Allow,
+    /// Dropped.
+    Drop,
+}
+
+/// Why a verdict event was emitted (`enum ila_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictReason {
+    /// A rule decided (see `rule_id`).
+    Rule,
+    /// No rule and the endpoint is not enforced in this direction.
+    DefaultAllow,
+    /// No rule and the endpoint is enforced (default deny).
+    DefaultDeny,
+    /// No rule and the peer is an endpoint of another tenant.
+    TenantIsolation,
+    /// The endpoint's identity has no `POLICY_EP` entry (fail closed).
+    NoPolicy,
+    /// Source address or ingress interface is not the endpoint's.
+    Spoofed,
+    /// The local destination has no `ILA_ENDPOINTS` entry.
+    NoEndpoint,
+    /// L4 header unreadable while enforcing.
+    Malformed,
+    /// Checksum fix failed.
+    Checksum,
+    /// Rewrite failed.
+    Rewrite,
+}
+
+impl VerdictReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        use abi::reason as r;
+        Some(match v {
+            r::RULE => Self::Rule,
+            r::DEFAULT_ALLOW => Self::DefaultAllow,
+            r::DEFAULT_DENY => Self::DefaultDeny,
+            r::TENANT => Self::TenantIsolation,
+            r::NO_POLICY => Self::NoPolicy,
+            r::SPOOFED => Self::Spoofed,
+            r::NO_ENDPOINT => Self::NoEndpoint,
+            r::MALFORMED => Self::Malformed,
+            r::CSUM => Self::Checksum,
+            r::REWRITE => Self::Rewrite,
+            _ => return None,
+        })
+    }
+}
+
+/// Direction of the policy that decided a verdict, seen from the enforcing endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyDirection {
+    /// Packets arriving at the endpoint.
+    Ingress,
+    /// Packets leaving the endpoint.
+    Egress,
+}
+
+impl From<PolicyDirection> for policy::Direction {
+    fn from(d: PolicyDirection) -> Self {
+        match d {
+            PolicyDirection::Ingress => policy::Direction::Ingress,
+            PolicyDirection::Egress => policy::Direction::Egress,
+        }
+    }
+}
+
+/// A policy verdict on a new flow (allow or drop), or any drop, while tracing is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEvent {
+    /// Program that decided.
+    pub program: ProgramKind,
+    /// Allow or drop.
+    pub verdict: FlowVerdict,
+    /// Why.
+    pub reason: VerdictReason,
+    /// Policy direction evaluated (`None`: no policy involved, e.g. spoofing).
+    pub direction: Option<PolicyDirection>,
+    /// L4 protocol (final next header).
+    pub proto: u8,
+    /// Source port (ICMPv6 echo: identifier; 0 without ports).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Interface the program ran on.
+    pub ifindex: u32,
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination SIR address.
+    pub dst: Ipv6Addr,
+    /// Source identity (0 unknown, 2 world).
+    pub src_identity: u32,
+    /// Destination identity (0 unknown, 2 world).
+    pub dst_identity: u32,
+    /// Source tenant (0 unknown / none).
+    pub src_vnid: u32,
+    /// Destination tenant (0 unknown / none).
+    pub dst_vnid: u32,
+    /// Deciding rule (`policy::RuleId` value), if a rule decided.
+    pub rule_id: Option<u32>,
+}
+
+/// Any record of the event ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum FlowEvent {
+    /// A translated packet.
+    Translation(TranslationEvent),
+    /// A policy verdict or a drop.
+    Verdict(VerdictEvent),
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` unless it is mounted already.
@@ -467,6 +665,18 @@ impl HostDataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<testrun::Outcome, DataplaneError> {
+        self.test_run_on(kind, packet, repeat, 0)
+    }
+
+    /// [`Self::test_run`] as if the frame had arrived on interface `ingress_ifindex`
+    /// (`skb->ingress_ifindex`, what anti-spoofing compares with `ILA_ENDPOINTS`).
+    pub fn test_run_on(
+        &self,
+        kind: ProgramKind,
+        packet: &[u8],
+        repeat: u32,
+        ingress_ifindex: u32,
+    ) -> Result<testrun::Outcome, DataplaneError> {
         let prog = self
             .ebpf
             .program(kind.program_name())
@@ -477,10 +687,12 @@ impl HostDataplane {
         )))?;
         // Room to spare: the kernel fails with ENOSPC rather than truncate.
         let mut out = vec![0u8; packet.len() + 256];
+        let ctx = testrun::skb_ctx(ingress_ifindex);
         let res = prog
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),
+                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
                 repeat: repeat.max(1),
                 ..TestRunOptions::default()
             })

@@ -1,16 +1,25 @@
 //! Typed access to the pinned or freshly loaded maps.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::Path;
+use std::time::Duration;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf};
 use aya::Ebpf;
+use policy::abi::{CidrKey, EndpointPolicy, PolicyKey, PolicyValue};
+use policy::CompiledPolicy;
 
-use crate::abi::{self, stat, IlaConfig, IlaEvent, IlaInKey, IlaInVal, IlaOutKey, IlaOutVal};
+use crate::abi::{
+    self, stat, IlaConfig, IlaCtKey, IlaCtVal, IlaEndpointVal, IlaEvent, IlaInKey, IlaInVal,
+    IlaIpcacheVal, IlaOutKey, IlaOutVal, IlaVerdictEvent,
+};
 use crate::{
-    ChecksumMode, Counters, DataplaneError, InEntry, OutEntry, ProgramKind, Redirect,
-    TranslationEvent,
+    ChecksumMode, Counters, CtEntry, DataplaneError, FlowEvent, FlowVerdict, InEntry, IpcacheEntry,
+    LocalEndpoint, OutEntry, PolicyDirection, ProgramKind, Redirect, TranslationEvent,
+    VerdictEvent, VerdictReason,
 };
 
 /// Map names, as in `bpf/ila.bpf.c` and as pinned under the pin directory.
@@ -21,6 +30,33 @@ pub(crate) const MAP_CONFIG: &str = "ILA_CONFIG";
 pub(crate) const MAP_EVENTS: &str = "ILA_EVENTS";
 pub(crate) const MAP_OUT_FILTER: &str = "ILA_OUT_FILTER";
 pub(crate) const MAP_IN_FILTER: &str = "ILA_IN_FILTER";
+pub(crate) const MAP_ENDPOINTS: &str = "ILA_ENDPOINTS";
+pub(crate) const MAP_IPCACHE: &str = "ILA_IPCACHE";
+pub(crate) const MAP_CT: &str = "ILA_CT";
+pub(crate) const MAP_POLICY_EP: &str = "POLICY_EP";
+pub(crate) const MAP_POLICY: &str = "POLICY";
+pub(crate) const MAP_POLICY_CIDR: &str = "POLICY_CIDR";
+
+/// `max_entries` of `POLICY` (equal to `policy::CompileLimits::default().max_entries`).
+pub const POLICY_MAX_ENTRIES: usize = 1 << 20;
+/// `max_entries` of `POLICY_CIDR` (equal to `policy::CompileLimits::default().max_cidr_entries`).
+pub const POLICY_CIDR_MAX_ENTRIES: usize = 1 << 18;
+/// `max_entries` of `POLICY_EP`.
+pub const POLICY_EP_MAX_ENTRIES: usize = 65536;
+/// `max_entries` of `ILA_CT`.
+pub const CT_MAX_ENTRIES: usize = 131072;
+
+/// `POLICY_CIDR` keys after `prefixlen` (the rest of [`CidrKey`]).
+type CidrData = [u8; CidrKey::SIZE - 4];
+
+/// What [`HostMaps::replace_policy`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicySync {
+    /// Entries written (all entries of the compiled policy, over the three maps).
+    pub written: usize,
+    /// Stale entries removed.
+    pub removed: usize,
+}
 
 fn map_err(context: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
     let context = context.into();
@@ -39,6 +75,12 @@ pub struct HostMaps {
     events: RingBuf<MapData>,
     out_filter: Array<MapData, u32>,
     in_filter: Array<MapData, u32>,
+    endpoints: HashMap<MapData, [u8; 16], IlaEndpointVal>,
+    ipcache: HashMap<MapData, [u8; 16], IlaIpcacheVal>,
+    ct: HashMap<MapData, IlaCtKey, IlaCtVal>,
+    policy_ep: HashMap<MapData, u32, [u8; EndpointPolicy::SIZE]>,
+    policy: HashMap<MapData, [u8; PolicyKey::SIZE], [u8; PolicyValue::SIZE]>,
+    policy_cidr: LpmTrie<MapData, CidrData, [u8; PolicyValue::SIZE]>,
 }
 
 impl fmt::Debug for HostMaps {
@@ -69,6 +111,12 @@ impl HostMaps {
             events: typed(MAP_EVENTS, take(MAP_EVENTS)?)?,
             out_filter: typed(MAP_OUT_FILTER, take(MAP_OUT_FILTER)?)?,
             in_filter: typed(MAP_IN_FILTER, take(MAP_IN_FILTER)?)?,
+            endpoints: typed(MAP_ENDPOINTS, take(MAP_ENDPOINTS)?)?,
+            ipcache: typed(MAP_IPCACHE, take(MAP_IPCACHE)?)?,
+            ct: typed(MAP_CT, take(MAP_CT)?)?,
+            policy_ep: typed(MAP_POLICY_EP, take(MAP_POLICY_EP)?)?,
+            policy: typed(MAP_POLICY, take(MAP_POLICY)?)?,
+            policy_cidr: typed(MAP_POLICY_CIDR, take(MAP_POLICY_CIDR)?)?,
         })
     }
 
@@ -89,6 +137,12 @@ impl HostMaps {
             events: typed(MAP_EVENTS, open(MAP_EVENTS)?)?,
             out_filter: typed(MAP_OUT_FILTER, open(MAP_OUT_FILTER)?)?,
             in_filter: typed(MAP_IN_FILTER, open(MAP_IN_FILTER)?)?,
+            endpoints: typed(MAP_ENDPOINTS, open(MAP_ENDPOINTS)?)?,
+            ipcache: typed(MAP_IPCACHE, open(MAP_IPCACHE)?)?,
+            ct: typed(MAP_CT, open(MAP_CT)?)?,
+            policy_ep: typed(MAP_POLICY_EP, open(MAP_POLICY_EP)?)?,
+            policy: typed(MAP_POLICY, open(MAP_POLICY)?)?,
+            policy_cidr: typed(MAP_POLICY_CIDR, open(MAP_POLICY_CIDR)?)?,
         })
     }
 
@@ -102,6 +156,11 @@ impl HostMaps {
         let ins: Vec<Ipv6Addr> = self.in_entries()?.into_iter().map(|(k, _)| k).collect();
         for k in ins {
             mark(&mut self.in_filter, MAP_IN_FILTER, k)?;
+        }
+        // from-wire checks SIR destinations of local endpoints through the ILA_OUT filter.
+        let eps: Vec<Ipv6Addr> = self.endpoints()?.into_iter().map(|(k, _)| k).collect();
+        for k in eps {
+            mark(&mut self.out_filter, MAP_OUT_FILTER, k)?;
         }
         Ok(())
     }
@@ -213,10 +272,14 @@ impl HostMaps {
     pub fn counters(&self) -> Result<Counters, DataplaneError> {
         let mut c = [0u64; stat::MAX as usize];
         for (i, slot) in (0u32..).zip(c.iter_mut()) {
-            let per_cpu = self
-                .stats
-                .get(&i, 0)
-                .map_err(map_err(format!("reading counter {i} of {MAP_STATS}")))?;
+            let per_cpu = match self.stats.get(&i, 0) {
+                Ok(v) => v,
+                // Pins of a version with fewer counters: those counters do not exist (yet).
+                Err(MapError::OutOfBounds { .. }) => continue,
+                Err(e) => {
+                    return Err(map_err(format!("reading counter {i} of {MAP_STATS}"))(e));
+                }
+            };
             *slot = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
         }
         Ok(Counters {
@@ -230,35 +293,447 @@ impl HostMaps {
             drop_malformed: c[stat::DROP_MALFORMED as usize],
             drop_csum: c[stat::DROP_CSUM as usize],
             drop_rewrite: c[stat::DROP_REWRITE as usize],
+            drop_policy: c[stat::DROP_POLICY as usize],
+            drop_tenant: c[stat::DROP_TENANT as usize],
+            drop_spoofed: c[stat::DROP_SPOOFED as usize],
+            drop_no_endpoint: c[stat::DROP_NO_ENDPOINT as usize],
+            ct_new: c[stat::CT_NEW as usize],
+            ct_hit: c[stat::CT_HIT as usize],
         })
     }
 
-    /// Turns per-packet translation events on or off.
-    pub fn set_trace(&mut self, on: bool) -> Result<(), DataplaneError> {
-        let mut cfg = self
+    fn config_flags(&self) -> Result<u32, DataplaneError> {
+        Ok(self
             .config
             .get(&0, 0)
-            .map_err(map_err(format!("reading {MAP_CONFIG}")))?;
+            .map_err(map_err(format!("reading {MAP_CONFIG}")))?
+            .flags)
+    }
+
+    fn set_config_flag(&mut self, flag: u32, on: bool) -> Result<(), DataplaneError> {
+        let mut cfg = IlaConfig {
+            flags: self.config_flags()?,
+        };
         if on {
-            cfg.flags |= abi::ILA_CFG_TRACE;
+            cfg.flags |= flag;
         } else {
-            cfg.flags &= !abi::ILA_CFG_TRACE;
+            cfg.flags &= !flag;
         }
         self.config
             .set(0, cfg, 0)
             .map_err(map_err(format!("writing {MAP_CONFIG}")))
     }
 
-    /// Takes every event currently in the ring. Records that do not decode are skipped (logged).
+    /// Turns events on or off: one per translated packet, one per policy verdict on a new flow,
+    /// one per drop.
+    pub fn set_trace(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.set_config_flag(abi::ILA_CFG_TRACE, on)
+    }
+
+    /// Turns enforcement (anti-spoofing, conntrack, policy) on or off. Off, the programs only
+    /// translate, exactly as without the enforcement maps.
+    pub fn set_enforce(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.set_config_flag(abi::ILA_CFG_ENFORCE, on)
+    }
+
+    /// Whether enforcement is on.
+    pub fn enforce(&self) -> Result<bool, DataplaneError> {
+        Ok(self.config_flags()? & abi::ILA_CFG_ENFORCE != 0)
+    }
+
+    /// Takes every event currently in the ring and returns the translation events; verdict
+    /// events are discarded (use [`Self::drain_flow_events`] to get both). Records that do not
+    /// decode are skipped (logged).
     pub fn drain_events(&mut self) -> Result<Vec<TranslationEvent>, DataplaneError> {
+        Ok(self
+            .drain_flow_events()?
+            .into_iter()
+            .filter_map(|e| match e {
+                FlowEvent::Translation(t) => Some(t),
+                FlowEvent::Verdict(_) => None,
+            })
+            .collect())
+    }
+
+    /// Takes every event currently in the ring, in ring order. Records that do not decode are
+    /// skipped (logged).
+    pub fn drain_flow_events(&mut self) -> Result<Vec<FlowEvent>, DataplaneError> {
         let mut v = Vec::new();
         while let Some(item) = self.events.next() {
-            match decode_event(&item) {
+            let ev = if item.first() == Some(&abi::ILA_EV_VERDICT) {
+                decode_verdict(&item).map(FlowEvent::Verdict)
+            } else {
+                decode_event(&item).map(FlowEvent::Translation)
+            };
+            match ev {
                 Some(ev) => v.push(ev),
                 None => log::warn!("skipping undecodable ila_event of {} bytes", item.len()),
             }
         }
         Ok(v)
+    }
+
+    // ---- Enforcement maps ----
+
+    /// Inserts or replaces the `ILA_ENDPOINTS` entry of the local endpoint with SIR address `sir`.
+    pub fn insert_endpoint(
+        &mut self,
+        sir: Ipv6Addr,
+        ep: &LocalEndpoint,
+    ) -> Result<(), DataplaneError> {
+        // from-wire polices packets already addressed to a local SIR behind this filter.
+        mark(&mut self.out_filter, MAP_OUT_FILTER, sir)?;
+        let val = IlaEndpointVal {
+            identity: ep.identity,
+            vnid: ep.vnid,
+            ifindex: ep.ifindex,
+            flags: ep.flags,
+        };
+        self.endpoints
+            .insert(sir.octets(), val, 0)
+            .map_err(map_err(format!("inserting {sir} into {MAP_ENDPOINTS}")))
+    }
+
+    /// Removes the `ILA_ENDPOINTS` entry of `sir`; removing an absent entry is not an error.
+    pub fn remove_endpoint(&mut self, sir: Ipv6Addr) -> Result<(), DataplaneError> {
+        ignore_absent(
+            self.endpoints.remove(&sir.octets()),
+            format!("removing {sir} from {MAP_ENDPOINTS}"),
+        )
+    }
+
+    /// The `ILA_ENDPOINTS` entry of `sir`, if any.
+    pub fn get_endpoint(&self, sir: Ipv6Addr) -> Result<Option<LocalEndpoint>, DataplaneError> {
+        let v = absent_as_none(
+            self.endpoints.get(&sir.octets(), 0),
+            format!("looking up {sir} in {MAP_ENDPOINTS}"),
+        )?;
+        Ok(v.map(local_endpoint))
+    }
+
+    /// All `ILA_ENDPOINTS` entries (SIR address, endpoint).
+    pub fn endpoints(&self) -> Result<Vec<(Ipv6Addr, LocalEndpoint)>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.endpoints.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_ENDPOINTS}")))?;
+            v.push((Ipv6Addr::from(k), local_endpoint(val)));
+        }
+        Ok(v)
+    }
+
+    /// Inserts or replaces the `ILA_IPCACHE` entry of `addr`.
+    pub fn insert_ipcache(
+        &mut self,
+        addr: Ipv6Addr,
+        e: &IpcacheEntry,
+    ) -> Result<(), DataplaneError> {
+        let val = IlaIpcacheVal {
+            identity: e.identity,
+            vnid: e.vnid,
+        };
+        self.ipcache
+            .insert(addr.octets(), val, 0)
+            .map_err(map_err(format!("inserting {addr} into {MAP_IPCACHE}")))
+    }
+
+    /// Removes the `ILA_IPCACHE` entry of `addr`; removing an absent entry is not an error.
+    pub fn remove_ipcache(&mut self, addr: Ipv6Addr) -> Result<(), DataplaneError> {
+        ignore_absent(
+            self.ipcache.remove(&addr.octets()),
+            format!("removing {addr} from {MAP_IPCACHE}"),
+        )
+    }
+
+    /// The `ILA_IPCACHE` entry of `addr`, if any.
+    pub fn get_ipcache(&self, addr: Ipv6Addr) -> Result<Option<IpcacheEntry>, DataplaneError> {
+        let v = absent_as_none(
+            self.ipcache.get(&addr.octets(), 0),
+            format!("looking up {addr} in {MAP_IPCACHE}"),
+        )?;
+        Ok(v.map(|v| IpcacheEntry {
+            identity: v.identity,
+            vnid: v.vnid,
+        }))
+    }
+
+    /// All `ILA_IPCACHE` entries.
+    pub fn ipcache(&self) -> Result<Vec<(Ipv6Addr, IpcacheEntry)>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.ipcache.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_IPCACHE}")))?;
+            v.push((
+                Ipv6Addr::from(k),
+                IpcacheEntry {
+                    identity: val.identity,
+                    vnid: val.vnid,
+                },
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Inserts or replaces the `POLICY_EP` entry of endpoint identity `identity`.
+    pub fn insert_policy_ep(
+        &mut self,
+        identity: u32,
+        ep: &EndpointPolicy,
+    ) -> Result<(), DataplaneError> {
+        self.policy_ep
+            .insert(identity, ep.to_bytes(), 0)
+            .map_err(map_err(format!(
+                "inserting identity {identity} into {MAP_POLICY_EP}"
+            )))
+    }
+
+    /// Removes the `POLICY_EP` entry of `identity` (its traffic is then dropped, fail closed);
+    /// removing an absent entry is not an error.
+    pub fn remove_policy_ep(&mut self, identity: u32) -> Result<(), DataplaneError> {
+        ignore_absent(
+            self.policy_ep.remove(&identity),
+            format!("removing identity {identity} from {MAP_POLICY_EP}"),
+        )
+    }
+
+    /// All `POLICY_EP` entries.
+    pub fn policy_eps(&self) -> Result<Vec<(u32, EndpointPolicy)>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.policy_ep.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_POLICY_EP}")))?;
+            v.push((k, EndpointPolicy::from_bytes(&val)));
+        }
+        Ok(v)
+    }
+
+    /// Inserts or replaces one `POLICY` entry.
+    pub fn insert_policy(&mut self, k: &PolicyKey, v: &PolicyValue) -> Result<(), DataplaneError> {
+        self.policy
+            .insert(k.to_bytes(), v.to_bytes(), 0)
+            .map_err(map_err(format!("inserting {k:?} into {MAP_POLICY}")))
+    }
+
+    /// Removes one `POLICY` entry; removing an absent entry is not an error.
+    pub fn remove_policy(&mut self, k: &PolicyKey) -> Result<(), DataplaneError> {
+        ignore_absent(
+            self.policy.remove(&k.to_bytes()),
+            format!("removing {k:?} from {MAP_POLICY}"),
+        )
+    }
+
+    /// All `POLICY` entries.
+    pub fn policy_entries(&self) -> Result<Vec<(PolicyKey, PolicyValue)>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.policy.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_POLICY}")))?;
+            v.push((PolicyKey::from_bytes(&k), PolicyValue::from_bytes(&val)));
+        }
+        Ok(v)
+    }
+
+    /// Inserts or replaces one `POLICY_CIDR` entry.
+    pub fn insert_cidr(&mut self, k: &CidrKey, v: &PolicyValue) -> Result<(), DataplaneError> {
+        let (len, data) = cidr_parts(k);
+        self.policy_cidr
+            .insert(&LpmKey::new(len, data), v.to_bytes(), 0)
+            .map_err(map_err(format!("inserting {k:?} into {MAP_POLICY_CIDR}")))
+    }
+
+    /// Removes one `POLICY_CIDR` entry (exact prefix); removing an absent entry is not an error.
+    pub fn remove_cidr(&mut self, k: &CidrKey) -> Result<(), DataplaneError> {
+        let (len, data) = cidr_parts(k);
+        ignore_absent(
+            self.policy_cidr.remove(&LpmKey::new(len, data)),
+            format!("removing {k:?} from {MAP_POLICY_CIDR}"),
+        )
+    }
+
+    /// All `POLICY_CIDR` entries.
+    pub fn cidr_entries(&self) -> Result<Vec<(CidrKey, PolicyValue)>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.policy_cidr.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_POLICY_CIDR}")))?;
+            v.push((cidr_key(&k), PolicyValue::from_bytes(&val)));
+        }
+        Ok(v)
+    }
+
+    /// Makes `POLICY_EP`, `POLICY` and `POLICY_CIDR` equal to `compiled`: writes every entry
+    /// (new and changed ones overwrite in place), then removes the entries it does not hold.
+    /// `POLICY_EP` is written last and swept last, so an identity that appears is never
+    /// enforced on half its entries; while a replacement runs, a packet may see a mix of the
+    /// old and the new entries of an identity (each entry is consistent on its own).
+    pub fn replace_policy(
+        &mut self,
+        compiled: &CompiledPolicy,
+    ) -> Result<PolicySync, DataplaneError> {
+        if compiled.entries.len() > POLICY_MAX_ENTRIES
+            || compiled.cidr_entries.len() > POLICY_CIDR_MAX_ENTRIES
+            || compiled.endpoints.len() > POLICY_EP_MAX_ENTRIES
+        {
+            return Err(DataplaneError::Invalid(format!(
+                "compiled policy too large for the maps: {} entries (max {POLICY_MAX_ENTRIES}), \
+                 {} CIDR entries (max {POLICY_CIDR_MAX_ENTRIES}), {} identities (max \
+                 {POLICY_EP_MAX_ENTRIES})",
+                compiled.entries.len(),
+                compiled.cidr_entries.len(),
+                compiled.endpoints.len()
+            )));
+        }
+        let mut sync = PolicySync::default();
+        for (k, v) in &compiled.entries {
+            self.insert_policy(k, v)?;
+        }
+        for (k, v) in &compiled.cidr_entries {
+            self.insert_cidr(k, v)?;
+        }
+        for (id, ep) in &compiled.endpoints {
+            self.insert_policy_ep(*id, ep)?;
+        }
+        sync.written =
+            compiled.entries.len() + compiled.cidr_entries.len() + compiled.endpoints.len();
+
+        let stale: Vec<[u8; PolicyKey::SIZE]> = self
+            .policy
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(format!("listing {MAP_POLICY}")))?
+            .into_iter()
+            .filter(|k| !compiled.entries.contains_key(&PolicyKey::from_bytes(k)))
+            .collect();
+        for k in stale {
+            self.remove_policy(&PolicyKey::from_bytes(&k))?;
+            sync.removed += 1;
+        }
+        let stale: Vec<CidrKey> = self
+            .cidr_entries()?
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| !compiled.cidr_entries.contains_key(k))
+            .collect();
+        for k in stale {
+            self.remove_cidr(&k)?;
+            sync.removed += 1;
+        }
+        let keep: BTreeSet<u32> = compiled.endpoints.keys().copied().collect();
+        let stale: Vec<u32> = self
+            .policy_ep
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(format!("listing {MAP_POLICY_EP}")))?
+            .into_iter()
+            .filter(|k| !keep.contains(k))
+            .collect();
+        for k in stale {
+            self.remove_policy_ep(k)?;
+            sync.removed += 1;
+        }
+        Ok(sync)
+    }
+
+    /// All conntrack entries, oriented as their flows were opened.
+    pub fn conntrack(&self) -> Result<Vec<CtEntry>, DataplaneError> {
+        let mut v = Vec::new();
+        for item in self.ct.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_CT}")))?;
+            v.push(ct_entry(&k, &val));
+        }
+        Ok(v)
+    }
+
+    /// Removes every conntrack entry (established flows are policed again); returns how many.
+    pub fn flush_conntrack(&mut self) -> Result<usize, DataplaneError> {
+        self.sweep_conntrack(|_| true)
+    }
+
+    /// Removes the conntrack entries idle for longer than `idle`; returns how many.
+    pub fn expire_conntrack(&mut self, idle: Duration) -> Result<usize, DataplaneError> {
+        let now = monotonic_coarse_ns();
+        let idle = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        self.sweep_conntrack(|v| now.saturating_sub(v.last_seen) > idle)
+    }
+
+    fn sweep_conntrack(
+        &mut self,
+        stale: impl Fn(&IlaCtVal) -> bool,
+    ) -> Result<usize, DataplaneError> {
+        let mut keys = Vec::new();
+        for item in self.ct.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_CT}")))?;
+            if stale(&val) {
+                keys.push(k);
+            }
+        }
+        let n = keys.len();
+        for k in keys {
+            ignore_absent(self.ct.remove(&k), format!("removing a flow from {MAP_CT}"))?;
+        }
+        Ok(n)
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds (the clock of conntrack timestamps).
+pub fn monotonic_coarse_ns() -> u64 {
+    // SAFETY: timespec is plain old data; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+fn ignore_absent(r: Result<(), MapError>, context: String) -> Result<(), DataplaneError> {
+    match r {
+        Err(e) if !is_not_found(&e) => Err(map_err(context)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn absent_as_none<T>(r: Result<T, MapError>, context: String) -> Result<Option<T>, DataplaneError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(map_err(context)(e)),
+    }
+}
+
+fn local_endpoint(v: IlaEndpointVal) -> LocalEndpoint {
+    LocalEndpoint {
+        identity: v.identity,
+        vnid: v.vnid,
+        ifindex: v.ifindex,
+        flags: v.flags,
+    }
+}
+
+fn cidr_parts(k: &CidrKey) -> (u32, CidrData) {
+    let b = k.to_bytes();
+    let mut data = [0u8; CidrKey::SIZE - 4];
+    data.copy_from_slice(&b[4..]);
+    (k.prefixlen, data)
+}
+
+fn cidr_key(k: &LpmKey<CidrData>) -> CidrKey {
+    let mut b = [0u8; CidrKey::SIZE];
+    b[0..4].copy_from_slice(&k.prefix_len().to_ne_bytes());
+    b[4..].copy_from_slice(&k.data());
+    CidrKey::from_bytes(&b)
+}
+
+fn ct_entry(k: &IlaCtKey, v: &IlaCtVal) -> CtEntry {
+    let (a, pa) = (Ipv6Addr::from(k.a), u16::from_be_bytes(k.port_a));
+    let (b, pb) = (Ipv6Addr::from(k.b), u16::from_be_bytes(k.port_b));
+    let ((src, sport), (dst, dport)) = if v.flags & abi::ILA_CT_F_ORIG_B != 0 {
+        ((b, pb), (a, pa))
+    } else {
+        ((a, pa), (b, pb))
+    };
+    CtEntry {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: k.proto,
+        from_wire: v.flags & abi::ILA_CT_F_FROM_WIRE != 0,
+        created_ns: v.created,
+        last_seen_ns: v.last_seen,
     }
 }
 
@@ -299,6 +774,42 @@ fn in_entry(val: &IlaInVal) -> Result<InEntry, DataplaneError> {
 fn csum_mode(v: u8) -> Result<ChecksumMode, DataplaneError> {
     ChecksumMode::from_u8(v)
         .map_err(|e| DataplaneError::Invalid(format!("checksum mode {v} in a map entry: {e}")))
+}
+
+fn decode_verdict(b: &[u8]) -> Option<VerdictEvent> {
+    let ev = IlaVerdictEvent::from_bytes(b)?;
+    let program = match ev.program {
+        abi::ILA_EV_OUT => ProgramKind::FromContainer,
+        abi::ILA_EV_IN => ProgramKind::FromWire,
+        _ => return None,
+    };
+    let verdict = match ev.verdict {
+        abi::ILA_VERDICT_ALLOW => FlowVerdict::Allow,
+        abi::ILA_VERDICT_DROP => FlowVerdict::Drop,
+        _ => return None,
+    };
+    let direction = match ev.direction {
+        policy::abi::DIR_INGRESS => Some(PolicyDirection::Ingress),
+        policy::abi::DIR_EGRESS => Some(PolicyDirection::Egress),
+        _ => None,
+    };
+    Some(VerdictEvent {
+        program,
+        verdict,
+        reason: VerdictReason::from_u8(ev.reason)?,
+        direction,
+        proto: ev.proto,
+        sport: u16::from_be_bytes(ev.sport),
+        dport: u16::from_be_bytes(ev.dport),
+        ifindex: ev.ifindex,
+        src: Ipv6Addr::from(ev.src),
+        dst: Ipv6Addr::from(ev.dst),
+        src_identity: ev.src_identity,
+        dst_identity: ev.dst_identity,
+        src_vnid: ev.src_vnid,
+        dst_vnid: ev.dst_vnid,
+        rule_id: (ev.rule_id != 0).then_some(ev.rule_id),
+    })
 }
 
 fn decode_event(b: &[u8]) -> Option<TranslationEvent> {

@@ -20,3 +20,16 @@ pub struct Outcome {
     /// Average time per run in nanoseconds, as measured by the kernel.
     pub duration_ns: u32,
 }
+
+/// `sizeof(struct __sk_buff)`.
+const SKB_CTX_LEN: usize = 192;
+/// `offsetof(struct __sk_buff, ingress_ifindex)`.
+const INGRESS_IFINDEX_OFF: usize = 36;
+
+/// A `struct __sk_buff` for `ctx_in` with only `ingress_ifindex` set (the kernel accepts it as
+/// `skb->skb_iif`; every other field it would refuse is zero).
+pub(crate) fn skb_ctx(ingress_ifindex: u32) -> [u8; SKB_CTX_LEN] {
+    let mut c = [0u8; SKB_CTX_LEN];
+    c[INGRESS_IFINDEX_OFF..INGRESS_IFINDEX_OFF + 4].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    c
+}

@@ -565,7 +565,7 @@ fn map_api_roundtrip() {
     assert!(m.out_entries().expect("out").is_empty());
     assert!(m.in_entries().expect("in").is_empty());
     let pairs = m.counters().expect("counters").pairs();
-    assert_eq!(pairs.len(), 10);
+    assert_eq!(pairs.len(), 16);
     assert!(pairs.iter().all(|(_, v)| *v == 0));
 }
 
