@@ -47,6 +47,55 @@ pub enum Request {
     EndpointList,
     /// Every mapping the agent knows, with what its maps hold.
     Mappings,
+    /// Store policies (all of one file: on failure none of them stays applied).
+    PolicyApply {
+        /// One record per policy (see `policy_sync::records_for_file`).
+        records: Vec<store::PolicyRecord>,
+    },
+    /// Remove a policy.
+    PolicyDelete {
+        /// Policy name.
+        name: String,
+    },
+    /// Policies in force.
+    PolicyList,
+    /// The verdict for a packet and the rule that gave it.
+    PolicyExplain {
+        /// Source: endpoint name or IPv6 address.
+        from: String,
+        /// Destination: endpoint name or IPv6 address.
+        to: String,
+        /// Destination port.
+        port: u16,
+        /// `tcp`, `udp`, `icmpv6` or a protocol number.
+        proto: String,
+    },
+}
+
+/// One row of [`Request::PolicyList`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PolicyRow {
+    /// Policy name.
+    pub name: String,
+    /// Tenant VNID.
+    pub tenant: u32,
+    /// Number of specs.
+    pub specs: usize,
+}
+
+/// Reply of [`Request::PolicyExplain`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExplainReply {
+    /// `allow` or `deny`.
+    pub verdict: String,
+    /// The deciding rule, if a rule decided.
+    pub rule: Option<String>,
+    /// Why, in one sentence.
+    pub reason: String,
+    /// Source and destination as resolved (identity, tenant or address).
+    pub from: String,
+    /// See `from`.
+    pub to: String,
 }
 
 /// A response line: either `{"ok": <data>}` or `{"error": "..."}`.

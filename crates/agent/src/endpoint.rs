@@ -67,6 +67,7 @@ pub fn create(
     identifier: ila::Identifier,
     sir_addr: Ipv6Addr,
     labels: std::collections::BTreeMap<String, String>,
+    identity: u32,
 ) -> Result<LocalEndpoint, AgentError> {
     let ns = netns_name(cfg, name);
     let ifname = host_ifname(name);
@@ -107,6 +108,7 @@ pub fn create(
             mac,
             host_mac,
             labels,
+            identity,
         }),
         Err(e) => {
             destroy_parts(cfg, &ns, &ifname);

@@ -8,6 +8,8 @@
 
 pub mod api;
 pub mod endpoint;
+pub mod maps_io;
+pub mod policy_sync;
 pub mod reconcile;
 mod server;
 
@@ -23,7 +25,8 @@ use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, TenantNetwork}
 use serde::{Deserialize, Serialize};
 use store::{HostRecord, Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
 
-use crate::api::{AgentStatus, MappingRow};
+use crate::api::{AgentStatus, ExplainReply, MappingRow, PolicyRow};
+use crate::policy_sync::PolicyView;
 use crate::reconcile::LocalEndpoint;
 
 pub use server::serve;
@@ -111,6 +114,10 @@ struct Inner {
     store_error: Option<String>,
     revision: i64,
     resyncs: u64,
+    /// Policies and identities, and their compilation.
+    policy: PolicyView,
+    /// Policy records as stored (to roll back a failed apply).
+    policy_records: BTreeMap<String, store::PolicyRecord>,
     /// One allocator per tenant network, by tenant name.
     allocators: HashMap<String, IdentifierAllocator>,
 }
@@ -149,6 +156,8 @@ impl Agent {
             .map_err(|_| AgentError::Invalid(format!("host name '{}' is not valid", cfg.host)))?;
         dataplane::ensure_bpffs()?;
         let mut dp = HostDataplane::load(&cfg.pin_dir)?;
+        // Anti-spoofing, conntrack, tenant isolation and policy are on wherever an agent runs.
+        dp.maps().set_enforce(true)?;
         hostnet::netns::run_in(&cfg.host_netns, || {
             dp.attach(ProgramKind::FromWire, &cfg.uplink)
                 .map_err(AgentError::from)
@@ -200,6 +209,8 @@ impl Agent {
                 store_error: Some(format!("connecting to {}", describe_cfg(&store_cfg))),
                 revision: 0,
                 resyncs: 0,
+                policy: PolicyView::default(),
+                policy_records: BTreeMap::new(),
                 allocators,
             }),
             dp: Mutex::new(dp),
@@ -276,7 +287,7 @@ impl Agent {
             identifier: ep.identifier,
             locator: self.cfg.locator,
             mode: self.cfg.csum_mode,
-            identity: 0,
+            identity: ep.identity,
         }
     }
 
@@ -399,6 +410,20 @@ impl Agent {
             .into_iter()
             .map(|r| (r.sir_address(), r))
             .collect();
+        for e in inner.policy.reset(&snap.policies, &snap.identities) {
+            log::error!("host {}: {e}", self.cfg.host);
+        }
+        inner.policy_records = snap
+            .policies
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        if let Err(e) = inner.policy.recompile() {
+            log::error!(
+                "host {}: policies not compiled, previous ones stay: {e}",
+                self.cfg.host
+            );
+        }
         let (desired, unusable) =
             reconcile::desired(&self.cfg.host, inner.view.values(), &inner.endpoints);
         for u in unusable {
@@ -411,19 +436,10 @@ impl Agent {
         }
         let mut dp = lock(&self.dp);
         let maps = dp.maps();
-        let ops = reconcile::diff(&desired, &maps.out_entries()?, &maps.in_entries()?);
-        for (k, v) in &ops.out_put {
-            maps.insert_out(*k, v)?;
-        }
-        for (k, v) in &ops.in_put {
-            maps.insert_in(*k, v)?;
-        }
-        for k in &ops.out_del {
-            maps.remove_out(*k)?;
-        }
-        for k in &ops.in_del {
-            maps.remove_in(*k)?;
-        }
+        // Policy first: endpoint entries must know their identity before traffic is allowed.
+        let pops = maps_io::sync_policy(maps, &inner.policy)?;
+        let ops = reconcile::diff(&desired, &maps_io::current(maps)?);
+        maps_io::apply(maps, &ops)?;
         drop(dp);
         if let Some(obs) = &self.observer {
             let now = Instant::now();
@@ -431,6 +447,7 @@ impl Agent {
                 let _ = obs.send((self.cfg.host.clone(), *k, now));
             }
         }
+        log::debug!("host {}: {} policy map changes", self.cfg.host, pops.len());
         inner.in_by_sir = desired
             .inbound
             .iter()
@@ -462,17 +479,34 @@ impl Agent {
             StoreEvent::DeleteMapping(sir) => {
                 inner.view.remove(&sir);
                 let mut dp = lock(&self.dp);
-                dp.maps().remove_out(sir)?;
+                let maps = dp.maps();
+                maps.remove_out(sir)?;
                 if let Some(ila) = inner.in_by_sir.remove(&sir) {
-                    dp.maps().remove_in(ila)?;
+                    maps.remove_in(ila)?;
+                }
+                maps.remove_endpoint(sir)?;
+                maps.remove_ipcache(sir)?;
+            }
+            StoreEvent::PutIdentity(rec) => {
+                if let Err(e) = inner.policy.put_identity(&rec) {
+                    log::error!("host {}: {e}", self.cfg.host);
+                } else {
+                    self.recompile(&mut inner)?;
                 }
             }
-            StoreEvent::PutHost(_)
-            | StoreEvent::DeleteHost(_)
-            | StoreEvent::PutIdentity(_)
-            | StoreEvent::PutPolicy(_)
-            | StoreEvent::DeletePolicy(_)
-            | StoreEvent::Resync => {}
+            StoreEvent::PutPolicy(rec) => match inner.policy.put_policy(&rec) {
+                Ok(()) => {
+                    inner.policy_records.insert(rec.name.clone(), rec);
+                    self.recompile(&mut inner)?;
+                }
+                Err(e) => log::error!("host {}: skipping {e}", self.cfg.host),
+            },
+            StoreEvent::DeletePolicy(name) => {
+                inner.policy.delete_policy(&name);
+                inner.policy_records.remove(&name);
+                self.recompile(&mut inner)?;
+            }
+            StoreEvent::PutHost(_) | StoreEvent::DeleteHost(_) | StoreEvent::Resync => {}
         }
         Ok(())
     }
@@ -498,6 +532,14 @@ impl Agent {
             });
         let mut dp = lock(&self.dp);
         let maps = dp.maps();
+        maps.insert_ipcache(sir, &reconcile::ipcache_entry(rec))?;
+        if let Some(ep) = inner
+            .endpoints
+            .get(&rec.endpoint)
+            .filter(|ep| rec.host == self.cfg.host && ep.sir_addr == sir)
+        {
+            maps.insert_endpoint(sir, &reconcile::endpoint_entry(ep))?;
+        }
         maps.insert_out(sir, &out)?;
         if let Some(old) = inner.in_by_sir.remove(&sir) {
             if inbound.map(|(k, _)| k) != Some(old) {
@@ -513,6 +555,158 @@ impl Agent {
             let _ = obs.send((self.cfg.host.clone(), sir, Instant::now()));
         }
         Ok(())
+    }
+
+    /// Recompiles the policies and writes the result into the maps (the previous compilation
+    /// stays in force if this one fails).
+    fn recompile(&self, inner: &mut Inner) -> Result<(), AgentError> {
+        if let Err(e) = inner.policy.recompile() {
+            log::error!(
+                "host {}: policies not compiled, previous ones stay: {e}",
+                self.cfg.host
+            );
+            return Ok(());
+        }
+        let mut dp = lock(&self.dp);
+        let ops = maps_io::sync_policy(dp.maps(), &inner.policy)?;
+        log::debug!("host {}: {} policy map changes", self.cfg.host, ops.len());
+        Ok(())
+    }
+
+    /// Stores the policies of one file; if any write fails, the ones written are rolled back.
+    pub async fn apply_policies(
+        &self,
+        records: Vec<store::PolicyRecord>,
+    ) -> Result<Vec<String>, AgentError> {
+        if records.is_empty() {
+            return Err(AgentError::Invalid("no policies to apply".into()));
+        }
+        // Check they decode and compile together with what is in force before storing any.
+        let mut trial = lock(&self.inner).policy.clone();
+        for r in &records {
+            trial.put_policy(r).map_err(AgentError::Invalid)?;
+        }
+        trial
+            .recompile()
+            .map_err(|e| AgentError::Invalid(format!("policies do not compile: {e}")))?;
+        let (store, _) = self.session_handle()?;
+        let previous: Vec<Option<store::PolicyRecord>> = {
+            let inner = lock(&self.inner);
+            records
+                .iter()
+                .map(|r| inner.policy_records.get(&r.name).cloned())
+                .collect()
+        };
+        for (i, r) in records.iter().enumerate() {
+            if let Err(e) = store.put_policy(r).await {
+                for (done, prev) in records[..i].iter().zip(&previous) {
+                    let undo = match prev {
+                        Some(p) => store.put_policy(p).await.map(|_| ()),
+                        None => store.delete_policy(&done.name).await.map(|_| ()),
+                    };
+                    if let Err(u) = undo {
+                        log::error!("rolling back policy '{}': {u}", done.name);
+                    }
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(records.into_iter().map(|r| r.name).collect())
+    }
+
+    /// Removes a policy from the store.
+    pub async fn delete_policy(&self, name: &str) -> Result<(), AgentError> {
+        let (store, _) = self.session_handle()?;
+        store.delete_policy(name).await?;
+        Ok(())
+    }
+
+    /// The policies in force.
+    pub fn policy_list(&self) -> Vec<PolicyRow> {
+        lock(&self.inner)
+            .policy
+            .policies()
+            .values()
+            .map(|p| PolicyRow {
+                name: p.name.clone(),
+                tenant: p.tenant.get(),
+                specs: p.specs.len(),
+            })
+            .collect()
+    }
+
+    /// Resolves an endpoint name or address to what the policy engine sees.
+    fn lookup_peer(
+        &self,
+        inner: &Inner,
+        what: &str,
+    ) -> Result<(policy::LookupPeer, String), AgentError> {
+        let rec = inner
+            .view
+            .values()
+            .find(|r| r.endpoint == what)
+            .or_else(|| {
+                what.parse::<Ipv6Addr>()
+                    .ok()
+                    .and_then(|a| inner.view.get(&a))
+            });
+        if let Some(r) = rec {
+            let tenant = r.identifier.vnid();
+            return Ok((
+                policy::LookupPeer::Identity {
+                    identity: policy::Identity(r.identity),
+                    tenant,
+                },
+                format!(
+                    "{} ({}, identity {}, tenant {})",
+                    r.endpoint,
+                    r.sir_address(),
+                    r.identity,
+                    tenant.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+                ),
+            ));
+        }
+        match what.parse::<Ipv6Addr>() {
+            Ok(a) => Ok((
+                policy::LookupPeer::Address(a),
+                format!("{a} (outside the network)"),
+            )),
+            Err(_) => Err(AgentError::Invalid(format!(
+                "'{what}' is neither an endpoint of the network nor an IPv6 address"
+            ))),
+        }
+    }
+
+    /// The verdict for a packet from `from` to `to` and the rule that gave it.
+    pub fn explain(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        proto: &str,
+    ) -> Result<ExplainReply, AgentError> {
+        let proto_num = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => 6,
+            "udp" => 17,
+            "sctp" => 132,
+            "icmpv6" | "icmp6" | "ipv6-icmp" => 58,
+            other => other.parse::<u8>().map_err(|_| {
+                AgentError::Invalid(format!(
+                    "--proto '{proto}' is not tcp, udp, sctp, icmpv6 or a protocol number"
+                ))
+            })?,
+        };
+        let inner = lock(&self.inner);
+        let (f, fdesc) = self.lookup_peer(&inner, from)?;
+        let (t, tdesc) = self.lookup_peer(&inner, to)?;
+        let e = inner.policy.compiled().explain(f, t, port, proto_num);
+        Ok(ExplainReply {
+            verdict: format!("{:?}", e.verdict).to_lowercase(),
+            rule: e.rule.map(|r| r.to_string()),
+            reason: e.reason,
+            from: fdesc,
+            to: tdesc,
+        })
     }
 
     fn session_handle(&self) -> Result<(Store, Lease), AgentError> {
@@ -557,6 +751,23 @@ impl Agent {
         }
         let _ops = self.ops.lock().await;
         let (store, lease) = self.session_handle()?;
+        let id_labels = policy_sync::identity_labels(&labels, tenant.vnid)
+            .map_err(|e| AgentError::Invalid(format!("labels of endpoint '{name}': {e}")))?;
+        let identity = store.allocate_identity(&id_labels.to_string()).await?;
+        {
+            // Known before the endpoint exists, so its first packet meets a compiled policy.
+            let mut inner = lock(&self.inner);
+            let known = inner.policy.labels(identity).is_some();
+            if !known {
+                let rec = store::IdentityRecord {
+                    id: identity,
+                    labels: id_labels.to_string(),
+                };
+                if inner.policy.put_identity(&rec).is_ok() {
+                    self.recompile(&mut inner)?;
+                }
+            }
+        }
         {
             let inner = lock(&self.inner);
             if inner.endpoints.contains_key(name) {
@@ -600,7 +811,7 @@ impl Agent {
             let ep_name = name.to_string();
             let ep_labels = labels.clone();
             let ep = tokio::task::spawn_blocking(move || {
-                endpoint::create(&me.cfg, &me.dp, &ep_name, id, sir_addr, ep_labels)
+                endpoint::create(&me.cfg, &me.dp, &ep_name, id, sir_addr, ep_labels, identity)
             })
             .await
             .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
 
-use dataplane::{InEntry, OutEntry, Redirect};
+use dataplane::{InEntry, IpcacheEntry, OutEntry, Redirect};
 use serde::{Deserialize, Serialize};
 use store::MappingRecord;
 
@@ -31,6 +31,9 @@ pub struct LocalEndpoint {
     /// Labels (`key=value`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Security identity of its label set (and tenant).
+    #[serde(default)]
+    pub identity: u32,
 }
 
 /// The map content a host must have.
@@ -40,6 +43,28 @@ pub struct Desired {
     pub out: HashMap<Ipv6Addr, OutEntry>,
     /// `ILA_IN`: ILA address on the wire → entry.
     pub inbound: HashMap<Ipv6Addr, InEntry>,
+    /// `ILA_IPCACHE`: every endpoint's SIR address → identity and tenant.
+    pub ipcache: HashMap<Ipv6Addr, IpcacheEntry>,
+    /// `ILA_ENDPOINTS`: this host's endpoints.
+    pub endpoints: HashMap<Ipv6Addr, dataplane::LocalEndpoint>,
+}
+
+/// The ipcache entry of a mapping: who is behind that SIR address.
+pub fn ipcache_entry(rec: &MappingRecord) -> IpcacheEntry {
+    IpcacheEntry {
+        identity: rec.identity,
+        vnid: rec.identifier.vnid().map(|v| v.get()).unwrap_or(0),
+    }
+}
+
+/// The data path's view of a local endpoint.
+pub fn endpoint_entry(ep: &LocalEndpoint) -> dataplane::LocalEndpoint {
+    dataplane::LocalEndpoint {
+        identity: ep.identity,
+        vnid: ep.identifier.vnid().map(|v| v.get()).unwrap_or(0),
+        ifindex: ep.ifindex,
+        flags: 0,
+    }
 }
 
 /// A record that cannot be turned into map entries (logged and skipped, never fatal).
@@ -118,9 +143,13 @@ pub fn desired<'a>(
                 continue;
             }
         }
+        d.ipcache.insert(rec.sir_address(), ipcache_entry(rec));
         match in_entry(host, rec, local) {
             Ok(Some((k, v))) => {
                 d.inbound.insert(k, v);
+                if let Some(ep) = local.get(&rec.endpoint) {
+                    d.endpoints.insert(ep.sir_addr, endpoint_entry(ep));
+                }
             }
             Ok(None) => {}
             Err(u) => bad.push(u),
@@ -140,6 +169,14 @@ pub struct Ops {
     pub in_put: Vec<(Ipv6Addr, InEntry)>,
     /// In-entries to remove.
     pub in_del: Vec<Ipv6Addr>,
+    /// Ipcache entries to write.
+    pub ipcache_put: Vec<(Ipv6Addr, IpcacheEntry)>,
+    /// Ipcache entries to remove.
+    pub ipcache_del: Vec<Ipv6Addr>,
+    /// Local endpoint entries to write.
+    pub ep_put: Vec<(Ipv6Addr, dataplane::LocalEndpoint)>,
+    /// Local endpoint entries to remove.
+    pub ep_del: Vec<Ipv6Addr>,
 }
 
 impl Ops {
@@ -149,6 +186,10 @@ impl Ops {
             && self.out_del.is_empty()
             && self.in_put.is_empty()
             && self.in_del.is_empty()
+            && self.ipcache_put.is_empty()
+            && self.ipcache_del.is_empty()
+            && self.ep_put.is_empty()
+            && self.ep_del.is_empty()
     }
 }
 
@@ -172,19 +213,34 @@ fn diff_map<V: PartialEq + Copy>(
     (put, del)
 }
 
+/// The current content of the maps the agent reconciles.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    /// `ILA_OUT`.
+    pub out: Vec<(Ipv6Addr, OutEntry)>,
+    /// `ILA_IN`.
+    pub inbound: Vec<(Ipv6Addr, InEntry)>,
+    /// `ILA_IPCACHE`.
+    pub ipcache: Vec<(Ipv6Addr, IpcacheEntry)>,
+    /// `ILA_ENDPOINTS`.
+    pub endpoints: Vec<(Ipv6Addr, dataplane::LocalEndpoint)>,
+}
+
 /// Mark and sweep: the operations that make `current` equal to `desired`.
-pub fn diff(
-    desired: &Desired,
-    current_out: &[(Ipv6Addr, OutEntry)],
-    current_in: &[(Ipv6Addr, InEntry)],
-) -> Ops {
-    let (out_put, out_del) = diff_map(&desired.out, current_out);
-    let (in_put, in_del) = diff_map(&desired.inbound, current_in);
+pub fn diff(desired: &Desired, current: &Current) -> Ops {
+    let (out_put, out_del) = diff_map(&desired.out, &current.out);
+    let (in_put, in_del) = diff_map(&desired.inbound, &current.inbound);
+    let (ipcache_put, ipcache_del) = diff_map(&desired.ipcache, &current.ipcache);
+    let (ep_put, ep_del) = diff_map(&desired.endpoints, &current.endpoints);
     Ops {
         out_put,
         out_del,
         in_put,
         in_del,
+        ipcache_put,
+        ipcache_del,
+        ep_put,
+        ep_del,
     }
 }
 
@@ -205,7 +261,7 @@ mod tests {
             ),
             locator: Locator::from_addr(Ipv6Addr::new(0x2001, 0xdb8, loc, 0, 0, 0, 0, 0)),
             mode: ChecksumMode::NeutralMap,
-            identity: 0,
+            identity: 300,
         }
     }
 
@@ -220,6 +276,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             host_mac: [2, 0, 0, 0, 0, 2],
             labels: BTreeMap::new(),
+            identity: 300,
         }
     }
 
@@ -251,11 +308,18 @@ mod tests {
         let a_old = rec("a", "h1", 1, 1);
         let local: BTreeMap<_, _> = [("a".to_string(), local_ep(&a_old, 7))].into();
         let (before, _) = desired("h1", [&a_old], &local);
-        let cur_out: Vec<_> = before.out.iter().map(|(k, v)| (*k, *v)).collect();
-        let cur_in: Vec<_> = before.inbound.iter().map(|(k, v)| (*k, *v)).collect();
+        let current = Current {
+            out: before.out.iter().map(|(k, v)| (*k, *v)).collect(),
+            inbound: before.inbound.iter().map(|(k, v)| (*k, *v)).collect(),
+            ipcache: before.ipcache.iter().map(|(k, v)| (*k, *v)).collect(),
+            endpoints: before.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        assert_eq!(current.endpoints.len(), 1, "a is a local endpoint of h1");
         let a_new = rec("a", "h2", 1, 2);
         let (after, _) = desired("h1", [&a_new], &local);
-        let ops = diff(&after, &cur_out, &cur_in);
+        let ops = diff(&after, &current);
+        assert_eq!(ops.ep_del, vec![a_old.sir_address()], "no longer local");
+        assert!(ops.ipcache_put.is_empty(), "same identity and tenant");
         assert_eq!(ops.in_del.len(), 1, "{ops:?}");
         assert!(ops.in_put.is_empty());
         assert_eq!(ops.out_put.len(), 1, "the out entry now points to h2");
@@ -269,16 +333,27 @@ mod tests {
         let b = rec("b", "h2", 2, 2);
         let (d, _) = desired("h1", [&a], &BTreeMap::new());
         let stale = out_entry("h1", &b).expect("entry");
-        let current = vec![
-            (a.sir_address(), d.out[&a.sir_address()]),
-            (b.sir_address(), stale),
-        ];
-        let ops = diff(&d, &current, &[]);
+        let ipcache: Vec<_> = d.ipcache.iter().map(|(k, v)| (*k, *v)).collect();
+        let current = Current {
+            out: vec![
+                (a.sir_address(), d.out[&a.sir_address()]),
+                (b.sir_address(), stale),
+            ],
+            ipcache: ipcache.clone(),
+            ..Current::default()
+        };
+        let ops = diff(&d, &current);
         assert!(ops.out_put.is_empty());
         assert_eq!(ops.out_del, vec![b.sir_address()]);
-        let ops = diff(&d, &[], &[]);
+        let ops = diff(&d, &Current::default());
         assert_eq!(ops.out_put.len(), 1);
-        assert!(diff(&d, &current[..1], &[]).is_empty());
+        assert_eq!(ops.ipcache_put.len(), 1);
+        let exact = Current {
+            out: current.out[..1].to_vec(),
+            ipcache,
+            ..Current::default()
+        };
+        assert!(diff(&d, &exact).is_empty());
     }
 
     #[test]

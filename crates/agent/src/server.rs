@@ -92,6 +92,15 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
             .add_endpoint(&name, tenant.as_deref(), identifier, replace, labels)
             .await
             .map(ok),
+        Request::PolicyApply { records } => agent.apply_policies(records).await.map(ok),
+        Request::PolicyDelete { name } => agent.delete_policy(&name).await.map(|()| ok(())),
+        Request::PolicyList => Ok(ok(agent.policy_list())),
+        Request::PolicyExplain {
+            from,
+            to,
+            port,
+            proto,
+        } => agent.explain(&from, &to, port, &proto).map(ok),
         Request::EndpointDel { name, keep_mapping } => agent
             .del_endpoint(&name, keep_mapping)
             .await

@@ -503,28 +503,16 @@ fn resync_pass(dp: &mut HostDataplane, host: &str, records: &[MappingRecord]) ->
 
     let maps = dp.maps();
     let t = Instant::now();
-    let cur_out = maps.out_entries()?;
-    let cur_in = maps.in_entries()?;
+    let current = agent::maps_io::current(maps)?;
     let read_t = t.elapsed();
 
     let t = Instant::now();
-    let ops = reconcile::diff(&desired, &cur_out, &cur_in);
+    let ops = reconcile::diff(&desired, &current);
     let diff_t = t.elapsed();
 
-    // The agent's write loop (Agent::full_resync), reimplemented because it is private.
+    // The agent's own write path.
     let t = Instant::now();
-    for (k, v) in &ops.out_put {
-        maps.insert_out(*k, v)?;
-    }
-    for (k, v) in &ops.in_put {
-        maps.insert_in(*k, v)?;
-    }
-    for k in &ops.out_del {
-        maps.remove_out(*k)?;
-    }
-    for k in &ops.in_del {
-        maps.remove_in(*k)?;
-    }
+    agent::maps_io::apply(maps, &ops)?;
     let write_t = t.elapsed();
     Ok(Pass {
         view: view_t,
@@ -532,8 +520,8 @@ fn resync_pass(dp: &mut HostDataplane, host: &str, records: &[MappingRecord]) ->
         read: read_t,
         diff: diff_t,
         write: write_t,
-        written: ops.out_put.len() + ops.in_put.len(),
-        removed: ops.out_del.len() + ops.in_del.len(),
+        written: ops.out_put.len() + ops.in_put.len() + ops.ipcache_put.len(),
+        removed: ops.out_del.len() + ops.in_del.len() + ops.ipcache_del.len(),
     })
 }
 

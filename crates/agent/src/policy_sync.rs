@@ -1,0 +1,302 @@
+//! Policies and identities as the agent sees them: decoded from the store, compiled with
+//! `crates/policy` into the entries the eBPF programs look up, and diffed against what the maps
+//! hold (mark and sweep, like the mappings).
+
+use std::collections::BTreeMap;
+
+use ila::Vnid;
+use policy::abi::{CidrKey, EndpointPolicy, PolicyKey, PolicyValue};
+use policy::{CompileLimits, CompiledPolicy, Identity, LabelSet, Policy, PolicyFileError};
+use serde::{Deserialize, Serialize};
+use store::{IdentityRecord, PolicyRecord};
+
+/// How a policy is kept in the store: the whole file it came from (so every agent parses exactly
+/// what the user wrote, with the same checks), and which policy of that file it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// File name as given to `policy apply` (decides JSON or YAML, names bare spec lists).
+    pub file: String,
+    /// The file's text.
+    pub source: String,
+    /// Tenant of policies without `metadata.namespace`.
+    pub default_tenant: u32,
+}
+
+/// Parses a policy file completely and returns one store record per policy in it. Nothing is
+/// returned unless the whole file is valid.
+pub fn records_for_file(
+    file: &str,
+    bytes: &[u8],
+    default_tenant: Vnid,
+) -> Result<Vec<PolicyRecord>, PolicyFileError> {
+    let policies = policy::parse_policy_file(file, bytes, default_tenant)?;
+    let doc = PolicyDocument {
+        file: file.to_string(),
+        source: String::from_utf8_lossy(bytes).into_owned(),
+        default_tenant: default_tenant.get(),
+    };
+    let document = serde_json::to_string(&doc).unwrap_or_default();
+    Ok(policies
+        .into_iter()
+        .map(|p| PolicyRecord {
+            name: p.name,
+            document: document.clone(),
+        })
+        .collect())
+}
+
+/// Decodes the policy a store record names.
+pub fn decode(rec: &PolicyRecord) -> Result<Policy, String> {
+    let doc: PolicyDocument = serde_json::from_str(&rec.document)
+        .map_err(|e| format!("policy '{}': unreadable document: {e}", rec.name))?;
+    let tenant =
+        Vnid::new(doc.default_tenant).map_err(|e| format!("policy '{}': {e}", rec.name))?;
+    let all = policy::parse_policy_file(&doc.file, doc.source.as_bytes(), tenant)
+        .map_err(|e| format!("policy '{}': {e}", rec.name))?;
+    all.into_iter()
+        .find(|p| p.name == rec.name)
+        .ok_or_else(|| format!("policy '{}' is not in its document {}", rec.name, doc.file))
+}
+
+/// The identity label set of an endpoint: its labels plus its tenant.
+pub fn identity_labels(
+    labels: &BTreeMap<String, String>,
+    tenant: Vnid,
+) -> Result<LabelSet, policy::LabelError> {
+    Ok(LabelSet::from_pairs(labels.iter())?.with_tenant(tenant))
+}
+
+/// Policies and identities known to this agent, and their compilation.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyView {
+    policies: BTreeMap<String, Policy>,
+    identities: BTreeMap<u32, LabelSet>,
+    compiled: CompiledPolicy,
+}
+
+/// Map writes and removals that make the policy maps equal to the compilation.
+#[derive(Debug, Default, PartialEq)]
+pub struct PolicyOps {
+    /// `POLICY_EP` writes.
+    pub ep_put: Vec<(u32, EndpointPolicy)>,
+    /// `POLICY_EP` removals.
+    pub ep_del: Vec<u32>,
+    /// `POLICY` writes.
+    pub put: Vec<(PolicyKey, PolicyValue)>,
+    /// `POLICY` removals.
+    pub del: Vec<PolicyKey>,
+    /// `POLICY_CIDR` writes.
+    pub cidr_put: Vec<(CidrKey, PolicyValue)>,
+    /// `POLICY_CIDR` removals.
+    pub cidr_del: Vec<CidrKey>,
+}
+
+impl PolicyOps {
+    /// Number of writes and removals.
+    pub fn len(&self) -> usize {
+        self.ep_put.len()
+            + self.ep_del.len()
+            + self.put.len()
+            + self.del.len()
+            + self.cidr_put.len()
+            + self.cidr_del.len()
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    desired: &BTreeMap<K, V>,
+    current: &[(K, V)],
+) -> (Vec<(K, V)>, Vec<K>) {
+    let cur: BTreeMap<K, V> = current.iter().copied().collect();
+    let put = desired
+        .iter()
+        .filter(|(k, v)| cur.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let del = cur
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
+    (put, del)
+}
+
+impl PolicyView {
+    /// Replaces everything (a full resync). Undecodable records are returned as errors and
+    /// skipped.
+    pub fn reset(
+        &mut self,
+        policies: &[PolicyRecord],
+        identities: &[IdentityRecord],
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.policies.clear();
+        for rec in policies {
+            match decode(rec) {
+                Ok(p) => {
+                    self.policies.insert(p.name.clone(), p);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        self.identities.clear();
+        for rec in identities {
+            if let Err(e) = self.put_identity(rec) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// Adds or replaces one policy.
+    pub fn put_policy(&mut self, rec: &PolicyRecord) -> Result<(), String> {
+        let p = decode(rec)?;
+        self.policies.insert(p.name.clone(), p);
+        Ok(())
+    }
+
+    /// Removes one policy.
+    pub fn delete_policy(&mut self, name: &str) {
+        self.policies.remove(name);
+    }
+
+    /// Adds an identity (identities are never removed).
+    pub fn put_identity(&mut self, rec: &IdentityRecord) -> Result<(), String> {
+        let labels = LabelSet::parse_identity(&rec.labels)
+            .map_err(|e| format!("identity {}: labels '{}': {e}", rec.id, rec.labels))?;
+        self.identities.insert(rec.id, labels);
+        Ok(())
+    }
+
+    /// Recompiles; on error the previous compilation stays in force.
+    pub fn recompile(&mut self) -> Result<(), policy::CompileError> {
+        let policies: Vec<Policy> = self.policies.values().cloned().collect();
+        let ids: Vec<(Identity, LabelSet)> = self
+            .identities
+            .iter()
+            .map(|(id, l)| (Identity(*id), l.clone()))
+            .collect();
+        self.compiled = policy::compile(&policies, &ids, &CompileLimits::default())?;
+        Ok(())
+    }
+
+    /// The current compilation.
+    pub fn compiled(&self) -> &CompiledPolicy {
+        &self.compiled
+    }
+
+    /// The policies, by name.
+    pub fn policies(&self) -> &BTreeMap<String, Policy> {
+        &self.policies
+    }
+
+    /// Labels of an identity.
+    pub fn labels(&self, id: u32) -> Option<&LabelSet> {
+        self.identities.get(&id)
+    }
+
+    /// What to write and remove so the maps hold exactly the compilation.
+    pub fn ops(
+        &self,
+        cur_ep: &[(u32, EndpointPolicy)],
+        cur: &[(PolicyKey, PolicyValue)],
+        cur_cidr: &[(CidrKey, PolicyValue)],
+    ) -> PolicyOps {
+        let (ep_put, ep_del) = diff(&self.compiled.endpoints, cur_ep);
+        let (put, del) = diff(&self.compiled.entries, cur);
+        let (cidr_put, cidr_del) = diff(&self.compiled.cidr_entries, cur_cidr);
+        PolicyOps {
+            ep_put,
+            ep_del,
+            put,
+            del,
+            cidr_put,
+            cidr_del,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LISTING10: &str = r#"[{
+        "endpointSelector": {"matchLabels": {"app": "service1"}},
+        "ingress": [{
+            "fromEndpoints": [{"matchLabels": {"app": "service1"}}],
+            "toPorts": [{"ports": [{"port": "5201", "protocol": "tcp"}]}]
+        }]
+    }]"#;
+
+    fn vnid(n: u32) -> Vnid {
+        Vnid::new(n).expect("vnid")
+    }
+
+    #[test]
+    fn records_round_trip_through_the_store_document() {
+        let recs =
+            records_for_file("listing10.json", LISTING10.as_bytes(), vnid(1)).expect("parse");
+        assert_eq!(recs.len(), 1);
+        let p = decode(&recs[0]).expect("decode");
+        assert_eq!(p.name, recs[0].name);
+        assert_eq!(p.tenant, vnid(1));
+    }
+
+    #[test]
+    fn a_bad_file_yields_no_records_and_names_the_field() {
+        let bad = LISTING10.replace("5201", "70000");
+        let err = records_for_file("bad.json", bad.as_bytes(), vnid(1)).expect_err("bad port");
+        let msg = err.to_string();
+        assert!(msg.contains("bad.json") && msg.contains("port"), "{msg}");
+    }
+
+    #[test]
+    fn compilation_is_diffed_against_the_maps() {
+        let recs = records_for_file("l10.json", LISTING10.as_bytes(), vnid(1)).expect("parse");
+        let mut v = PolicyView::default();
+        let svc = identity_labels(
+            &[("app".to_string(), "service1".to_string())].into(),
+            vnid(1),
+        )
+        .expect("labels");
+        let other = identity_labels(&[("app".to_string(), "other".to_string())].into(), vnid(1))
+            .expect("labels");
+        let errs = v.reset(
+            &recs,
+            &[
+                IdentityRecord {
+                    id: 300,
+                    labels: svc.to_string(),
+                },
+                IdentityRecord {
+                    id: 301,
+                    labels: other.to_string(),
+                },
+            ],
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        v.recompile().expect("compile");
+        let ops = v.ops(&[], &[], &[]);
+        assert_eq!(ops.ep_put.len(), 2, "every identity gets an endpoint entry");
+        assert!(!ops.put.is_empty());
+        // Once written, nothing more to do; a stale entry is swept.
+        let cur_ep: Vec<_> = ops.ep_put.clone();
+        let mut cur: Vec<_> = ops.put.clone();
+        let stale = PolicyKey::new(999, 0, 0, 6, 80);
+        cur.push((stale, PolicyValue::default()));
+        let again = v.ops(&cur_ep, &cur, &[]);
+        assert_eq!(again.del, vec![stale]);
+        assert!(again.put.is_empty() && again.ep_put.is_empty());
+        // Removing the policy leaves identities unenforced and the rules swept.
+        v.delete_policy(&recs[0].name);
+        v.recompile().expect("compile");
+        let after = v.ops(&cur_ep, &ops.put, &[]);
+        assert_eq!(after.del.len(), ops.put.len());
+    }
+}
