@@ -4,29 +4,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use bench::model::Settings;
 use bench::{PaperConfig, Progress, Results, RulesConfig};
 use clap::Args;
-
-/// Set by SIGINT/SIGTERM; the campaign stops at the next check and tears its labs down.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Installs the stop handler (a store to an atomic is async-signal-safe).
-fn install_stop_handler() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
 
 /// Options shared by both campaigns.
 #[derive(Args, Debug, Clone)]
@@ -210,8 +192,8 @@ pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
         out: out.clone(),
         lab_prefix: format!("b{}", std::process::id()),
     };
-    install_stop_handler();
-    let results = bench::paper(&cfg, &STOP, &mut progress_printer())
+    crate::stop::install();
+    let results = bench::paper(&cfg, &crate::stop::STOP, &mut progress_printer())
         .with_context(|| format!("bench paper (results so far in {})", out.display()))?;
     Ok(finish(&results, &out))
 }
@@ -228,8 +210,8 @@ pub fn rules(args: &RulesArgs) -> Result<ExitCode> {
         out: out.clone(),
         lab_prefix: format!("b{}", std::process::id()),
     };
-    install_stop_handler();
-    let results = bench::rules(&cfg, &STOP, &mut progress_printer())
+    crate::stop::install();
+    let results = bench::rules(&cfg, &crate::stop::STOP, &mut progress_printer())
         .with_context(|| format!("bench rules (results so far in {})", out.display()))?;
     Ok(finish(&results, &out))
 }

@@ -11,7 +11,6 @@ use std::io::Write;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent::api::Request;
@@ -25,22 +24,6 @@ use lab::plan::Plan;
 use lab::LabSpec;
 use serde::Serialize;
 use store::MappingRecord;
-
-/// Set by SIGINT/SIGTERM: the bench stops after the current endpoint and tears its lab down.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_stop_handler() {
-    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic (async-signal-safe).
-    unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
-    }
-}
 
 /// p99 targets of the issue for 16 hosts and 1,000 endpoints, in milliseconds.
 const TARGET_P99_EMBEDDED_MS: f64 = 50.0;
@@ -248,7 +231,7 @@ pub fn run(args: &ConvergeArgs) -> Result<ExitCode> {
     if args.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
-    install_stop_handler();
+    crate::stop::install();
 
     // The resync runs first, with no lab up: nothing else competes for the CPUs.
     let resync = if args.resync > 0 {
@@ -341,7 +324,7 @@ fn measure(plan: &Plan, args: &ConvergeArgs) -> Result<(Vec<Sample>, bool)> {
         all.extend(r?);
     }
     all.sort_by_key(|(i, _)| *i);
-    let interrupted = STOP.load(Ordering::SeqCst) || all.len() < args.endpoints;
+    let interrupted = crate::stop::requested() || all.len() < args.endpoints;
     Ok((all.into_iter().map(|(_, s)| s).collect(), interrupted))
 }
 
@@ -361,7 +344,7 @@ fn worker(plan: &Plan, args: &ConvergeArgs, w: usize) -> Result<Vec<(usize, Samp
     let progress_every = (args.endpoints / 10).max(1);
     let mut out = Vec::new();
     for i in (w..args.endpoints).step_by(args.concurrency) {
-        if STOP.load(Ordering::SeqCst) {
+        if crate::stop::requested() {
             break;
         }
         let h = i % plan.hosts.len();

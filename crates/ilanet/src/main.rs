@@ -5,6 +5,8 @@ mod benchcmd;
 mod converge;
 mod demo;
 mod labcmd;
+mod policycmd;
+mod stop;
 
 use std::process::ExitCode;
 
@@ -38,6 +40,13 @@ enum Command {
     },
     /// The mappings a host's agent knows, and whether its eBPF map holds them.
     Mappings(agentcmd::Target),
+    /// Apply, delete, list and explain identity-based policies.
+    Policy {
+        #[command(subcommand)]
+        command: policycmd::PolicyCommand,
+    },
+    /// Live flow events: translations, policy verdicts and drops.
+    Trace(policycmd::TraceArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -108,6 +117,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => agentcmd::run(args),
         Command::Endpoint { command } => agentcmd::endpoint(command),
         Command::Mappings(t) => agentcmd::mappings(t),
+        Command::Policy { command } => policycmd::run(command),
+        Command::Trace(args) => policycmd::trace(args),
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
