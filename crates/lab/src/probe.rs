@@ -28,7 +28,10 @@ pub fn ping(ns: &str, dst: Ipv6Addr, timeout: Duration) -> Result<Duration, LabE
             .map_err(io_err(format!("opening an ICMPv6 socket in '{ns}'")))?
     };
     // Identifier and payload unique to this probe so a stray reply cannot be mistaken for ours.
-    let ident = (std::process::id() as u16) ^ (dst.segments()[7]);
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let ident = (std::process::id() as u16)
+        ^ dst.segments()[6]
+        ^ NEXT.fetch_add(0x101, std::sync::atomic::Ordering::Relaxed);
     let seq: u16 = 1;
     let payload = dst.octets();
     let mut request = vec![ICMPV6_ECHO_REQUEST, 0, 0, 0];
@@ -201,6 +204,136 @@ pub fn tcp_transfer(
         bytes: len,
         elapsed: start.elapsed(),
     })
+}
+
+/// TCP and UDP echo servers on one address inside a namespace, serving until dropped.
+pub struct EchoServers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServers {
+    /// Starts a TCP echo server on `[addr]:tcp_port` and a UDP one on `[addr]:udp_port`.
+    pub fn start(ns: &str, addr: Ipv6Addr, tcp_port: u16, udp_port: u16) -> Result<Self, LabError> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tcp, udp) = {
+            let _guard = NetnsGuard::enter(ns)?;
+            let tcp = TcpListener::bind(SocketAddrV6::new(addr, tcp_port, 0, 0)).map_err(
+                io_err(format!("listening on [{addr}]:{tcp_port}/tcp in '{ns}'")),
+            )?;
+            let udp = std::net::UdpSocket::bind(SocketAddrV6::new(addr, udp_port, 0, 0))
+                .map_err(io_err(format!("binding [{addr}]:{udp_port}/udp in '{ns}'")))?;
+            (tcp, udp)
+        };
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        // Short timeouts so the threads notice the stop flag.
+        tcp.set_nonblocking(true)
+            .map_err(io_err("configuring the TCP echo server".into()))?;
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(io_err("configuring the UDP echo server".into()))?;
+        let s1 = std::sync::Arc::clone(&stop);
+        let t1 = std::thread::spawn(move || {
+            while !s1.load(Ordering::Relaxed) {
+                match tcp.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        std::thread::spawn(move || {
+                            let mut buf = [0u8; 4096];
+                            while let Ok(n) = c.read(&mut buf) {
+                                if n == 0 || c.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        let s2 = std::sync::Arc::clone(&stop);
+        let t2 = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s2.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            threads: vec![t1, t2],
+        })
+    }
+}
+
+impl Drop for EchoServers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `[addr]:port`, sends a few bytes and expects them echoed.
+pub fn tcp_echo(ns: &str, addr: Ipv6Addr, port: u16, timeout: Duration) -> Result<(), LabError> {
+    let fail = |what: &str, e: io::Error| {
+        LabError::Unreachable(format!("tcp '{ns}' -> [{addr}]:{port}: {what}: {e}"))
+    };
+    let mut s = {
+        let _guard = NetnsGuard::enter(ns)?;
+        TcpStream::connect_timeout(
+            &SocketAddr::V6(SocketAddrV6::new(addr, port, 0, 0)),
+            timeout,
+        )
+        .map_err(|e| fail("connect", e))?
+    };
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| fail("timeout", e))?;
+    let msg = *b"ilanet-probe";
+    s.write_all(&msg).map_err(|e| fail("send", e))?;
+    let mut back = [0u8; 12];
+    s.read_exact(&mut back).map_err(|e| fail("echo", e))?;
+    if back != msg {
+        return Err(LabError::Unreachable(format!(
+            "tcp '{ns}' -> [{addr}]:{port}: corrupted echo"
+        )));
+    }
+    Ok(())
+}
+
+/// Sends a UDP datagram from `ns` to `[addr]:port` and expects it echoed.
+pub fn udp_echo(ns: &str, addr: Ipv6Addr, port: u16, timeout: Duration) -> Result<(), LabError> {
+    let fail = |what: &str, e: io::Error| {
+        LabError::Unreachable(format!("udp '{ns}' -> [{addr}]:{port}: {what}: {e}"))
+    };
+    let sock = {
+        let _guard = NetnsGuard::enter(ns)?;
+        std::net::UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))
+            .map_err(|e| fail("bind", e))?
+    };
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| fail("timeout", e))?;
+    let msg = content(32, u64::from(port));
+    sock.send_to(&msg, SocketAddrV6::new(addr, port, 0, 0))
+        .map_err(|e| fail("send", e))?;
+    let mut buf = [0u8; 64];
+    let deadline = Instant::now() + timeout;
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from.ip() == std::net::IpAddr::V6(addr) && buf[..n] == msg[..] => {
+                return Ok(())
+            }
+            Ok(_) if Instant::now() < deadline => continue,
+            Ok(_) => {
+                return Err(LabError::Unreachable(format!(
+                    "udp '{ns}' -> [{addr}]:{port}: no echo"
+                )))
+            }
+            Err(e) => return Err(fail("echo", e)),
+        }
+    }
 }
 
 #[cfg(test)]
