@@ -519,7 +519,7 @@ fn spoofing_and_cross_tenant_traffic_are_dropped_and_traced() {
     assert!(st.success());
 
     // Cross-tenant: dropped at the receiver, and visible in `ilanet trace`.
-    let mut trace = Command::new(BIN)
+    let trace = Command::new(BIN)
         .args([
             "trace",
             "--lab",
