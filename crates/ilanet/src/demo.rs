@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use agent::api::Request;
 use anyhow::{Context, Result};
 use clap::Args;
 use dataplane::{HostMaps, ProgramKind, TranslationEvent};
@@ -31,6 +32,8 @@ pub struct DemoArgs {
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a probe that must be dropped waits (the lab's round trip is well under 1 ms).
+const BLOCK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Tears the demo lab down when dropped, unless told to keep it.
 struct LabGuard<'a> {
@@ -50,18 +53,6 @@ impl Drop for LabGuard<'_> {
         if let Err(e) = lab::down(self.name) {
             eprintln!("error: removing the demo lab: {e}");
         }
-    }
-}
-
-/// Outcome of one ordered pair.
-struct PairResult {
-    ping: Result<Duration, String>,
-    tcp: Result<Duration, String>,
-}
-
-impl PairResult {
-    fn ok(&self) -> bool {
-        self.ping.is_ok() && self.tcp.is_ok()
     }
 }
 
@@ -91,53 +82,267 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|h| h.containers.iter().map(move |c| (h, c)))
         .collect();
-    let mut results = Vec::new();
-    let mut port = 20000u16;
-    for (sh, src) in &all {
-        for (dh, dst) in &all {
-            if sh.name == dh.name {
-                continue;
-            }
-            port = port.wrapping_add(1);
-            let ping =
-                probe::ping(&src.netns, dst.sir_addr, PROBE_TIMEOUT).map_err(|e| e.to_string());
-            let tcp = probe::tcp_transfer(
-                &src.netns,
-                &dst.netns,
-                dst.sir_addr,
-                port,
-                args.bytes,
-                PROBE_TIMEOUT,
-            )
-            .map(|t| t.elapsed)
-            .map_err(|e| e.to_string());
-            results.push(((*src).clone(), (*dst).clone(), PairResult { ping, tcp }));
-        }
-    }
+    let results = check_pairs(&all, args.bytes);
     print_matrix(&all, &results);
+    let mut failures: Vec<String> = results
+        .iter()
+        .filter(|r| r.passed() != r.expected)
+        .map(|r| r.describe())
+        .collect();
+    let reachable = results.iter().filter(|r| r.expected).count();
+    failures.extend(policy_phase(&plan, &all)?);
     print_counters(&plan)?;
 
-    let failed: Vec<_> = results.iter().filter(|(_, _, r)| !r.ok()).collect();
     println!();
-    if failed.is_empty() {
+    if failures.is_empty() {
         println!(
-            "All {} cross-site pairs passed: ICMPv6 echo and a {} KiB TCP transfer verified byte for byte.",
+            "All {} cross-site pairs behaved as expected: {reachable} same-tenant pairs passed ICMPv6 echo and a {} KiB TCP transfer verified byte for byte; {} cross-tenant pairs were dropped; the policy allowed and denied as written.",
             results.len(),
-            args.bytes / 1024
+            args.bytes / 1024,
+            results.len() - reachable
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} of {} pairs FAILED:", failed.len(), results.len());
-        for (s, d, r) in failed {
-            if let Err(e) = &r.ping {
-                println!("  {} -> {}: ping: {e}", s.name, d.name);
-            }
-            if let Err(e) = &r.tcp {
-                println!("  {} -> {}: tcp: {e}", s.name, d.name);
-            }
+        println!("{} checks FAILED:", failures.len());
+        for f in failures {
+            println!("  {f}");
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Outcome of one ordered pair.
+struct PairResult {
+    from: String,
+    to: String,
+    /// Same tenant: must pass; another tenant: must be dropped.
+    expected: bool,
+    ping: Result<Duration, String>,
+    tcp: Result<Duration, String>,
+}
+
+impl PairResult {
+    fn passed(&self) -> bool {
+        self.ping.is_ok() && self.tcp.is_ok()
+    }
+
+    fn blocked(&self) -> bool {
+        self.ping.is_err() && self.tcp.is_err()
+    }
+
+    fn describe(&self) -> String {
+        let what = if self.expected {
+            "should pass"
+        } else {
+            "should be dropped (other tenant)"
+        };
+        let err = |r: &Result<Duration, String>| match r {
+            Ok(_) => "passed".to_string(),
+            Err(e) => e.clone(),
+        };
+        format!(
+            "{} -> {} {what}: ping {}; tcp {}",
+            self.from,
+            self.to,
+            err(&self.ping),
+            err(&self.tcp)
+        )
+    }
+}
+
+/// Every ordered pair of containers on different sites, with ICMPv6 echo and a verified TCP
+/// transfer; one thread per source so that the expected drops (which wait for a timeout) overlap.
+fn check_pairs(all: &[(&HostPlan, &ContainerPlan)], bytes: usize) -> Vec<PairResult> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = all
+            .iter()
+            .enumerate()
+            .map(|(i, (sh, src))| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for (j, (dh, dst)) in all.iter().enumerate() {
+                        if sh.name == dh.name {
+                            continue;
+                        }
+                        let expected = src.tenant == dst.tenant;
+                        let timeout = if expected {
+                            PROBE_TIMEOUT
+                        } else {
+                            BLOCK_TIMEOUT
+                        };
+                        let port = 20000 + (i * all.len() + j) as u16;
+                        let ping = probe::ping(&src.netns, dst.sir_addr, timeout)
+                            .map_err(|e| e.to_string());
+                        let tcp = probe::tcp_transfer(
+                            &src.netns,
+                            &dst.netns,
+                            dst.sir_addr,
+                            port,
+                            bytes,
+                            timeout,
+                        )
+                        .map(|t| t.elapsed)
+                        .map_err(|e| e.to_string());
+                        out.push(PairResult {
+                            from: src.name.clone(),
+                            to: dst.name.clone(),
+                            expected,
+                            ping,
+                            tcp,
+                        });
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// The mission's policy: in the research tenant, the correlate container accepts results from
+/// search containers on tcp/5201 and nothing else.
+const DEMO_POLICY: &str = r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: correlate-ingress
+spec:
+  endpointSelector:
+    matchLabels:
+      app: correlate
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: search
+    toPorts:
+    - ports:
+      - port: "5201"
+        protocol: TCP
+"#;
+
+/// Applies [`DEMO_POLICY`] through the agents and checks what it allows and denies. Returns
+/// the checks that failed.
+fn policy_phase(plan: &Plan, all: &[(&HostPlan, &ContainerPlan)]) -> Result<Vec<String>> {
+    let role = |c: &ContainerPlan| c.labels.get("app").cloned().unwrap_or_default();
+    let Some((_, correlate)) = all.iter().find(|(_, c)| role(c) == "correlate") else {
+        return Ok(Vec::new());
+    };
+    let research = &correlate.tenant;
+    let tenant = plan
+        .tenants
+        .iter()
+        .find(|t| &t.name == research)
+        .ok_or_else(|| anyhow::anyhow!("tenant {research} missing"))?;
+    println!("\nPolicy (tenant {research}): the correlate container accepts results from search containers on tcp/5201 only:");
+    for line in DEMO_POLICY.lines() {
+        println!("    {line}");
+    }
+    let records = agent::policy_sync::records_for_file(
+        "correlate-ingress.yaml",
+        DEMO_POLICY.as_bytes(),
+        tenant.vnid,
+    )?;
+    let names = records.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    lab::agents::call(
+        &plan.name,
+        &plan.hosts[0].name,
+        &Request::PolicyApply { records },
+    )?;
+    wait_for_policy(plan, &names)?;
+
+    let mut failures = Vec::new();
+    println!(
+        "\n  {:<10} -> {:<10} {:<9} {:<8} {}",
+        "from", "to", "port", "expected", "result"
+    );
+    for (_, c) in all.iter().filter(|(_, c)| c.name != correlate.name) {
+        for (port, want) in [
+            (5201u16, role(c) == "search" && &c.tenant == research),
+            (8080, false),
+        ] {
+            let timeout = if want { PROBE_TIMEOUT } else { BLOCK_TIMEOUT };
+            let got = probe::tcp_transfer(
+                &c.netns,
+                &correlate.netns,
+                correlate.sir_addr,
+                port,
+                4096,
+                timeout,
+            )
+            .is_ok();
+            let reason = if &c.tenant != research {
+                "other tenant"
+            } else if port != 5201 {
+                "port not allowed"
+            } else {
+                "search → correlate"
+            };
+            println!(
+                "  {:<10} -> {:<10} tcp/{:<5} {:<8} {}{}",
+                c.name,
+                correlate.name,
+                port,
+                if want { "allow" } else { "deny" },
+                if got { "passed" } else { "dropped" },
+                if got == want {
+                    format!("  ({reason})")
+                } else {
+                    "  UNEXPECTED".to_string()
+                }
+            );
+            if got != want {
+                failures.push(format!(
+                    "{} -> {} tcp/{port}: expected {}",
+                    c.name,
+                    correlate.name,
+                    if want { "allow" } else { "deny" }
+                ));
+            }
+        }
+    }
+    if let Some((_, other)) = all
+        .iter()
+        .find(|(_, c)| &c.tenant == research && role(c) == "search")
+    {
+        let v = lab::agents::call(
+            &plan.name,
+            &plan.hosts[0].name,
+            &Request::PolicyExplain {
+                from: other.name.clone(),
+                to: correlate.name.clone(),
+                port: 8080,
+                proto: "tcp".into(),
+            },
+        )?;
+        let e: agent::api::ExplainReply = serde_json::from_value(v)?;
+        println!(
+            "\n  ilanet policy explain --from {} --to {} --port 8080 --proto tcp",
+            other.name, correlate.name
+        );
+        println!("    verdict {}: {}", e.verdict.to_uppercase(), e.reason);
+    }
+    Ok(failures)
+}
+
+/// Waits until every agent has compiled the policy into its maps.
+fn wait_for_policy(plan: &Plan, names: &[String]) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    for h in &plan.hosts {
+        loop {
+            let v = lab::agents::call(&plan.name, &h.name, &Request::PolicyList)?;
+            let rows: Vec<agent::api::PolicyRow> = serde_json::from_value(v)?;
+            if names.iter().all(|n| rows.iter().any(|r| &r.name == n)) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("host {} did not take the policy in 5 s", h.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
 }
 
 fn print_topology(plan: &Plan) {
@@ -220,34 +425,33 @@ fn show_one_packet(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn print_matrix(
-    all: &[(&HostPlan, &ContainerPlan)],
-    results: &[(ContainerPlan, ContainerPlan, PairResult)],
-) {
-    println!("\nReachability (row = from, column = to; ok = ICMPv6 echo + verified TCP transfer):");
+fn print_matrix(all: &[(&HostPlan, &ContainerPlan)], results: &[PairResult]) {
+    println!("\nReachability (row = from, column = to):");
     print!("{:<12}", "");
     for (_, c) in all {
         print!("{:>10}", c.name);
     }
     println!();
     for (_, s) in all {
-        print!("{:<12}", s.name);
+        print!("{:<12}", format!("{} {}", s.name, tenant_mark(s)));
         for (_, d) in all {
-            let cell = match results
-                .iter()
-                .find(|(a, b, _)| a.name == s.name && b.name == d.name)
-            {
+            let cell = match results.iter().find(|r| r.from == s.name && r.to == d.name) {
                 None => "·",
-                Some((_, _, r)) if r.ok() => "ok",
-                Some((_, _, r)) if r.ping.is_err() && r.tcp.is_err() => "FAIL",
-                Some((_, _, r)) if r.ping.is_err() => "ping✗",
-                Some(_) => "tcp✗",
+                Some(r) if r.expected && r.passed() => "ok",
+                Some(r) if !r.expected && r.blocked() => "dropped",
+                Some(r) if r.expected => "FAIL",
+                Some(_) => "LEAK",
             };
             print!("{cell:>10}");
         }
         println!();
     }
-    println!("(· = same site, not a cross-site pair)");
+    println!("(ok = ICMPv6 echo + verified TCP transfer; dropped = other tenant, as it must be; · = same site)");
+}
+
+/// A one-letter tenant mark for the matrix rows.
+fn tenant_mark(c: &ContainerPlan) -> String {
+    format!("[{}]", c.tenant.chars().next().unwrap_or('?'))
 }
 
 fn print_counters(plan: &Plan) -> Result<()> {

@@ -98,7 +98,16 @@ fn demo_checks_every_cross_site_pair() {
     for site in ["New Orleans", "Austin", "Salt Lake City", "Denver"] {
         assert!(t.contains(site), "{site} missing: {t}");
     }
-    assert!(t.contains("All 48 cross-site pairs passed"), "{t}");
+    assert!(
+        t.contains("All 48 cross-site pairs behaved as expected: 24 same-tenant pairs passed"),
+        "{t}"
+    );
+    assert!(t.contains("24 cross-tenant pairs were dropped"), "{t}");
+    assert!(
+        t.contains("(search → correlate)") && t.contains("(port not allowed)"),
+        "{t}"
+    );
+    assert!(!t.contains("UNEXPECTED") && !t.contains("LEAK"), "{t}");
     assert!(t.contains("from-container SIR→ILA"), "{t}");
     assert!(t.contains("from-wire      ILA→SIR"), "{t}");
     // Without --keep the demo removes its lab.

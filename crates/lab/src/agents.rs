@@ -214,11 +214,7 @@ pub(crate) fn create_planned_endpoints(plan: &Plan) -> Result<(), LabError> {
                     tenant: Some(c.tenant.clone()),
                     identifier: Some(c.identifier),
                     replace: false,
-                    labels: [
-                        ("site".to_string(), host.name.clone()),
-                        ("tenant".to_string(), c.tenant.clone()),
-                    ]
-                    .into(),
+                    labels: c.labels.clone(),
                 },
             )?;
         }

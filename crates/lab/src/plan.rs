@@ -77,6 +77,9 @@ pub struct LabSpec {
     pub lease_ttl: std::time::Duration,
     /// The `ilanet` binary that runs the agents (default: the running executable).
     pub agent_binary: Option<std::path::PathBuf>,
+    /// Give containers the mission's roles as `app` labels: the first container of the first
+    /// site is the `correlate` container, every other one a `search` container.
+    pub app_roles: bool,
 }
 
 /// One site of a [`LabSpec`].
@@ -109,6 +112,7 @@ impl LabSpec {
             store: StoreKind::Embedded,
             lease_ttl: agent::DEFAULT_LEASE_TTL,
             agent_binary: None,
+            app_roles: false,
         }
     }
 
@@ -129,6 +133,18 @@ impl LabSpec {
         .collect();
         Self {
             sites,
+            tenants: vec![
+                TenantNetwork {
+                    name: "research".into(),
+                    ..default_tenant()
+                },
+                TenantNetwork {
+                    name: "market".into(),
+                    vnid: Vnid::new(2).unwrap_or_else(|_| unreachable!("2 is a valid VNID")),
+                    sir: SirPrefix::from_addr(Ipv6Addr::new(0xfd00, 0xdead, 0xbeef, 1, 0, 0, 0, 0)),
+                },
+            ],
+            app_roles: true,
             ..Self::generic(name, 0, 0)
         }
     }
@@ -218,6 +234,9 @@ pub struct ContainerPlan {
     pub host_ifname: String,
     /// Tenant network the container belongs to.
     pub tenant: String,
+    /// Labels (`site`, `tenant`, and `app` with roles).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The container's identifier.
     pub identifier: Identifier,
     /// The container's SIR address (what it has and what peers talk to).
@@ -275,6 +294,21 @@ impl Plan {
                     netns: format!("{netns}-{}", c + 1),
                     host_ifname: format!("lxc{}", c + 1),
                     tenant: tenant.name.clone(),
+                    labels: {
+                        let mut l = std::collections::BTreeMap::from([
+                            ("site".to_string(), site.name.clone()),
+                            ("tenant".to_string(), tenant.name.clone()),
+                        ]);
+                        if spec.app_roles {
+                            let role = if h == 0 && c == 0 {
+                                "correlate"
+                            } else {
+                                "search"
+                            };
+                            l.insert("app".to_string(), role.to_string());
+                        }
+                        l
+                    },
                     identifier,
                     sir_addr: tenant.address(identifier),
                     mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x01],
