@@ -254,8 +254,8 @@ fn policy_phase(plan: &Plan, all: &[(&HostPlan, &ContainerPlan)]) -> Result<Vec<
 
     let mut failures = Vec::new();
     println!(
-        "\n  {:<10} -> {:<10} {:<9} {:<8} {}",
-        "from", "to", "port", "expected", "result"
+        "\n  {:<10} -> {:<10} {:<9} {:<8} result",
+        "from", "to", "port", "expected"
     );
     for (_, c) in all.iter().filter(|(_, c)| c.name != correlate.name) {
         for (port, want) in [
