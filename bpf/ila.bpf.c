@@ -7,6 +7,10 @@
  *
  * User space (crates/ila) precomputes every address, including the checksum-neutral adjustment,
  * so the hot path is: parse, one hash lookup, a 16-byte copy, one per-CPU counter.
+ *
+ * With ILA_CFG_ENFORCE both programs also do anti-spoofing, conntrack and identity policy with
+ * tenant isolation before translating (ila_abi.h "Enforcement", policy_abi.h): a fixed number of
+ * hash/LPM lookups per packet, whatever the number of rules.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>

@@ -7,7 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for r in dataplane::microbench::run(repeat)? {
         println!(
-            "{:<15} {:<14} {:<5} {:<4} {:>6.1} ns/packet",
+            "{:<15} {:<14} {:<22} {:<4} {:>6.1} ns/packet",
             r.program.as_str(),
             r.csum_mode.as_str(),
             r.case,

@@ -8,15 +8,30 @@
 //! the second repeat on. Each hit configuration therefore installs a two-entry cycle (A → B and
 //! B → A, both real translations of the same mapping), so every repeat is a genuine hit; the
 //! counters are checked after each measurement to prove it.
+//!
+//! The enforcement figures ([`run_enforce`]: `ILA_CFG_ENFORCE` on, a local source endpoint, the
+//! destination in the ipcache, an allow rule, neutral-map translation) come in two cases:
+//! `ct-hit` (an established flow: anti-spoofing + conntrack + translation; measured like the
+//! others) and `ct-miss` (a new flow: also the egress policy lookups and the conntrack insert).
+//! A new flow cannot be repeated on one skb, so `ct-miss` runs the program once per
+//! `BPF_PROG_TEST_RUN` call and deletes the flow in between; that single-run timing includes
+//! the kernel's timer overhead, which `ct-hit-1run` (the established flow timed the same way)
+//! shows. Both are measured again with 100,000 unrelated rules installed (`…/100k-rules`).
 
 use std::net::Ipv6Addr;
 
 use ila::{Identifier, IdentifierType, Locator, Mapping, SirPrefix, Vnid};
 use serde::Serialize;
 
+use policy::abi::{
+    EndpointPolicy, PolicyKey, PolicyValue, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
+    VERDICT_ALLOW,
+};
+
 use crate::testrun::{TC_ACT_OK, TC_ACT_REDIRECT};
 use crate::{
-    ChecksumMode, Counters, DataplaneError, HostDataplane, InEntry, OutEntry, ProgramKind, Redirect,
+    ChecksumMode, Counters, DataplaneError, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint,
+    OutEntry, ProgramKind, Redirect,
 };
 
 /// Repeats per measurement that `ilanet bench micro` should use.
@@ -31,7 +46,8 @@ pub struct MicroResult {
     pub program: ProgramKind,
     /// Checksum mode of the mapping.
     pub csum_mode: ChecksumMode,
-    /// `"hit"` or `"miss"`.
+    /// `"hit"` or `"miss"` (translation), `"ct-hit"`, `"ct-hit-1run"`, `"ct-miss"` and the
+    /// same with `"/100k-rules"` (enforcement).
     pub case: &'static str,
     /// Packet kind, e.g. `"tcp"`.
     pub packet: &'static str,
@@ -53,8 +69,176 @@ const LOCATOR: u64 = 0x2001_0db8_0001_0002;
 /// case on an uplink.
 const MISS_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 1);
 
-/// Runs the benchmark with `repeat` runs per measurement (use [`DEFAULT_REPEAT`]).
+/// Runs the translation benchmark ([`run_translation`]) and the enforcement benchmark
+/// ([`run_enforce`]) with `repeat` runs per measurement (use [`DEFAULT_REPEAT`]).
 pub fn run(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
+    let mut v = run_translation(repeat)?;
+    v.extend(run_enforce(repeat)?);
+    Ok(v)
+}
+
+/// Filler rules of the `…/100k-rules` enforcement cases.
+pub const FILLER_RULES: u32 = 100_000;
+/// Single-run samples of the `ct-miss` and `ct-hit-1run` cases.
+pub const SINGLE_RUN_SAMPLES: usize = 2001;
+
+const EP_IDENTITY: u32 = 1000;
+const PEER_IDENTITY: u32 = 1001;
+const EP_IFINDEX: u32 = 9;
+
+/// The enforcement cases (see the module documentation): `ct-hit`, `ct-hit-1run`, `ct-miss`,
+/// each without and with [`FILLER_RULES`] extra rules.
+pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
+    let repeat = repeat.max(1);
+    let mut out = Vec::new();
+    for filler in [0, FILLER_RULES] {
+        let mut dp = HostDataplane::load_unpinned()?;
+        let vnid = Vnid::new(42).map_err(|e| DataplaneError::Invalid(e.to_string()))?;
+        let src = SirPrefix(SIR).with_identifier(Identifier::new_vnid(
+            IdentifierType::VnidIpv6,
+            vnid,
+            0x0a00_0001,
+        ));
+        let id = Identifier::new_vnid(IdentifierType::VnidIpv6, vnid, 0x0a00_0200);
+        let m = Mapping::new(
+            SirPrefix(SIR),
+            id,
+            Locator(LOCATOR),
+            ChecksumMode::NeutralMap,
+        );
+        let sir = m.sir_address();
+        let ila = m
+            .ila_address()
+            .map_err(|e| DataplaneError::Invalid(format!("benchmark mapping: {e}")))?;
+        let maps = dp.maps();
+        // The translation cycle of the translation benchmark: every repeat translates.
+        for (k, v) in [(sir, ila), (ila, sir)] {
+            maps.insert_out(
+                k,
+                &OutEntry {
+                    ila: v,
+                    csum_mode: ChecksumMode::NeutralMap,
+                    local: false,
+                },
+            )?;
+            maps.insert_ipcache(
+                k,
+                &IpcacheEntry {
+                    identity: PEER_IDENTITY,
+                    vnid: vnid.get(),
+                },
+            )?;
+        }
+        maps.insert_endpoint(
+            src,
+            &LocalEndpoint {
+                identity: EP_IDENTITY,
+                vnid: vnid.get(),
+                ifindex: EP_IFINDEX,
+                flags: 0,
+            },
+        )?;
+        maps.insert_policy_ep(
+            EP_IDENTITY,
+            &EndpointPolicy {
+                vnid: vnid.get(),
+                flags: EP_F_EGRESS_ENFORCED,
+            },
+        )?;
+        let allow = PolicyValue {
+            verdict: VERDICT_ALLOW,
+            pad: [0; 3],
+            rule_id: 1,
+        };
+        maps.insert_policy(
+            &PolicyKey::new(EP_IDENTITY, PEER_IDENTITY, DIR_EGRESS, 6, 443),
+            &allow,
+        )?;
+        for i in 0..filler {
+            // Half for this endpoint (other peers), half for other endpoints.
+            let k = if i % 2 == 0 {
+                PolicyKey::new(EP_IDENTITY, 10_000 + i, DIR_EGRESS, 6, 443)
+            } else {
+                PolicyKey::new(20_000 + i % 1000, 30_000 + i, DIR_INGRESS, 17, 53)
+            };
+            maps.insert_policy(&k, &allow)?;
+        }
+        maps.set_enforce(true)?;
+        let frame = tcp_frame(src, sir, &[0x5a; 64]);
+        let name = |case: &str| -> &'static str {
+            match (case, filler) {
+                ("ct-hit", 0) => "ct-hit",
+                ("ct-hit-1run", 0) => "ct-hit-1run",
+                ("ct-miss", 0) => "ct-miss",
+                ("ct-hit", _) => "ct-hit/100k-rules",
+                ("ct-hit-1run", _) => "ct-hit-1run/100k-rules",
+                _ => "ct-miss/100k-rules",
+            }
+        };
+
+        // Established: the first two repeats create the flows of the cycle, the rest hit.
+        let mut hit = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            dp.maps().flush_conntrack()?;
+            let before = dp.maps().counters()?;
+            let o = dp.test_run_on(ProgramKind::FromContainer, &frame, repeat, EP_IFINDEX)?;
+            let after = dp.maps().counters()?;
+            let n = u64::from(repeat);
+            let ok = o.retval == TC_ACT_OK
+                && after.out_translated - before.out_translated == n
+                && after.ct_hit - before.ct_hit + after.ct_new - before.ct_new == n
+                && after.ct_new - before.ct_new <= 2;
+            if !ok {
+                return Err(DataplaneError::Invalid(format!(
+                    "enforce benchmark ct-hit: rc {}, counters {before:?} -> {after:?}",
+                    o.retval
+                )));
+            }
+            hit.push(f64::from(o.duration_ns));
+        }
+        out.push(enforce_result(name("ct-hit"), median(&mut hit)));
+
+        // Single runs: new flow (flow deleted before each run) and established flow.
+        let mut miss = Vec::with_capacity(SINGLE_RUN_SAMPLES);
+        let mut hit1 = Vec::with_capacity(SINGLE_RUN_SAMPLES);
+        for _ in 0..SINGLE_RUN_SAMPLES {
+            dp.maps().flush_conntrack()?;
+            let before = dp.maps().counters()?;
+            let o = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
+            let o2 = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
+            let after = dp.maps().counters()?;
+            if o.retval != TC_ACT_OK
+                || o2.retval != TC_ACT_OK
+                || after.ct_new - before.ct_new != 1
+                || after.ct_hit - before.ct_hit != 1
+            {
+                return Err(DataplaneError::Invalid(format!(
+                    "enforce benchmark ct-miss: rc {}/{}, counters {before:?} -> {after:?}",
+                    o.retval, o2.retval
+                )));
+            }
+            miss.push(f64::from(o.duration_ns));
+            hit1.push(f64::from(o2.duration_ns));
+        }
+        out.push(enforce_result(name("ct-hit-1run"), median(&mut hit1)));
+        out.push(enforce_result(name("ct-miss"), median(&mut miss)));
+    }
+    Ok(out)
+}
+
+fn enforce_result(case: &'static str, ns: f64) -> MicroResult {
+    MicroResult {
+        program: ProgramKind::FromContainer,
+        csum_mode: ChecksumMode::NeutralMap,
+        case,
+        packet: "tcp",
+        ns_per_packet: ns,
+    }
+}
+
+/// The translation benchmark (enforcement off): every checksum mode, hit and miss, both
+/// programs.
+pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
     let repeat = repeat.max(1);
     let mut dp = HostDataplane::load_unpinned()?;
     let vnid = Vnid::new(42).map_err(|e| DataplaneError::Invalid(e.to_string()))?;

@@ -6,7 +6,21 @@ use dataplane::ProgramKind;
 #[test]
 fn microbench_covers_every_configuration() {
     let r = microbench::run(1000).expect("benchmark runs and every hit really hits");
-    assert_eq!(r.len(), 2 * 3 * 2);
+    assert_eq!(r.len(), 2 * 3 * 2 + 6);
+    for case in [
+        "ct-hit",
+        "ct-hit-1run",
+        "ct-miss",
+        "ct-hit/100k-rules",
+        "ct-hit-1run/100k-rules",
+        "ct-miss/100k-rules",
+    ] {
+        let x = r.iter().find(|x| x.case == case).expect("enforcement case");
+        assert!(
+            x.ns_per_packet > 0.0 && x.ns_per_packet < 100_000.0,
+            "{x:?}"
+        );
+    }
     for p in ProgramKind::ALL {
         for m in dataplane::ChecksumMode::ALL {
             for case in ["hit", "miss"] {
