@@ -520,27 +520,60 @@ static __always_inline bool ct_key_init(struct ila_ct_key *k, const void *src, c
 
 #define CT_REFRESH_NS 1000000000ULL
 
-/* Whether the flow is known; refreshes last_seen (at most once a second: fewer dirty lines). */
-static __always_inline bool ct_touch(const struct ila_ct_key *k)
+/*
+ * The flow of this packet, if known and if the packet may belong to it: an ICMPv6 echo request
+ * only continues a flow its source opened, an echo reply only one its destination opened (else
+ * a request in the other direction with the same identifier would pass as a "reply").
+ * `src_is_b`: the packet's source is side b of the normalised key.
+ */
+static __always_inline struct ila_ct_val *ct_find(const struct ila_ct_key *k, const struct flow *f,
+						 bool src_is_b)
 {
 	struct ila_ct_val *v = bpf_map_lookup_elem(&ILA_CT, k);
-	__u64 now;
+	bool opened_by_src;
 
 	if (!v)
-		return false;
-	now = bpf_ktime_get_coarse_ns();
+		return NULL;
+	if (f->proto == IPPROTO_ICMPV6 && !f->related) {
+		opened_by_src = !!(v->flags & ILA_CT_F_ORIG_B) == src_is_b;
+		if ((f->icmp_type == 128 && !opened_by_src) || (f->icmp_type == 129 && opened_by_src))
+			return NULL;
+	}
+	return v;
+}
+
+/* Refreshes last_seen (at most once a second: fewer dirty cache lines). */
+static __always_inline void ct_touch(struct ila_ct_val *v)
+{
+	__u64 now = bpf_ktime_get_coarse_ns();
+
 	if (now - v->last_seen > CT_REFRESH_NS)
 		v->last_seen = now;
+}
+
+/* Whether the quoted flow of an ICMPv6 error is known (RELATED). */
+static __always_inline bool ct_related(const struct flow *f)
+{
+	struct ila_ct_key ck;
+	struct ila_ct_val *v;
+
+	ct_key_init(&ck, f->rel_src, f->rel_dst, f->rel_sport, f->rel_dport, f->rel_proto);
+	v = bpf_map_lookup_elem(&ILA_CT, &ck);
+	if (!v)
+		return false;
+	ct_touch(v);
 	return true;
 }
 
-static __always_inline void ct_create(const struct ila_ct_key *k, bool orig_b, __u32 flags)
+static __always_inline void ct_create(const struct ila_ct_key *k, bool orig_b, __u32 flags,
+				      __u32 local_ifindex, bool local_b)
 {
 	struct ila_ct_val v = {};
 
 	v.last_seen = bpf_ktime_get_coarse_ns();
 	v.created = v.last_seen;
-	v.flags = flags | (orig_b ? ILA_CT_F_ORIG_B : 0);
+	v.flags = flags | (orig_b ? ILA_CT_F_ORIG_B : 0) | (local_b ? ILA_CT_F_LOCAL_B : 0);
+	v.local_ifindex = local_ifindex;
 	/* A full LRU evicts; a failure only means the next packet is policed again. */
 	bpf_map_update_elem(&ILA_CT, k, &v, BPF_ANY);
 }
@@ -736,6 +769,7 @@ static __always_inline int enforce_out(struct __sk_buff *skb, struct ipv6hdr *ip
 {
 	struct ila_endpoint_val *sep, *dep = NULL;
 	struct ila_ipcache_val *ipc;
+	struct ila_ct_val *ct;
 	struct ila_ct_key ck;
 	struct decision d;
 	struct ends e = {};
@@ -749,6 +783,20 @@ static __always_inline int enforce_out(struct __sk_buff *skb, struct ipv6hdr *ip
 	if (link_control(ip6, &f))
 		return TC_ACT_OK;
 
+	/*
+	 * Established flow: the entry remembers the local endpoint's veth and side, which is the
+	 * anti-spoofing check for its packets (source address = that side, arriving on that veth)
+	 * without the ILA_ENDPOINTS lookup. Flows between two local endpoints take the full check.
+	 */
+	orig_b = ct_key_init(&ck, &ip6->saddr, &ip6->daddr, f.sport, f.dport, f.proto);
+	ct = ct_find(&ck, &f, orig_b);
+	if (ct && !(ct->flags & ILA_CT_F_BOTH_LOCAL) && ct->local_ifindex == skb->ingress_ifindex &&
+	    !!(ct->flags & ILA_CT_F_LOCAL_B) == orig_b) {
+		ct_touch(ct);
+		count(ILA_STAT_CT_HIT);
+		return TC_ACT_OK;
+	}
+
 	/* Anti-spoofing: the source is this interface's own endpoint. */
 	sep = bpf_map_lookup_elem(&ILA_ENDPOINTS, &ip6->saddr);
 	if (!sep || sep->ifindex != skb->ingress_ifindex)
@@ -757,15 +805,9 @@ static __always_inline int enforce_out(struct __sk_buff *skb, struct ipv6hdr *ip
 	e.src_identity = sep->identity;
 	e.src_vnid = sep->vnid;
 
-	if (f.related) {
-		ct_key_init(&ck, f.rel_src, f.rel_dst, f.rel_sport, f.rel_dport, f.rel_proto);
-		if (ct_touch(&ck)) {
-			count(ILA_STAT_CT_HIT);
-			return TC_ACT_OK;
-		}
-	}
-	orig_b = ct_key_init(&ck, &ip6->saddr, &ip6->daddr, f.sport, f.dport, f.proto);
-	if (ct_touch(&ck)) {
+	if ((f.related && ct_related(&f)) || (ct && (ct->flags & ILA_CT_F_BOTH_LOCAL))) {
+		if (ct)
+			ct_touch(ct);
 		count(ILA_STAT_CT_HIT);
 		return TC_ACT_OK;
 	}
@@ -818,7 +860,8 @@ static __always_inline int enforce_out(struct __sk_buff *skb, struct ipv6hdr *ip
 				     &f, &ip6->saddr, &ip6->daddr, &e);
 	}
 
-	ct_create(&ck, orig_b, 0);
+	/* The source is the local side; a local destination makes both ends local. */
+	ct_create(&ck, orig_b, dep ? ILA_CT_F_BOTH_LOCAL : 0, sep->ifindex, orig_b);
 	count(ILA_STAT_CT_NEW);
 	return TC_ACT_OK;
 }
@@ -831,6 +874,7 @@ static __always_inline int enforce_in(struct __sk_buff *skb, struct ipv6hdr *ip6
 				      struct ila_endpoint_val *dep, bool trace)
 {
 	struct ila_ipcache_val *ipc;
+	struct ila_ct_val *ct;
 	struct ila_ct_key ck;
 	struct decision d;
 	struct ends e = {};
@@ -842,15 +886,15 @@ static __always_inline int enforce_in(struct __sk_buff *skb, struct ipv6hdr *ip6
 		return deny(skb, trace, ILA_EV_IN, ILA_REASON_MALFORMED, ILA_DIR_NONE, 0, &f, &ip6->saddr, dst,
 			    &e);
 
-	if (f.related) {
-		ct_key_init(&ck, f.rel_src, f.rel_dst, f.rel_sport, f.rel_dport, f.rel_proto);
-		if (ct_touch(&ck)) {
-			count(ILA_STAT_CT_HIT);
-			return TC_ACT_OK;
-		}
+	if (f.related && ct_related(&f)) {
+		count(ILA_STAT_CT_HIT);
+		return TC_ACT_OK;
 	}
 	orig_b = ct_key_init(&ck, &ip6->saddr, dst, f.sport, f.dport, f.proto);
-	if (ct_touch(&ck)) {
+	ct = ct_find(&ck, &f, orig_b);
+	/* From the wire, the destination must be the flow's local side. */
+	if (ct && !!(ct->flags & ILA_CT_F_LOCAL_B) == !orig_b) {
+		ct_touch(ct);
 		count(ILA_STAT_CT_HIT);
 		return TC_ACT_OK;
 	}
@@ -883,7 +927,8 @@ static __always_inline int enforce_in(struct __sk_buff *skb, struct ipv6hdr *ip6
 		emit_verdict(skb, ILA_EV_IN, ILA_VERDICT_ALLOW, d.reason, ILANET_DIR_INGRESS, d.rule_id, &f,
 			     &ip6->saddr, dst, &e);
 
-	ct_create(&ck, orig_b, ILA_CT_F_FROM_WIRE);
+	/* The destination is the local side. */
+	ct_create(&ck, orig_b, ILA_CT_F_FROM_WIRE, dep->ifindex, !orig_b);
 	count(ILA_STAT_CT_NEW);
 	return TC_ACT_OK;
 }

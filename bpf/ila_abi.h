@@ -169,12 +169,15 @@ struct ila_ct_key {
 
 #define ILA_CT_F_ORIG_B 0x1    /* the flow was opened by b (else by a) */
 #define ILA_CT_F_FROM_WIRE 0x2 /* created by from-wire (ingress); else by from-container */
+#define ILA_CT_F_LOCAL_B 0x4   /* the local endpoint is b (else a); see local_ifindex */
+#define ILA_CT_F_BOTH_LOCAL 0x8 /* both ends are endpoints of this host (no single ifindex) */
 
 struct ila_ct_val {
 	__u64 last_seen; /* bpf_ktime_get_coarse_ns (CLOCK_MONOTONIC_COARSE), refreshed at most 1/s */
 	__u64 created;   /* same clock */
 	__u32 flags;     /* ILA_CT_F_* */
-	__u32 pad;
+	__u32 local_ifindex; /* host-side veth of the local endpoint: an established packet from it
+			      * passes anti-spoofing without the ILA_ENDPOINTS lookup */
 }; /* 24 bytes */
 
 /* ILA_EVENTS record of a policy verdict on a new flow, or of a drop (while ILA_CFG_TRACE). */

@@ -75,6 +75,10 @@ pub mod reason {
 pub const ILA_CT_F_ORIG_B: u32 = 0x1;
 /// `ILA_CT_F_FROM_WIRE`: created by from-wire.
 pub const ILA_CT_F_FROM_WIRE: u32 = 0x2;
+/// `ILA_CT_F_LOCAL_B`: the local endpoint is side `b`.
+pub const ILA_CT_F_LOCAL_B: u32 = 0x4;
+/// `ILA_CT_F_BOTH_LOCAL`: both ends are endpoints of this host.
+pub const ILA_CT_F_BOTH_LOCAL: u32 = 0x8;
 
 /// Index of each per-CPU counter in `ILA_STATS` (`enum ila_stat`).
 pub mod stat {
@@ -271,8 +275,8 @@ pub struct IlaCtVal {
     pub created: u64,
     /// `ILA_CT_F_*`.
     pub flags: u32,
-    /// Zero.
-    pub pad: u32,
+    /// Host-side veth of the local endpoint of the flow.
+    pub local_ifindex: u32,
 }
 
 /// `struct ila_verdict_event`: a policy verdict on a new flow, or a drop.

@@ -800,6 +800,27 @@ fn icmp_echo_reply_and_related_errors_pass() {
         .test_run(ProgramKind::FromWire, &rep2, 1)
         .expect("run");
     assert_eq!(o.retval, TC_ACT_SHOT);
+    // An echo *request* from db with the same identifier is not a reply of web's flow: it is
+    // policed as new (web's ingress denies db) instead of riding on the conntrack entry.
+    let rev = l4_packet(db_sir, web_ila, NH_ICMPV6, 0x77, 1, b"ping");
+    let o = net.a.test_run(ProgramKind::FromWire, &rev, 1).expect("run");
+    assert_eq!(
+        o.retval, TC_ACT_SHOT,
+        "a request in the other direction is a new flow"
+    );
+    // On an established flow, a packet from web's veth that claims db's address is spoofed.
+    let mut forged = l4_packet(db_sir, web_sir, NH_ICMPV6, 0x77, 1, b"ping");
+    forged[ETH_LEN + IP6_LEN] = 129;
+    let before = net.a.maps().counters().expect("counters").drop_spoofed;
+    let o = net
+        .a
+        .test_run_on(ProgramKind::FromContainer, &forged, 1, web_if)
+        .expect("run");
+    assert_eq!(o.retval, TC_ACT_SHOT);
+    assert_eq!(
+        net.a.maps().counters().expect("counters").drop_spoofed,
+        before + 1
+    );
 
     // TCP flow web -> db, then a Packet Too Big from a router (world) quoting it.
     let syn = packet(web_sir, db_sir, NH_TCP, 40100, 5432);
