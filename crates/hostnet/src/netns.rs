@@ -1,6 +1,7 @@
 //! Named network namespaces, compatible with `ip netns` (a bind mount under /run/netns), and a
 //! guard that moves the calling thread into one and back.
 
+use std::ffi::CStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -34,6 +35,25 @@ fn cstr(p: &Path) -> Result<std::ffi::CString, NetError> {
         .map_err(|_| NetError::Invalid(format!("path {} contains a NUL byte", p.display())))
 }
 
+/// mount(2) with no filesystem type or data; `what` names the step in the error.
+fn mount(src: &CStr, target: &CStr, flags: libc::c_ulong, what: &str) -> Result<(), NetError> {
+    // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            c"none".as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno(what.to_string()))
+    }
+}
+
 /// Makes /run/netns a shared mount point, as `ip netns` does, so mounts under it propagate.
 fn prepare_dir() -> Result<(), NetError> {
     fs::create_dir_all(NETNS_DIR).map_err(|source| NetError::Os {
@@ -41,48 +61,23 @@ fn prepare_dir() -> Result<(), NetError> {
         source,
     })?;
     let dir = cstr(Path::new(NETNS_DIR))?;
-    let none = c"none";
-    // SAFETY: valid NUL-terminated strings; mount(2) does not keep the pointers.
-    let shared = unsafe {
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        )
-    };
-    if shared == 0 {
+    let shared = libc::MS_SHARED | libc::MS_REC;
+    if mount(c"none", &dir, shared, "").is_ok() {
         return Ok(());
     }
     // Not a mount point yet: bind it onto itself, then make it shared.
-    // SAFETY: as above.
-    let bound = unsafe {
-        libc::mount(
-            dir.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_BIND | libc::MS_REC,
-            std::ptr::null(),
-        )
-    };
-    if bound != 0 {
-        return Err(errno(format!("bind-mounting {NETNS_DIR} onto itself")));
-    }
-    // SAFETY: as above.
-    let shared = unsafe {
-        libc::mount(
-            none.as_ptr(),
-            dir.as_ptr(),
-            none.as_ptr(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        )
-    };
-    if shared != 0 {
-        return Err(errno(format!("making {NETNS_DIR} a shared mount")));
-    }
-    Ok(())
+    mount(
+        &dir,
+        &dir,
+        libc::MS_BIND | libc::MS_REC,
+        &format!("bind-mounting {NETNS_DIR} onto itself"),
+    )?;
+    mount(
+        c"none",
+        &dir,
+        shared,
+        &format!("making {NETNS_DIR} a shared mount"),
+    )
 }
 
 /// Creates a named namespace. Fails if the name exists (the lab never adopts a namespace it did
@@ -114,22 +109,12 @@ pub fn create(name: &str) -> Result<(), NetError> {
                     "unshare(CLONE_NEWNET) for namespace '{name}'"
                 )));
             }
-            let src = c"/proc/thread-self/ns/net";
-            let none = c"none";
-            // SAFETY: valid NUL-terminated strings.
-            let rc = unsafe {
-                libc::mount(
-                    src.as_ptr(),
-                    target_c.as_ptr(),
-                    none.as_ptr(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                )
-            };
-            if rc != 0 {
-                return Err(errno(format!("bind-mounting namespace '{name}'")));
-            }
-            Ok(())
+            mount(
+                c"/proc/thread-self/ns/net",
+                &target_c,
+                libc::MS_BIND,
+                &format!("bind-mounting namespace '{name}'"),
+            )
         })
         .join()
         .unwrap_or_else(|_| Err(NetError::Invalid("namespace thread panicked".into())))
