@@ -1,10 +1,8 @@
-/* Copied from crates/policy/policy_abi.h (the policy crate owns the layout; crates/policy/src/abi.rs
- * is the Rust side). Keep identical below this comment. */
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
- * Proposal: the contract between the eBPF policy enforcement and user space for identity-based
- * policy. crates/policy/src/abi.rs mirrors every struct here with #[repr(C)] and asserts sizes
- * and offsets; change both sides together. (To be moved under bpf/.)
+ * The contract between the eBPF policy enforcement and user space for identity-based policy.
+ * crates/policy/src/abi.rs mirrors every struct here with #[repr(C)] and asserts sizes and
+ * offsets; change both sides together.
  *
  * Byte order: integers are host order, except dport (network order, exactly as in the L4
  * header, so the program copies it without swapping) and addr (as on the wire).

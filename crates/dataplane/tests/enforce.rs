@@ -1364,18 +1364,3 @@ fn map_api_roundtrip() {
         "maps fit the default compile limits"
     );
 }
-
-#[test]
-fn policy_abi_header_is_the_policy_crates() {
-    // bpf/policy_abi.h is a copy of crates/policy/policy_abi.h below its first comment.
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let ours = std::fs::read_to_string(root.join("bpf/policy_abi.h")).expect("bpf header");
-    let Ok(theirs) = std::fs::read_to_string(root.join("crates/policy/policy_abi.h")) else {
-        return; // moved under bpf/ for good
-    };
-    let body = ours
-        .split_once("*/\n")
-        .map(|(_, b)| b)
-        .expect("leading comment");
-    assert_eq!(body, theirs, "re-copy crates/policy/policy_abi.h into bpf/");
-}

@@ -1,5 +1,5 @@
 //! The byte layout of the compiled policy maps, shared with the eBPF programs
-//! (`crates/policy/policy_abi.h` is the C side; change both together).
+//! (`bpf/policy_abi.h` is the C side; change both together).
 //!
 //! Maps (names proposed for the dataplane):
 //!
