@@ -88,12 +88,12 @@ fn bench_micro(args: &MicroArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<14} {:<5} {:<8} {:>10}",
+        "{:<16} {:<14} {:<22} {:<8} {:>10}",
         "program", "csum-mode", "case", "packet", "ns/packet"
     );
     for r in &results {
         println!(
-            "{:<16} {:<14} {:<5} {:<8} {:>10.1}",
+            "{:<16} {:<14} {:<22} {:<8} {:>10.1}",
             r.program.to_string(),
             r.csum_mode.to_string(),
             r.case,
