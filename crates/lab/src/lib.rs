@@ -384,19 +384,45 @@ pub fn status(lab: &str) -> Result<LabStatus, LabError> {
             ),
             None => (0, 0, None),
         };
-        let containers = mappings
-            .iter()
-            .filter(|(h, _, _)| h.name == host.name)
-            .map(|(_, c, m)| {
-                Ok(ContainerStatus {
-                    name: c.name.clone(),
-                    netns: c.netns.clone(),
-                    present: netns::exists(&c.netns),
-                    sir_addr: c.sir_addr,
-                    ila_addr: m.ila_address()?,
+        // In ILA mode the agent knows the endpoints as they are now (added, moved, removed);
+        // otherwise, or if it does not answer, the plan says what was built.
+        let live = (plan.mode == Mode::Ila)
+            .then(|| agents::call(&plan.name, &host.name, &agent::api::Request::EndpointList).ok())
+            .flatten()
+            .and_then(|v| serde_json::from_value::<Vec<agent::reconcile::LocalEndpoint>>(v).ok());
+        let containers = match live {
+            Some(eps) => eps
+                .iter()
+                .map(|ep| {
+                    let m = ila::Mapping::new(
+                        ila::SirPrefix::from_addr(ep.sir_addr),
+                        ep.identifier,
+                        host.locator,
+                        plan.csum_mode,
+                    );
+                    Ok(ContainerStatus {
+                        name: ep.name.clone(),
+                        netns: ep.netns.clone(),
+                        present: netns::exists(&ep.netns),
+                        sir_addr: ep.sir_addr,
+                        ila_addr: m.ila_address()?,
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>, LabError>>()?;
+                .collect::<Result<Vec<_>, LabError>>()?,
+            None => mappings
+                .iter()
+                .filter(|(h, _, _)| h.name == host.name)
+                .map(|(_, c, m)| {
+                    Ok(ContainerStatus {
+                        name: c.name.clone(),
+                        netns: c.netns.clone(),
+                        present: netns::exists(&c.netns),
+                        sir_addr: c.sir_addr,
+                        ila_addr: m.ila_address()?,
+                    })
+                })
+                .collect::<Result<Vec<_>, LabError>>()?,
+        };
         hosts.push(HostStatus {
             name: host.name.clone(),
             display: host.display.clone(),
