@@ -3,8 +3,9 @@
 //! JSON, `results.json`, CSV, Markdown, PNG/SVG plots).
 //!
 //! Two campaigns: [`paper`] (the paper's Fig. 14: native, ILA, ILA + policy, swarm, swarm +
-//! iptables) and [`rules`] (throughput against the number of filter rules).
+//! iptables) and [`rules`] (throughput against the number of filter rules, iptables and eBPF).
 
+pub mod ebpf;
 pub mod iperf;
 pub mod machine;
 pub mod model;
@@ -37,6 +38,9 @@ pub enum BenchError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An eBPF policy could not be applied, or is not in force.
+    #[error("eBPF policy: {0}")]
+    Policy(String),
     /// Drawing a figure failed.
     #[error("plotting {file}: {reason}")]
     Plot {

@@ -122,10 +122,70 @@ pub struct CaseResult {
     /// Why not, or other remarks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Case this one's ratios are taken against, instead of the campaign's baseline (the eBPF
+    /// series is compared with its own 0-rule case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// The eBPF policy behind this case, as the agents compiled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyStats>,
     /// Runs so far.
     pub runs: Vec<RunRecord>,
     /// Statistics over the runs so far.
     pub summary: Option<CaseSummary>,
+}
+
+impl CaseResult {
+    /// A case with no runs yet.
+    pub fn new(name: String, description: String, mode: String) -> Self {
+        Self {
+            name,
+            description,
+            mode,
+            series: None,
+            extra_rules: None,
+            total_rules: None,
+            available: true,
+            note: None,
+            baseline: None,
+            policy: None,
+            runs: Vec::new(),
+            summary: None,
+        }
+    }
+}
+
+/// What the agents made of a case's eBPF policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyStats {
+    /// Policies in force (Listing 10 and the extra rules).
+    pub names: Vec<String>,
+    /// Entries of the `POLICY` map per host (site order), read from the pinned maps.
+    pub entries: Vec<usize>,
+    /// Size of the extra-rule (or Listing 10) policy file, bytes.
+    pub file_bytes: usize,
+    /// Seconds the bench took to build and parse that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_secs: Option<f64>,
+    /// Seconds from each apply request until every host's agent had compiled it into its maps
+    /// (one per switch to this case).
+    pub apply_secs: Vec<f64>,
+    /// Enforcement probes run before measuring, and their outcome.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<String>,
+}
+
+impl PolicyStats {
+    /// Largest entry count over the hosts.
+    pub fn max_entries(&self) -> usize {
+        self.entries.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Mean apply time, seconds.
+    pub fn mean_apply_secs(&self) -> Option<f64> {
+        (!self.apply_secs.is_empty())
+            .then(|| self.apply_secs.iter().sum::<f64>() / self.apply_secs.len() as f64)
+    }
 }
 
 /// One iperf3 run.
@@ -203,15 +263,26 @@ pub struct CaseSummary {
 impl Results {
     /// Recomputes every case's summary (after each run).
     pub fn resummarize(&mut self, skip: usize) {
-        let baseline: Option<Vec<(usize, f64)>> = self.baseline.as_ref().and_then(|b| {
+        let runs_of = |name: &str| -> Option<Vec<(usize, f64)>> {
             self.cases
                 .iter()
-                .find(|c| &c.name == b)
+                .find(|c| c.name == name)
                 .map(|c| c.runs.iter().map(|r| (r.round, r.mean_gbps)).collect())
-        });
-        for case in &mut self.cases {
+        };
+        let baselines: Vec<Option<Vec<(usize, f64)>>> = self
+            .cases
+            .iter()
+            .map(|c| c.baseline.as_ref().or(self.baseline.as_ref()))
+            .map(|b| b.and_then(|b| runs_of(b)))
+            .collect();
+        for (case, baseline) in self.cases.iter_mut().zip(baselines) {
             case.summary = summarize_case(case, skip, baseline.as_deref());
         }
+    }
+
+    /// The case a case's ratios are taken against.
+    pub fn baseline_of<'a>(&'a self, case: &'a CaseResult) -> Option<&'a str> {
+        case.baseline.as_deref().or(self.baseline.as_deref())
     }
 
     /// The case named `name`.
@@ -293,16 +364,8 @@ mod tests {
 
     fn case(name: &str, runs: Vec<RunRecord>) -> CaseResult {
         CaseResult {
-            name: name.into(),
-            description: String::new(),
-            mode: "native".into(),
-            series: None,
-            extra_rules: None,
-            total_rules: None,
-            available: true,
-            note: None,
             runs,
-            summary: None,
+            ..CaseResult::new(name.into(), String::new(), "native".into())
         }
     }
 
@@ -356,5 +419,23 @@ mod tests {
         );
         assert_eq!(ratio.ci_low, Some(0.5));
         assert!((ila.cpu_per_gbps - 80.0 / 4.5).abs() < 1e-9);
+
+        // A case with its own baseline is compared with that case, not the campaign's.
+        r.cases.push(CaseResult {
+            baseline: Some("ila".into()),
+            ..case(
+                "ila+x",
+                vec![run(0, &[1.0, 2.5, 2.5]), run(1, &[1.0, 2.0, 2.0])],
+            )
+        });
+        r.resummarize(1);
+        let x = r.case("ila+x").expect("case");
+        assert_eq!(r.baseline_of(x), Some("ila"));
+        let ratio = x
+            .summary
+            .as_ref()
+            .and_then(|s| s.ratio_to_baseline)
+            .expect("ratio");
+        assert!((ratio.mean - 0.5).abs() < 1e-12, "2.5/5 and 2/4");
     }
 }

@@ -254,7 +254,7 @@ impl Figure for RulesFig<'_> {
                     grey.stroke_width(2),
                 ))
                 .map_err(|x| e(&x))?
-                .label(format!("no filter ({:.2} Gbit/s)", r.mean))
+                .label(format!("swarm, no filter ({:.2} Gbit/s)", r.mean))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
         }
         for c in self.curves {

@@ -5,6 +5,7 @@
 //! and adds nothing the interleaving does not already give (every case sees the same drift of
 //! the machine), while a lab kept up holds its conditions (routes, FDB, conntrack) constant.
 
+use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +13,11 @@ use std::time::{Duration, Instant};
 use lab::plan::{Mode, Plan};
 use lab::{LabSpec, SwarmRules};
 
+use crate::ebpf::{Endpoints, PolicyChange, PolicyCheck, RuleSwitcher, LISTING10_PORT};
 use crate::iperf::{self, ClientSpec, IperfServer};
 use crate::machine::{self, Machine};
-use crate::model::{Campaign, CaseResult, Results, RunRecord, Settings};
-use crate::scenario::{paper_scenarios, RuleSeries, Scenario};
+use crate::model::{Campaign, CaseResult, PolicyStats, Results, RunRecord, Settings};
+use crate::scenario::{paper_scenarios, RuleSeries, Scenario, Setup};
 use crate::stats::interleaved;
 use crate::{report, BenchError};
 
@@ -76,32 +78,66 @@ impl Drop for Labs {
     }
 }
 
-/// A lab up and ready: its plan and the iperf3 server in the receiving container.
+/// A lab up and ready: its plan, the benchmark endpoints (ILA mode) and, once started, the
+/// iperf3 server in the receiving container.
 struct Testbed {
     plan: Plan,
-    _server: IperfServer,
+    /// ILA labs get their two containers from the agents with `app=service1` (what Listing 10
+    /// selects), so `ila` and `ila+policy` run on identical endpoints.
+    endpoints: Option<Endpoints>,
+    server: Option<IperfServer>,
 }
 
 impl Testbed {
+    /// Builds the lab and its endpoints and sets the MTU; the iperf3 server is started later
+    /// ([`Testbed::start_server`]) so a policy check can use the server port first.
     fn build(labs: &mut Labs, name: &str, mode: Mode, s: &Settings) -> Result<Self, BenchError> {
-        let mut spec = LabSpec::generic(name, 2, 1);
+        let planned = if mode == Mode::Ila { 0 } else { 1 };
+        let mut spec = LabSpec::generic(name, 2, planned);
         spec.mode = mode;
         let plan = lab::up(&spec)?;
         labs.0.push(name.to_string());
+        let endpoints = match mode {
+            Mode::Ila => Some(Endpoints::create(&plan)?),
+            Mode::Native | Mode::Swarm => None,
+        };
         lab::set_mtu(name, s.mtu)?;
-        let dst = &plan.hosts[1].containers[0];
-        let server = IperfServer::start(&dst.netns, s.port)?;
+        if let Some(ep) = &endpoints {
+            ep.set_mtu(s.mtu)?;
+        }
         Ok(Self {
             plan,
-            _server: server,
+            endpoints,
+            server: None,
         })
+    }
+
+    /// Namespace of the receiving container and the address the client sends to.
+    fn server_side(&self) -> (String, Ipv6Addr) {
+        match &self.endpoints {
+            Some(ep) => (ep.server.netns.clone(), ep.server.sir_addr),
+            None => {
+                let c = &self.plan.hosts[1].containers[0];
+                (c.netns.clone(), c.sir_addr)
+            }
+        }
+    }
+
+    fn start_server(&mut self, s: &Settings) -> Result<(), BenchError> {
+        let (ns, _) = self.server_side();
+        self.server = Some(IperfServer::start(&ns, s.port)?);
+        Ok(())
     }
 
     /// Client run from the first host's container to the second host's.
     fn client(&self, s: &Settings) -> ClientSpec {
+        let netns = match &self.endpoints {
+            Some(ep) => ep.client.netns.clone(),
+            None => self.plan.hosts[0].containers[0].netns.clone(),
+        };
         ClientSpec {
-            netns: self.plan.hosts[0].containers[0].netns.clone(),
-            addr: self.plan.hosts[1].containers[0].sir_addr,
+            netns,
+            addr: self.server_side().1,
             port: s.port,
             duration: s.duration,
             streams: s.streams,
@@ -109,11 +145,35 @@ impl Testbed {
     }
 }
 
-/// One case to measure: which result it fills, the client run, and what to set before each run.
+/// One case to measure: which result it fills, the client run, and what to set before each
+/// run (which may report an eBPF policy change to record).
 struct Job<'a> {
     case: usize,
     client: ClientSpec,
-    before: Box<dyn Fn() -> Result<(), BenchError> + 'a>,
+    before: Box<dyn Fn() -> Result<Option<PolicyChange>, BenchError> + 'a>,
+}
+
+/// Refuses a policy case when iperf3 would not use the port Listing 10 opens.
+fn check_policy_port(s: &Settings) -> Result<(), BenchError> {
+    if s.port != LISTING10_PORT {
+        return Err(BenchError::Invalid(format!(
+            "the eBPF policy cases need the iperf3 server on tcp/{LISTING10_PORT} (the only \
+             port Listing 10 opens); the runner uses {}",
+            s.port
+        )));
+    }
+    Ok(())
+}
+
+fn stats_of_check(c: &PolicyCheck) -> PolicyStats {
+    PolicyStats {
+        names: c.names.clone(),
+        entries: c.entries.clone(),
+        file_bytes: c.file_bytes,
+        parse_secs: Some(c.parse_secs),
+        apply_secs: vec![c.apply_secs],
+        verified: c.verified.clone(),
+    }
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -173,7 +233,20 @@ fn measure(
             last: last.clone(),
             eta: per_run * (total - done) as u32,
         });
-        (job.before)()?;
+        if let Some(change) = (job.before)()? {
+            let stats = results.cases[job.case]
+                .policy
+                .get_or_insert_with(PolicyStats::default);
+            stats.entries = change.entries;
+            stats.names = change.names;
+            if change.file_bytes > 0 {
+                stats.file_bytes = change.file_bytes;
+            }
+            if change.parse_secs.is_some() {
+                stats.parse_secs = change.parse_secs;
+            }
+            stats.apply_secs.extend(change.apply_secs);
+        }
         let text = match iperf::run_client(&job.client, stop) {
             Ok(t) => t,
             Err(BenchError::Interrupted) => {
@@ -242,6 +315,9 @@ pub fn paper(
 ) -> Result<Results, BenchError> {
     cfg.settings.validate()?;
     let scenarios = select_scenarios(&cfg.scenarios)?;
+    if scenarios.iter().any(|s| s.setup == Setup::EbpfPolicy) {
+        check_policy_port(&cfg.settings)?;
+    }
     prepare_out(&cfg.out)?;
     let baseline = scenarios
         .iter()
@@ -251,16 +327,13 @@ pub fn paper(
     for sc in &scenarios {
         let available = sc.setup.availability();
         results.cases.push(CaseResult {
-            name: sc.name.to_string(),
-            description: sc.description.to_string(),
-            mode: sc.mode.to_string(),
-            series: None,
-            extra_rules: None,
-            total_rules: None,
             available: available.is_ok(),
             note: available.err(),
-            runs: Vec::new(),
-            summary: None,
+            ..CaseResult::new(
+                sc.name.to_string(),
+                sc.description.to_string(),
+                sc.mode.to_string(),
+            )
         });
     }
     if baseline.is_none() {
@@ -288,16 +361,38 @@ pub fn paper(
             eta: Duration::ZERO,
         });
         let name = format!("{}-{}", cfg.lab_prefix, sc.tag);
-        let bed = Testbed::build(&mut labs, &name, sc.mode, &cfg.settings)?;
-        sc.setup.apply(&name)?;
+        let mut bed = Testbed::build(&mut labs, &name, sc.mode, &cfg.settings)?;
+        if let Some(check) = sc.setup.apply(&name, bed.endpoints.as_ref())? {
+            progress(&Progress {
+                done: 0,
+                total: 0,
+                doing: format!(
+                    "{}: Listing 10 in force ({}; {} POLICY entries per host, applied in {:.2} s)",
+                    sc.name,
+                    check.verified.join(", "),
+                    check
+                        .entries
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    check.apply_secs
+                ),
+                last: None,
+                eta: Duration::ZERO,
+            });
+            results.cases[i].policy = Some(stats_of_check(&check));
+        }
+        bed.start_server(&cfg.settings)?;
         beds.push((i, bed));
     }
+    report::save_data(&cfg.out, &results)?;
     let jobs: Vec<Job> = beds
         .iter()
         .map(|(i, bed)| Job {
             case: *i,
             client: bed.client(&cfg.settings),
-            before: Box::new(|| Ok(())),
+            before: Box::new(|| Ok(None)),
         })
         .collect();
     if !results.interrupted {
@@ -313,8 +408,15 @@ pub fn paper(
 /// Name of the unfiltered reference case of the rule-count campaign.
 pub const NO_FILTER: &str = "no-filter";
 
-/// The rule-count campaign: TCP throughput with Listing 9 plus N non-matching rules, per
-/// available series, against the same overlay without any filter.
+/// Name of a rule-count case.
+pub fn rules_case_name(series: RuleSeries, extra: usize) -> String {
+    format!("{}/{extra}", series.name())
+}
+
+/// The rule-count campaign: TCP throughput with N non-matching rules per series — iptables
+/// (Listing 9 in the swarm lab's FORWARD chains) and eBPF (Listing 10 plus N rules in the ILA
+/// lab's policy maps) — against the swarm overlay without any filter. Cases are measured in
+/// interleaved rounds, the two series alternating count by count (A B A B).
 pub fn rules(
     cfg: &RulesConfig,
     stop: &AtomicBool,
@@ -324,55 +426,75 @@ pub fn rules(
     if cfg.counts.is_empty() {
         return Err(BenchError::Invalid("no rule counts given".into()));
     }
+    let mut counts = cfg.counts.clone();
+    counts.sort_unstable();
+    counts.dedup();
+    let series: Vec<RuleSeries> = RuleSeries::ALL
+        .into_iter()
+        .filter(|s| s.availability().is_ok())
+        .collect();
+    if series.contains(&RuleSeries::Ebpf) {
+        check_policy_port(&cfg.settings)?;
+        let max = crate::ebpf::max_extra_rules();
+        if let Some(n) = counts.iter().find(|n| **n > max) {
+            return Err(BenchError::Invalid(format!(
+                "{n} rules: the eBPF series can make at most {max} distinct non-matching rules"
+            )));
+        }
+    }
     prepare_out(&cfg.out)?;
     let mut results = new_results(Campaign::Rules, &cfg.settings, Some(NO_FILTER));
     results.cases.push(CaseResult {
-        name: NO_FILTER.into(),
-        description: "swarm overlay without any filter (reference)".into(),
-        mode: Mode::Swarm.to_string(),
         series: Some("reference".into()),
-        extra_rules: None,
         total_rules: Some(0),
-        available: true,
-        note: None,
-        runs: Vec::new(),
-        summary: None,
+        ..CaseResult::new(
+            NO_FILTER.into(),
+            "swarm overlay without any filter (reference)".into(),
+            Mode::Swarm.to_string(),
+        )
     });
-    let mut plan: Vec<(usize, RuleSeries, Option<usize>)> = vec![(0, RuleSeries::Iptables, None)];
-    for series in RuleSeries::ALL {
-        if let Err(why) = series.availability() {
+    for s in RuleSeries::ALL {
+        if let Err(why) = s.availability() {
             results
                 .notes
-                .push(format!("Series `{}` skipped: {why}.", series.name()));
-            continue;
+                .push(format!("Series `{}` skipped: {why}.", s.name()));
         }
-        for &n in &cfg.counts {
-            plan.push((results.cases.len(), series, Some(n)));
+    }
+    // The eBPF series is compared with its own smallest count (Listing 10 alone for 0): the
+    // target is about what extra rules cost, not what ILA costs against swarm.
+    let ebpf_base = rules_case_name(RuleSeries::Ebpf, counts[0]);
+    let mut case_of: Vec<(RuleSeries, usize, usize)> = Vec::new();
+    for &s in &series {
+        for &n in &counts {
+            case_of.push((s, n, results.cases.len()));
             results.cases.push(CaseResult {
-                name: format!("{}/{n}", series.name()),
-                description: format!(
-                    "{} with {n} non-matching rules before the accepts",
-                    series.name()
-                ),
-                mode: series.mode().to_string(),
-                series: Some(series.name().into()),
+                series: Some(s.name().into()),
                 extra_rules: Some(n),
-                total_rules: Some(series.total_rules(n)),
-                available: true,
-                note: None,
-                runs: Vec::new(),
-                summary: None,
+                total_rules: Some(s.total_rules(n)),
+                baseline: (s == RuleSeries::Ebpf).then(|| ebpf_base.clone()),
+                ..CaseResult::new(rules_case_name(s, n), s.describe(n), s.mode().to_string())
             });
         }
+    }
+    if series.contains(&RuleSeries::Ebpf) {
+        results.notes.push(format!(
+            "Ratios: iptables cases against `{NO_FILTER}` (swarm, no filter); eBPF cases against \
+             `{ebpf_base}` (the same ILA lab with {} policy rule(s)).",
+            RuleSeries::Ebpf.total_rules(counts[0])
+        ));
     }
     report::save_data(&cfg.out, &results)?;
 
     let mut labs = Labs(Vec::new());
     let mut beds: Vec<(Mode, String, Testbed)> = Vec::new();
-    for (_, series, _) in &plan {
-        let mode = series.mode();
+    let mut switcher = None;
+    for mode in std::iter::once(Mode::Swarm).chain(series.iter().map(|s| s.mode())) {
         if beds.iter().any(|(m, ..)| *m == mode) {
             continue;
+        }
+        if stop.load(Ordering::SeqCst) {
+            results.interrupted = true;
+            break;
         }
         progress(&Progress {
             done: 0,
@@ -382,27 +504,72 @@ pub fn rules(
             eta: Duration::ZERO,
         });
         let name = format!("{}-r{}", cfg.lab_prefix, &mode.to_string()[..1]);
-        let bed = Testbed::build(&mut labs, &name, mode, &cfg.settings)?;
+        let mut bed = Testbed::build(&mut labs, &name, mode, &cfg.settings)?;
+        if mode == RuleSeries::Ebpf.mode() {
+            if let Some(ep) = &bed.endpoints {
+                let check = ep.install_listing10()?;
+                results.notes.push(format!(
+                    "eBPF lab: Listing 10 checked in force before measuring ({}); {} POLICY \
+                     entries per host with it alone.",
+                    check.verified.join(", "),
+                    check
+                        .entries
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ));
+                switcher = Some(RuleSwitcher::new(ep.clone(), check.names.clone()));
+            }
+        }
+        bed.start_server(&cfg.settings)?;
         beds.push((mode, name, bed));
     }
+    report::save_data(&cfg.out, &results)?;
+    let bed_of = |mode: Mode| beds.iter().find(|(m, ..)| *m == mode);
     let mut jobs = Vec::new();
-    for (case, series, extra) in plan {
-        let Some((_, lab_name, bed)) = beds.iter().find(|(m, ..)| *m == series.mode()) else {
-            continue;
-        };
+    if let Some((_, lab_name, bed)) = bed_of(Mode::Swarm) {
         let lab_name = lab_name.clone();
         jobs.push(Job {
-            case,
+            case: 0,
             client: bed.client(&cfg.settings),
-            before: Box::new(move || match extra {
-                None => Ok(lab::set_swarm_rules(&lab_name, SwarmRules::Off)?),
-                Some(n) => series.apply(&lab_name, n),
+            before: Box::new(move || {
+                lab::set_swarm_rules(&lab_name, SwarmRules::Off)?;
+                Ok(None)
             }),
         });
     }
-    measure(&mut results, &jobs, &cfg.out, stop, progress)?;
-    // Leave the lab as it was built before tearing it down.
+    // Count by count, the series alternate (iptables/0, ebpf/0, iptables/1, …).
+    for &n in &counts {
+        for &(s, _, case) in case_of.iter().filter(|(_, m, _)| *m == n) {
+            let Some((_, lab_name, bed)) = bed_of(s.mode()) else {
+                continue;
+            };
+            let lab_name = lab_name.clone();
+            let before: Box<dyn Fn() -> Result<Option<PolicyChange>, BenchError>> = match s {
+                RuleSeries::Iptables => Box::new(move || {
+                    lab::set_swarm_rules(&lab_name, SwarmRules::Listing9 { extra: n })?;
+                    Ok(None)
+                }),
+                RuleSeries::Ebpf => {
+                    let sw = switcher.as_ref().ok_or_else(|| {
+                        BenchError::Invalid("the eBPF lab has no benchmark endpoints".into())
+                    })?;
+                    Box::new(move || sw.set(n).map(Some))
+                }
+            };
+            jobs.push(Job {
+                case,
+                client: bed.client(&cfg.settings),
+                before,
+            });
+        }
+    }
+    if !results.interrupted {
+        measure(&mut results, &jobs, &cfg.out, stop, progress)?;
+    }
     drop(jobs);
+    drop(switcher);
     drop(beds);
     drop(labs);
     report::write_report(&cfg.out)?;

@@ -1,9 +1,10 @@
-//! The cases a campaign can measure. New ones (e.g. the eBPF policy once the policy engine
-//! exists) are one entry here and one arm in [`Setup::apply`].
+//! The cases a campaign can measure. New ones are one entry here and one arm in
+//! [`Setup::apply`] (or, for a rule series, in the runner's per-run switch).
 
 use lab::plan::Mode;
 use lab::SwarmRules;
 
+use crate::ebpf::{Endpoints, PolicyCheck};
 use crate::BenchError;
 
 /// What is configured on a lab before it is measured.
@@ -13,30 +14,39 @@ pub enum Setup {
     Plain,
     /// iptables in the swarm hosts' FORWARD chains.
     Iptables(SwarmRules),
-    /// The paper's Listing 10 as eBPF policy (needs the policy engine).
+    /// The paper's Listing 10 as eBPF policy, applied through the agents and checked to be
+    /// enforced (ILA mode).
     EbpfPolicy,
 }
 
 impl Setup {
-    /// `Err(reason)` if this setup cannot be built yet.
+    /// `Err(reason)` if this setup cannot be built (every setup can today; kept so a future
+    /// case can be listed before it works).
     pub fn availability(&self) -> Result<(), String> {
-        match self {
-            Setup::Plain | Setup::Iptables(_) => Ok(()),
-            Setup::EbpfPolicy => Err(
-                "not available yet: the eBPF policy engine (Listing 10 as label-based policy) does not exist yet"
-                    .into(),
-            ),
-        }
+        Ok(())
     }
 
-    /// Configures a running lab.
-    pub fn apply(&self, lab_name: &str) -> Result<(), BenchError> {
+    /// Configures a running lab before its iperf3 server starts. `endpoints` are the benchmark
+    /// endpoints of an ILA lab. Returns what the policy check found, for policy setups.
+    pub fn apply(
+        &self,
+        lab_name: &str,
+        endpoints: Option<&Endpoints>,
+    ) -> Result<Option<PolicyCheck>, BenchError> {
         match self {
-            Setup::Plain => Ok(()),
-            Setup::Iptables(rules) => Ok(lab::set_swarm_rules(lab_name, *rules)?),
-            Setup::EbpfPolicy => Err(BenchError::Invalid(
-                self.availability().err().unwrap_or_default(),
-            )),
+            Setup::Plain => Ok(None),
+            Setup::Iptables(rules) => {
+                lab::set_swarm_rules(lab_name, *rules)?;
+                Ok(None)
+            }
+            Setup::EbpfPolicy => {
+                let ep = endpoints.ok_or_else(|| {
+                    BenchError::Invalid(format!(
+                        "lab '{lab_name}': the eBPF policy needs an ILA lab with benchmark endpoints"
+                    ))
+                })?;
+                Ok(Some(ep.install_listing10()?))
+            }
         }
     }
 }
@@ -102,7 +112,8 @@ pub fn paper_scenarios() -> Vec<Scenario> {
 pub enum RuleSeries {
     /// iptables (x_tables): Listing 9 with N non-matching rules before the accepts.
     Iptables,
-    /// eBPF policy with N rules (needs the policy engine).
+    /// eBPF policy: Listing 10 plus N rules that never match the measured flow, each its own
+    /// `POLICY` map entry.
     Ebpf,
 }
 
@@ -126,18 +137,13 @@ impl RuleSeries {
         }
     }
 
-    /// `Err(reason)` if the series cannot be measured yet.
+    /// `Err(reason)` if the series cannot be measured (both can today).
     pub fn availability(self) -> Result<(), String> {
-        match self {
-            RuleSeries::Iptables => Ok(()),
-            RuleSeries::Ebpf => Err(
-                "not available yet: comes with the eBPF policy engine (O(1) lookups, expected flat)"
-                    .into(),
-            ),
-        }
+        Ok(())
     }
 
-    /// Total rules the filter holds with `extra` non-matching ones.
+    /// Total rules the filter holds with `extra` non-matching ones (Listing 9's two, or
+    /// Listing 10's one, plus the extra).
     pub fn total_rules(self, extra: usize) -> usize {
         match self {
             RuleSeries::Iptables => SwarmRules::Listing9 { extra }.rule_count(),
@@ -145,16 +151,15 @@ impl RuleSeries {
         }
     }
 
-    /// Installs the filter with `extra` non-matching rules on a running lab.
-    pub fn apply(self, lab_name: &str, extra: usize) -> Result<(), BenchError> {
+    /// What the extra rules are, for the report.
+    pub fn describe(self, extra: usize) -> String {
         match self {
-            RuleSeries::Iptables => Ok(lab::set_swarm_rules(
-                lab_name,
-                SwarmRules::Listing9 { extra },
-            )?),
-            RuleSeries::Ebpf => Err(BenchError::Invalid(
-                self.availability().err().unwrap_or_default(),
-            )),
+            RuleSeries::Iptables => {
+                format!("iptables: Listing 9 with {extra} non-matching rules before the accepts")
+            }
+            RuleSeries::Ebpf => format!(
+                "eBPF: Listing 10 plus {extra} rules allowing app=service1 on ports the flow never uses"
+            ),
         }
     }
 }
@@ -167,19 +172,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scenario_names_are_unique_and_policy_is_pending() {
+    fn scenario_names_are_unique_and_all_available() {
         let s = paper_scenarios();
         let mut names: Vec<_> = s.iter().map(|x| x.name).collect();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), s.len());
-        let pending: Vec<_> = s
+        assert!(s.iter().all(|x| x.setup.availability().is_ok()));
+        let policy = s
             .iter()
-            .filter(|x| x.setup.availability().is_err())
-            .map(|x| x.name)
-            .collect();
-        assert_eq!(pending, ["ila+policy"]);
-        assert!(RuleSeries::Ebpf.availability().is_err());
+            .find(|x| x.name == "ila+policy")
+            .expect("ila+policy");
+        assert_eq!((policy.mode, policy.setup), (Mode::Ila, Setup::EbpfPolicy));
+        assert!(RuleSeries::ALL.iter().all(|r| r.availability().is_ok()));
         assert_eq!(RuleSeries::Iptables.total_rules(100), 102);
+        assert_eq!(RuleSeries::Ebpf.total_rules(100), 101);
     }
 }

@@ -62,8 +62,8 @@ pub struct PaperArgs {
 pub struct RulesArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Non-matching rule counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = bench::scenario::RULE_COUNTS)]
+    /// Non-matching rule counts, comma-separated (both series: iptables and eBPF).
+    #[arg(long, alias = "rules", value_delimiter = ',', default_values_t = bench::scenario::RULE_COUNTS)]
     pub counts: Vec<usize>,
 }
 
@@ -137,17 +137,29 @@ fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
-    let baseline = results.baseline.clone().unwrap_or_default();
+    // Policy columns only when a case has an eBPF policy behind it.
+    let policy = results.cases.iter().any(|c| c.policy.is_some());
+    let policy_head = if policy {
+        format!(" {:>9} {:>10}", "entries", "apply s")
+    } else {
+        String::new()
+    };
     println!(
-        "{:<16} {:>9} {:>19} {:>8} {:>22} {:>10}",
-        "case",
-        "Gbit/s",
-        "95% CI (runs)",
-        "runs",
-        format!("ratio to {baseline}"),
-        "CPU%/Gbps"
+        "{:<16} {:>9} {:>19} {:>5} {:>24} {:<10} {:>9}{policy_head}",
+        "case", "Gbit/s", "95% CI (runs)", "runs", "ratio [95% CI]", "to", "CPU%/Gbps"
     );
     for c in &results.cases {
+        let policy_cols = match (&c.policy, policy) {
+            (Some(p), _) => format!(
+                " {:>9} {:>10}",
+                p.max_entries(),
+                p.mean_apply_secs()
+                    .map(|s| format!("{s:.3}"))
+                    .unwrap_or_else(|| "–".into())
+            ),
+            (None, true) => format!(" {:>9} {:>10}", "–", "–"),
+            (None, false) => String::new(),
+        };
         match &c.summary {
             Some(s) => {
                 let ci = match (s.run_means.ci_low, s.run_means.ci_high) {
@@ -162,12 +174,21 @@ fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
                     })
                     .unwrap_or_default();
                 println!(
-                    "{:<16} {:>9.3} {:>19} {:>8} {:>22} {:>10.1}",
-                    c.name, s.run_means.mean, ci, s.runs, ratio, s.cpu_per_gbps
+                    "{:<16} {:>9.3} {:>19} {:>5} {:>24} {:<10} {:>9.1}{policy_cols}",
+                    c.name,
+                    s.run_means.mean,
+                    ci,
+                    s.runs,
+                    ratio,
+                    results.baseline_of(c).unwrap_or(""),
+                    s.cpu_per_gbps
                 );
             }
             None => println!("{:<16} {}", c.name, c.note.as_deref().unwrap_or("no runs")),
         }
+    }
+    if let Some(v) = bench::report::ebpf_verdict(results) {
+        println!("{v}");
     }
     println!("report: {}", out.join("report.md").display());
     if results.interrupted {

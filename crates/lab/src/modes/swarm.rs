@@ -185,8 +185,10 @@ fn program_overlay(plan: &Plan) -> Result<(), LabError> {
                 "fdb append 00:00:00:00:00:00 dev {VXLAN_IFNAME} dst {vtep} self permanent"
             ));
             for c in &other.containers {
+                // `replace`, not `add`: a container that already sent (DAD, MLD) through the
+                // flood entry above may have been learned here, and `add` then fails.
                 fdb.push(format!(
-                    "fdb add {} dev {VXLAN_IFNAME} dst {vtep} self permanent",
+                    "fdb replace {} dev {VXLAN_IFNAME} dst {vtep} self permanent",
                     mac(c.mac)
                 ));
                 neigh.push(format!(
