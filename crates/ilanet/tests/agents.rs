@@ -376,9 +376,18 @@ fn store_outage_keeps_the_data_path_and_refuses_changes_cleanly() {
             .all(|h| status(&name, h).store_connected)
     });
     let ep = add(&name, "site1", "after").expect("add after the outage");
-    wait_for("the new mapping on site2", Duration::from_secs(5), || {
-        out_map(&name, "site2").contains(&ep.sir_addr)
-    });
+    // Leases that expired while etcd was frozen take their mappings along until their agents
+    // republish: wait until both hosts hold all three mappings again.
+    wait_for(
+        "every mapping on both hosts",
+        Duration::from_secs(15),
+        || {
+            ["site1", "site2"].iter().all(|h| {
+                let m = out_map(&name, h);
+                m.len() == 3 && m.contains(&ep.sir_addr)
+            })
+        },
+    );
     probe::ping(&b.netns, ep.sir_addr, T).expect("ping the new endpoint");
 }
 
