@@ -35,6 +35,10 @@ pub use server::serve;
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A flow idle this long loses its conntrack entry (its next packet is policed as new).
+const CT_IDLE: Duration = Duration::from_secs(3600);
+/// How often idle conntrack entries are looked for.
+const CT_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Everything an agent needs to know about its host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +299,7 @@ impl Agent {
     /// and start again. `ready` is signalled once after the first publication (so agents sharing
     /// one process publish before any of them sweeps).
     pub async fn run(self: Arc<Self>, mut ready: Option<Arc<tokio::sync::Barrier>>) {
+        tokio::spawn(Arc::clone(&self).expire_conntrack_forever());
         let mut backoff = BACKOFF_MIN;
         loop {
             let started = Instant::now();
@@ -314,6 +319,20 @@ impl Agent {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Removes idle conntrack entries now and then. The LRU map evicts under pressure anyway;
+    /// this bounds how long an idle flow keeps passing without a policy check.
+    async fn expire_conntrack_forever(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(CT_SWEEP_EVERY).await;
+            let removed = lock(&self.dp).maps().expire_conntrack(CT_IDLE);
+            match removed {
+                Ok(0) => {}
+                Ok(n) => log::debug!("host {}: {n} idle conntrack entries expired", self.cfg.host),
+                Err(e) => log::warn!("host {}: conntrack expiry: {e}", self.cfg.host),
+            }
         }
     }
 
