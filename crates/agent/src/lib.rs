@@ -37,6 +37,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A flow idle this long loses its conntrack entry (its next packet is policed as new).
 const CT_IDLE: Duration = Duration::from_secs(3600);
+/// How long a change waits for a store session that is being re-established.
+const SESSION_WAIT: Duration = Duration::from_secs(5);
 /// How often idle conntrack entries are looked for.
 const CT_SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -608,7 +610,7 @@ impl Agent {
         trial
             .recompile()
             .map_err(|e| AgentError::Invalid(format!("policies do not compile: {e}")))?;
-        let (store, _) = self.session_handle()?;
+        let (store, _) = self.wait_session().await?;
         let previous: Vec<Option<store::PolicyRecord>> = {
             let inner = lock(&self.inner);
             records
@@ -635,7 +637,7 @@ impl Agent {
 
     /// Removes a policy from the store.
     pub async fn delete_policy(&self, name: &str) -> Result<(), AgentError> {
-        let (store, _) = self.session_handle()?;
+        let (store, _) = self.wait_session().await?;
         store.delete_policy(name).await?;
         Ok(())
     }
@@ -728,6 +730,19 @@ impl Agent {
         })
     }
 
+    /// The store session, waiting briefly if it is being re-established (a store member died,
+    /// a lease was renewed): a change is refused only when the store stays away.
+    async fn wait_session(&self) -> Result<(Store, Lease), AgentError> {
+        let deadline = Instant::now() + SESSION_WAIT;
+        loop {
+            match self.session_handle() {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     fn session_handle(&self) -> Result<(Store, Lease), AgentError> {
         let inner = lock(&self.inner);
         match &inner.session {
@@ -769,10 +784,17 @@ impl Agent {
             }
         }
         let _ops = self.ops.lock().await;
-        let (store, lease) = self.session_handle()?;
+        let (store, lease) = self.wait_session().await?;
         let id_labels = policy_sync::identity_labels(&labels, tenant.vnid)
             .map_err(|e| AgentError::Invalid(format!("labels of endpoint '{name}': {e}")))?;
-        let identity = store.allocate_identity(&id_labels.to_string()).await?;
+        // Allocation is idempotent: one retry covers a request lost with a dying store member.
+        let identity = match store.allocate_identity(&id_labels.to_string()).await {
+            Err(store::StoreError::Unavailable { .. }) => {
+                let (store, _) = self.wait_session().await?;
+                store.allocate_identity(&id_labels.to_string()).await?
+            }
+            other => other?,
+        };
         {
             // Known before the endpoint exists, so its first packet meets a compiled policy.
             let mut inner = lock(&self.inner);
@@ -835,10 +857,30 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
             let rec = self.record_of(&ep);
-            let published = if replace {
-                store.put_mapping(&rec, &lease).await
-            } else {
-                store.create_mapping(&rec, &lease).await
+            let publish = |store: Store| {
+                let rec = rec.clone();
+                async move {
+                    if replace {
+                        store.put_mapping(&rec, &lease).await
+                    } else {
+                        store.create_mapping(&rec, &lease).await
+                    }
+                }
+            };
+            let published = match publish(store.clone()).await {
+                // Lost with a dying store member: try once more. If the first attempt did land,
+                // the create now finds this very endpoint's record, which is success.
+                Err(store::StoreError::Unavailable { .. }) => {
+                    match publish(self.wait_session().await?.0).await {
+                        Err(store::StoreError::AddressInUse { owner_endpoint, .. })
+                            if owner_endpoint == name =>
+                        {
+                            Ok(0)
+                        }
+                        other => other,
+                    }
+                }
+                other => other,
             };
             match published {
                 Ok(_) => {
@@ -906,7 +948,7 @@ impl Agent {
                 AgentError::Invalid(format!("no endpoint '{name}' on host '{}'", self.cfg.host))
             })?;
         if !keep_mapping {
-            let (store, _) = self.session_handle()?;
+            let (store, _) = self.wait_session().await?;
             let ours = lock(&self.inner)
                 .view
                 .get(&ep.sir_addr)

@@ -141,6 +141,10 @@ impl EtcdStore {
                     || s.message().contains("no leader")
                     || s.message().contains("leader changed")
                     || s.message().contains("timed out")
+                    // A connection to a member that died mid-request surfaces as "Unknown".
+                    || s.message().contains("transport error")
+                    || s.message().contains("h2 protocol error")
+                    || s.message().contains("connection reset")
                 {
                     self.unavailable(format!("{:?}: {}", s.code(), s.message()))
                 } else {
