@@ -136,6 +136,8 @@ pub struct Agent {
     dp: Mutex<HostDataplane>,
     /// Serialises endpoint changes (they span blocking plumbing and store calls).
     ops: tokio::sync::Mutex<()>,
+    /// Ends the current store session (its lease was found expired outside the session loop).
+    session_reset: tokio::sync::Notify,
     observer: Option<InstallObserver>,
 }
 
@@ -223,6 +225,7 @@ impl Agent {
             cfg,
             store_cfg,
             ops: tokio::sync::Mutex::new(()),
+            session_reset: tokio::sync::Notify::new(),
             observer,
         });
         agent.save_state()?;
@@ -408,9 +411,14 @@ impl Agent {
                 }
             }
         };
+        let reset = async {
+            self.session_reset.notified().await;
+            Err(AgentError::Store(store::StoreError::LeaseExpired(lease.id)))
+        };
         let result: Result<(), AgentError> = tokio::select! {
             r = keepalive => r,
             r = sync => r,
+            r = reset => r,
         };
         result
     }
@@ -743,6 +751,22 @@ impl Agent {
         }
     }
 
+    /// After a change failed on the store: ends the session (a new one reconnects, which drops
+    /// a connection to a dead member, and renews an expired lease) unless the session loop
+    /// already replaced it, so that the retry waits for a fresh one.
+    fn reset_session(&self, failed: &store::StoreError, lease_id: i64) {
+        let mut inner = lock(&self.inner);
+        if inner
+            .session
+            .as_ref()
+            .is_some_and(|s| s.lease.id == lease_id)
+        {
+            inner.session = None;
+            inner.store_error = Some(format!("{failed}; reconnecting"));
+            self.session_reset.notify_one();
+        }
+    }
+
     fn session_handle(&self) -> Result<(Store, Lease), AgentError> {
         let inner = lock(&self.inner);
         match &inner.session {
@@ -784,13 +808,14 @@ impl Agent {
             }
         }
         let _ops = self.ops.lock().await;
-        let (store, lease) = self.wait_session().await?;
+        let (mut store, mut lease) = self.wait_session().await?;
         let id_labels = policy_sync::identity_labels(&labels, tenant.vnid)
             .map_err(|e| AgentError::Invalid(format!("labels of endpoint '{name}': {e}")))?;
         // Allocation is idempotent: one retry covers a request lost with a dying store member.
         let identity = match store.allocate_identity(&id_labels.to_string()).await {
-            Err(store::StoreError::Unavailable { .. }) => {
-                let (store, _) = self.wait_session().await?;
+            Err(e @ store::StoreError::Unavailable { .. }) => {
+                self.reset_session(&e, lease.id);
+                (store, lease) = self.wait_session().await?;
                 store.allocate_identity(&id_labels.to_string()).await?
             }
             other => other?,
@@ -868,10 +893,26 @@ impl Agent {
                 }
             };
             let published = match publish(store.clone()).await {
-                // Lost with a dying store member: try once more. If the first attempt did land,
+                // Lost with a dying store member, or the lease went with it: try once more on
+                // the session the session loop re-establishes. If the first attempt did land,
                 // the create now finds this very endpoint's record, which is success.
-                Err(store::StoreError::Unavailable { .. }) => {
-                    match publish(self.wait_session().await?.0).await {
+                Err(
+                    e
+                    @ (store::StoreError::Unavailable { .. } | store::StoreError::LeaseExpired(_)),
+                ) => {
+                    self.reset_session(&e, lease.id);
+                    let (store, lease) = self.wait_session().await?;
+                    let publish = |store: Store| {
+                        let rec = rec.clone();
+                        async move {
+                            if replace {
+                                store.put_mapping(&rec, &lease).await
+                            } else {
+                                store.create_mapping(&rec, &lease).await
+                            }
+                        }
+                    };
+                    match publish(store).await {
                         Err(store::StoreError::AddressInUse { owner_endpoint, .. })
                             if owner_endpoint == name =>
                         {
