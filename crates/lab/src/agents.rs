@@ -222,6 +222,39 @@ pub(crate) fn create_planned_endpoints(plan: &Plan) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Waits until every host's maps hold the mapping of every planned container, so that the lab
+/// is usable when `lab up` returns.
+pub fn wait_converged(plan: &Plan) -> Result<(), LabError> {
+    let want: Vec<std::net::Ipv6Addr> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(|c| c.sir_addr))
+        .collect();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for host in &plan.hosts {
+        loop {
+            let rows: Vec<agent::api::MappingRow> =
+                serde_json::from_value(call(&plan.name, &host.name, &Request::Mappings)?)
+                    .map_err(|e| LabError::Agent(format!("host '{}': {e}", host.name)))?;
+            let missing = want
+                .iter()
+                .filter(|a| !rows.iter().any(|r| r.sir_addr == **a && r.installed))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Agent(format!(
+                    "host '{}' still misses {missing} mappings after {READY_TIMEOUT:?}",
+                    host.name
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `pid` is still a process started by this lab (guards against pid reuse).
 fn is_ours(pid: u32, lab: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))

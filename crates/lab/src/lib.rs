@@ -161,7 +161,8 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
                 })?,
             };
             agents::start(state, &binary, spec.lease_ttl)?;
-            agents::create_planned_endpoints(&plan)
+            agents::create_planned_endpoints(&plan)?;
+            agents::wait_converged(&plan)
         }
         Mode::Native => modes::native::build(&nl, &plan),
         Mode::Swarm => modes::swarm::build(&nl, &plan),
