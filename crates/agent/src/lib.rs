@@ -882,7 +882,7 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
             let rec = self.record_of(&ep);
-            let publish = |store: Store| {
+            let publish = |store: Store, lease: Lease| {
                 let rec = rec.clone();
                 async move {
                     if replace {
@@ -892,7 +892,7 @@ impl Agent {
                     }
                 }
             };
-            let published = match publish(store.clone()).await {
+            let published = match publish(store.clone(), lease).await {
                 // Lost with a dying store member, or the lease went with it: try once more on
                 // the session the session loop re-establishes. If the first attempt did land,
                 // the create now finds this very endpoint's record, which is success.
@@ -902,17 +902,7 @@ impl Agent {
                 ) => {
                     self.reset_session(&e, lease.id);
                     let (store, lease) = self.wait_session().await?;
-                    let publish = |store: Store| {
-                        let rec = rec.clone();
-                        async move {
-                            if replace {
-                                store.put_mapping(&rec, &lease).await
-                            } else {
-                                store.create_mapping(&rec, &lease).await
-                            }
-                        }
-                    };
-                    match publish(store).await {
+                    match publish(store, lease).await {
                         Err(store::StoreError::AddressInUse { owner_endpoint, .. })
                             if owner_endpoint == name =>
                         {
