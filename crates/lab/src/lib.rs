@@ -279,8 +279,13 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
             first_error.get_or_insert(LabError::from(e));
         }
     }
-    if let Err(e) = dataplane::remove_pins(&state::pin_root(&state.plan.name)) {
+    let pin_root = state::pin_root(&state.plan.name);
+    if let Err(e) = dataplane::remove_pins(&pin_root) {
         first_error.get_or_insert(dp_err("-")(e));
+    }
+    // The shared parent goes with the last lab (fails harmlessly while other labs are up).
+    if let Some(parent) = pin_root.parent() {
+        let _ = std::fs::remove_dir(parent);
     }
     match first_error {
         // Keep the record so a later `down` can finish the job.
