@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use agent::api::{PolicyRow, Request};
+use agent::api::Request;
 use agent::reconcile::LocalEndpoint;
 use lab::plan::Plan;
 use lab::probe::{self, EchoServers};
@@ -162,43 +162,11 @@ impl Endpoints {
         Ok(())
     }
 
-    /// Policy names every host's agent has compiled into its maps, per host.
-    fn listed(&self) -> Result<Vec<Vec<String>>, BenchError> {
-        self.hosts
-            .iter()
-            .map(|h| {
-                let v = lab::agents::call(&self.lab, h, &Request::PolicyList)?;
-                let rows: Vec<PolicyRow> = serde_json::from_value(v).map_err(|e| {
-                    policy_err(format!("agent of '{h}': unreadable policy list: {e}"))
-                })?;
-                Ok(rows.into_iter().map(|r| r.name).collect())
-            })
-            .collect()
-    }
-
-    /// Waits until every host lists all of `names` (`present`) or none of them. The agent
-    /// answers `policy_list` under the lock it holds while compiling a change and writing the
-    /// maps, so a listed policy is in the maps.
+    /// Waits until every host lists all of `names` (`present`) or none of them.
     fn wait_listed(&self, names: &[String], present: bool) -> Result<(), BenchError> {
-        let start = Instant::now();
-        loop {
-            let lists = self.listed()?;
-            let done = lists
-                .iter()
-                .all(|l| names.iter().all(|n| l.contains(n) == present));
-            if done {
-                return Ok(());
-            }
-            if start.elapsed() > POLICY_TIMEOUT {
-                return Err(policy_err(format!(
-                    "lab '{}': policies {names:?} still {} after {POLICY_TIMEOUT:?} (agents list {lists:?}); see the agent logs in {}",
-                    self.lab,
-                    if present { "missing" } else { "present" },
-                    lab::agents::run_dir(&self.lab).display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
+        lab::agents::wait_policies(&self.lab, &hosts, names, present, POLICY_TIMEOUT)
+            .map_err(|e| policy_err(e.to_string()))
     }
 
     /// Stores `records` through the first host's agent and waits until every agent has them

@@ -250,7 +250,8 @@ fn policy_phase(plan: &Plan, all: &[(&HostPlan, &ContainerPlan)]) -> Result<Vec<
         &plan.hosts[0].name,
         &Request::PolicyApply { records },
     )?;
-    wait_for_policy(plan, &names)?;
+    let hosts: Vec<&str> = plan.hosts.iter().map(|h| h.name.as_str()).collect();
+    lab::agents::wait_policies(&plan.name, &hosts, &names, true, Duration::from_secs(5))?;
 
     let mut failures = Vec::new();
     println!(
@@ -324,25 +325,6 @@ fn policy_phase(plan: &Plan, all: &[(&HostPlan, &ContainerPlan)]) -> Result<Vec<
         println!("    verdict {}: {}", e.verdict.to_uppercase(), e.reason);
     }
     Ok(failures)
-}
-
-/// Waits until every agent has compiled the policy into its maps.
-fn wait_for_policy(plan: &Plan, names: &[String]) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    for h in &plan.hosts {
-        loop {
-            let v = lab::agents::call(&plan.name, &h.name, &Request::PolicyList)?;
-            let rows: Vec<agent::api::PolicyRow> = serde_json::from_value(v)?;
-            if names.iter().all(|n| rows.iter().any(|r| &r.name == n)) {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                anyhow::bail!("host {} did not take the policy in 5 s", h.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Ok(())
 }
 
 fn print_topology(plan: &Plan) {

@@ -255,6 +255,42 @@ pub fn wait_converged(plan: &Plan) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Waits until every listed host's agent has all of `names` compiled into its maps (`present`)
+/// or none of them. An agent answers `policy_list` under the lock it holds while compiling a
+/// change and writing the maps, so a listed policy is in the maps.
+pub fn wait_policies(
+    lab: &str,
+    hosts: &[&str],
+    names: &[String],
+    present: bool,
+    timeout: Duration,
+) -> Result<(), LabError> {
+    let start = Instant::now();
+    loop {
+        let mut lists = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let rows: Vec<agent::api::PolicyRow> =
+                serde_json::from_value(call(lab, host, &Request::PolicyList)?)
+                    .map_err(|e| LabError::Agent(format!("host '{host}': policy list: {e}")))?;
+            lists.push(rows.into_iter().map(|r| r.name).collect::<Vec<_>>());
+        }
+        if lists
+            .iter()
+            .all(|l| names.iter().all(|n| l.contains(n) == present))
+        {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(LabError::Agent(format!(
+                "lab '{lab}': policies {names:?} still {} after {timeout:?} (agents list {lists:?}); see the agent logs in {}",
+                if present { "missing" } else { "present" },
+                run_dir(lab).display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Whether `pid` is still a process started by this lab (guards against pid reuse).
 fn is_ours(pid: u32, lab: &str) -> bool {
     fs::read(format!("/proc/{pid}/cmdline"))
