@@ -1091,7 +1091,9 @@ fn describe_cfg(cfg: &StoreConfig) -> String {
     }
 }
 
-fn read_state(cfg: &AgentConfig) -> Result<Vec<LocalEndpoint>, AgentError> {
+/// The endpoints an agent with this configuration has recorded (survives the agent; read by
+/// `lab down` to find the namespaces it created).
+pub fn read_state(cfg: &AgentConfig) -> Result<Vec<LocalEndpoint>, AgentError> {
     match std::fs::read(&cfg.state_file) {
         Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
             .map(|s| s.endpoints)

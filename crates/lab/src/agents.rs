@@ -335,17 +335,15 @@ pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
     let mut namespaces = Vec::new();
     for host in &state.plan.hosts {
         let cfg = agent_config(&state.plan, host, agent::DEFAULT_LEASE_TTL);
-        if let Ok(bytes) = fs::read(&cfg.state_file) {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                for ep in v["endpoints"].as_array().into_iter().flatten() {
-                    if let Some(ns) = ep["netns"].as_str() {
-                        if ns.starts_with(&format!("{}-", state.plan.name)) {
-                            namespaces.push(ns.to_string());
-                        }
-                    }
-                }
-            }
-        }
+        // An unreadable record leaves nothing to find; the lab's own namespaces still go.
+        let recorded = agent::read_state(&cfg).unwrap_or_default();
+        let prefix = format!("{}-", state.plan.name);
+        namespaces.extend(
+            recorded
+                .into_iter()
+                .map(|ep| ep.netns)
+                .filter(|ns| ns.starts_with(&prefix)),
+        );
     }
     Ok(namespaces)
 }
