@@ -156,3 +156,45 @@ fn non_root_is_a_clear_error() {
     assert!(!o.status.success());
     assert!(text(&o).contains("needs root"), "{}", text(&o));
 }
+
+/// Removes a directory tree on bpffs when dropped (the sentinels below).
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn lab_commands_refuse_names_that_are_not_lab_names() {
+    // Sentinels beside (ilanet/<other lab>) and above (/sys/fs/bpf/<other app>) the lab pins:
+    // an empty name once removed all of /sys/fs/bpf/ilanet, `..` everything under /sys/fs/bpf.
+    let other_lab = std::path::PathBuf::from(format!("/sys/fs/bpf/ilanet/{}", lab_name("keep")));
+    let other_app = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-app", lab_name("keep")));
+    let _g1 = RemoveDir(other_lab.clone());
+    let _g2 = RemoveDir(other_app.clone());
+    std::fs::create_dir_all(other_lab.join("site1")).expect("sentinel");
+    std::fs::create_dir_all(&other_app).expect("sentinel");
+    for bad in ["", ".", "..", "../..", "a/b", "x/../.."] {
+        for cmd in [
+            &["lab", "down", "--name", bad][..],
+            &["lab", "status", "--name", bad],
+            &["endpoint", "list", "--lab", bad],
+            &["policy", "list", "--lab", bad],
+        ] {
+            let out = ilanet(cmd);
+            assert!(!out.status.success(), "{cmd:?} succeeded: {}", text(&out));
+            assert!(
+                text(&out).contains("lab name"),
+                "{cmd:?} does not name the problem: {}",
+                text(&out)
+            );
+        }
+    }
+    assert!(
+        other_lab.join("site1").is_dir(),
+        "another lab's pins were removed"
+    );
+    assert!(other_app.is_dir(), "pins outside ilanet were removed");
+}

@@ -12,7 +12,8 @@ use crate::agents::StoreKind;
 use crate::LabError;
 
 /// Longest lab name: namespace names are `<lab>-<host>-<container>` and stay readable.
-const MAX_LAB_NAME: usize = 24;
+/// Longest lab name (it prefixes namespace and interface names).
+pub const MAX_LAB_NAME: usize = 24;
 /// Sites and containers are numbered into MAC addresses and prefixes (one byte each).
 const MAX_SITES: usize = 200;
 const MAX_CONTAINERS: usize = 200;
@@ -250,7 +251,7 @@ pub struct ContainerPlan {
 impl Plan {
     /// Resolves a spec into names and addresses; rejects what cannot be built.
     pub fn new(spec: &LabSpec) -> Result<Self, LabError> {
-        validate_name("lab name", &spec.name, MAX_LAB_NAME)?;
+        validate_lab_name(&spec.name)?;
         if spec.sites.is_empty() || spec.sites.len() > MAX_SITES {
             return Err(LabError::Invalid(format!(
                 "--sites must be between 1 and {MAX_SITES}, got {}",
@@ -390,6 +391,13 @@ impl Plan {
 
 fn truncate(s: &str, n: usize) -> &str {
     &s[..s.len().min(n)]
+}
+
+/// Checks a lab name as `lab up` does. Every command that takes a lab name calls this before
+/// building a path from it: a name like `''`, `.` or `..` would otherwise point at other labs'
+/// records and pins, or at all of /sys/fs/bpf.
+pub fn validate_lab_name(name: &str) -> Result<(), LabError> {
+    validate_name("lab name", name, MAX_LAB_NAME)
 }
 
 fn validate_name(what: &str, name: &str, max: usize) -> Result<(), LabError> {

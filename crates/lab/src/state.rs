@@ -103,19 +103,30 @@ impl LabState {
     }
 
     /// Reads a lab's record; `None` if the lab is not up.
+    /// The name is validated first (as `lab up` does), and the record must name the same lab:
+    /// every path `lab down` removes is derived from it.
     pub fn load(lab: &str) -> Result<Option<Self>, LabError> {
+        crate::plan::validate_lab_name(lab)?;
         let path = record_path(lab);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(os_err(format!("reading {}", path.display()))(e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LabError::Record {
+        let state: Self = serde_json::from_slice(&bytes).map_err(|e| LabError::Record {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if state.plan.name != lab {
+            return Err(LabError::Record {
                 path,
-                reason: e.to_string(),
-            })
+                reason: format!(
+                    "it records lab '{}', not '{lab}'; refusing to act on it",
+                    state.plan.name
+                ),
+            });
+        }
+        Ok(Some(state))
     }
 
     /// Writes the record (atomically: temp file + rename).
@@ -140,6 +151,7 @@ impl LabState {
 
     /// Removes the record.
     pub fn remove(lab: &str) -> Result<(), LabError> {
+        crate::plan::validate_lab_name(lab)?;
         match fs::remove_file(record_path(lab)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
