@@ -2,7 +2,7 @@
 
 use dataplane::{DataplaneError, HostMaps};
 
-use crate::policy_sync::{PolicyOps, PolicyView};
+use crate::policy_sync::{PolicyOps, PolicyView, PolicyWrite};
 use crate::reconcile::{Current, Ops};
 
 /// Reads everything the mapping reconciliation compares against.
@@ -45,32 +45,23 @@ pub fn apply(maps: &mut HostMaps, ops: &Ops) -> Result<(), DataplaneError> {
     Ok(())
 }
 
-/// Makes the policy maps equal to the view's compilation (mark and sweep against the maps).
+/// Makes the policy maps equal to the view's compilation (mark and sweep against the maps), in
+/// the one safe order of [`PolicyOps::ordered`].
 pub fn sync_policy(maps: &mut HostMaps, view: &PolicyView) -> Result<PolicyOps, DataplaneError> {
     let ops = view.ops(
         &maps.policy_eps()?,
         &maps.policy_entries()?,
         &maps.cidr_entries()?,
     );
-    // New endpoint entries and rules first, removals last: a packet never meets a half state
-    // that denies more than either the old or the new policy.
-    for (k, v) in &ops.ep_put {
-        maps.insert_policy_ep(*k, v)?;
-    }
-    for (k, v) in &ops.put {
-        maps.insert_policy(k, v)?;
-    }
-    for (k, v) in &ops.cidr_put {
-        maps.insert_cidr(k, v)?;
-    }
-    for k in &ops.del {
-        maps.remove_policy(k)?;
-    }
-    for k in &ops.cidr_del {
-        maps.remove_cidr(k)?;
-    }
-    for k in &ops.ep_del {
-        maps.remove_policy_ep(*k)?;
+    for w in ops.ordered() {
+        match w {
+            PolicyWrite::Rule(k, v) => maps.insert_policy(&k, &v)?,
+            PolicyWrite::Cidr(k, v) => maps.insert_cidr(&k, &v)?,
+            PolicyWrite::Endpoint(k, v) => maps.insert_policy_ep(k, &v)?,
+            PolicyWrite::RemoveRule(k) => maps.remove_policy(&k)?,
+            PolicyWrite::RemoveCidr(k) => maps.remove_cidr(&k)?,
+            PolicyWrite::RemoveEndpoint(k) => maps.remove_policy_ep(k)?,
+        }
     }
     Ok(ops)
 }

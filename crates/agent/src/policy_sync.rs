@@ -109,6 +109,45 @@ impl PolicyOps {
     }
 }
 
+/// One write or removal of [`PolicyOps`], in the order it is applied to the maps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PolicyWrite {
+    /// Write a `POLICY` entry.
+    Rule(PolicyKey, PolicyValue),
+    /// Write a `POLICY_CIDR` entry.
+    Cidr(CidrKey, PolicyValue),
+    /// Write a `POLICY_EP` entry.
+    Endpoint(u32, EndpointPolicy),
+    /// Remove a `POLICY` entry.
+    RemoveRule(PolicyKey),
+    /// Remove a `POLICY_CIDR` entry.
+    RemoveCidr(CidrKey),
+    /// Remove a `POLICY_EP` entry.
+    RemoveEndpoint(u32),
+}
+
+impl PolicyOps {
+    /// The one order every policy change is written in: rules, then endpoint entries, then
+    /// rule removals, then endpoint removals. An endpoint entry that starts enforcing a direction
+    /// is written only once its allow rules are in, and one that stops enforcing is written
+    /// before its rules go, so a packet never meets a state that denies more than both the old
+    /// and the new policy.
+    pub fn ordered(&self) -> Vec<PolicyWrite> {
+        let mut w = Vec::with_capacity(self.len());
+        w.extend(self.put.iter().map(|(k, v)| PolicyWrite::Rule(*k, *v)));
+        w.extend(self.cidr_put.iter().map(|(k, v)| PolicyWrite::Cidr(*k, *v)));
+        w.extend(
+            self.ep_put
+                .iter()
+                .map(|(k, v)| PolicyWrite::Endpoint(*k, *v)),
+        );
+        w.extend(self.del.iter().map(|k| PolicyWrite::RemoveRule(*k)));
+        w.extend(self.cidr_del.iter().map(|k| PolicyWrite::RemoveCidr(*k)));
+        w.extend(self.ep_del.iter().map(|k| PolicyWrite::RemoveEndpoint(*k)));
+        w
+    }
+}
+
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
     desired: &BTreeMap<K, V>,
     current: &[(K, V)],
@@ -254,6 +293,82 @@ mod tests {
         let err = records_for_file("bad.json", bad.as_bytes(), vnid(1)).expect_err("bad port");
         let msg = err.to_string();
         assert!(msg.contains("bad.json") && msg.contains("port"), "{msg}");
+    }
+
+    fn view_of(policies: &[PolicyRecord], ids: &[IdentityRecord]) -> PolicyView {
+        let mut v = PolicyView::default();
+        let errs = v.reset(policies, ids);
+        assert!(errs.is_empty(), "{errs:?}");
+        v.recompile().expect("compile");
+        v
+    }
+
+    /// Replays `ops` in [`PolicyOps::ordered`] order on maps holding `before`'s compilation and
+    /// checks, after every single write, that each enforcing endpoint entry has all the rules
+    /// that both `before` and `after` agree on, and that no rule of the target is missing once
+    /// its endpoint enforces with the target's flags.
+    fn assert_never_denies_more(before: &PolicyView, after: &PolicyView) {
+        let b = before.compiled();
+        let a = after.compiled();
+        let mut eps: BTreeMap<u32, EndpointPolicy> = b.endpoints.clone();
+        let mut rules: BTreeMap<PolicyKey, PolicyValue> = b.entries.clone();
+        let cur_ep: Vec<_> = eps.iter().map(|(k, v)| (*k, *v)).collect();
+        let cur: Vec<_> = rules.iter().map(|(k, v)| (*k, *v)).collect();
+        let ops = after.ops(&cur_ep, &cur, &[]);
+        assert!(!ops.is_empty(), "the test needs a change");
+        for (step, w) in ops.ordered().into_iter().enumerate() {
+            match w {
+                PolicyWrite::Rule(k, v) => {
+                    rules.insert(k, v);
+                }
+                PolicyWrite::Endpoint(k, v) => {
+                    eps.insert(k, v);
+                }
+                PolicyWrite::RemoveRule(k) => {
+                    rules.remove(&k);
+                }
+                PolicyWrite::RemoveEndpoint(k) => {
+                    eps.remove(&k);
+                }
+                PolicyWrite::Cidr(..) | PolicyWrite::RemoveCidr(_) => {}
+            }
+            // An endpoint entry equal to the target's must find every target rule of that
+            // endpoint in place; one equal to the old must find every old rule.
+            for (id, ep) in &eps {
+                for (compiled, name) in [(a, "new"), (b, "old")] {
+                    if compiled.endpoints.get(id) != Some(ep) {
+                        continue;
+                    }
+                    for k in compiled.entries.keys().filter(|k| k.ep_identity == *id) {
+                        assert!(
+                            rules.contains_key(k),
+                            "step {step} ({w:?}): endpoint {id} enforces as in the {name} policy \
+                             but its rule {k:?} is not in the map"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(eps, a.endpoints);
+        assert_eq!(rules, a.entries);
+    }
+
+    #[test]
+    fn applying_or_deleting_a_policy_never_denies_what_both_allow() {
+        let recs = records_for_file("l10.json", LISTING10.as_bytes(), vnid(1)).expect("parse");
+        let svc = identity_labels(
+            &[("app".to_string(), "service1".to_string())].into(),
+            vnid(1),
+        )
+        .expect("labels");
+        let ids = [IdentityRecord {
+            id: 300,
+            labels: svc.to_string(),
+        }];
+        let none = view_of(&[], &ids);
+        let listing10 = view_of(&recs, &ids);
+        assert_never_denies_more(&none, &listing10);
+        assert_never_denies_more(&listing10, &none);
     }
 
     #[test]
