@@ -63,12 +63,17 @@ pub mod reason {
     pub const SPOOFED: u8 = 6;
     /// Local destination without `ILA_ENDPOINTS` entry.
     pub const NO_ENDPOINT: u8 = 7;
-    /// L4 unreadable while enforcing.
+    /// L4 unreadable while enforcing (programs since `UNCLASSIFIED` no longer emit it).
     pub const MALFORMED: u8 = 8;
     /// Checksum fix failed.
     pub const CSUM: u8 = 9;
     /// Rewrite failed.
     pub const REWRITE: u8 = 10;
+    /// Enforcement could not classify the packet completely (extension-header chain longer
+    /// than walked, header running past the payload, L4 header missing or truncated).
+    pub const UNCLASSIFIED: u8 = 11;
+    /// Enforcement: a non-first fragment (no L4 header, no fragment tracking).
+    pub const FRAGMENT: u8 = 12;
 }
 
 /// `ILA_CT_F_ORIG_B`: the flow was opened by `b`.
@@ -114,8 +119,12 @@ pub mod stat {
     pub const CT_NEW: u32 = 14;
     /// `ILA_STAT_CT_HIT`.
     pub const CT_HIT: u32 = 15;
+    /// `ILA_STAT_DROP_UNCLASSIFIED`.
+    pub const DROP_UNCLASSIFIED: u32 = 16;
+    /// `ILA_STAT_DROP_FRAGMENT`.
+    pub const DROP_FRAGMENT: u32 = 17;
     /// `ILA_STAT_MAX`: number of counters.
-    pub const MAX: u32 = 16;
+    pub const MAX: u32 = 18;
 }
 
 /// `struct ila_out_key`: SIR destination address.

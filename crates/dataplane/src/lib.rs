@@ -233,6 +233,11 @@ pub struct Counters {
     pub ct_new: u64,
     /// Enforcement: packets passed on conntrack (established, reply, related).
     pub ct_hit: u64,
+    /// Enforcement: packet not classified completely (extension-header chain longer than the
+    /// program walks, header past the payload, L4 header missing or truncated), dropped.
+    pub drop_unclassified: u64,
+    /// Enforcement: non-first fragment, dropped (no fragment tracking).
+    pub drop_fragment: u64,
 }
 
 impl Counters {
@@ -255,6 +260,8 @@ impl Counters {
             ("drop_no_endpoint", self.drop_no_endpoint),
             ("ct_new", self.ct_new),
             ("ct_hit", self.ct_hit),
+            ("drop_unclassified", self.drop_unclassified),
+            ("drop_fragment", self.drop_fragment),
         ]
     }
 }
@@ -350,12 +357,18 @@ pub enum VerdictReason {
     Spoofed,
     /// The local destination has no `ILA_ENDPOINTS` entry.
     NoEndpoint,
-    /// L4 header unreadable while enforcing.
+    /// L4 header unreadable while enforcing (older programs; now [`Self::Unclassified`]).
     Malformed,
     /// Checksum fix failed.
     Checksum,
     /// Rewrite failed.
     Rewrite,
+    /// Enforcement could not classify the packet completely: extension-header chain longer
+    /// than the program walks, a header running past the payload, a missing or truncated L4
+    /// header (fail closed, never matched against wildcard rules).
+    Unclassified,
+    /// Enforcement: a non-first fragment (no L4 header; fragments are not tracked).
+    Fragment,
 }
 
 impl VerdictReason {
@@ -372,6 +385,8 @@ impl VerdictReason {
             r::MALFORMED => Self::Malformed,
             r::CSUM => Self::Checksum,
             r::REWRITE => Self::Rewrite,
+            r::UNCLASSIFIED => Self::Unclassified,
+            r::FRAGMENT => Self::Fragment,
             _ => return None,
         })
     }

@@ -299,6 +299,8 @@ impl HostMaps {
             drop_no_endpoint: c[stat::DROP_NO_ENDPOINT as usize],
             ct_new: c[stat::CT_NEW as usize],
             ct_hit: c[stat::CT_HIT as usize],
+            drop_unclassified: c[stat::DROP_UNCLASSIFIED as usize],
+            drop_fragment: c[stat::DROP_FRAGMENT as usize],
         })
     }
 

@@ -140,17 +140,24 @@ fn vnid(n: u32) -> Vnid {
 
 impl Net {
     fn new(yaml: &str) -> Net {
+        Net::with(
+            yaml,
+            &[
+                (1, 1, "app=web", Host::A),
+                (2, 1, "app=db", Host::B),
+                (3, 1, "app=cache", Host::A),
+                (4, 1, "app=admin", Host::A),
+                (5, 1, "app=web", Host::B),
+                (6, 2, "app=partner", Host::A),
+                (7, 2, "app=x", Host::B),
+            ],
+        )
+    }
+
+    /// Endpoints as (id, tenant, labels, host).
+    fn with(yaml: &str, spec: &[(u64, u32, &str, Host)]) -> Net {
         let policies =
             policy::parse_policy_file("fixture.yaml", yaml.as_bytes(), vnid(1)).expect("fixture");
-        let spec: [(u64, u32, &str, Host); 7] = [
-            (1, 1, "app=web", Host::A),
-            (2, 1, "app=db", Host::B),
-            (3, 1, "app=cache", Host::A),
-            (4, 1, "app=admin", Host::A),
-            (5, 1, "app=web", Host::B),
-            (6, 2, "app=partner", Host::A),
-            (7, 2, "app=x", Host::B),
-        ];
         let eps: Vec<Ep> = spec
             .iter()
             .map(|&(id, tenant, labels, host)| {
@@ -482,6 +489,8 @@ fn from_vec(p: &[u64]) -> Counters {
         drop_no_endpoint: p[13],
         ct_new: p[14],
         ct_hit: p[15],
+        drop_unclassified: p[16],
+        drop_fragment: p[17],
     }
 }
 
@@ -1363,4 +1372,532 @@ fn map_api_roundtrip() {
         CompileLimits::default(),
         "maps fit the default compile limits"
     );
+}
+
+// ---- Fail closed on packets that cannot be classified completely (DESIGN.md §2, issue 9) ----
+
+/// The shape of issue 9: `app=server` allows everything from `app=client` except TCP port 80.
+const EXTHDR_FIXTURE: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: server, namespace: "1"}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: client}}]
+      toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+/// Client on host A, a server on host B (reached over ILA), a server on host A (local
+/// destination of the client: from-container applies its ingress policy).
+const CLIENT: u64 = 1;
+const SERVER_B: u64 = 2;
+const SERVER_A: u64 = 3;
+const DENIED: u16 = 80;
+const ALLOWED: u16 = 8080;
+
+fn exthdr_net() -> Net {
+    let mut net = Net::with(
+        EXTHDR_FIXTURE,
+        &[
+            (CLIENT, 1, "app=client", Host::A),
+            (SERVER_B, 1, "app=server", Host::B),
+            (SERVER_A, 1, "app=server", Host::A),
+        ],
+    );
+    net.reset();
+    net
+}
+
+/// One program that polices a client -> server packet.
+#[derive(Clone, Copy, Debug)]
+enum Hop {
+    /// from-container at A, client -> remote server (SIR destination).
+    OutRemote,
+    /// from-container at A, client -> local server.
+    OutLocal,
+    /// from-wire at B, client -> server on B (ILA destination, as on the underlay).
+    Wire,
+}
+
+const HOPS: [Hop; 3] = [Hop::OutRemote, Hop::OutLocal, Hop::Wire];
+
+impl Hop {
+    /// (host, program, ingress ifindex, source, destination as written in the frame).
+    fn at(self, net: &Net) -> (Host, ProgramKind, u32, Ipv6Addr, Ipv6Addr) {
+        let c = net.ep(CLIENT);
+        match self {
+            Hop::OutRemote => (
+                Host::A,
+                ProgramKind::FromContainer,
+                c.ifindex,
+                c.sir(),
+                net.ep(SERVER_B).sir(),
+            ),
+            Hop::OutLocal => (
+                Host::A,
+                ProgramKind::FromContainer,
+                c.ifindex,
+                c.sir(),
+                net.ep(SERVER_A).sir(),
+            ),
+            Hop::Wire => (
+                Host::B,
+                ProgramKind::FromWire,
+                0,
+                c.sir(),
+                net.ep(SERVER_B).ila(),
+            ),
+        }
+    }
+}
+
+/// What one program did with one frame (conntrack flushed and events drained before).
+struct HopRun {
+    retval: i32,
+    packet: Vec<u8>,
+    events: Vec<VerdictEvent>,
+    counters: Counters,
+    /// Conntrack entries of both hosts afterwards.
+    ct: Vec<dataplane::CtEntry>,
+}
+
+fn run_hop(net: &mut Net, hop: Hop, pkt: &[u8]) -> HopRun {
+    net.reset();
+    let (h, kind, ifindex, _, _) = hop.at(net);
+    let before = net.dp(h).maps().counters().expect("counters");
+    let o = net
+        .dp(h)
+        .test_run_on(kind, pkt, 1, ifindex)
+        .expect("test run");
+    let after = net.dp(h).maps().counters().expect("counters");
+    let events = net.verdicts(h);
+    let mut ct = net.a.maps().conntrack().expect("ct");
+    ct.extend(net.b.maps().conntrack().expect("ct"));
+    HopRun {
+        retval: o.retval,
+        packet: o.packet,
+        events,
+        counters: diff(&before, &after),
+        ct,
+    }
+}
+
+/// `pkt` is dropped at `hop` with `reason` before any policy, counted in the reason's own
+/// counter alone, and leaves no conntrack state.
+fn assert_fails_closed(net: &mut Net, hop: Hop, pkt: &[u8], reason: VerdictReason, what: &str) {
+    let r = run_hop(net, hop, pkt);
+    let what = format!("{what} at {hop:?}");
+    assert_eq!(
+        r.retval, TC_ACT_SHOT,
+        "{what}: not dropped; events {:?}, counters {:?}, conntrack {:?}",
+        r.events, r.counters, r.ct
+    );
+    assert_eq!(
+        r.events.len(),
+        1,
+        "{what}: one drop event, no allow: {:?}",
+        r.events
+    );
+    let ev = &r.events[0];
+    assert_eq!(
+        (ev.verdict, ev.reason, ev.direction),
+        (FlowVerdict::Drop, reason, None),
+        "{what}: {ev:?}"
+    );
+    let want = match reason {
+        VerdictReason::Unclassified => Counters {
+            drop_unclassified: 1,
+            ..Counters::default()
+        },
+        VerdictReason::Fragment => Counters {
+            drop_fragment: 1,
+            ..Counters::default()
+        },
+        other => panic!("not a fail-closed reason: {other:?}"),
+    };
+    assert_eq!(r.counters, want, "{what}");
+    assert!(r.ct.is_empty(), "{what}: conntrack state {:?}", r.ct);
+}
+
+fn dstopts(n: usize) -> Vec<u8> {
+    vec![NH_DSTOPTS; n]
+}
+
+fn chain_of(first: u8, n_dstopts: usize) -> Vec<u8> {
+    let mut c = vec![first];
+    c.extend(dstopts(n_dstopts));
+    c
+}
+
+/// Issue 9: a SYN to a denied port behind 9 or more extension headers was classified as
+/// protocol 60 port 0, matched the any-protocol allow and created conntrack state.
+#[test]
+fn long_extension_header_chains_fail_closed() {
+    let mut net = exthdr_net();
+    let chains = [
+        ("9 destination options", dstopts(9)),
+        ("10 destination options", dstopts(10)),
+        ("16 destination options", dstopts(16)),
+        (
+            "hop-by-hop + 9 destination options",
+            chain_of(NH_HOPOPTS, 9),
+        ),
+        (
+            "atomic fragment + 9 destination options",
+            chain_of(NH_FRAG, 9),
+        ),
+    ];
+    for hop in HOPS {
+        let (_, _, _, src, dst) = hop.at(&net);
+        for (name, chain) in &chains {
+            for dport in [DENIED, ALLOWED] {
+                let syn = syn_segment(src, dst, 40000, dport);
+                let pkt = with_chain(src, dst, chain, NH_TCP, &syn);
+                // The builder: an independent walk finds the SYN, and its checksum verifies.
+                let (nh, off, _) = l4_of(&pkt);
+                assert_eq!((nh, &pkt[off..]), (NH_TCP, &syn[..]), "builder");
+                assert!(l4_valid(src, dst, NH_TCP, &pkt[off..]), "builder");
+                assert_fails_closed(
+                    &mut net,
+                    hop,
+                    &pkt,
+                    VerdictReason::Unclassified,
+                    &format!("SYN to port {dport} behind {name}"),
+                );
+            }
+        }
+    }
+    // What the issue exploited: with no state left behind, the plain packets of that
+    // connection still meet the port deny.
+    let (_, _, _, src, dst) = Hop::Wire.at(&net);
+    let r = run_hop(
+        &mut net,
+        Hop::Wire,
+        &packet(src, dst, NH_TCP, 40000, DENIED),
+    );
+    assert_eq!(r.retval, TC_ACT_SHOT);
+    assert_eq!(
+        r.events.last().map(|e| (e.reason, e.direction)),
+        Some((VerdictReason::Rule, Some(PolicyDirection::Ingress)))
+    );
+}
+
+/// Non-first fragments carry no L4 header and fragments are not tracked: under enforcement
+/// every one is dropped with its own reason, also when the first fragment opened a flow.
+#[test]
+fn non_first_fragments_fail_closed() {
+    let mut net = exthdr_net();
+    for hop in HOPS {
+        let (h, kind, ifindex, src, dst) = hop.at(&net);
+        for dport in [ALLOWED, DENIED] {
+            let seg = l4_segment(src, dst, NH_TCP, 40000, dport, &[0x5a; 40]);
+            let (a, b) = seg.split_at(24);
+            let mut r1 = frag_header(NH_TCP, 0, true, 0xf00d);
+            r1.extend_from_slice(a);
+            let first = frame(src, dst, NH_FRAG, &r1);
+            let mut r2 = frag_header(NH_TCP, 3, false, 0xf00d);
+            r2.extend_from_slice(b);
+            let second = frame(src, dst, NH_FRAG, &r2);
+            // The builder: the two fragments reassemble into a valid segment.
+            assert!(fragments_valid(&first, &second, dst), "builder");
+            assert_eq!(l4_of(&second).2, Some(24), "builder");
+            let what = format!("non-first fragment to port {dport}");
+            assert_fails_closed(&mut net, hop, &second, VerdictReason::Fragment, &what);
+            // Behind a destination options header too.
+            let mut r3 = opts_header(NH_FRAG, 0);
+            r3.extend_from_slice(&r2);
+            let behind = frame(src, dst, NH_DSTOPTS, &r3);
+            assert_fails_closed(
+                &mut net,
+                hop,
+                &behind,
+                VerdictReason::Fragment,
+                &format!("{what} behind destination options"),
+            );
+
+            // The first fragment holds the whole TCP header: classified and policed as usual.
+            let r = run_hop(&mut net, hop, &first);
+            let denied = dport == DENIED && !matches!(hop, Hop::OutRemote);
+            if denied {
+                assert_eq!(r.retval, TC_ACT_SHOT, "first fragment at {hop:?}");
+                assert_eq!(r.events.last().map(|e| e.reason), Some(VerdictReason::Rule));
+                assert!(r.ct.is_empty());
+                continue;
+            }
+            assert_eq!(
+                r.retval, TC_ACT_OK,
+                "first fragment at {hop:?}: {:?}",
+                r.events
+            );
+            assert_eq!(r.ct.len(), 1, "{hop:?}");
+            assert_eq!(
+                (r.ct[0].proto, r.ct[0].sport, r.ct[0].dport),
+                (NH_TCP, 40000, dport)
+            );
+            // With the flow tracked, the rest of the datagram is still dropped (no state is
+            // consulted or created for it).
+            let before = net.dp(h).maps().counters().expect("c");
+            let o = net
+                .dp(h)
+                .test_run_on(kind, &second, 1, ifindex)
+                .expect("run");
+            let c = diff(&before, &net.dp(h).maps().counters().expect("c"));
+            assert_eq!(
+                o.retval, TC_ACT_SHOT,
+                "tracked non-first fragment at {hop:?}"
+            );
+            assert_eq!(
+                c,
+                Counters {
+                    drop_fragment: 1,
+                    ..Counters::default()
+                },
+                "{hop:?}"
+            );
+            assert_eq!(
+                net.verdicts(h).last().map(|e| e.reason),
+                Some(VerdictReason::Fragment)
+            );
+            let ct_after = net.dp(h).maps().conntrack().expect("ct");
+            assert_eq!(ct_after.len(), 1, "{hop:?}: no new conntrack entry");
+        }
+    }
+}
+
+/// An L4 header shorter than its fixed part (or past the IPv6 payload), an extension header
+/// running past the payload, a first fragment too short for the TCP header: all dropped as
+/// unclassified, even to an allowed port.
+#[test]
+fn truncated_headers_fail_closed() {
+    let mut net = exthdr_net();
+    for hop in HOPS {
+        let (_, _, _, src, dst) = hop.at(&net);
+        let tcp = syn_segment(src, dst, 40000, ALLOWED);
+        let udp = l4_segment(src, dst, NH_UDP, 40000, ALLOWED, b"");
+        let icmp = l4_segment(src, dst, NH_ICMPV6, 0x77, 1, b"");
+        let mut sctp = Vec::new();
+        sctp.extend_from_slice(&40000u16.to_be_bytes());
+        sctp.extend_from_slice(&ALLOWED.to_be_bytes());
+        sctp.extend_from_slice(&[0; 8]);
+
+        let mut past_payload = frame(src, dst, NH_TCP, &tcp);
+        let plen = 12u16; // the last 8 bytes of the TCP header are trailing bytes of the frame
+        past_payload[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&plen.to_be_bytes());
+        let mut tiny_first = frag_header(NH_TCP, 0, true, 0xbeef);
+        tiny_first.extend_from_slice(&tcp[..8]);
+        // Destination options announcing 32 bytes with 16 in the packet, then a TCP header.
+        let mut long_opt = opts_header(NH_TCP, 3);
+        long_opt.truncate(16);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "TCP header of 12 bytes",
+                frame(src, dst, NH_TCP, &tcp[..12]),
+            ),
+            (
+                "TCP header of 19 bytes",
+                frame(src, dst, NH_TCP, &tcp[..19]),
+            ),
+            (
+                "TCP header of 16 bytes behind two destination options",
+                with_chain(src, dst, &dstopts(2), NH_TCP, &tcp[..16]),
+            ),
+            ("TCP header past the payload length", past_payload),
+            ("UDP header of 4 bytes", frame(src, dst, NH_UDP, &udp[..4])),
+            (
+                "SCTP header of 8 bytes",
+                frame(src, dst, NH_SCTP, &sctp[..8]),
+            ),
+            (
+                "ICMPv6 echo of 4 bytes",
+                frame(src, dst, NH_ICMPV6, &icmp[..4]),
+            ),
+            (
+                "first fragment with 8 bytes of TCP",
+                frame(src, dst, NH_FRAG, &tiny_first),
+            ),
+            (
+                "TCP announced, nothing follows",
+                frame(src, dst, NH_TCP, &[]),
+            ),
+            (
+                "destination options longer than the packet",
+                frame(src, dst, NH_DSTOPTS, &long_opt),
+            ),
+            (
+                "destination options cut short",
+                frame(src, dst, NH_DSTOPTS, &[NH_TCP]),
+            ),
+        ];
+        for (what, pkt) in &cases {
+            assert_fails_closed(&mut net, hop, pkt, VerdictReason::Unclassified, what);
+        }
+        // The complete headers pass (guards the cases above).
+        for pkt in [
+            frame(src, dst, NH_TCP, &tcp),
+            frame(src, dst, NH_UDP, &udp),
+            frame(src, dst, NH_SCTP, &sctp),
+            frame(src, dst, NH_ICMPV6, &icmp),
+        ] {
+            let r = run_hop(&mut net, hop, &pkt);
+            assert_eq!(r.retval, TC_ACT_OK, "{hop:?}: {:?}", r.events);
+            assert_eq!(r.ct.len(), 1, "{hop:?}");
+        }
+    }
+}
+
+/// Sends a client -> server packet along the whole path: from-container at A, then (remote
+/// server) from-wire at B. Returns the last program's verdict, the drop event if any, and the
+/// conntrack entries of both hosts.
+fn client_to_server(
+    net: &mut Net,
+    server: u64,
+    build: impl Fn(Ipv6Addr, Ipv6Addr) -> Vec<u8>,
+) -> (i32, Option<VerdictEvent>, Vec<dataplane::CtEntry>) {
+    net.reset();
+    let (c_sir, c_if) = (net.ep(CLIENT).sir(), net.ep(CLIENT).ifindex);
+    let (s_sir, s_ila, s_host) = (
+        net.ep(server).sir(),
+        net.ep(server).ila(),
+        net.ep(server).host,
+    );
+    let pkt = build(c_sir, s_sir);
+    let o = net
+        .a
+        .test_run_on(ProgramKind::FromContainer, &pkt, 1, c_if)
+        .expect("run");
+    let mut rc = o.retval;
+    let mut drop_host = Host::A;
+    if rc == TC_ACT_OK && s_host == Host::B {
+        assert_eq!(dst_of(&o.packet), s_ila, "translated");
+        let o = net
+            .b
+            .test_run(ProgramKind::FromWire, &o.packet, 1)
+            .expect("run");
+        rc = o.retval;
+        drop_host = Host::B;
+        if rc == TC_ACT_OK {
+            assert_eq!(o.packet, pkt, "translated back");
+        }
+    } else if rc == TC_ACT_OK {
+        assert_eq!(o.packet, pkt, "local: untouched");
+    }
+    let drop = net
+        .verdicts(drop_host)
+        .into_iter()
+        .rfind(|e| e.verdict == FlowVerdict::Drop);
+    let mut ct = net.a.maps().conntrack().expect("ct");
+    ct.extend(net.b.maps().conntrack().expect("ct"));
+    (rc, drop, ct)
+}
+
+/// Chains the walk supports (up to 8 extension headers) are classified to the TCP header:
+/// the allowed port passes with conntrack state on the flow's real ports, the port deny
+/// still applies.
+#[test]
+fn short_extension_header_chains_are_classified() {
+    let mut net = exthdr_net();
+    let mut chains: Vec<Vec<u8>> = (1..=8).map(dstopts).collect();
+    chains.push(chain_of(NH_HOPOPTS, 7));
+    chains.push(chain_of(NH_FRAG, 7));
+    chains.push(vec![NH_HOPOPTS, NH_DSTOPTS, NH_FRAG, NH_DSTOPTS]);
+    for server in [SERVER_B, SERVER_A] {
+        for chain in &chains {
+            let build = |dport: u16| {
+                move |s: Ipv6Addr, d: Ipv6Addr| {
+                    with_chain(s, d, chain, NH_TCP, &syn_segment(s, d, 40000, dport))
+                }
+            };
+            let what = format!("server {server}, chain {chain:?}");
+            let (rc, drop, ct) = client_to_server(&mut net, server, build(ALLOWED));
+            assert_eq!((rc, drop), (TC_ACT_OK, None), "{what}");
+            // One entry per host that policed the flow, on the real protocol and ports.
+            assert_eq!(ct.len(), if server == SERVER_B { 2 } else { 1 }, "{what}");
+            assert!(
+                ct.iter()
+                    .all(|e| (e.proto, e.sport, e.dport) == (NH_TCP, 40000, ALLOWED)),
+                "{what}: {ct:?}"
+            );
+            let (rc, drop, ct) = client_to_server(&mut net, server, build(DENIED));
+            assert_eq!(rc, TC_ACT_SHOT, "{what}: port deny");
+            let d = drop.expect("drop event");
+            assert_eq!(
+                (d.reason, d.direction, d.proto, d.dport),
+                (
+                    VerdictReason::Rule,
+                    Some(PolicyDirection::Ingress),
+                    NH_TCP,
+                    DENIED
+                ),
+                "{what}"
+            );
+            // The client's egress is open, so host A keeps state only for the remote case.
+            assert_eq!(ct.len(), usize::from(server == SERVER_B), "{what}: {ct:?}");
+        }
+    }
+    let c = net.a.maps().counters().expect("c");
+    let c_b = net.b.maps().counters().expect("c");
+    assert_eq!(
+        (
+            c.drop_unclassified + c_b.drop_unclassified,
+            c.drop_fragment + c_b.drop_fragment
+        ),
+        (0, 0)
+    );
+}
+
+/// The Authentication Header is an extension header (RFC 4302): the walk steps over it to
+/// the TCP header instead of classifying the packet as protocol 51.
+#[test]
+fn authentication_header_is_walked_to_the_l4_header() {
+    let mut net = exthdr_net();
+    for server in [SERVER_B, SERVER_A] {
+        for chain in [vec![NH_AH], vec![NH_HOPOPTS, NH_AH, NH_DSTOPTS]] {
+            let what = format!("server {server}, chain {chain:?}");
+            let (rc, drop, _) = client_to_server(&mut net, server, |s, d| {
+                with_chain(s, d, &chain, NH_TCP, &syn_segment(s, d, 40000, DENIED))
+            });
+            assert_eq!(rc, TC_ACT_SHOT, "{what}: port deny behind AH");
+            assert_eq!(
+                drop.map(|d| (d.reason, d.proto, d.dport)),
+                Some((VerdictReason::Rule, NH_TCP, DENIED)),
+                "{what}"
+            );
+            let (rc, _, ct) = client_to_server(&mut net, server, |s, d| {
+                with_chain(s, d, &chain, NH_TCP, &syn_segment(s, d, 40000, ALLOWED))
+            });
+            assert_eq!(rc, TC_ACT_OK, "{what}");
+            assert!(ct.iter().all(|e| e.proto == NH_TCP && e.dport == ALLOWED));
+        }
+    }
+}
+
+/// Without enforcement the data path only translates: a chain it cannot walk is still
+/// forwarded (neutral-map mode never reads L4).
+#[test]
+fn enforce_off_forwards_long_chains() {
+    let mut net = exthdr_net();
+    net.a.maps().set_enforce(false).expect("off");
+    let (_, _, ifindex, src, dst) = Hop::OutRemote.at(&net);
+    let pkt = with_chain(
+        src,
+        dst,
+        &dstopts(16),
+        NH_TCP,
+        &syn_segment(src, dst, 1, DENIED),
+    );
+    let r = run_hop(&mut net, Hop::OutRemote, &pkt);
+    assert_eq!(r.retval, TC_ACT_OK);
+    assert_eq!(dst_of(&r.packet), net.ep(SERVER_B).ila());
+    assert_eq!(
+        r.counters,
+        Counters {
+            out_translated: 1,
+            ..Counters::default()
+        }
+    );
+    assert!(r.ct.is_empty());
+    let _ = ifindex;
 }

@@ -20,6 +20,7 @@ pub const NH_UDP: u8 = 17;
 pub const NH_FRAG: u8 = 44;
 pub const NH_ICMPV6: u8 = 58;
 pub const NH_DSTOPTS: u8 = 60;
+pub const NH_AH: u8 = 51;
 
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
@@ -170,6 +171,17 @@ pub fn opts_header(next: u8, len8: u8) -> Vec<u8> {
     h
 }
 
+/// An IPsec Authentication Header (RFC 4302) with a 12-byte ICV: 24 bytes, length field 4
+/// (in 4-octet units, minus 2).
+pub fn ah_header(next: u8) -> Vec<u8> {
+    let mut h = vec![0u8; 24];
+    h[0] = next;
+    h[1] = 4;
+    h[4..8].copy_from_slice(&0x0000_1001u32.to_be_bytes()); // SPI
+    h[8..12].copy_from_slice(&7u32.to_be_bytes()); // sequence number
+    h
+}
+
 /// Hop-by-hop (8 bytes) + destination options (16 bytes) + TCP with a valid checksum.
 pub fn tcp_with_ext(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     let mut rest = opts_header(NH_DSTOPTS, 0);
@@ -178,7 +190,8 @@ pub fn tcp_with_ext(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
     frame(src, dst, NH_HOPOPTS, &rest)
 }
 
-fn frag_header(next: u8, offset8: u16, more: bool, id: u32) -> Vec<u8> {
+/// A fragment header: `offset8` in 8-octet units, M flag `more`.
+pub fn frag_header(next: u8, offset8: u16, more: bool, id: u32) -> Vec<u8> {
     let mut h = vec![next, 0];
     h.extend_from_slice(&((offset8 << 3) | u16::from(more)).to_be_bytes());
     h.extend_from_slice(&id.to_be_bytes());
@@ -241,6 +254,11 @@ pub fn l4_of(frame: &[u8]) -> (u8, usize, Option<usize>) {
         match nh {
             NH_HOPOPTS | 43 | NH_DSTOPTS => {
                 let len = (usize::from(frame[off + 1]) + 1) * 8;
+                nh = frame[off];
+                off += len;
+            }
+            NH_AH => {
+                let len = (usize::from(frame[off + 1]) + 2) * 4;
                 nh = frame[off];
                 off += len;
             }
@@ -461,4 +479,32 @@ pub fn tcx_progs(ifname: &str) -> Vec<u64> {
         aya::programs::SchedClassifier::query_tcx(ifname, aya::programs::TcAttachType::Ingress)
             .expect("query tcx");
     progs.iter().map(|p| u64::from(p.id())).collect()
+}
+
+/// A TCP SYN (no payload) with a valid checksum between `src` and `dst`.
+pub fn syn_segment(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let mut l4 = l4_segment(src, dst, NH_TCP, sport, dport, b"");
+    l4[13] = 0x02; // SYN only
+    l4[16..18].fill(0);
+    let c = l4_checksum(src, dst, NH_TCP, &l4);
+    l4[16..18].copy_from_slice(&c.to_be_bytes());
+    l4
+}
+
+/// `l4` (next header `l4_nh`) behind a chain of extension headers of the given types:
+/// hop-by-hop and destination options of 8 bytes (PadN), atomic fragment headers (offset 0,
+/// M = 0), 24-byte Authentication Headers.
+pub fn with_chain(src: Ipv6Addr, dst: Ipv6Addr, chain: &[u8], l4_nh: u8, l4: &[u8]) -> Vec<u8> {
+    let mut rest = Vec::new();
+    for (i, &t) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(l4_nh);
+        rest.extend_from_slice(&match t {
+            NH_HOPOPTS | NH_DSTOPTS => opts_header(next, 0),
+            NH_FRAG => frag_header(next, 0, false, 0x5eed_0000 | i as u32),
+            NH_AH => ah_header(next),
+            _ => panic!("no builder for extension header {t}"),
+        });
+    }
+    rest.extend_from_slice(l4);
+    frame(src, dst, chain.first().copied().unwrap_or(l4_nh), &rest)
 }
