@@ -1,17 +1,20 @@
-//! The in-process backend: a revisioned key-value store with etcd's semantics.
+//! The in-process backend: a revisioned key-value store with etcd's semantics, in memory or
+//! persisted to a data directory (see [`crate::persist`] for the files).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
+use crate::persist::{DataDir, Op, SnapshotState};
 use crate::records::{
-    self, decode_delete, decode_put, encode_host, encode_identity, encode_identity_index,
-    encode_mapping, encode_policy, host_key, identity_key, identity_labels_key, mapping_key,
-    next_identity_candidate, policy_key,
+    self, check_value_size, decode_delete, decode_put, encode_host, encode_identity,
+    encode_identity_index, encode_mapping, encode_policy, host_key, identity_key,
+    identity_labels_key, mapping_key, next_identity_candidate, policy_key,
 };
 use crate::{
     HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
@@ -20,12 +23,72 @@ use crate::{
 
 /// Default number of change events kept for watches from past revisions.
 pub const DEFAULT_HISTORY: usize = 100_000;
+/// Default bound on the bytes (keys + values + a fixed overhead per event) of the change events
+/// kept for watches from past revisions: 64 MiB. Whichever of this and [`DEFAULT_HISTORY`] is
+/// reached first drops the oldest revisions (watches from them get [`StoreEvent::Resync`]).
+pub const DEFAULT_HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// Default size the write-ahead log may reach before it is folded into the snapshot: 64 MiB
+/// (or the snapshot's own size, if larger, so that rewriting the snapshot stays proportionate).
+pub const DEFAULT_LOG_COMPACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes counted per history event on top of its key and value.
+const EVENT_OVERHEAD: usize = 64;
 /// Live events buffered per watcher before it is told to resync.
 const WATCH_BUFFER: usize = 16_384;
 /// How often the reaper thread looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Limits of an [`EmbeddedStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Change events kept for watches from past revisions (at least 1).
+    pub history_events: usize,
+    /// Bytes of change events kept for watches from past revisions.
+    pub history_bytes: usize,
+    /// Persistent stores: the log size above which it is folded into the snapshot.
+    pub log_compact_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            history_events: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            log_compact_bytes: DEFAULT_LOG_COMPACT_BYTES,
+        }
+    }
+}
+
+/// Counters of an [`EmbeddedStore`] ([`EmbeddedStore::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    /// The current revision.
+    pub revision: i64,
+    /// Watches from revisions below this one get [`StoreEvent::Resync`].
+    pub compact_revision: i64,
+    /// Keys stored.
+    pub keys: usize,
+    /// Live leases.
+    pub leases: usize,
+    /// Change events retained for watches from past revisions.
+    pub history_events: usize,
+    /// Bytes those events account for (at most [`EmbeddedOptions::history_bytes`]).
+    pub history_bytes: usize,
+    /// The data directory (`None`: in memory only).
+    pub data_dir: Option<PathBuf>,
+    /// Size of the write-ahead log file (0 in memory).
+    pub log_bytes: u64,
+    /// Size of the snapshot file (0: none yet, or in memory).
+    pub snapshot_bytes: u64,
+}
+
 /// The in-process store. Clones share the data; `Send + Sync`.
+///
+/// [`EmbeddedStore::new`] keeps everything in memory (tests, benches). [`EmbeddedStore::open`]
+/// persists to a data directory: every committed change is appended to a checksummed
+/// write-ahead log and fsync'd before the call returns, the log is folded into an atomically
+/// replaced snapshot when it grows, and reopening the directory restores the keys, leases,
+/// revision and compaction point. The directory is locked (`flock`) while a store has it open;
+/// the lock goes with the last clone (or the process).
 #[derive(Clone)]
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
@@ -38,6 +101,10 @@ impl fmt::Debug for EmbeddedStore {
             .field("revision", &st.revision)
             .field("keys", &st.kv.len())
             .field("leases", &st.leases.len())
+            .field(
+                "data_dir",
+                &st.disk.as_ref().map(|d| d.path().to_path_buf()),
+            )
             .finish()
     }
 }
@@ -56,7 +123,7 @@ impl Shared {
 }
 
 struct Entry {
-    value: Vec<u8>,
+    value: Arc<[u8]>,
     lease: i64,
 }
 
@@ -70,8 +137,14 @@ struct LeaseEntry {
 struct RawEvent {
     revision: i64,
     key: String,
-    /// `None`: delete.
-    value: Option<Vec<u8>>,
+    /// `None`: delete. Shared with the stored entry: history costs no copy of the value.
+    value: Option<Arc<[u8]>>,
+}
+
+impl RawEvent {
+    fn bytes(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, |v| v.len()) + EVENT_OVERHEAD
+    }
 }
 
 struct State {
@@ -81,8 +154,13 @@ struct State {
     leases: HashMap<i64, LeaseEntry>,
     next_lease: i64,
     history: VecDeque<Arc<RawEvent>>,
-    history_limit: usize,
+    history_bytes: usize,
+    opts: EmbeddedOptions,
     reaper_running: bool,
+    /// `Some`: persistent.
+    disk: Option<DataDir>,
+    /// Do not try another snapshot before the log reaches this size (after a failed one).
+    next_snapshot_try: u64,
 }
 
 impl Default for EmbeddedStore {
@@ -92,27 +170,106 @@ impl Default for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// An empty store keeping [`DEFAULT_HISTORY`] events of history.
+    /// An empty in-memory store keeping [`DEFAULT_HISTORY`] events (at most
+    /// [`DEFAULT_HISTORY_BYTES`]) of history. Nothing survives the process: for tests and
+    /// benches; agents use [`EmbeddedStore::open`].
     pub fn new() -> Self {
-        Self::with_history(DEFAULT_HISTORY)
+        Self::with_options(&EmbeddedOptions::default())
     }
 
-    /// An empty store keeping `events` change events for watches from past revisions.
+    /// An empty in-memory store keeping `events` change events for watches from past
+    /// revisions (and at most [`DEFAULT_HISTORY_BYTES`] of them).
     pub fn with_history(events: usize) -> Self {
+        Self::with_options(&EmbeddedOptions {
+            history_events: events,
+            ..EmbeddedOptions::default()
+        })
+    }
+
+    /// An empty in-memory store with these limits.
+    pub fn with_options(opts: &EmbeddedOptions) -> Self {
+        Self::from_state(State::empty(opts))
+    }
+
+    /// Opens (creating it if needed) a persistent store in `dir` with the default limits: see
+    /// [`EmbeddedStore::open_with`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir, &EmbeddedOptions::default())
+    }
+
+    /// Opens (creating it if needed) a persistent store in `dir`: locks the directory (another
+    /// store holding it, in this process or another: [`StoreError::DataDir`] "already in use"),
+    /// loads the snapshot and replays the log. A torn last record (a crash during a write) is
+    /// dropped with a warning; corruption before the end is a [`StoreError::DataDir`] naming
+    /// the file and the offset. Leases come back with their full TTL counted from now (as etcd
+    /// does after a restart): a restarted owner that re-publishes under a new lease keeps its
+    /// keys, one that never comes back loses them one TTL later. History before the snapshot
+    /// is not kept across a reopen: watches from older revisions get [`StoreEvent::Resync`].
+    pub fn open_with(dir: impl AsRef<Path>, opts: &EmbeddedOptions) -> Result<Self, StoreError> {
+        let dir = dir.as_ref();
+        let (disk, loaded) = DataDir::open(dir)?;
+        let mut st = State::empty(opts);
+        let now = Instant::now();
+        if let Some(snap) = loaded.snapshot {
+            st.revision = snap.revision;
+            // The history up to the snapshot is gone: watches resume after it.
+            st.compact_revision = snap.compact_revision.max(snap.revision + 1);
+            st.next_lease = st.next_lease.max(snap.next_lease);
+            for (id, ttl) in snap.leases {
+                st.leases.insert(
+                    id,
+                    LeaseEntry {
+                        ttl,
+                        deadline: now + ttl,
+                        keys: BTreeSet::new(),
+                    },
+                );
+            }
+            for (key, value, lease) in snap.kv {
+                if lease != 0 {
+                    match st.leases.get_mut(&lease) {
+                        Some(l) => {
+                            l.keys.insert(key.clone());
+                        }
+                        None => {
+                            log::warn!(
+                                "embedded store {}: dropping {key}: its lease {lease} is gone",
+                                dir.display()
+                            );
+                            continue;
+                        }
+                    }
+                }
+                st.kv.insert(key, Entry { value, lease });
+            }
+        }
+        let replayed = loaded.records.len();
+        for rec in loaded.records {
+            st.apply(None, rec.revision, rec.ops);
+        }
+        st.disk = Some(disk);
+        log::info!(
+            "embedded store {}: loaded revision {}, {} keys, {} leases ({replayed} log records)",
+            dir.display(),
+            st.revision,
+            st.kv.len(),
+            st.leases.len()
+        );
+        let store = Self::from_state(st);
+        {
+            let mut st = store.shared.lock();
+            if !st.leases.is_empty() {
+                store.ensure_reaper(&mut st);
+            }
+        }
+        Ok(store)
+    }
+
+    fn from_state(st: State) -> Self {
         let (tx, _) = broadcast::channel(WATCH_BUFFER);
         EmbeddedStore {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    revision: 1,
-                    // etcd's convention: watches from revisions below this get `Resync`.
-                    compact_revision: 0,
-                    kv: BTreeMap::new(),
-                    leases: HashMap::new(),
-                    next_lease: 0x694c_414e_0000_0001, // "iLAN…": distinct from small numbers
-                    history: VecDeque::new(),
-                    history_limit: events.max(1),
-                    reaper_running: false,
-                }),
+                state: Mutex::new(st),
                 events: tx,
             }),
         }
@@ -123,16 +280,43 @@ impl EmbeddedStore {
         self.shared.lock().revision
     }
 
+    /// The data directory of a persistent store (`None`: in memory).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.shared
+            .lock()
+            .disk
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+    }
+
+    /// Counters: keys, leases, retained history (events and bytes), file sizes.
+    pub fn stats(&self) -> EmbeddedStats {
+        let st = self.locked();
+        EmbeddedStats {
+            revision: st.revision,
+            compact_revision: st.compact_revision,
+            keys: st.kv.len(),
+            leases: st.leases.len(),
+            history_events: st.history.len(),
+            history_bytes: st.history_bytes,
+            data_dir: st.disk.as_ref().map(|d| d.path().to_path_buf()),
+            log_bytes: st.disk.as_ref().map_or(0, |d| d.wal_len()),
+            snapshot_bytes: st.disk.as_ref().map_or(0, |d| d.snapshot_len()),
+        }
+    }
+
     /// Writes raw bytes under any key, without a lease (tests and tools: e.g. to plant a
-    /// malformed record). Returns the revision.
-    pub fn put_raw(&self, key: &str, value: &[u8]) -> i64 {
+    /// malformed record). Returns the revision. Values above [`crate::MAX_VALUE_BYTES`] are
+    /// refused; a persistent store may fail to write ([`StoreError::DataDir`]).
+    pub fn put_raw(&self, key: &str, value: &[u8]) -> Result<i64, StoreError> {
+        check_value_size(key, value)?;
         let mut st = self.locked();
         st.put(&self.shared, key, value.to_vec(), 0)
     }
 
     /// Deletes any key (tests and tools). Returns the revision (the current one if the key did
     /// not exist).
-    pub fn delete_raw(&self, key: &str) -> i64 {
+    pub fn delete_raw(&self, key: &str) -> Result<i64, StoreError> {
         let mut st = self.locked();
         st.delete(&self.shared, &[key.to_string()])
     }
@@ -174,15 +358,8 @@ impl EmbeddedStore {
         }
         let mut st = self.locked();
         let id = st.next_lease;
-        st.next_lease += 1;
-        st.leases.insert(
-            id,
-            LeaseEntry {
-                ttl,
-                deadline: Instant::now() + ttl,
-                keys: BTreeSet::new(),
-            },
-        );
+        let revision = st.revision;
+        st.commit(&self.shared, revision, vec![Op::Grant { id, ttl }])?;
         self.ensure_reaper(&mut st);
         Ok(Lease { id, ttl })
     }
@@ -200,8 +377,7 @@ impl EmbeddedStore {
 
     pub(crate) async fn revoke(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.locked();
-        st.revoke(&self.shared, lease.id);
-        Ok(())
+        st.revoke(&self.shared, lease.id)
     }
 
     pub(crate) async fn put_host(
@@ -210,9 +386,11 @@ impl EmbeddedStore {
         lease: &Lease,
     ) -> Result<i64, StoreError> {
         let value = encode_host(host)?;
+        let key = host_key(&host.name);
+        check_value_size(&key, &value)?;
         let mut st = self.locked();
         st.check_lease(lease.id)?;
-        Ok(st.put(&self.shared, &host_key(&host.name), value, lease.id))
+        st.put(&self.shared, &key, value, lease.id)
     }
 
     pub(crate) async fn create_mapping(
@@ -221,6 +399,8 @@ impl EmbeddedStore {
         lease: &Lease,
     ) -> Result<i64, StoreError> {
         let key = mapping_key(rec.sir_address());
+        let value = encode_mapping(rec);
+        check_value_size(&key, &value)?;
         let mut st = self.locked();
         if let Some(existing) = st.kv.get(&key) {
             return Err(StoreError::AddressInUse {
@@ -229,7 +409,7 @@ impl EmbeddedStore {
             });
         }
         st.check_lease(lease.id)?;
-        Ok(st.put(&self.shared, &key, encode_mapping(rec), lease.id))
+        st.put(&self.shared, &key, value, lease.id)
     }
 
     pub(crate) async fn put_mapping(
@@ -237,19 +417,17 @@ impl EmbeddedStore {
         rec: &MappingRecord,
         lease: &Lease,
     ) -> Result<i64, StoreError> {
+        let key = mapping_key(rec.sir_address());
+        let value = encode_mapping(rec);
+        check_value_size(&key, &value)?;
         let mut st = self.locked();
         st.check_lease(lease.id)?;
-        Ok(st.put(
-            &self.shared,
-            &mapping_key(rec.sir_address()),
-            encode_mapping(rec),
-            lease.id,
-        ))
+        st.put(&self.shared, &key, value, lease.id)
     }
 
     pub(crate) async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
         let mut st = self.locked();
-        Ok(st.delete(&self.shared, &[mapping_key(sir_address)]))
+        st.delete(&self.shared, &[mapping_key(sir_address)])
     }
 
     pub(crate) async fn allocate_identity(
@@ -272,11 +450,10 @@ impl EmbeddedStore {
                         id,
                         labels: labels.to_string(),
                     };
-                    let writes = vec![
-                        (key, encode_identity(&rec)?),
-                        (index_key, encode_identity_index(id)),
-                    ];
-                    st.put_all(&self.shared, writes, 0);
+                    let value = encode_identity(&rec)?;
+                    check_value_size(&key, &value)?;
+                    let writes = vec![(key, value), (index_key, encode_identity_index(id))];
+                    st.put_all(&self.shared, writes, 0)?;
                     return Ok(id);
                 }
                 Some(e) if records::identity_labels_of(id, &e.value).as_deref() == Ok(labels) => {
@@ -286,7 +463,7 @@ impl EmbeddedStore {
                         &self.shared,
                         vec![(index_key, encode_identity_index(id))],
                         0,
-                    );
+                    )?;
                     return Ok(id);
                 }
                 Some(_) => id = next_identity_candidate(id),
@@ -301,8 +478,10 @@ impl EmbeddedStore {
 
     pub(crate) async fn put_policy(&self, policy: &PolicyRecord) -> Result<i64, StoreError> {
         let value = encode_policy(policy)?;
+        let key = policy_key(&policy.name);
+        check_value_size(&key, &value)?;
         let mut st = self.locked();
-        Ok(st.put(&self.shared, &policy_key(&policy.name), value, 0))
+        st.put(&self.shared, &key, value, 0)
     }
 
     pub(crate) async fn delete_policy(&self, name: &str) -> Result<i64, StoreError> {
@@ -314,7 +493,7 @@ impl EmbeddedStore {
                 name: name.to_string(),
             });
         }
-        Ok(st.delete(&self.shared, &[key]))
+        st.delete(&self.shared, &[key])
     }
 
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
@@ -353,8 +532,8 @@ impl EmbeddedStore {
                 ),
             });
         }
-        st.compact_to(revision);
-        Ok(())
+        let current = st.revision;
+        st.commit(&self.shared, current, vec![Op::Compact { revision }])
     }
 
     pub(crate) fn watch(&self, from_revision: i64) -> Result<EmbeddedWatch, StoreError> {
@@ -394,6 +573,26 @@ impl EmbeddedStore {
 }
 
 impl State {
+    fn empty(opts: &EmbeddedOptions) -> State {
+        State {
+            revision: 1,
+            // etcd's convention: watches from revisions below this get `Resync`.
+            compact_revision: 0,
+            kv: BTreeMap::new(),
+            leases: HashMap::new(),
+            next_lease: 0x694c_414e_0000_0001, // "iLAN…": distinct from small numbers
+            history: VecDeque::new(),
+            history_bytes: 0,
+            opts: EmbeddedOptions {
+                history_events: opts.history_events.max(1),
+                ..*opts
+            },
+            reaper_running: false,
+            disk: None,
+            next_snapshot_try: 0,
+        }
+    }
+
     fn check_lease(&self, id: i64) -> Result<(), StoreError> {
         if id != 0 && !self.leases.contains_key(&id) {
             return Err(StoreError::LeaseExpired(id));
@@ -401,21 +600,143 @@ impl State {
         Ok(())
     }
 
-    fn record(&mut self, shared: &Shared, ev: RawEvent) {
+    /// Commits one change: appends it to the log (persistent stores; fsync'd), then applies it
+    /// and tells the watchers. On a log error nothing changes.
+    fn commit(&mut self, shared: &Shared, revision: i64, ops: Vec<Op>) -> Result<(), StoreError> {
+        if let Some(disk) = self.disk.as_mut() {
+            disk.append(revision, &ops)?;
+        }
+        self.apply(Some(shared), revision, ops);
+        self.maybe_snapshot();
+        Ok(())
+    }
+
+    /// Applies a committed change (live, or replayed from the log with `shared == None`).
+    fn apply(&mut self, shared: Option<&Shared>, revision: i64, ops: Vec<Op>) {
+        self.revision = revision;
+        for op in ops {
+            match op {
+                Op::Put { key, value, lease } => {
+                    let old = self.kv.insert(
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            lease,
+                        },
+                    );
+                    if let Some(old) = old {
+                        if old.lease != lease {
+                            self.detach_from_lease(&key, old.lease);
+                        }
+                    }
+                    if lease != 0 {
+                        if let Some(l) = self.leases.get_mut(&lease) {
+                            l.keys.insert(key.clone());
+                        }
+                    }
+                    self.record(
+                        shared,
+                        RawEvent {
+                            revision,
+                            key,
+                            value: Some(value),
+                        },
+                    );
+                }
+                Op::Delete { key } => {
+                    if let Some(old) = self.kv.remove(&key) {
+                        self.detach_from_lease(&key, old.lease);
+                        self.record(
+                            shared,
+                            RawEvent {
+                                revision,
+                                key,
+                                value: None,
+                            },
+                        );
+                    }
+                }
+                Op::Grant { id, ttl } => {
+                    self.leases.insert(
+                        id,
+                        LeaseEntry {
+                            ttl,
+                            deadline: Instant::now() + ttl,
+                            keys: BTreeSet::new(),
+                        },
+                    );
+                    self.next_lease = self.next_lease.max(id.saturating_add(1));
+                }
+                Op::Revoke { id } => {
+                    self.leases.remove(&id);
+                }
+                Op::Compact { revision } => self.compact_to(revision),
+            }
+        }
+    }
+
+    /// Folds the log into a new snapshot when it has grown past its bound.
+    fn maybe_snapshot(&mut self) {
+        let Some(disk) = self.disk.as_ref() else {
+            return;
+        };
+        let wal = disk.wal_len();
+        if wal <= self.opts.log_compact_bytes.max(disk.snapshot_len())
+            || wal < self.next_snapshot_try
+        {
+            return;
+        }
+        let state = SnapshotState {
+            lsn: disk.last_lsn(),
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            next_lease: self.next_lease,
+            leases: self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect(),
+            kv: self
+                .kv
+                .iter()
+                .map(|(k, e)| (k.clone(), e.value.clone(), e.lease))
+                .collect(),
+        };
+        let compact_bytes = self.opts.log_compact_bytes;
+        if let Some(disk) = self.disk.as_mut() {
+            match disk.write_snapshot(&state) {
+                Ok(()) => self.next_snapshot_try = 0,
+                Err(e) => {
+                    // The changes are safe in the log; try again after it grows some more.
+                    log::error!("embedded store: cannot fold the log into a snapshot: {e}");
+                    self.next_snapshot_try = wal.saturating_add(compact_bytes.max(1));
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, shared: Option<&Shared>, ev: RawEvent) {
         let ev = Arc::new(ev);
+        self.history_bytes += ev.bytes();
         self.history.push_back(ev.clone());
-        if self.history.len() > self.history_limit {
-            let oldest = self.history[0].revision;
+        while self.history.len() > self.opts.history_events
+            || self.history_bytes > self.opts.history_bytes
+        {
+            let Some(oldest) = self.history.front().map(|e| e.revision) else {
+                break;
+            };
             self.compact_to(oldest + 1);
         }
-        // No receivers is fine.
-        let _ = shared.events.send(ev);
+        if let Some(shared) = shared {
+            // No receivers is fine.
+            let _ = shared.events.send(ev);
+        }
     }
 
     /// Drops the history before `revision` (etcd: "compacts all revisions prior to"); watches
     /// from `revision` on stay possible.
     fn compact_to(&mut self, revision: i64) {
-        while self.history.front().is_some_and(|e| e.revision < revision) {
+        while let Some(ev) = self.history.front() {
+            if ev.revision >= revision {
+                break;
+            }
+            self.history_bytes = self.history_bytes.saturating_sub(ev.bytes());
             self.history.pop_front();
         }
         self.compact_revision = self.compact_revision.max(revision);
@@ -429,73 +750,74 @@ impl State {
         }
     }
 
-    fn put(&mut self, shared: &Shared, key: &str, value: Vec<u8>, lease: i64) -> i64 {
+    fn put(
+        &mut self,
+        shared: &Shared,
+        key: &str,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<i64, StoreError> {
         self.put_all(shared, vec![(key.to_string(), value)], lease)
     }
 
     /// Writes these keys in one revision (an etcd transaction); returns it.
-    fn put_all(&mut self, shared: &Shared, writes: Vec<(String, Vec<u8>)>, lease: i64) -> i64 {
-        self.revision += 1;
-        let rev = self.revision;
-        for (key, value) in writes {
-            let old = self.kv.insert(
-                key.clone(),
-                Entry {
-                    value: value.clone(),
-                    lease,
-                },
-            );
-            if let Some(old) = old {
-                if old.lease != lease {
-                    self.detach_from_lease(&key, old.lease);
-                }
-            }
-            if lease != 0 {
-                if let Some(l) = self.leases.get_mut(&lease) {
-                    l.keys.insert(key.clone());
-                }
-            }
-            self.record(
-                shared,
-                RawEvent {
-                    revision: rev,
-                    key,
-                    value: Some(value),
-                },
-            );
-        }
-        rev
+    fn put_all(
+        &mut self,
+        shared: &Shared,
+        writes: Vec<(String, Vec<u8>)>,
+        lease: i64,
+    ) -> Result<i64, StoreError> {
+        let rev = self.revision + 1;
+        let ops = writes
+            .into_iter()
+            .map(|(key, value)| Op::Put {
+                key,
+                value: value.into(),
+                lease,
+            })
+            .collect();
+        self.commit(shared, rev, ops)?;
+        Ok(rev)
+    }
+
+    /// The deletions of these keys (those that exist) and the revision they happen at.
+    fn deletions(&self, keys: &[String]) -> (i64, Vec<Op>) {
+        let ops: Vec<Op> = keys
+            .iter()
+            .filter(|k| self.kv.contains_key(*k))
+            .map(|k| Op::Delete { key: k.clone() })
+            .collect();
+        let rev = if ops.is_empty() {
+            self.revision
+        } else {
+            self.revision + 1
+        };
+        (rev, ops)
     }
 
     /// Deletes these keys in one revision; returns it (the current one if nothing existed).
-    fn delete(&mut self, shared: &Shared, keys: &[String]) -> i64 {
-        let present: Vec<&String> = keys.iter().filter(|k| self.kv.contains_key(*k)).collect();
-        if present.is_empty() {
-            return self.revision;
+    fn delete(&mut self, shared: &Shared, keys: &[String]) -> Result<i64, StoreError> {
+        let (rev, ops) = self.deletions(keys);
+        if !ops.is_empty() {
+            self.commit(shared, rev, ops)?;
         }
-        self.revision += 1;
-        let rev = self.revision;
-        for key in present {
-            if let Some(old) = self.kv.remove(key) {
-                self.detach_from_lease(key, old.lease);
-            }
-            self.record(
-                shared,
-                RawEvent {
-                    revision: rev,
-                    key: key.clone(),
-                    value: None,
-                },
-            );
-        }
-        rev
+        Ok(rev)
     }
 
-    fn revoke(&mut self, shared: &Shared, id: i64) {
-        if let Some(l) = self.leases.remove(&id) {
-            let keys: Vec<String> = l.keys.into_iter().collect();
-            self.delete(shared, &keys);
+    /// Ends a lease and deletes its keys, in one revision (none if it had no keys).
+    fn revoke_ops(&self, id: i64) -> Option<(i64, Vec<Op>)> {
+        let l = self.leases.get(&id)?;
+        let keys: Vec<String> = l.keys.iter().cloned().collect();
+        let (rev, mut ops) = self.deletions(&keys);
+        ops.push(Op::Revoke { id });
+        Some((rev, ops))
+    }
+
+    fn revoke(&mut self, shared: &Shared, id: i64) -> Result<(), StoreError> {
+        if let Some((rev, ops)) = self.revoke_ops(id) {
+            self.commit(shared, rev, ops)?;
         }
+        Ok(())
     }
 
     fn expire_due(&mut self, shared: &Shared, now: Instant) {
@@ -508,7 +830,15 @@ impl State {
         due.sort();
         for (_, id) in due {
             log::debug!("embedded store: lease {id} expired");
-            self.revoke(shared, id);
+            let Some((rev, ops)) = self.revoke_ops(id) else {
+                continue;
+            };
+            if let Err(e) = self.commit(shared, rev, ops.clone()) {
+                // Expire it anyway: after a reload the lease comes back and expires again one
+                // TTL later, the same outcome.
+                log::error!("embedded store: lease {id} expired but could not be logged: {e}");
+                self.apply(Some(shared), rev, ops);
+            }
         }
     }
 }
@@ -582,7 +912,7 @@ mod tests {
         let s = EmbeddedStore::with_history(3);
         let first = s.revision() + 1;
         for i in 0..5 {
-            s.put_raw(&format!("{KEY_PREFIX}x/{i}"), b"v");
+            s.put_raw(&format!("{KEY_PREFIX}x/{i}"), b"v").unwrap();
         }
         let mut w = s.watch(first).unwrap();
         let ev = w.next().await.unwrap().unwrap();
@@ -592,7 +922,8 @@ mod tests {
         // A watcher that does not read falls behind the live buffer: Resync, then the end.
         let mut w = s.watch(0).unwrap();
         for i in 0..WATCH_BUFFER + 10 {
-            s.put_raw(&format!("{KEY_PREFIX}hosts/h{i}"), b"garbage");
+            s.put_raw(&format!("{KEY_PREFIX}hosts/h{i}"), b"garbage")
+                .unwrap();
         }
         let mut saw_resync = false;
         while let Some(item) = w.next().await {

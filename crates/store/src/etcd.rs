@@ -13,9 +13,9 @@ use etcd_client::{
 };
 
 use crate::records::{
-    self, decode_delete, decode_put, encode_host, encode_identity, encode_identity_index,
-    encode_mapping, encode_policy, host_key, identity_key, identity_labels_key, mapping_key,
-    next_identity_candidate, policy_key,
+    self, check_value_size, decode_delete, decode_put, encode_host, encode_identity,
+    encode_identity_index, encode_mapping, encode_policy, host_key, identity_key,
+    identity_labels_key, mapping_key, next_identity_candidate, policy_key,
 };
 use crate::{
     HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
@@ -28,6 +28,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_BACKOFF: Duration = Duration::from_millis(20);
+/// The largest response the client decodes: etcd's own bound on what it sends (`MaxInt32`). A
+/// snapshot holds every value (each up to [`crate::MAX_VALUE_BYTES`]); tonic's default of 4 MiB
+/// would refuse one large policy.
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 /// A connection to an etcd cluster (cheap to clone).
 #[derive(Clone)]
@@ -147,6 +151,18 @@ impl EtcdStore {
                     || s.message().contains("connection reset")
                 {
                     self.unavailable(format!("{:?}: {}", s.code(), s.message()))
+                } else if s.message().contains("request is too large")
+                    || s.message().contains("larger than max")
+                {
+                    // An etcd started without a large enough --max-request-bytes.
+                    StoreError::Backend(format!(
+                        "{:?}: {} (etcd needs --max-request-bytes of at least {} for \
+                         ilanet's value limit of {} bytes)",
+                        s.code(),
+                        s.message(),
+                        crate::ETCD_MAX_REQUEST_BYTES,
+                        crate::MAX_VALUE_BYTES
+                    ))
                 } else {
                     StoreError::Backend(format!("{:?}: {}", s.code(), s.message()))
                 }
@@ -254,6 +270,7 @@ impl EtcdStore {
     }
 
     async fn put(&self, key: String, value: Vec<u8>, lease: &Lease) -> Result<i64, StoreError> {
+        check_value_size(&key, &value)?;
         let id = lease.id;
         let resp = self
             .call(Some(id), |mut c| {
@@ -293,6 +310,7 @@ impl EtcdStore {
         let address = rec.sir_address();
         let key = mapping_key(address);
         let value = encode_mapping(rec);
+        check_value_size(&key, &value)?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -364,6 +382,8 @@ impl EtcdStore {
                 id,
                 labels: labels.to_string(),
             };
+            let value = encode_identity(&rec)?;
+            check_value_size(&key, &value)?;
             // Create both keys only if neither exists; else read both, in the same revision.
             let txn = Txn::new()
                 .when([
@@ -371,7 +391,7 @@ impl EtcdStore {
                     Compare::create_revision(key.clone(), CompareOp::Equal, 0),
                 ])
                 .and_then([
-                    TxnOp::put(key.clone(), encode_identity(&rec)?, None),
+                    TxnOp::put(key.clone(), value, None),
                     TxnOp::put(index_key.clone(), encode_identity_index(id), None),
                 ])
                 .or_else([
@@ -438,6 +458,7 @@ impl EtcdStore {
     pub(crate) async fn put_policy(&self, policy: &PolicyRecord) -> Result<i64, StoreError> {
         let key = policy_key(&policy.name);
         let value = encode_policy(policy)?;
+        check_value_size(&key, &value)?;
         let resp = self
             .call(None, |mut c| {
                 let (key, value) = (key.clone(), value.clone());
@@ -466,8 +487,10 @@ impl EtcdStore {
 
     pub(crate) async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         let resp = self
-            .call(None, |mut c| async move {
-                c.get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
+            .call(None, |c| async move {
+                c.kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                    .get(KEY_PREFIX, Some(GetOptions::new().with_prefix()))
                     .await
             })
             .await?;
@@ -504,9 +527,14 @@ impl EtcdStore {
             opts = opts.with_start_revision(from_revision);
         }
         let stream = self
-            .call(None, |mut c| {
+            .call(None, |c| {
                 let opts = opts.clone();
-                async move { c.watch(KEY_PREFIX, Some(opts)).await }
+                async move {
+                    c.watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .watch(KEY_PREFIX, Some(opts))
+                        .await
+                }
             })
             .await?;
         Ok(EtcdWatch {

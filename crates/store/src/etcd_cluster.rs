@@ -4,7 +4,10 @@
 //! Each member gets its own data directory `<data_dir>/<name>/` and log file
 //! `<data_dir>/<name>.log`, free loopback ports (found by binding port 0), and a static
 //! `--initial-cluster`. Elections are tuned for loopback (`--heartbeat-interval 50
-//! --election-timeout 500`), which also lowers etcd's minimum lease TTL to 1 s.
+//! --election-timeout 500`), which also lowers etcd's minimum lease TTL to 1 s. Members accept
+//! requests up to [`crate::ETCD_MAX_REQUEST_BYTES`] (`--max-request-bytes`), enough for values
+//! of [`crate::MAX_VALUE_BYTES`]. A missing binary is [`ClusterError::MissingBinary`], which
+//! names the Debian package (`etcd-server`).
 //!
 //! * [`EtcdCluster::start`] — owned processes: killed when the [`EtcdCluster`] is dropped (also
 //!   when a test panics). [`EtcdCluster::stop`] stops them gracefully.
@@ -72,6 +75,16 @@ pub enum ClusterError {
     /// Bad arguments.
     #[error("{0}")]
     Invalid(String),
+    /// The etcd binary does not exist.
+    #[error(
+        "etcd binary {} not found: install the Debian package etcd-server \
+         (apt-get install etcd-server), or point EtcdClusterOptions::etcd_bin at an etcd 3.4+",
+        path.display()
+    )]
+    MissingBinary {
+        /// The path tried.
+        path: PathBuf,
+    },
 }
 
 /// Result of the cluster helper.
@@ -278,6 +291,9 @@ impl EtcdCluster {
             .arg("50")
             .arg("--election-timeout")
             .arg("500")
+            // Room for ilanet's largest value (etcd's default is 1.5 MiB).
+            .arg("--max-request-bytes")
+            .arg(crate::ETCD_MAX_REQUEST_BYTES.to_string())
             .arg("--logger")
             .arg("zap")
             .arg("--log-outputs")
@@ -298,11 +314,18 @@ impl EtcdCluster {
             // Own process group: a Ctrl-C of the caller's terminal does not reach it.
             cmd.process_group(0);
         }
-        let child = cmd.spawn().map_err(io_err(format!(
-            "starting {} for member {}",
-            info.etcd_bin.display(),
-            m.name
-        )))?;
+        let child = cmd.spawn().map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                ClusterError::MissingBinary {
+                    path: info.etcd_bin.clone(),
+                }
+            } else {
+                ClusterError::Io {
+                    context: format!("starting {} for member {}", info.etcd_bin.display(), m.name),
+                    source,
+                }
+            }
+        })?;
         self.info.members[i].pid = Some(child.id());
         self.children[i] = Some(child);
         Ok(())

@@ -85,20 +85,25 @@
 mod embedded;
 mod etcd;
 pub mod etcd_cluster;
+mod persist;
 mod records;
 
 use std::net::Ipv6Addr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use embedded::{EmbeddedStore, DEFAULT_HISTORY};
+pub use embedded::{
+    EmbeddedOptions, EmbeddedStats, EmbeddedStore, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES,
+    DEFAULT_LOG_COMPACT_BYTES,
+};
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{
     host_key, identity_first_candidate, identity_key, identity_labels_key, mapping_key, policy_key,
-    HOSTS_PREFIX, IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES,
-    KEY_PREFIX, MAPPINGS_PREFIX, MAX_LABELS_LEN, MAX_POLICY_NAME_LEN, MIN_ALLOCATED_IDENTITY,
-    POLICIES_PREFIX,
+    ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX, IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX,
+    IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, MAPPINGS_PREFIX, MAX_LABELS_LEN,
+    MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES, MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
 };
 
 /// Where a container's SIR address is reachable: published by the agent of the host that runs it.
@@ -294,6 +299,29 @@ pub enum StoreError {
         /// Why not.
         reason: String,
     },
+    /// A value is larger than [`MAX_VALUE_BYTES`] (refused before the write, by both
+    /// backends).
+    #[error(
+        "value of {key} is {size} bytes, over the store's limit of {limit} bytes \
+         (store::MAX_VALUE_BYTES)"
+    )]
+    TooLarge {
+        /// The key that was to be written.
+        key: String,
+        /// The encoded value's size.
+        size: usize,
+        /// The limit ([`MAX_VALUE_BYTES`]).
+        limit: usize,
+    },
+    /// The embedded store's data directory cannot be used: locked by another process,
+    /// unreadable, corrupt (the reason names the file and the offset), or a write failed.
+    #[error("embedded store data directory {}: {reason}", path.display())]
+    DataDir {
+        /// The directory, or the file in it, concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Any other error of the backend.
     #[error("mapping store error: {0}")]
     Backend(String),
@@ -357,7 +385,10 @@ impl Store {
     /// A human-readable description of the backend (`embedded`, `etcd http://…`).
     pub fn describe(&self) -> String {
         match self {
-            Store::Embedded(_) => "embedded".to_string(),
+            Store::Embedded(s) => match s.data_dir() {
+                Some(dir) => format!("embedded {}", dir.display()),
+                None => "embedded".to_string(),
+            },
             Store::Etcd(s) => format!("etcd {}", s.endpoints().join(",")),
         }
     }

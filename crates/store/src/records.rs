@@ -32,6 +32,30 @@ pub const IDENTITY_PROBES: u32 = 64;
 pub const MAX_LABELS_LEN: usize = 16 * 1024;
 /// The longest policy name.
 pub const MAX_POLICY_NAME_LEN: usize = 253;
+/// The largest value (encoded record, bytes) either backend stores: 16 MiB. Checked before
+/// every write, on the embedded store and on etcd alike ([`StoreError::TooLarge`]). A
+/// generated 100,000-rule policy (11.3 MB of JSON) is a 13.3 MB [`PolicyRecord`] (its
+/// document's quotes are escaped once more), so it fits.
+///
+/// etcd refuses requests above its `--max-request-bytes` (default 1.5 MiB): an etcd cluster
+/// serving ilanet needs `--max-request-bytes` of at least [`ETCD_MAX_REQUEST_BYTES`]
+/// ([`crate::etcd_cluster`] starts its members so).
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+/// The `--max-request-bytes` an etcd serving ilanet needs: [`MAX_VALUE_BYTES`] plus 1 MiB for
+/// the key, the lease and the request's framing.
+pub const ETCD_MAX_REQUEST_BYTES: usize = MAX_VALUE_BYTES + 1024 * 1024;
+
+/// Refuses a value above [`MAX_VALUE_BYTES`], naming the key and the limit.
+pub(crate) fn check_value_size(key: &str, value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(StoreError::TooLarge {
+            key: key.to_string(),
+            size: value.len(),
+            limit: MAX_VALUE_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// The key of the mapping of a SIR address.
 pub fn mapping_key(sir_address: Ipv6Addr) -> String {
