@@ -4,7 +4,20 @@
 //!   agent in one process and share one `EmbeddedStore` (it is `Clone + Send + Sync`; clones share
 //!   the data). It has etcd's semantics: one global revision counter, leases with a TTL that
 //!   expire unless kept alive (a background thread reaps them, and every call checks first), and
-//!   watches from a revision with a bounded history (older revisions yield [`StoreEvent::Resync`]).
+//!   watches from a revision with a history bounded by events and by bytes
+//!   ([`DEFAULT_HISTORY`], [`DEFAULT_HISTORY_BYTES`]; older revisions yield
+//!   [`StoreEvent::Resync`]). [`EmbeddedStore::open`]`(dir)` persists it to a data directory,
+//!   so that a restarted agent finds its state before it touches the maps:
+//!   * `dir/LOCK` — `flock`ed while open (a second open fails with [`StoreError::DataDir`]);
+//!   * `dir/wal` — every committed change, one CRC-32-checked record each, fsync'd before the
+//!     call returns; a torn last record (crash mid-write) is dropped on load, damage before the
+//!     end is an error naming the file and the offset;
+//!   * `dir/snapshot` — the whole state, replaced atomically (temp file, fsync, rename, fsync of
+//!     the directory) when the log outgrows [`DEFAULT_LOG_COMPACT_BYTES`] (or the snapshot).
+//!
+//!   Reopening restores keys, leases, the revision and the compaction point; each lease gets its
+//!   full TTL again from the load (as etcd after a restart). [`EmbeddedStore::new`] is the
+//!   in-memory store (tests, benches).
 //! * [`EtcdStore`] — a real etcd v3 cluster through the `etcd-client` crate. Every request is
 //!   bounded ([`DEFAULT_REQUEST_TIMEOUT`], see [`EtcdStore::with_request_timeout`]); a request
 //!   that could not reach a member (connection refused: a dead member among live ones) is
@@ -14,6 +27,12 @@
 //!
 //! [`etcd_cluster`] starts real `etcd` processes (Debian `etcd-server`) for tests and for
 //! `ilanet lab up --store etcd`.
+//!
+//! **Value size**: one limit for both backends, [`MAX_VALUE_BYTES`] (16 MiB) per encoded
+//! record, checked before the write ([`StoreError::TooLarge`], naming the key and the limit).
+//! etcd refuses requests above its `--max-request-bytes` (default 1.5 MiB): **an etcd of your own
+//! needs `--max-request-bytes` of at least [`ETCD_MAX_REQUEST_BYTES`]** (17 MiB) for large
+//! policies ([`etcd_cluster`] starts its members so). The client accepts responses up to 2 GiB.
 //!
 //! Build and test needs: `protobuf-compiler` (for `etcd-client`), `etcd-server` (tests and
 //! `etcd_cluster`), `etcd-client` (`etcdctl`, for humans).

@@ -99,6 +99,15 @@ impl Harness {
         }
     }
 
+    /// The embedded store on disk: every `fresh` store opens its own new data directory.
+    fn embedded_on_disk() -> Harness {
+        Harness {
+            name: "embedded-on-disk",
+            cluster: None,
+            _dir: TempDir::new("embedded-disk"),
+        }
+    }
+
     fn etcd(name: &'static str, members: usize) -> Harness {
         let dir = TempDir::new(name);
         let t = Instant::now();
@@ -127,6 +136,15 @@ impl Harness {
     /// An empty store: a new embedded store, or the etcd cluster with `/ilanet/` wiped.
     async fn fresh(&self) -> Store {
         match &self.cluster {
+            None if self.name == "embedded-on-disk" => {
+                static N: AtomicUsize = AtomicUsize::new(0);
+                let dir = self
+                    ._dir
+                    .path()
+                    .join(format!("store-{}", N.fetch_add(1, Ordering::Relaxed)));
+                let store = EmbeddedStore::open(&dir).expect("opens a new data directory");
+                Store::connect(&StoreConfig::Embedded(store)).await.unwrap()
+            }
             None => Store::connect(&StoreConfig::Embedded(EmbeddedStore::new()))
                 .await
                 .unwrap(),
@@ -152,7 +170,7 @@ impl Harness {
     async fn put_raw(&self, store: &Store, key: &str, value: &[u8]) {
         match store {
             Store::Embedded(e) => {
-                e.put_raw(key, value);
+                e.put_raw(key, value).unwrap();
             }
             Store::Etcd(_) => {
                 self.raw_client().await.put(key, value, None).await.unwrap();
@@ -165,7 +183,7 @@ impl Harness {
         match store {
             Store::Embedded(e) => {
                 for (k, v) in kvs {
-                    e.put_raw(k, v);
+                    e.put_raw(k, v).unwrap();
                 }
             }
             Store::Etcd(_) => {
@@ -193,7 +211,7 @@ impl Harness {
     async fn delete_raw(&self, store: &Store, key: &str) {
         match store {
             Store::Embedded(e) => {
-                e.delete_raw(key);
+                e.delete_raw(key).unwrap();
             }
             Store::Etcd(_) => {
                 self.raw_client().await.delete(key, None).await.unwrap();
@@ -1063,6 +1081,12 @@ async fn conformance_embedded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_embedded_on_disk() {
+    let h = Harness::embedded_on_disk();
+    conformance(&h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_etcd_single_node() {
     let mut h = Harness::etcd("etcd-1", 1);
     conformance(&h).await;
@@ -1263,4 +1287,8 @@ fn etcd_start_failure_names_the_member_and_its_log() {
     opts.etcd_bin = PathBuf::from("/nonexistent/etcd");
     let err = EtcdCluster::start_with(&opts).unwrap_err().to_string();
     assert!(err.contains("/nonexistent/etcd"), "{err}");
+    assert!(
+        err.contains("etcd-server"),
+        "names the Debian package: {err}"
+    );
 }
