@@ -154,7 +154,11 @@ struct {
 #define HDRS_LEN (L2_LEN + (__u32)sizeof(struct ipv6hdr))
 #define DADDR_OFF (L3_OFF + (__u32)offsetof(struct ipv6hdr, daddr))
 
-/* Enough for any sane chain (hop-by-hop, routing, fragment, destination options twice...). */
+/*
+ * Extension headers walked at most: enough for any sane chain (hop-by-hop, routing, fragment,
+ * AH, destination options twice...). A longer chain is not classified: dropped under
+ * enforcement (ILA_REASON_UNCLASSIFIED), its checksum not found in adj-transport mode.
+ */
 #define MAX_EXT_HDRS 8
 
 /*
@@ -233,56 +237,85 @@ static __always_inline struct ipv6hdr *ipv6_header(struct __sk_buff *skb)
 	return ip6;
 }
 
+/*
+ * Absolute offset of the end of the IPv6 payload: what follows (Ethernet padding) is not part
+ * of any header. A payload length of 0 (BIG TCP, jumbogram) extends to the end of the skb.
+ */
+static __always_inline __u32 payload_end(const struct __sk_buff *skb, const struct ipv6hdr *ip6)
+{
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+
+	return plen ? HDRS_LEN + plen : skb->len;
+}
+
 /* Where the L4 checksum lives, as found by walking the extension headers. */
 struct l4_info {
 	__u32 csum_off; /* absolute offset of the checksum field, 0 = nothing to fix */
-	__u8 proto;     /* final next header, 0 if the chain could not be followed */
+	__u8 proto;     /* final next header, 0 if the chain was not walked to its end */
 	__u8 udp;       /* UDP: a zero checksum means "none" and must stay zero */
 };
 
+/*
+ * The extension headers the walk steps over (the kernel's ipv6_ext_hdr() minus "no next
+ * header"). ESP ends the chain: what follows is encrypted, policy sees protocol 50.
+ */
 static __always_inline bool is_ext_hdr(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
-	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT || nexthdr == IPPROTO_AH;
 }
 
 /*
- * Walks the extension-header chain from the IPv6 header: on return *nexthdr is the final next
- * header, *off its absolute offset, *first_frag false for a non-first fragment. Returns 0, or
- * -1 if a header is unreadable.
+ * Walks the extension-header chain from the IPv6 header to its end, or to a non-first fragment
+ * header (what follows one is the middle of a payload, not headers). On return *nexthdr is the
+ * final next header, *off its absolute offset, *first_frag false for a non-first fragment.
+ * Returns 0, or -1 if the chain was not walked to its end: a header unreadable or running past
+ * `end` (payload_end), or more than MAX_EXT_HDRS of them. *nexthdr and *off are only set on
+ * success, so a caller never mistakes an extension header for the L4 protocol.
  * bpf_skb_load_bytes instead of direct access: the offsets are data dependent and this path only
  * runs with extension headers, in adj-transport mode or while tracing, so verifier-friendliness
  * beats a few ns.
  */
-static __always_inline int ext_walk(struct __sk_buff *skb, __u8 *nexthdr, __u32 *off, bool *first_frag)
+static __always_inline int ext_walk(struct __sk_buff *skb, __u32 end, __u8 *nexthdr, __u32 *off,
+				    bool *first_frag)
 {
 	__u8 nh = *nexthdr;
 	__u32 o = HDRS_LEN;
 	__u8 hdr[4];
 
 	*first_frag = true;
-	for (int i = 0; i < MAX_EXT_HDRS; i++) {
-		if (!is_ext_hdr(nh))
-			break;
+	for (int i = 0; i < MAX_EXT_HDRS && is_ext_hdr(nh); i++) {
 		if (bpf_skb_load_bytes(skb, o, hdr, sizeof(hdr)))
 			return -1;
 		if (nh == IPPROTO_FRAGMENT) {
+			o += 8;
 			/* Offset in 8-octet units sits in the upper 13 bits of bytes 2-3. */
 			if (((hdr[2] << 8) | hdr[3]) & 0xfff8)
 				*first_frag = false;
-			o += 8;
+		} else if (nh == IPPROTO_AH) {
+			o += ((__u32)hdr[1] + 2) * 4; /* 4-octet units, minus 2 (RFC 4302) */
 		} else {
 			o += ((__u32)hdr[1] + 1) * 8;
 		}
+		if (o > end)
+			return -1;
 		nh = hdr[0];
+		if (!*first_frag)
+			break;
 	}
+	/* Still an extension header: the chain is longer than the walk. */
+	if (*first_frag && is_ext_hdr(nh))
+		return -1;
 	*nexthdr = nh;
 	*off = o;
 	return 0;
 }
 
-/* Walks the extension headers and finds the L4 checksum. Returns 0, or -1 if unreadable. */
-static __always_inline int l4_locate(struct __sk_buff *skb, __u8 nexthdr, struct l4_info *l4)
+/*
+ * Walks the extension headers and finds the L4 checksum. Returns 0, or -1 if the chain was not
+ * walked to its end or the checksum field lies past `end`.
+ */
+static __always_inline int l4_locate(struct __sk_buff *skb, __u32 end, __u8 nexthdr, struct l4_info *l4)
 {
 	__u32 off = HDRS_LEN;
 	bool first_frag = true;
@@ -291,7 +324,7 @@ static __always_inline int l4_locate(struct __sk_buff *skb, __u8 nexthdr, struct
 	l4->proto = 0;
 	l4->udp = 0;
 
-	if (ext_walk(skb, &nexthdr, &off, &first_frag))
+	if (ext_walk(skb, end, &nexthdr, &off, &first_frag))
 		return -1;
 
 	l4->proto = nexthdr;
@@ -313,14 +346,14 @@ static __always_inline int l4_locate(struct __sk_buff *skb, __u8 nexthdr, struct
 	default:
 		return 0;
 	}
-	/* The whole 2-byte field must be inside the packet, otherwise the header is truncated. */
-	if (l4->csum_off + 2 > skb->len)
+	/* The whole 2-byte field must be inside the payload, otherwise the header is truncated. */
+	if (l4->csum_off + 2 > end)
 		return -1;
 	return 0;
 }
 
 static __always_inline void emit_event(struct __sk_buff *skb, __u8 kind, __u8 csum_mode, __u8 nexthdr,
-				       const struct in6_addr *saddr, const struct in6_addr *before,
+				       __u32 end, const struct in6_addr *saddr, const struct in6_addr *before,
 				       const __u8 *after, const struct l4_info *l4, bool walked)
 {
 	struct ila_event ev = {};
@@ -330,7 +363,7 @@ static __always_inline void emit_event(struct __sk_buff *skb, __u8 kind, __u8 cs
 	ev.csum_mode = csum_mode;
 	if (walked) {
 		ev.l4_proto = l4->proto;
-	} else if (l4_locate(skb, nexthdr, &tmp) == 0) {
+	} else if (l4_locate(skb, end, nexthdr, &tmp) == 0) {
 		ev.l4_proto = tmp.proto;
 	}
 	ev.ifindex = skb->ifindex;
@@ -422,37 +455,69 @@ static __always_inline void icmp_related(struct __sk_buff *skb, __u32 off, struc
 }
 
 /*
- * Fills `f` (zeroed first). Returns 0, or -1 if an extension header or the start of the L4 header
- * announced by the packet is unreadable (enforcement fails closed on those).
+ * The fixed part of the L4 headers whose fields enforcement reads (what the kernel pulls
+ * before it looks at them: struct tcphdr, udphdr, sctphdr, icmp6hdr); 0 for the protocols
+ * policy matches on the protocol number alone.
  */
-static __always_inline int flow_parse(struct __sk_buff *skb, const struct ipv6hdr *ip6, struct flow *f)
+static __always_inline __u32 l4_min_len(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return 20;
+	case IPPROTO_SCTP:
+		return 12;
+	case IPPROTO_UDP:
+	case IPPROTO_ICMPV6:
+		return 8;
+	default:
+		return 0;
+	}
+}
+
+/*
+ * Fills `f` (zeroed first). Returns 0 if the packet is classified completely, else the reason
+ * enforcement drops it with (fail closed, DESIGN.md §2), before conntrack and policy:
+ *   ILA_REASON_UNCLASSIFIED  the extension-header chain was not walked to its end (longer than
+ *                            MAX_EXT_HDRS, a header unreadable or past the payload), or the
+ *                            TCP/UDP/SCTP/ICMPv6 header is shorter than its fixed part. Else
+ *                            the packet would be policed as "protocol 60, no port" (matching
+ *                            any-protocol rules past a port deny) or on ports the kernel never
+ *                            delivers.
+ *   ILA_REASON_FRAGMENT      a non-first fragment. It has no L4 header, and fragments are not
+ *                            tracked (like Cilium without fragment tracking): every one is
+ *                            dropped under enforcement, also when the first fragment opened a
+ *                            flow. A first fragment must carry the whole L4 header (RFC 7112);
+ *                            it is classified and policed like any packet.
+ */
+static __always_inline __u8 flow_parse(struct __sk_buff *skb, const struct ipv6hdr *ip6, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
+	__u32 end = payload_end(skb, ip6);
 	__u8 nexthdr = ip6->nexthdr;
 	__u32 off = HDRS_LEN;
 	bool first_frag = true;
 	union l4_head l4;
-	int have = 8;
+	__u32 need;
 
 	__builtin_memset(f, 0, sizeof(*f));
-	if (is_ext_hdr(nexthdr) && ext_walk(skb, &nexthdr, &off, &first_frag))
-		return -1;
+	if (is_ext_hdr(nexthdr) && ext_walk(skb, end, &nexthdr, &off, &first_frag))
+		return ILA_REASON_UNCLASSIFIED;
 	f->proto = nexthdr;
-	/* A non-first fragment has no L4 header: it is matched on the addresses alone. */
 	if (!first_frag)
+		return ILA_REASON_FRAGMENT;
+	need = l4_min_len(nexthdr);
+	if (!need)
 		return 0;
-	if (nexthdr != IPPROTO_TCP && nexthdr != IPPROTO_UDP && nexthdr != IPPROTO_SCTP &&
-	    nexthdr != IPPROTO_ICMPV6)
-		return 0;
+	if (off + need > end)
+		return ILA_REASON_UNCLASSIFIED;
 
+	/* Every fixed part is at least 8 bytes, and they lie inside the skb (ipv6_header). */
 	if (off == HDRS_LEN && data + HDRS_LEN + sizeof(l4) <= data_end) {
 		/* Common case: L4 right after the IPv6 header, in the linear area. */
 		l4.q = *(__u64 *)(data + HDRS_LEN);
 	} else if (bpf_skb_load_bytes(skb, off, &l4, 8)) {
-		if (bpf_skb_load_bytes(skb, off, &l4, 4))
-			return -1;
-		have = 4;
+		return ILA_REASON_UNCLASSIFIED;
 	}
 
 	if (nexthdr != IPPROTO_ICMPV6) {
@@ -463,8 +528,6 @@ static __always_inline int flow_parse(struct __sk_buff *skb, const struct ipv6hd
 	}
 	f->icmp_type = l4.b[0];
 	if (l4.b[0] == 128 || l4.b[0] == 129) {
-		if (have < 8)
-			return -1;
 		f->sport = l4.w[2];
 		f->dport = l4.w[2];
 	} else if (l4.b[0] >= 1 && l4.b[0] <= 4) {
@@ -744,6 +807,10 @@ static __always_inline __u32 drop_stat(__u8 reason)
 		return ILA_STAT_DROP_NO_ENDPOINT;
 	case ILA_REASON_MALFORMED:
 		return ILA_STAT_DROP_MALFORMED;
+	case ILA_REASON_UNCLASSIFIED:
+		return ILA_STAT_DROP_UNCLASSIFIED;
+	case ILA_REASON_FRAGMENT:
+		return ILA_STAT_DROP_FRAGMENT;
 	default:
 		return ILA_STAT_DROP_POLICY;
 	}
@@ -776,9 +843,12 @@ static __always_inline int enforce_out(struct __sk_buff *skb, struct ipv6hdr *ip
 	struct peer peer, src_peer;
 	struct flow f;
 	bool orig_b, local;
+	__u8 unclassified;
 
-	if (flow_parse(skb, ip6, &f))
-		return deny(skb, trace, ILA_EV_OUT, ILA_REASON_MALFORMED, ILA_DIR_NONE, 0, &f, &ip6->saddr,
+	/* Fail closed first: no conntrack lookup, no anti-spoofing, no policy on a partial key. */
+	unclassified = flow_parse(skb, ip6, &f);
+	if (unclassified)
+		return deny(skb, trace, ILA_EV_OUT, unclassified, ILA_DIR_NONE, 0, &f, &ip6->saddr,
 			    &ip6->daddr, &e);
 	if (link_control(ip6, &f))
 		return TC_ACT_OK;
@@ -881,10 +951,11 @@ static __always_inline int enforce_in(struct __sk_buff *skb, struct ipv6hdr *ip6
 	struct peer peer;
 	struct flow f;
 	bool orig_b;
+	__u8 unclassified;
 
-	if (flow_parse(skb, ip6, &f))
-		return deny(skb, trace, ILA_EV_IN, ILA_REASON_MALFORMED, ILA_DIR_NONE, 0, &f, &ip6->saddr, dst,
-			    &e);
+	unclassified = flow_parse(skb, ip6, &f);
+	if (unclassified)
+		return deny(skb, trace, ILA_EV_IN, unclassified, ILA_DIR_NONE, 0, &f, &ip6->saddr, dst, &e);
 
 	if (f.related && ct_related(&f)) {
 		count(ILA_STAT_CT_HIT);
@@ -944,7 +1015,7 @@ static __always_inline int rewrite_dst(struct __sk_buff *skb, struct ipv6hdr *ip
 	struct l4_info l4 = {};
 	bool walked = false;
 	__u8 nexthdr = ip6->nexthdr;
-	__u32 diff;
+	__u32 end, diff;
 
 	if (csum_mode == ILA_CSUM_NEUTRAL_MAP && !trace) {
 		/* Hot path: the mapping is checksum-neutral, so the copy is all there is. */
@@ -955,11 +1026,13 @@ static __always_inline int rewrite_dst(struct __sk_buff *skb, struct ipv6hdr *ip
 	old_dst = ip6->daddr;
 	if (trace)
 		saddr = ip6->saddr;
+	end = payload_end(skb, ip6);
 	copy_addr(&ip6->daddr, new_dst);
 
 	if (csum_mode == ILA_CSUM_ADJ_TRANSPORT) {
+		/* A chain it cannot walk hides the checksum: dropped rather than sent out wrong. */
 		walked = true;
-		if (l4_locate(skb, nexthdr, &l4))
+		if (l4_locate(skb, end, nexthdr, &l4))
 			goto csum_drop;
 		if (l4.csum_off) {
 			diff = addr_csum_diff(&old_dst, new_dst);
@@ -983,7 +1056,7 @@ static __always_inline int rewrite_dst(struct __sk_buff *skb, struct ipv6hdr *ip
 	}
 
 	if (trace)
-		emit_event(skb, ev_kind, csum_mode, nexthdr, &saddr, &old_dst, new_dst, &l4, walked);
+		emit_event(skb, ev_kind, csum_mode, nexthdr, end, &saddr, &old_dst, new_dst, &l4, walked);
 	return 0;
 
 csum_drop:

@@ -70,6 +70,8 @@ enum ila_stat {
 	ILA_STAT_DROP_NO_ENDPOINT,   /* local endpoint or its POLICY_EP entry unknown (fail closed) */
 	ILA_STAT_CT_NEW,             /* new flow allowed by policy: conntrack entry created */
 	ILA_STAT_CT_HIT,             /* passed on conntrack (established, reply or related) */
+	ILA_STAT_DROP_UNCLASSIFIED,  /* not classified completely (ILA_REASON_UNCLASSIFIED) */
+	ILA_STAT_DROP_FRAGMENT,      /* non-first fragment (ILA_REASON_FRAGMENT) */
 	ILA_STAT_MAX,
 };
 
@@ -107,7 +109,8 @@ struct ila_config {
 struct ila_event {
 	__u8 kind;      /* ILA_EV_* */
 	__u8 csum_mode; /* ILA_CSUM_* */
-	__u8 l4_proto;  /* final next header (after extension headers), 0 if unknown */
+	__u8 l4_proto;  /* final next header (after extension headers), 0 if the chain was not
+			 * walked to its end */
 	__u8 pad;
 	__u32 ifindex;  /* interface the program ran on */
 	__u8 src[16];
@@ -127,6 +130,9 @@ struct ila_event {
  * against the source (ILA_IPCACHE by SIR source address) -> conntrack entry -> translate and
  * deliver. A packet arriving on the uplink already addressed to a local SIR address gets the
  * same ingress check (no policy bypass by skipping ILA).
+ * Before any of this, a packet the program cannot classify completely is dropped with
+ * ILA_REASON_UNCLASSIFIED or ILA_REASON_FRAGMENT: it neither rides on nor creates conntrack
+ * state and never meets a wildcard rule.
  * Neighbour discovery and MLD (ICMPv6 133-137, 130-132, 143) to link-local or ff02::/16
  * destinations pass without checks (the endpoint must resolve its gateway).
  * A peer is "an endpoint" for tenant isolation when its ipcache identity is a user identity
@@ -194,9 +200,18 @@ enum ila_reason {
 	ILA_REASON_NO_POLICY,     /* no POLICY_EP entry for the endpoint identity (fail closed) */
 	ILA_REASON_SPOOFED,       /* source address / ingress interface mismatch */
 	ILA_REASON_NO_ENDPOINT,   /* the local destination has no ILA_ENDPOINTS entry */
-	ILA_REASON_MALFORMED,     /* L4 header unreadable while enforcing */
+	ILA_REASON_MALFORMED,     /* unused since ILA_REASON_UNCLASSIFIED (was: L4 unreadable) */
 	ILA_REASON_CSUM,          /* checksum fix failed (ILA_STAT_DROP_CSUM) */
 	ILA_REASON_REWRITE,       /* rewrite failed (ILA_STAT_DROP_REWRITE) */
+	/*
+	 * Fail closed (DESIGN.md §2): enforcement could not classify the packet completely, so it
+	 * is dropped before conntrack and policy: an extension-header chain longer than the
+	 * program walks, a header running past the IPv6 payload, a TCP/UDP/SCTP/ICMPv6 header
+	 * shorter than its fixed part (ILA_STAT_DROP_UNCLASSIFIED).
+	 */
+	ILA_REASON_UNCLASSIFIED,
+	/* Fail closed: a non-first fragment (no L4 header; fragments are not tracked). */
+	ILA_REASON_FRAGMENT,
 };
 
 #define ILA_DIR_NONE 0xff /* verdict_event.direction when no policy was evaluated */

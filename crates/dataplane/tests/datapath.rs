@@ -565,7 +565,7 @@ fn map_api_roundtrip() {
     assert!(m.out_entries().expect("out").is_empty());
     assert!(m.in_entries().expect("in").is_empty());
     let pairs = m.counters().expect("counters").pairs();
-    assert_eq!(pairs.len(), 16);
+    assert_eq!(pairs.len(), 18);
     assert!(pairs.iter().all(|(_, v)| *v == 0));
 }
 
@@ -639,4 +639,49 @@ proptest! {
 thread_local! {
     /// One loaded data path reused across proptest cases (loading costs milliseconds).
     static DP: std::cell::Cell<Option<HostDataplane>> = const { std::cell::Cell::new(None) };
+}
+
+#[test]
+fn chain_longer_than_the_walk() {
+    for mode in ChecksumMode::ALL {
+        let mut dp = dp();
+        let s = Scenario::new(mode);
+        install(&mut dp, &s, None);
+        dp.maps().set_trace(true).expect("trace on");
+        let syn = syn_segment(s.src, s.sir(), 1, 80);
+        // 8 extension headers are walked: adj-transport finds and fixes the checksum.
+        let ok = with_chain(s.src, s.sir(), &[NH_DSTOPTS; 8], NH_TCP, &syn);
+        assert!(frame_l4_valid(&ok), "builder");
+        let (rc, wire) = run(&dp, ProgramKind::FromContainer, &ok);
+        assert_eq!((rc, dst_of(&wire)), (TC_ACT_OK, s.ila()), "{mode:?}");
+        assert_eq!(
+            frame_l4_valid(&wire),
+            mode != ChecksumMode::NoAction,
+            "{mode:?}"
+        );
+        let ev = dp.maps().drain_events().expect("drain");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].l4_proto, NH_TCP, "{mode:?}");
+        // A 9th is not: adj-transport cannot find the checksum and drops the packet instead of
+        // sending it with a stale one; the other modes never read L4 and translate it.
+        let long = with_chain(s.src, s.sir(), &[NH_DSTOPTS; 9], NH_TCP, &syn);
+        assert!(frame_l4_valid(&long), "builder");
+        let before = dp.maps().counters().expect("counters");
+        let (rc, wire) = run(&dp, ProgramKind::FromContainer, &long);
+        let c = dp.maps().counters().expect("counters");
+        let ev = dp.maps().drain_events().expect("drain");
+        if mode == ChecksumMode::AdjTransport {
+            assert_eq!(rc, TC_ACT_SHOT);
+            assert_eq!(c.drop_csum, before.drop_csum + 1);
+            assert!(ev.is_empty(), "{ev:?}");
+        } else {
+            assert_eq!((rc, dst_of(&wire)), (TC_ACT_OK, s.ila()), "{mode:?}");
+            assert_eq!(c.out_translated, before.out_translated + 1);
+            assert_eq!(ev.len(), 1);
+            assert_eq!(
+                ev[0].l4_proto, 0,
+                "{mode:?}: unknown, not the last extension header"
+            );
+        }
+    }
 }

@@ -1008,7 +1008,7 @@ fn neighbour_discovery_passes_and_bad_l4_is_dropped() {
         .test_run_on(ProgramKind::FromContainer, &fake, 1, web_if)
         .expect("run");
     assert_eq!(o.retval, TC_ACT_SHOT);
-    // Truncated extension header while enforcing: malformed.
+    // Truncated extension header while enforcing: not classified (fail closed).
     let cut = frame(web_sir, WORLD_IN, NH_HOPOPTS, &[NH_TCP]);
     let o = net
         .a
@@ -1016,7 +1016,10 @@ fn neighbour_discovery_passes_and_bad_l4_is_dropped() {
         .expect("run");
     assert_eq!(o.retval, TC_ACT_SHOT);
     let c = net.a.maps().counters().expect("c");
-    assert_eq!((c.drop_spoofed, c.drop_malformed), (1, 1));
+    assert_eq!(
+        (c.drop_spoofed, c.drop_unclassified, c.drop_malformed),
+        (1, 1, 0)
+    );
     // TCP behind extension headers: ports are found (web -> world 443 in the CIDR is allowed,
     // port 80 is not).
     let mut rest = opts_header(NH_TCP, 0);
