@@ -10,6 +10,7 @@
 //!
 //! Nothing of a file is returned unless all of it is valid.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -20,6 +21,11 @@ use serde::Deserialize;
 
 use crate::error::PolicyFileError;
 use crate::labels::{self, RESERVED_PREFIX, TENANT_LABEL};
+use crate::limits::{
+    check_shape, too_deep, too_many, yaml_flow_prescan, MAX_CIDRS_PER_RULE, MAX_FILE_BYTES,
+    MAX_LABELS_PER_SELECTOR, MAX_NODES, MAX_POLICIES_PER_FILE, MAX_PORTS_PER_RULE,
+    MAX_RULES_PER_POLICY, MAX_SELECTORS_PER_RULE, MAX_SPECS_PER_POLICY, MAX_VALUES_PER_EXPRESSION,
+};
 use crate::model::{Cidr, CidrRule, Entity, Peers, Policy, PolicySpec, PortRule, Protocol, Rule};
 use crate::selector::{Operator, Requirement, Selector};
 
@@ -72,9 +78,30 @@ pub fn parse_policy_file(
         path,
         message,
     };
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(err(
+            None,
+            String::new(),
+            format!(
+                "the file is {} bytes; at most {MAX_FILE_BYTES} are allowed (limit MAX_FILE_BYTES)",
+                bytes.len()
+            ),
+        ));
+    }
+    // Shape pass first (depth and value count, nothing kept), then the typed pass.
+    let nodes = Cell::new(0);
     let mut docs: Vec<RawTop> = Vec::new();
     match format {
         FileFormat::Json => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let mut track = serde_path_to_error::Track::new();
+            let shape = check_shape(
+                serde_path_to_error::Deserializer::new(&mut de, &mut track),
+                &nodes,
+            );
+            if let Err(e) = shape {
+                return Err(err(None, clean_path(&track.path()), e.to_string()));
+            }
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let top: RawTop = serde_path_to_error::deserialize(&mut de)
                 .map_err(|e| err(None, clean_path(e.path()), e.inner().to_string()))?;
@@ -83,19 +110,61 @@ pub fn parse_policy_file(
             docs.push(top);
         }
         FileFormat::Yaml => {
-            // Do not collect the iterator: after a syntax error it may not end.
             let multi = yaml_has_separator(bytes);
+            if let Err(at) = yaml_flow_prescan(bytes) {
+                return Err(err(
+                    None,
+                    String::new(),
+                    format!(
+                        "line {} column {}: flow collections ([ or {{) {}",
+                        at.line,
+                        at.column,
+                        too_deep()
+                    ),
+                ));
+            }
+            let yaml_err = |i: usize, path: String, msg: String| {
+                // serde_norway already prefixes its message with the path.
+                let msg = match msg.strip_prefix(&format!("{path}: ")) {
+                    Some(rest) if !path.is_empty() => rest.to_string(),
+                    _ => msg,
+                };
+                let msg = if msg.contains("repetition limit exceeded") {
+                    format!(
+                        "{msg}: YAML aliases expand to too many values (at most {MAX_NODES} values \
+                         are allowed with aliases expanded, limit MAX_NODES)"
+                    )
+                } else {
+                    msg
+                };
+                err((multi || i > 0).then_some(i), path, msg)
+            };
+            // Do not collect the iterators: after a syntax error they may not end.
             for (i, doc) in serde_norway::Deserializer::from_slice(bytes).enumerate() {
-                let top: RawTop = serde_path_to_error::deserialize(doc).map_err(|e| {
-                    let path = clean_path(e.path());
-                    let msg = e.inner().to_string();
-                    // serde_norway already prefixes its message with the path.
-                    let msg = match msg.strip_prefix(&format!("{path}: ")) {
-                        Some(rest) if !path.is_empty() => rest.to_string(),
-                        _ => msg,
-                    };
-                    err((multi || i > 0).then_some(i), path, msg)
-                })?;
+                if i >= MAX_POLICIES_PER_FILE {
+                    return Err(err(
+                        Some(i),
+                        String::new(),
+                        too_many(
+                            "documents or more in the file",
+                            i + 1,
+                            MAX_POLICIES_PER_FILE,
+                            "MAX_POLICIES_PER_FILE",
+                        ),
+                    ));
+                }
+                let mut track = serde_path_to_error::Track::new();
+                let shape = check_shape(
+                    serde_path_to_error::Deserializer::new(doc, &mut track),
+                    &nodes,
+                );
+                if let Err(e) = shape {
+                    return Err(yaml_err(i, clean_path(&track.path()), e.to_string()));
+                }
+            }
+            for (i, doc) in serde_norway::Deserializer::from_slice(bytes).enumerate() {
+                let top: RawTop = serde_path_to_error::deserialize(doc)
+                    .map_err(|e| yaml_err(i, clean_path(e.path()), e.inner().to_string()))?;
                 docs.push(top);
             }
         }
@@ -109,6 +178,19 @@ pub fn parse_policy_file(
         let policy = match top {
             RawTop::Empty => continue,
             RawTop::List(specs) => {
+                if specs.len() > MAX_SPECS_PER_POLICY {
+                    return Err(err(
+                        doc_idx,
+                        String::new(),
+                        too_many(
+                            "specs in the policy",
+                            specs.len(),
+                            MAX_SPECS_PER_POLICY,
+                            "MAX_SPECS_PER_POLICY",
+                        ),
+                    ));
+                }
+                let mut rules = 0;
                 let name = if multi {
                     format!("{base_name}-{}", i + 1)
                 } else {
@@ -117,7 +199,7 @@ pub fn parse_policy_file(
                 let specs = specs
                     .iter()
                     .enumerate()
-                    .map(|(j, s)| spec(s, &format!("[{j}]")))
+                    .map(|(j, s)| spec(s, &format!("[{j}]"), &mut rules))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|(p, m)| err(doc_idx, p, m))?;
                 Policy {
@@ -503,12 +585,25 @@ fn document(d: &RawDoc, default_tenant: Vnid) -> VResult<Policy> {
         })?,
     };
     let mut specs = Vec::new();
+    let mut rules = 0;
     if let Some(s) = &d.spec {
-        specs.push(spec(s, "spec")?);
+        specs.push(spec(s, "spec", &mut rules)?);
     }
     if let Some(list) = &d.specs {
+        let n = list.len() + specs.len();
+        if n > MAX_SPECS_PER_POLICY {
+            return fail(
+                "specs",
+                too_many(
+                    "specs in the policy",
+                    n,
+                    MAX_SPECS_PER_POLICY,
+                    "MAX_SPECS_PER_POLICY",
+                ),
+            );
+        }
         for (i, s) in list.iter().enumerate() {
-            specs.push(spec(s, &format!("specs[{i}]"))?);
+            specs.push(spec(s, &format!("specs[{i}]"), &mut rules)?);
         }
     }
     if specs.is_empty() {
@@ -521,7 +616,8 @@ fn document(d: &RawDoc, default_tenant: Vnid) -> VResult<Policy> {
     })
 }
 
-fn spec(s: &RawSpec, path: &str) -> VResult<PolicySpec> {
+/// Validates one spec; `rules` counts the rules of the policy so far.
+fn spec(s: &RawSpec, path: &str, rules: &mut usize) -> VResult<PolicySpec> {
     refuse(
         format!("{path}.nodeSelector"),
         s.node_selector.is_some(),
@@ -549,6 +645,11 @@ fn spec(s: &RawSpec, path: &str) -> VResult<PolicySpec> {
         ("ingress", &s.ingress, &mut out.ingress),
         ("ingressDeny", &s.ingress_deny, &mut out.ingress_deny),
     ] {
+        count_rules(
+            rules,
+            list.as_ref().map_or(0, Vec::len),
+            &format!("{path}.{field}"),
+        )?;
         for (i, r) in list.iter().flatten().enumerate() {
             dst.push(ingress_rule(r, &format!("{path}.{field}[{i}]"))?);
         }
@@ -557,11 +658,32 @@ fn spec(s: &RawSpec, path: &str) -> VResult<PolicySpec> {
         ("egress", &s.egress, &mut out.egress),
         ("egressDeny", &s.egress_deny, &mut out.egress_deny),
     ] {
+        count_rules(
+            rules,
+            list.as_ref().map_or(0, Vec::len),
+            &format!("{path}.{field}"),
+        )?;
         for (i, r) in list.iter().flatten().enumerate() {
             dst.push(egress_rule(r, &format!("{path}.{field}[{i}]"))?);
         }
     }
     Ok(out)
+}
+
+fn count_rules(rules: &mut usize, n: usize, path: &str) -> VResult<()> {
+    *rules += n;
+    if *rules > MAX_RULES_PER_POLICY {
+        return fail(
+            path,
+            too_many(
+                "rules or more in the policy",
+                *rules,
+                MAX_RULES_PER_POLICY,
+                "MAX_RULES_PER_POLICY",
+            ),
+        );
+    }
+    Ok(())
 }
 
 fn ingress_rule(r: &RawIngress, path: &str) -> VResult<Rule> {
@@ -658,6 +780,47 @@ fn rule(path: &str, f: PeerFields<'_>, to_ports: &Option<Vec<RawPortRule>>) -> V
         || f.cidr.0.is_some()
         || f.cidr_set.0.is_some()
         || f.entities.0.is_some();
+    let len = |l: &Option<Vec<_>>| l.as_ref().map_or(0, Vec::len);
+    let selectors = len(f.endpoints.0) + f.entities.0.as_ref().map_or(0, Vec::len);
+    if selectors > MAX_SELECTORS_PER_RULE {
+        let field = if f.endpoints.0.is_some() {
+            f.endpoints.1
+        } else {
+            f.entities.1
+        };
+        return fail(
+            format!("{path}.{field}"),
+            too_many(
+                "peer selectors and entities in the rule",
+                selectors,
+                MAX_SELECTORS_PER_RULE,
+                "MAX_SELECTORS_PER_RULE",
+            ),
+        );
+    }
+    let cidrs = f.cidr.0.as_ref().map_or(0, Vec::len)
+        + f.cidr_set
+            .0
+            .iter()
+            .flatten()
+            .map(|c| 1 + c.except.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+    if cidrs > MAX_CIDRS_PER_RULE {
+        let field = if f.cidr_set.0.is_some() {
+            f.cidr_set.1
+        } else {
+            f.cidr.1
+        };
+        return fail(
+            format!("{path}.{field}"),
+            too_many(
+                "CIDR prefixes in the rule",
+                cidrs,
+                MAX_CIDRS_PER_RULE,
+                "MAX_CIDRS_PER_RULE",
+            ),
+        );
+    }
     for (i, s) in f.endpoints.0.iter().flatten().enumerate() {
         peers
             .endpoints
@@ -718,6 +881,22 @@ fn rule(path: &str, f: PeerFields<'_>, to_ports: &Option<Vec<RawPortRule>>) -> V
     let mut ports = Vec::new();
     if let Some(list) = to_ports {
         let tp = format!("{path}.toPorts");
+        let n = list.len()
+            + list
+                .iter()
+                .map(|p| p.ports.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+        if n > MAX_PORTS_PER_RULE {
+            return fail(
+                tp,
+                too_many(
+                    "toPorts items and ports in the rule",
+                    n,
+                    MAX_PORTS_PER_RULE,
+                    "MAX_PORTS_PER_RULE",
+                ),
+            );
+        }
         if list.is_empty() {
             return fail(
                 tp,
@@ -905,6 +1084,19 @@ fn label_key(raw: &str, path: &str) -> VResult<String> {
 
 fn selector(s: &RawSelector, path: &str) -> VResult<Selector> {
     let mut out = Selector::default();
+    let n = s.match_labels.as_ref().map_or(0, BTreeMap::len)
+        + s.match_expressions.as_ref().map_or(0, Vec::len);
+    if n > MAX_LABELS_PER_SELECTOR {
+        return fail(
+            path,
+            too_many(
+                "labels and expressions in the selector",
+                n,
+                MAX_LABELS_PER_SELECTOR,
+                "MAX_LABELS_PER_SELECTOR",
+            ),
+        );
+    }
     for (k, v) in s.match_labels.iter().flatten() {
         let p = format!("{path}.matchLabels.{k}");
         let key = label_key(k, &p)?;
@@ -929,6 +1121,18 @@ fn selector(s: &RawSelector, path: &str) -> VResult<Selector> {
                 )
             }
         };
+        let nv = r.values.as_ref().map_or(0, Vec::len);
+        if nv > MAX_VALUES_PER_EXPRESSION {
+            return fail(
+                format!("{p}.values"),
+                too_many(
+                    "values",
+                    nv,
+                    MAX_VALUES_PER_EXPRESSION,
+                    "MAX_VALUES_PER_EXPRESSION",
+                ),
+            );
+        }
         let mut values = BTreeSet::new();
         for (j, v) in r.values.iter().flatten().enumerate() {
             let value = v.text();

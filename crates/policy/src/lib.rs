@@ -36,6 +36,7 @@ mod eval;
 mod file;
 mod identity;
 mod labels;
+mod limits;
 mod model;
 mod selector;
 
@@ -45,6 +46,11 @@ pub use eval::{Decision, Endpoint, EndpointId, Evaluator, Explanation, FlowPeer,
 pub use file::{parse_policy_file, FileFormat, MAX_PORT_RANGE};
 pub use identity::{Identity, IdentityAllocator, IdentityTable};
 pub use labels::{LabelSet, RESERVED_PREFIX, TENANT_LABEL};
+pub use limits::{
+    MAX_CIDRS_PER_RULE, MAX_DEPTH, MAX_FILE_BYTES, MAX_LABELS_PER_SELECTOR, MAX_NODES,
+    MAX_POLICIES_PER_FILE, MAX_PORTS_PER_RULE, MAX_RULES_PER_POLICY, MAX_SELECTORS_PER_RULE,
+    MAX_SPECS_PER_POLICY, MAX_VALUES_PER_EXPRESSION,
+};
 pub use model::{
     Cidr, CidrRule, Direction, Entity, Peers, Policy, PolicySpec, PortKey, PortRule, Protocol,
     Rule, RuleId, RuleRef, Section,
