@@ -3,15 +3,32 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{Request, Response};
 use crate::{Agent, AgentError};
 
 /// Longest request line accepted: most requests are a few hundred bytes, but a policy file
 /// with 100,000 rules (the rule-count benchmark) is several megabytes.
-const MAX_LINE: usize = 64 * 1024 * 1024;
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+/// Bytes of unfinished requests buffered over all connections at once. Beyond it a request is
+/// refused ("busy") instead of growing the agent without bound.
+pub const MAX_BUFFERED: usize = 2 * MAX_LINE;
+/// Connections served at once; more are answered "busy" and closed, so a flood of idle
+/// connections can neither exhaust the agent's file descriptors nor starve its other work.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request must arrive whole within this long once its first byte has.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause after a failed accept (e.g. out of descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Buffer accounting granularity: one permit per KiB.
+const PERMIT_BYTES: usize = 1024;
 
 /// Binds the agent's socket (mode 0600: the API creates namespaces) and serves it forever.
 pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
@@ -25,49 +42,142 @@ pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
     let listener = UnixListener::bind(&path).map_err(io(format!("binding {}", path.display())))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(io(format!("restricting {}", path.display())))?;
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let buffered = Arc::new(Semaphore::new(MAX_BUFFERED / PERMIT_BYTES));
     loop {
-        let (conn, _) = listener
-            .accept()
-            .await
-            .map_err(io(format!("accepting on {}", path.display())))?;
+        let mut conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors or memory: the connections that hold them end, or time
+                // out; the agent and its data path go on.
+                log::warn!(
+                    "host {}: accepting on {}: {e}",
+                    agent.config().host,
+                    path.display()
+                );
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let _ = reply(
+                    &mut conn,
+                    &Response::Error(format!(
+                        "agent busy: {MAX_CONNECTIONS} API connections are open; try again"
+                    )),
+                )
+                .await;
+            });
+            continue;
+        };
         let agent = Arc::clone(&agent);
+        let buffered = Arc::clone(&buffered);
         tokio::spawn(async move {
-            if let Err(e) = handle(agent, conn).await {
+            if let Err(e) = handle(agent, conn, buffered).await {
                 log::debug!("api connection: {e}");
             }
+            drop(slot);
         });
     }
 }
 
-async fn handle(agent: Arc<Agent>, conn: UnixStream) -> std::io::Result<()> {
-    let (read, mut write) = conn.into_split();
-    let mut lines = BufReader::new(read);
-    let mut line = String::new();
+/// Why a request line could not be read.
+enum LineError {
+    /// The peer closed or broke the connection, or went idle.
+    Closed,
+    /// Too long, too slow, or over the shared buffer budget: answered, then closed.
+    Refused(String),
+}
+
+/// Reads one request line, holding buffer permits for its bytes (released with the line).
+async fn read_line(
+    conn: &mut UnixStream,
+    pending: &mut Vec<u8>,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), LineError> {
+    let mut permits = Vec::new();
+    let mut line = std::mem::take(pending);
+    let mut scanned = 0;
+    let mut started: Option<tokio::time::Instant> = None;
+    let mut chunk = vec![0u8; 64 * 1024];
     loop {
-        line.clear();
-        let n = (&mut lines)
-            .take(MAX_LINE as u64 + 1)
-            .read_line(&mut line)
-            .await?;
-        if n == 0 {
-            return Ok(());
+        if let Some(i) = line[scanned..].iter().position(|b| *b == b'\n') {
+            let end = scanned + i;
+            *pending = line.split_off(end + 1);
+            line.truncate(end);
+            return Ok((line, permits));
         }
-        let response = if n > MAX_LINE {
-            Response::Error(format!("request longer than {MAX_LINE} bytes"))
-        } else {
-            match serde_json::from_str::<Request>(line.trim_end()) {
-                Ok(req) => dispatch(&agent, req).await,
-                Err(e) => Response::Error(format!("bad request: {e}")),
+        scanned = line.len();
+        if line.len() > MAX_LINE {
+            return Err(LineError::Refused(format!(
+                "request longer than {MAX_LINE} bytes"
+            )));
+        }
+        let wait = match started {
+            None if line.is_empty() => IDLE_TIMEOUT,
+            None => {
+                started = Some(tokio::time::Instant::now());
+                READ_TIMEOUT
+            }
+            Some(t) => READ_TIMEOUT.saturating_sub(t.elapsed()),
+        };
+        let n = match tokio::time::timeout(wait, conn.read(&mut chunk)).await {
+            Err(_) if line.is_empty() => return Err(LineError::Closed),
+            Err(_) => {
+                return Err(LineError::Refused(format!(
+                    "request not complete after {READ_TIMEOUT:?}"
+                )))
+            }
+            Ok(Err(_)) | Ok(Ok(0)) => return Err(LineError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        if started.is_none() {
+            started = Some(tokio::time::Instant::now());
+        }
+        let want = n.div_ceil(PERMIT_BYTES) as u32;
+        match Arc::clone(budget).try_acquire_many_owned(want) {
+            Ok(p) => permits.push(p),
+            Err(_) => {
+                return Err(LineError::Refused(format!(
+                    "agent busy: unfinished requests already hold {MAX_BUFFERED} bytes; try again"
+                )))
+            }
+        }
+        line.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn reply(conn: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(response).unwrap_or_else(|e| {
+        format!("{{\"error\":\"cannot encode the response: {e}\"}}").into_bytes()
+    });
+    out.push(b'\n');
+    conn.write_all(&out).await
+}
+
+async fn handle(
+    agent: Arc<Agent>,
+    mut conn: UnixStream,
+    budget: Arc<Semaphore>,
+) -> std::io::Result<()> {
+    let mut pending = Vec::new();
+    loop {
+        let (line, permits) = match read_line(&mut conn, &mut pending, &budget).await {
+            Ok(l) => l,
+            Err(LineError::Closed) => return Ok(()),
+            Err(LineError::Refused(msg)) => {
+                return reply(&mut conn, &Response::Error(msg)).await;
             }
         };
-        let mut out = serde_json::to_vec(&response).unwrap_or_else(|e| {
-            format!("{{\"error\":\"cannot encode the response: {e}\"}}").into_bytes()
-        });
-        out.push(b'\n');
-        write.write_all(&out).await?;
-        if n > MAX_LINE {
-            return Ok(());
-        }
+        let parsed = serde_json::from_slice::<Request>(line.trim_ascii_end());
+        drop(line);
+        drop(permits);
+        let response = match parsed {
+            Ok(req) => dispatch(&agent, req).await,
+            Err(e) => Response::Error(format!("bad request: {e}")),
+        };
+        reply(&mut conn, &response).await?;
     }
 }
 
