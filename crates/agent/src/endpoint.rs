@@ -77,7 +77,15 @@ pub fn create(
             cfg.host
         )));
     }
-    netns::create(&ns)?;
+    netns::create(&ns).map_err(|e| match e {
+        hostnet::NetError::NetnsExists(_) => AgentError::Invalid(format!(
+            "endpoint name '{name}' is taken on host '{}': its namespace {ns} already exists \
+             (an endpoint of that name on another host, or one of the network's own namespaces \
+             such as a host's); choose another name",
+            cfg.host
+        )),
+        e => AgentError::from(e),
+    })?;
     let (mac, host_mac) = macs(name);
     let built = (|| -> Result<u32, AgentError> {
         let nl = Netlink::new()?;
@@ -114,6 +122,28 @@ pub fn create(
             destroy_parts(cfg, &ns, &ifname);
             Err(e)
         }
+    }
+}
+
+/// Removes what a creation interrupted by a crash made. The namespace is removed only where it
+/// is evidently this host's: our host-side veth exists, or it holds nothing but `lo` yet (a
+/// namespace of the same name that is in use elsewhere — another host's endpoint, a host — is
+/// left alone).
+pub fn remove_unfinished(cfg: &AgentConfig, p: &crate::PendingEndpoint) {
+    let empty = || {
+        link::names_in(&p.netns)
+            .map(|names| names.iter().all(|n| n == "lo"))
+            .unwrap_or(false)
+    };
+    let ours = link::ifindex_in(&cfg.host_netns, &p.host_ifname).is_ok()
+        || (netns::exists(&p.netns) && p.netns != cfg.host_netns && empty());
+    if ours {
+        log::warn!(
+            "host {}: endpoint '{}' was being created when the agent stopped; removing its parts",
+            cfg.host,
+            p.name
+        );
+        destroy_parts(cfg, &p.netns, &p.host_ifname);
     }
 }
 

@@ -33,6 +33,8 @@ pub use server::serve;
 
 /// Default lease time to live: a dead host's mappings disappear this long after it dies.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Longest lease time to live accepted (an hour: a dead host's mappings must not linger longer).
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A flow idle this long loses its conntrack entry (its next packet is policed as new).
@@ -126,6 +128,12 @@ struct Inner {
     policy_records: BTreeMap<String, store::PolicyRecord>,
     /// One allocator per tenant network, by tenant name.
     allocators: HashMap<String, IdentifierAllocator>,
+    /// Endpoints being plumbed right now (recorded in the state file first).
+    creating: BTreeMap<String, PendingEndpoint>,
+    /// Our own mappings being deleted on purpose (not to be reasserted meanwhile).
+    withdrawing: std::collections::BTreeSet<Ipv6Addr>,
+    /// Our host record was deleted from the store (to be written again).
+    host_lost: bool,
 }
 
 /// One host's agent.
@@ -141,9 +149,51 @@ pub struct Agent {
     observer: Option<InstallObserver>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 struct StateFile {
     endpoints: Vec<LocalEndpoint>,
+    /// Endpoints being created, recorded before their namespace exists: after a crash mid-way
+    /// the restarted agent (or `lab down`) finds and removes what was made.
+    #[serde(default)]
+    creating: Vec<PendingEndpoint>,
+}
+
+/// An endpoint whose plumbing has started and not finished (see [`StateFile`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEndpoint {
+    /// Endpoint name.
+    pub name: String,
+    /// The namespace it is being given.
+    pub netns: String,
+    /// Its host-side veth.
+    pub host_ifname: String,
+}
+
+/// Runs CPU-bound or blocking work on the blocking pool so that the async threads (API, lease
+/// keep-alives, watches) keep running.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AgentError::Invalid(format!("agent task failed: {e}")))?
+}
+
+/// A spawned task that is aborted when its owner goes (the session that started it ended).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, AgentError>>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(&mut self) -> Result<T, AgentError> {
+        (&mut self.0)
+            .await
+            .map_err(|e| AgentError::Invalid(format!("agent task failed: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +212,13 @@ impl Agent {
     ) -> Result<Arc<Self>, AgentError> {
         endpoint::validate_name(&cfg.host)
             .map_err(|_| AgentError::Invalid(format!("host name '{}' is not valid", cfg.host)))?;
+        if cfg.lease_ttl.is_zero() || cfg.lease_ttl > MAX_LEASE_TTL {
+            return Err(AgentError::Invalid(format!(
+                "lease_ttl {:?} is out of range: 1 s to {} s",
+                cfg.lease_ttl,
+                MAX_LEASE_TTL.as_secs()
+            )));
+        }
         dataplane::ensure_bpffs()?;
         let mut dp = HostDataplane::load(&cfg.pin_dir)?;
         // Anti-spoofing, conntrack, tenant isolation and policy are on wherever an agent runs.
@@ -170,8 +227,12 @@ impl Agent {
             dp.attach(ProgramKind::FromWire, &cfg.uplink)
                 .map_err(AgentError::from)
         })?;
+        let state = read_state_file(&cfg)?;
+        for p in &state.creating {
+            endpoint::remove_unfinished(&cfg, p);
+        }
         let mut endpoints = BTreeMap::new();
-        for mut ep in read_state(&cfg)? {
+        for mut ep in state.endpoints {
             if endpoint::revalidate(&cfg, &mut ep) {
                 // Re-attach: the program may be a newer build; the pinned link is updated in place.
                 hostnet::netns::run_in(&cfg.host_netns, || {
@@ -220,6 +281,9 @@ impl Agent {
                 policy: PolicyView::default(),
                 policy_records: BTreeMap::new(),
                 allocators,
+                creating: BTreeMap::new(),
+                withdrawing: Default::default(),
+                host_lost: false,
             }),
             dp: Mutex::new(dp),
             cfg,
@@ -238,8 +302,12 @@ impl Agent {
     }
 
     fn save_state(&self) -> Result<(), AgentError> {
-        let state = StateFile {
-            endpoints: lock(&self.inner).endpoints.values().cloned().collect(),
+        let state = {
+            let inner = lock(&self.inner);
+            StateFile {
+                endpoints: inner.endpoints.values().cloned().collect(),
+                creating: inner.creating.values().cloned().collect(),
+            }
         };
         let path = &self.cfg.state_file;
         if let Some(dir) = path.parent() {
@@ -253,7 +321,13 @@ impl Agent {
             what: format!("encoding {}", path.display()),
             source: std::io::Error::other(e),
         })?;
-        std::fs::write(&tmp, json)
+        // Written whole and renamed: a crash leaves the old record or the new one, never half.
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&json)?;
+                f.sync_all()
+            })
             .and_then(|_| std::fs::rename(&tmp, path))
             .map_err(|source| AgentError::Io {
                 what: format!("writing {}", path.display()),
@@ -342,7 +416,7 @@ impl Agent {
     }
 
     async fn session(
-        &self,
+        self: &Arc<Self>,
         ready: &mut Option<Arc<tokio::sync::Barrier>>,
     ) -> Result<(), AgentError> {
         let store = Store::connect(&self.store_cfg).await?;
@@ -383,17 +457,26 @@ impl Agent {
         if let Some(barrier) = ready.take() {
             barrier.wait().await;
         }
-        let keepalive = async {
-            loop {
-                tokio::time::sleep(lease.ttl / 3).await;
-                store.keep_alive(&lease).await?;
-            }
+        // Its own task: no parsing, compiling or map writing below can delay a keep-alive.
+        let mut keepalive = {
+            let store = store.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease.ttl / 3).await;
+                    if let Err(e) = store.keep_alive(&lease).await {
+                        return Err::<(), _>(AgentError::from(e));
+                    }
+                }
+            }))
         };
         let sync = async {
             loop {
                 let snap = store.snapshot().await?;
                 let from = snap.revision + 1;
-                self.full_resync(snap)?;
+                // Decoding and compiling policies is CPU work: off the async threads.
+                let me = Arc::clone(self);
+                blocking(move || me.full_resync(snap)).await?;
+                self.reassert(&store, &lease).await?;
                 let mut watch = store.watch(from).await?;
                 while let Some(item) = watch.next().await {
                     match item {
@@ -401,7 +484,25 @@ impl Agent {
                             if ev.event == StoreEvent::Resync {
                                 break;
                             }
-                            self.apply(ev.revision, ev.event)?;
+                            let heavy = matches!(
+                                ev.event,
+                                StoreEvent::PutPolicy(_)
+                                    | StoreEvent::DeletePolicy(_)
+                                    | StoreEvent::PutIdentity(_)
+                            );
+                            let lost = matches!(
+                                &ev.event,
+                                StoreEvent::DeleteMapping(_) | StoreEvent::DeleteHost(_)
+                            );
+                            if heavy {
+                                let me = Arc::clone(self);
+                                blocking(move || me.apply(ev.revision, ev.event)).await?;
+                            } else {
+                                self.apply(ev.revision, ev.event)?;
+                            }
+                            if lost {
+                                self.reassert(&store, &lease).await?;
+                            }
                         }
                         Err(e) if !e.ends_watch() => {
                             log::error!("host {}: {e}; skipped", self.cfg.host)
@@ -416,11 +517,57 @@ impl Agent {
             Err(AgentError::Store(store::StoreError::LeaseExpired(lease.id)))
         };
         let result: Result<(), AgentError> = tokio::select! {
-            r = keepalive => r,
+            r = keepalive.join() => r,
             r = sync => r,
             r = reset => r,
         };
         result
+    }
+
+    /// Writes our own records back where the store lost them: a mapping of one of our endpoints
+    /// (or our host record) deleted behind our back, by hand or by a tool, would otherwise leave
+    /// the endpoint unreachable until the agent restarts. Mappings another host now holds (a
+    /// move) and those we are deleting ourselves are left alone.
+    async fn reassert(&self, store: &Store, lease: &Lease) -> Result<(), AgentError> {
+        let (missing, host_missing): (Vec<MappingRecord>, bool) = {
+            let inner = lock(&self.inner);
+            let missing = inner
+                .endpoints
+                .values()
+                .filter(|ep| {
+                    !inner.view.contains_key(&ep.sir_addr)
+                        && !inner.withdrawing.contains(&ep.sir_addr)
+                })
+                .map(|ep| self.record_of(ep))
+                .collect();
+            (missing, inner.host_lost)
+        };
+        if host_missing {
+            store
+                .put_host(
+                    &HostRecord {
+                        name: self.cfg.host.clone(),
+                        locator: self.cfg.locator,
+                        underlay: self.cfg.underlay,
+                    },
+                    lease,
+                )
+                .await?;
+            lock(&self.inner).host_lost = false;
+            log::warn!(
+                "host {}: host record was deleted from the store; written again",
+                self.cfg.host
+            );
+        }
+        for rec in &missing {
+            store.put_mapping(rec, lease).await?;
+            log::warn!(
+                "host {}: mapping of {} was deleted from the store behind our back; written again",
+                self.cfg.host,
+                rec.sir_address()
+            );
+        }
+        Ok(())
     }
 
     /// Makes the maps equal to a snapshot (mark and sweep).
@@ -434,6 +581,7 @@ impl Agent {
             );
         }
         let mut inner = lock(&self.inner);
+        inner.host_lost = !snap.hosts.iter().any(|h| h.name == self.cfg.host);
         inner.view = snap
             .mappings
             .into_iter()
@@ -535,7 +683,12 @@ impl Agent {
                 inner.policy_records.remove(&name);
                 self.recompile(&mut inner)?;
             }
-            StoreEvent::PutHost(_) | StoreEvent::DeleteHost(_) | StoreEvent::Resync => {}
+            StoreEvent::DeleteHost(name) => {
+                if name == self.cfg.host {
+                    inner.host_lost = true;
+                }
+            }
+            StoreEvent::PutHost(_) | StoreEvent::Resync => {}
         }
         Ok(())
     }
@@ -610,14 +763,19 @@ impl Agent {
         if records.is_empty() {
             return Err(AgentError::Invalid("no policies to apply".into()));
         }
-        // Check they decode and compile together with what is in force before storing any.
+        // Check they decode and compile together with what is in force before storing any
+        // (CPU work: off the async threads).
         let mut trial = lock(&self.inner).policy.clone();
-        for r in &records {
-            trial.put_policy(r).map_err(AgentError::Invalid)?;
-        }
-        trial
-            .recompile()
-            .map_err(|e| AgentError::Invalid(format!("policies do not compile: {e}")))?;
+        let records = blocking(move || {
+            for r in &records {
+                trial.put_policy(r).map_err(AgentError::Invalid)?;
+            }
+            trial
+                .recompile()
+                .map_err(|e| AgentError::Invalid(format!("policies do not compile: {e}")))?;
+            Ok(records)
+        })
+        .await?;
         let (store, _) = self.wait_session().await?;
         let previous: Vec<Option<store::PolicyRecord>> = {
             let inner = lock(&self.inner);
@@ -876,11 +1034,21 @@ impl Agent {
             let me = Arc::clone(self);
             let ep_name = name.to_string();
             let ep_labels = labels.clone();
-            let ep = tokio::task::spawn_blocking(move || {
+            // Recorded before anything is made, so no crash can leave an unrecorded namespace.
+            self.set_creating(name, true)?;
+            let created = tokio::task::spawn_blocking(move || {
                 endpoint::create(&me.cfg, &me.dp, &ep_name, id, sir_addr, ep_labels, identity)
             })
             .await
-            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
+            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))
+            .and_then(|r| r);
+            let ep = match created {
+                Ok(ep) => ep,
+                Err(e) => {
+                    self.set_creating(name, false)?;
+                    return Err(e);
+                }
+            };
             let rec = self.record_of(&ep);
             let publish = |store: Store, lease: Lease| {
                 let rec = rec.clone();
@@ -922,6 +1090,7 @@ impl Agent {
                             let _ = a.reserve(id);
                         }
                         // Install right away rather than waiting for our own watch event.
+                        inner.creating.remove(name);
                         self.install(&mut inner, &rec)?;
                         inner.view.insert(sir_addr, rec);
                     }
@@ -933,8 +1102,19 @@ impl Agent {
                     let ep2 = ep.clone();
                     let cleanup =
                         tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2)).await;
-                    if let Ok(Err(c)) = cleanup {
-                        log::error!("host {}: cleaning up endpoint '{name}': {c}", self.cfg.host);
+                    match cleanup {
+                        Ok(Ok(())) => self.set_creating(name, false)?,
+                        // Stays recorded: the next start (or `lab down`) removes it.
+                        Ok(Err(c)) => {
+                            log::error!(
+                                "host {}: cleaning up endpoint '{name}': {c}",
+                                self.cfg.host
+                            )
+                        }
+                        Err(c) => log::error!(
+                            "host {}: cleaning up endpoint '{name}': {c}",
+                            self.cfg.host
+                        ),
                     }
                     match e {
                         store::StoreError::AddressInUse { .. }
@@ -947,6 +1127,24 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Records (or forgets) an endpoint under construction in the state file.
+    fn set_creating(&self, name: &str, creating: bool) -> Result<(), AgentError> {
+        {
+            let mut inner = lock(&self.inner);
+            if creating {
+                let p = PendingEndpoint {
+                    name: name.to_string(),
+                    netns: endpoint::netns_name(&self.cfg, name),
+                    host_ifname: endpoint::host_ifname(name),
+                };
+                inner.creating.insert(name.to_string(), p);
+            } else {
+                inner.creating.remove(name);
+            }
+        }
+        self.save_state()
     }
 
     fn next_identifier(&self, tenant: &TenantNetwork) -> Result<Identifier, AgentError> {
@@ -985,7 +1183,11 @@ impl Agent {
                 .get(&ep.sir_addr)
                 .is_none_or(|r| r.host == self.cfg.host);
             if ours {
-                store.delete_mapping(ep.sir_addr).await?;
+                lock(&self.inner).withdrawing.insert(ep.sir_addr);
+                if let Err(e) = store.delete_mapping(ep.sir_addr).await {
+                    lock(&self.inner).withdrawing.remove(&ep.sir_addr);
+                    return Err(e.into());
+                }
             }
         }
         let me = Arc::clone(self);
@@ -996,6 +1198,7 @@ impl Agent {
         {
             let mut inner = lock(&self.inner);
             inner.endpoints.remove(name);
+            inner.withdrawing.remove(&ep.sir_addr);
             if let Some(t) = self.tenant_of(ep.identifier) {
                 if let Some(a) = inner.allocators.get_mut(&t.name) {
                     a.release(ep.identifier);
@@ -1094,16 +1297,29 @@ fn describe_cfg(cfg: &StoreConfig) -> String {
 /// The endpoints an agent with this configuration has recorded (survives the agent; read by
 /// `lab down` to find the namespaces it created).
 pub fn read_state(cfg: &AgentConfig) -> Result<Vec<LocalEndpoint>, AgentError> {
+    read_state_file(cfg).map(|s| s.endpoints)
+}
+
+/// Every namespace the agent's record names: its endpoints' and those being created when the
+/// agent stopped (for `lab down`, which removes them all).
+pub fn recorded_netns(cfg: &AgentConfig) -> Result<Vec<String>, AgentError> {
+    let s = read_state_file(cfg)?;
+    Ok(s.endpoints
+        .into_iter()
+        .map(|e| e.netns)
+        .chain(s.creating.into_iter().map(|p| p.netns))
+        .collect())
+}
+
+fn read_state_file(cfg: &AgentConfig) -> Result<StateFile, AgentError> {
     match std::fs::read(&cfg.state_file) {
-        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes)
-            .map(|s| s.endpoints)
-            .map_err(|e| {
-                AgentError::Invalid(format!(
-                    "agent state {} is unreadable: {e}",
-                    cfg.state_file.display()
-                ))
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(bytes) => serde_json::from_slice::<StateFile>(&bytes).map_err(|e| {
+            AgentError::Invalid(format!(
+                "agent state {} is unreadable: {e}",
+                cfg.state_file.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
         Err(source) => Err(AgentError::Io {
             what: format!("reading {}", cfg.state_file.display()),
             source,

@@ -14,7 +14,7 @@ pub enum NetError {
     #[error("{0}")]
     Invalid(String),
     /// A namespace with this name exists already (and is not ours to adopt).
-    #[error("network namespace '{0}' already exists and does not belong to this lab; remove it (ip netns del) or choose another --name")]
+    #[error("network namespace '{0}' already exists")]
     NetnsExists(String),
     /// A link is missing.
     #[error("no interface '{link}' in namespace '{netns}'")]

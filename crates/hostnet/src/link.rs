@@ -150,6 +150,36 @@ pub fn ifindex_in(ns: &str, name: &str) -> Result<u32, NetError> {
     })
 }
 
+/// Names of every interface in a named namespace (`lo` included).
+pub fn names_in(ns: &str) -> Result<Vec<String>, NetError> {
+    netns::run_in(ns, || {
+        // SAFETY: if_nameindex returns a list terminated by a zero entry, freed below.
+        let list = unsafe { libc::if_nameindex() };
+        if list.is_null() {
+            return Err(NetError::Os {
+                what: format!("listing interfaces of namespace '{ns}'"),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let mut names = Vec::new();
+        let mut i = 0;
+        loop {
+            // SAFETY: within the list, up to and including its terminating entry.
+            let e = unsafe { &*list.add(i) };
+            if e.if_index == 0 || e.if_name.is_null() {
+                break;
+            }
+            // SAFETY: if_name is a NUL-terminated string owned by the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(e.if_name) };
+            names.push(name.to_string_lossy().into_owned());
+            i += 1;
+        }
+        // SAFETY: the pointer came from if_nameindex.
+        unsafe { libc::if_freenameindex(list) };
+        Ok(names)
+    })
+}
+
 /// The index of interface `name` in the calling thread's namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = CString::new(name).ok()?;

@@ -34,7 +34,7 @@ pub struct AgentArgs {
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
     /// Lease time to live in seconds: a dead host's mappings vanish this long after it dies.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=agent::MAX_LEASE_TTL.as_secs()))]
     lease_ttl: u64,
 }
 
@@ -125,8 +125,20 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
     }
     let plan = lab::plan_of(&args.lab)?;
     let hosts = hosts_of(&plan, args.host.as_deref())?;
+    // However it was started, `lab down` stops it.
+    agents::register_agent(&args.lab)?;
     let store_cfg = match args.store {
-        StoreKind::Embedded => StoreConfig::Embedded(EmbeddedStore::new()),
+        StoreKind::Embedded => {
+            // On disk in the lab's directory: a restarted agent finds the mappings, identities
+            // and policies it had, before it touches the maps.
+            let dir = agents::run_dir(&args.lab).join(match &args.host {
+                None => "store".to_string(),
+                Some(h) => format!("store-{h}"),
+            });
+            let store = EmbeddedStore::open(&dir)
+                .with_context(|| format!("opening the embedded store in {}", dir.display()))?;
+            StoreConfig::Embedded(store)
+        }
         StoreKind::Etcd => {
             if args.etcd_endpoints.is_empty() {
                 bail!("--store etcd needs --etcd-endpoints URL[,URL…]");
@@ -137,9 +149,6 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
             }
         }
     };
-    if args.lease_ttl == 0 {
-        bail!("--lease-ttl must be at least 1 second");
-    }
     let ttl = Duration::from_secs(args.lease_ttl);
     let mut list = Vec::new();
     for host in &hosts {
@@ -247,6 +256,17 @@ pub fn endpoint(cmd: &EndpointCommand) -> Result<ExitCode> {
         } => {
             let plan = lab::plan_of(lab)?;
             hosts_of(&plan, Some(host))?;
+            // Endpoint namespaces are `<lab>-<name>`, like the lab's own: name the clash here
+            // rather than let the agent find the namespace taken.
+            if let Some(ns) = plan
+                .lab_netns()
+                .into_iter()
+                .find(|ns| *ns == format!("{lab}-{name}"))
+            {
+                bail!(
+                    "endpoint name '{name}' is taken by lab '{lab}' itself (its namespace {ns} is a host or the router); choose another name"
+                );
+            }
             let labels = parse_labels(labels)?;
             let v = agents::call(
                 lab,

@@ -53,7 +53,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 1)]
     pub tenants: u16,
     /// Agents' lease time to live in seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=agent::MAX_LEASE_TTL.as_secs()))]
     pub lease_ttl: u64,
 }
 
@@ -78,9 +78,6 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             }
             if args.tenants > 1 {
                 spec.tenants = lab::plan::numbered_tenants(args.tenants);
-            }
-            if args.lease_ttl == 0 {
-                anyhow::bail!("--lease-ttl must be at least 1 second");
             }
             spec.lease_ttl = std::time::Duration::from_secs(args.lease_ttl);
             let plan = lab::up(&spec).with_context(|| format!("lab up '{}'", args.name.name))?;

@@ -58,6 +58,64 @@ pub fn run_dir(lab: &str) -> PathBuf {
     state::state_dir().join(lab)
 }
 
+/// Removes a lab's runtime directory; with `keep_logs` its `*.log` files stay (a failed
+/// `lab up` points the user at them).
+pub fn remove_run_dir(dir: &Path, keep_logs: bool) -> std::io::Result<()> {
+    if !keep_logs {
+        return match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        };
+    }
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// The last lines of a lab's agent logs, for an error message.
+fn log_tails(lab: &str) -> String {
+    let Ok(entries) = fs::read_dir(run_dir(lab)) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut logs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "log")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("agent"))
+        })
+        .collect();
+    logs.sort();
+    for log in logs {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(5)..];
+        if !tail.is_empty() {
+            out.push_str(&format!(
+                "\n--- {} (last lines) ---\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+        }
+    }
+    out
+}
+
 /// The API socket of a host's agent.
 pub fn socket_path(lab: &str, host: &str) -> PathBuf {
     run_dir(lab).join(format!("{host}.sock"))
@@ -191,9 +249,10 @@ pub fn wait_ready(plan: &Plan) -> Result<(), LabError> {
             };
             if Instant::now() > deadline {
                 return Err(LabError::Agent(format!(
-                    "the agent of host '{}' is not ready after {READY_TIMEOUT:?} ({last}); see the logs in {}",
+                    "the agent of host '{}' is not ready after {READY_TIMEOUT:?} ({last}); see the logs in {}{}",
                     host.name,
-                    run_dir(&plan.name).display()
+                    run_dir(&plan.name).display(),
+                    log_tails(&plan.name)
                 )));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -291,8 +350,51 @@ pub fn wait_policies(
     }
 }
 
+/// Start time of a process (field 22 of /proc/<pid>/stat, in clock ticks since boot): with the
+/// pid it names one process for good, whatever pids are reused later.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn registry_dir(lab: &str) -> PathBuf {
+    run_dir(lab).join("agents")
+}
+
+/// Records the calling process as an agent of `lab`, so that `lab down` stops it even when it
+/// was started by hand rather than by `lab up`.
+pub fn register_agent(lab: &str) -> Result<(), LabError> {
+    crate::plan::validate_lab_name(lab)?;
+    let pid = std::process::id();
+    let dir = registry_dir(lab);
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let started = start_time(pid).unwrap_or(0);
+    let path = dir.join(pid.to_string());
+    fs::write(&path, started.to_string()).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Agents that registered themselves with [`register_agent`] and still run.
+fn registered_agents(lab: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir(registry_dir(lab)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let recorded: u64 = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+            (start_time(pid) == Some(recorded)).then_some(pid)
+        })
+        .collect()
+}
+
 /// Whether `pid` is still a process started by this lab (guards against pid reuse).
 fn is_ours(pid: u32, lab: &str) -> bool {
+    if registered_agents(lab).contains(&pid) {
+        return true;
+    }
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
@@ -323,8 +425,12 @@ pub fn stop_agent(pid: u32, lab: &str) {
 
 /// Stops the lab's agents and etcd, and lists the endpoint namespaces the agents created.
 pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
-    for pid in &state.agents {
-        stop_agent(*pid, &state.plan.name);
+    let mut pids = state.agents.clone();
+    pids.extend(registered_agents(&state.plan.name));
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        stop_agent(pid, &state.plan.name);
     }
     if let Some(etcd) = &state.etcd {
         store::etcd_cluster::stop_detached(etcd)
@@ -336,14 +442,9 @@ pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
     for host in &state.plan.hosts {
         let cfg = agent_config(&state.plan, host, agent::DEFAULT_LEASE_TTL);
         // An unreadable record leaves nothing to find; the lab's own namespaces still go.
-        let recorded = agent::read_state(&cfg).unwrap_or_default();
+        let recorded = agent::recorded_netns(&cfg).unwrap_or_default();
         let prefix = format!("{}-", state.plan.name);
-        namespaces.extend(
-            recorded
-                .into_iter()
-                .map(|ep| ep.netns)
-                .filter(|ns| ns.starts_with(&prefix)),
-        );
+        namespaces.extend(recorded.into_iter().filter(|ns| ns.starts_with(&prefix)));
     }
     Ok(namespaces)
 }

@@ -122,7 +122,8 @@ pub fn up(spec: &LabSpec) -> Result<Plan, LabError> {
             Ok(plan)
         }
         Err(e) => {
-            if let Err(cleanup) = teardown(&state) {
+            // The logs stay: the error points at them.
+            if let Err(cleanup) = teardown(&state, true) {
                 log::error!("cleaning up after a failed lab up: {cleanup}");
             }
             Err(e)
@@ -251,11 +252,11 @@ pub fn down(lab: &str) -> Result<DownOutcome, LabError> {
         dataplane::remove_pins(&state::pin_root(lab)).map_err(dp_err("-"))?;
         return Ok(DownOutcome::NotUp);
     };
-    teardown(&state)?;
+    teardown(&state, false)?;
     Ok(DownOutcome::Removed)
 }
 
-fn teardown(state: &LabState) -> Result<(), LabError> {
+fn teardown(state: &LabState, keep_logs: bool) -> Result<(), LabError> {
     let mut first_error = None;
     // Agents first, so nothing recreates what is being removed; then the endpoints they made.
     let endpoint_netns = match agents::stop(state) {
@@ -291,12 +292,10 @@ fn teardown(state: &LabState) -> Result<(), LabError> {
         // Keep the record so a later `down` can finish the job.
         Some(e) => Err(e),
         None => {
-            // Sockets, agent records, logs and etcd data go with the lab.
+            // Sockets, agent records, store data and (unless kept) logs go with the lab.
             let dir = agents::run_dir(&state.plan.name);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    log::error!("removing {}: {e}", dir.display());
-                }
+            if let Err(e) = agents::remove_run_dir(&dir, keep_logs) {
+                log::error!("removing {}: {e}", dir.display());
             }
             LabState::remove(&state.plan.name)
         }

@@ -252,6 +252,13 @@ impl Plan {
     /// Resolves a spec into names and addresses; rejects what cannot be built.
     pub fn new(spec: &LabSpec) -> Result<Self, LabError> {
         validate_lab_name(&spec.name)?;
+        if spec.lease_ttl.as_secs() == 0 || spec.lease_ttl > agent::MAX_LEASE_TTL {
+            return Err(LabError::Invalid(format!(
+                "lease TTL {:?} is out of range: 1 to {} seconds",
+                spec.lease_ttl,
+                agent::MAX_LEASE_TTL.as_secs()
+            )));
+        }
         if spec.sites.is_empty() || spec.sites.len() > MAX_SITES {
             return Err(LabError::Invalid(format!(
                 "--sites must be between 1 and {MAX_SITES}, got {}",
@@ -455,5 +462,11 @@ mod tests {
         assert!(err.to_string().contains("--sites"), "{err}");
         let err = Plan::new(&LabSpec::generic("ok", 1, 1000)).unwrap_err();
         assert!(err.to_string().contains("--containers"), "{err}");
+        for ttl in [0, agent::MAX_LEASE_TTL.as_secs() + 1, u64::MAX] {
+            let mut spec = LabSpec::generic("ok", 1, 1);
+            spec.lease_ttl = std::time::Duration::from_secs(ttl);
+            let err = Plan::new(&spec).unwrap_err();
+            assert!(err.to_string().contains("lease TTL"), "{err}");
+        }
     }
 }
