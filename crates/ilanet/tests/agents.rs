@@ -514,3 +514,377 @@ fn bad_requests_are_refused_and_change_nothing() {
     }
     assert!(!lab::netns::exists(&format!("{name}-thief")));
 }
+
+fn add_labeled(lab: &str, host: &str, name: &str, app: &str) -> LocalEndpoint {
+    let v = agents::call(
+        lab,
+        host,
+        &Request::EndpointAdd {
+            name: name.into(),
+            tenant: None,
+            identifier: None,
+            replace: false,
+            labels: [("app".to_string(), app.to_string())].into(),
+        },
+    )
+    .unwrap_or_else(|e| panic!("adding {name}: {e}"));
+    serde_json::from_value(v).expect("endpoint")
+}
+
+fn policy_names(lab: &str, host: &str) -> Vec<String> {
+    let rows: Vec<agent::api::PolicyRow> =
+        serde_json::from_value(agents::call(lab, host, &Request::PolicyList).expect("list"))
+            .expect("rows");
+    rows.into_iter().map(|r| r.name).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
+/// Number of POLICY_EP entries in a host's pinned map.
+fn policy_eps(lab: &str, host: &str) -> usize {
+    HostMaps::open_pinned(&state::host_pin_dir(lab, host))
+        .and_then(|m| m.policy_eps())
+        .map(|e| e.len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn restarting_the_embedded_agent_keeps_policies_identities_and_new_flows() {
+    let name = lab_name("persist");
+    let (_c, plan) = up(&name, 2, 0, StoreKind::Embedded, 10);
+    let client = add_labeled(&name, "site1", "client", "client");
+    let server = add_labeled(&name, "site2", "server", "server");
+    let policy = "{\"apiVersion\":\"cilium.io/v2\",\"kind\":\"CiliumNetworkPolicy\",\
+        \"metadata\":{\"name\":\"to-server\"},\"spec\":{\"endpointSelector\":{\"matchLabels\":\
+        {\"app\":\"server\"}},\"ingress\":[{\"fromEndpoints\":[{\"matchLabels\":{\"app\":\"client\"}}],\
+        \"toPorts\":[{\"ports\":[{\"port\":\"5201\",\"protocol\":\"tcp\"}]}]}]}}";
+    let records = agent::policy_sync::records_for_file(
+        "to-server.json",
+        policy.as_bytes(),
+        ila::Vnid::new(1).expect("vnid"),
+    )
+    .expect("policy");
+    agents::call(&name, "site1", &Request::PolicyApply { records }).expect("apply");
+    wait_for("the policy on both hosts", Duration::from_secs(10), || {
+        plan.hosts
+            .iter()
+            .all(|h| policy_names(&name, &h.name) == ["to-server"])
+    });
+    let transfer = |port| {
+        probe::tcp_transfer(
+            &client.netns,
+            &server.netns,
+            server.sir_addr,
+            port,
+            20_000,
+            Duration::from_secs(2),
+        )
+    };
+    transfer(5201).expect("allowed before the restart");
+    assert!(transfer(5202).is_err(), "5202 is denied");
+    let before: Vec<usize> = ["site1", "site2"]
+        .iter()
+        .map(|h| policy_eps(&name, h))
+        .collect();
+    assert!(before.iter().all(|n| *n > 0), "{before:?}");
+
+    // Watch the per-endpoint policy entries through the whole restart.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, name) = (Arc::clone(&stop), name.clone());
+        std::thread::spawn(move || {
+            let mut least = [usize::MAX; 2];
+            while !stop.load(Ordering::Relaxed) {
+                for (i, h) in ["site1", "site2"].iter().enumerate() {
+                    least[i] = least[i].min(policy_eps(&name, h));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            least
+        })
+    };
+    let pid = agent_pids(&name)[0];
+    kill(pid, libc::SIGTERM);
+    wait_for("the agent to exit", Duration::from_secs(5), || !alive(pid));
+    transfer(5201).expect("new flows pass while the agent is down");
+    start_agent(&name, &["--store", "embedded"]);
+    lab::agents::wait_ready(&plan).expect("ready");
+    wait_for("a resync on both hosts", Duration::from_secs(10), || {
+        plan.hosts
+            .iter()
+            .all(|h| status(&name, &h.name).resyncs > 0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let least = watcher.join().expect("watcher");
+    assert_eq!(
+        least.to_vec(),
+        before,
+        "POLICY_EP entries dropped during the restart"
+    );
+    for h in &plan.hosts {
+        assert_eq!(policy_names(&name, &h.name), ["to-server"], "{}", h.name);
+    }
+    transfer(5201).expect("new flows pass after the restart");
+    assert!(transfer(5202).is_err(), "5202 is still denied");
+}
+
+#[test]
+fn an_agent_started_by_hand_is_stopped_by_lab_down() {
+    let name = lab_name("hand");
+    let (c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
+    let pid = agent_pids(&name)[0];
+    kill(pid, libc::SIGKILL);
+    wait_for("the agent to exit", Duration::from_secs(5), || !alive(pid));
+    // Started as a user would, not recorded by the lab.
+    let child = Command::new(BIN)
+        .args(["agent", "--lab", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let hand = child.id();
+    wait_for("the hand-started agent", Duration::from_secs(10), || {
+        agents::call(&name, "site1", &Request::Status).is_ok()
+    });
+    drop(c);
+    let mut child = child;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        // `lab down` reaps the processes it stops when they are its children (ECHILD here).
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break true,
+            Ok(None) if Instant::now() > deadline => break false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    if !exited {
+        kill(hand, libc::SIGKILL);
+        let _ = child.wait();
+    }
+    assert!(exited, "lab down left the agent it did not start running");
+}
+
+#[test]
+fn a_flood_of_connections_leaves_the_agent_serving() {
+    let name = lab_name("flood");
+    let (_c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
+    let pid = agent_pids(&name)[0];
+    // Fewer descriptors than the flood: before, the first failed accept ended the agent.
+    let lim = libc::rlimit {
+        rlim_cur: 400,
+        rlim_max: 400,
+    };
+    // SAFETY: prlimit on the lab's agent with a valid limit struct.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit");
+    let socket = agents::socket_path(&name, "site1");
+    let mut flood = Vec::new();
+    for _ in 0..1500 {
+        if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+            flood.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(pid), "the agent died under the flood");
+    drop(flood);
+    wait_for("the agent to answer again", Duration::from_secs(10), || {
+        agents::call(&name, "site1", &Request::Status).is_ok()
+    });
+
+    // Unfinished giant requests: the shared buffer budget refuses some instead of growing.
+    let chunk = vec![b'x'; 1 << 20];
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let socket = socket.clone();
+        let chunk = chunk.clone();
+        writers.push(std::thread::spawn(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+            for _ in 0..60 {
+                if s.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            // Refused connections were answered before being closed; the others wait.
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            (s, reply)
+        }));
+    }
+    let replies: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    let busy = replies.iter().filter(|(_, r)| r.contains("busy")).count();
+    assert!(
+        busy >= 1,
+        "no request was refused: {:?}",
+        replies.iter().map(|(_, r)| r).collect::<Vec<_>>()
+    );
+    drop(replies);
+    assert!(alive(pid));
+    wait_for(
+        "the agent to answer after the giants",
+        Duration::from_secs(10),
+        || agents::call(&name, "site1", &Request::Status).is_ok(),
+    );
+}
+
+fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigkill_during_endpoint_add_leaves_no_namespace_behind() {
+    let name = lab_name("kill9");
+    let (c, plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
+    for i in 0..8u64 {
+        let ep = format!("k{i}");
+        let adder = {
+            let (name, ep) = (name.clone(), ep.clone());
+            std::thread::spawn(move || add(&name, "site1", &ep).is_ok())
+        };
+        std::thread::sleep(Duration::from_millis(i * 5 % 30));
+        let pid = *agent_pids(&name).last().expect("agent");
+        kill(pid, libc::SIGKILL);
+        wait_for("the agent to die", Duration::from_secs(5), || !alive(pid));
+        let _ = adder.join();
+        start_agent(&name, &["--store", "embedded"]);
+        lab::agents::wait_ready(&plan).expect("ready");
+        // Every endpoint namespace there is one the agent knows, and the other way round.
+        let listed: Vec<LocalEndpoint> = serde_json::from_value(
+            agents::call(&name, "site1", &Request::EndpointList).expect("list"),
+        )
+        .expect("json");
+        let mut known: Vec<String> = listed.iter().map(|e| e.netns.clone()).collect();
+        known.sort();
+        let mut present: Vec<String> = netns_with_prefix(&format!("{name}-k"));
+        present.sort();
+        assert_eq!(present, known, "trial {i}: namespaces vs endpoints");
+    }
+    // Killed mid-add and not restarted: `lab down` removes what was being made.
+    let adder = {
+        let name = name.clone();
+        std::thread::spawn(move || add(&name, "site1", "last").is_ok())
+    };
+    std::thread::sleep(Duration::from_millis(3));
+    let pid = *agent_pids(&name).last().expect("agent");
+    kill(pid, libc::SIGKILL);
+    let _ = adder.join();
+    drop(c);
+    assert_eq!(netns_with_prefix(&format!("{name}-")), Vec::<String>::new());
+}
+
+#[test]
+fn endpoint_names_that_clash_say_what_they_clash_with() {
+    let name = lab_name("clash");
+    let (_c, _plan) = up(&name, 2, 0, StoreKind::Embedded, 10);
+    for taken in ["site1", "site2", "underlay"] {
+        let out = Command::new(BIN)
+            .args(["endpoint", "add", taken, "--host", "site2", "--lab", &name])
+            .output()
+            .expect("cli");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{taken}: {err}");
+        assert!(err.contains("taken by lab"), "{taken}: {err}");
+        assert!(!err.contains("ip netns del"), "{taken}: {err}");
+    }
+    assert!(
+        lab::netns::exists(&format!("{name}-site1")),
+        "the host stays"
+    );
+    // The same name on two hosts at once: one wins, the other is told why.
+    for i in 0..5 {
+        let ep = format!("dup{i}");
+        let both: Vec<_> = ["site1", "site2"]
+            .into_iter()
+            .map(|h| {
+                let (name, ep) = (name.clone(), ep.clone());
+                std::thread::spawn(move || (h, add(&name, h, &ep)))
+            })
+            .collect();
+        let results: Vec<_> = both.into_iter().map(|t| t.join().expect("add")).collect();
+        let won: Vec<_> = results.iter().filter(|(_, r)| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "{ep}: {results:?}");
+        for (h, r) in &results {
+            if let Err(e) = r {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("in use") || msg.contains("taken"),
+                    "{ep} on {h}: {msg}"
+                );
+                assert!(!msg.contains("ip netns del"), "{ep} on {h}: {msg}");
+            }
+        }
+        let winner = won[0].0;
+        let listed: Vec<LocalEndpoint> = serde_json::from_value(
+            agents::call(&name, winner, &Request::EndpointList).expect("list"),
+        )
+        .expect("json");
+        assert!(listed.iter().any(|e| e.name == ep), "{ep} on {winner}");
+        assert!(lab::netns::exists(&format!("{name}-{ep}")));
+    }
+}
+
+#[test]
+fn records_deleted_behind_the_owners_back_are_written_again() {
+    let name = lab_name("reassert");
+    let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 10);
+    let endpoints = LabState::load(&name)
+        .expect("load")
+        .expect("rec")
+        .etcd
+        .expect("etcd")
+        .client_endpoints()
+        .join(",");
+    let etcdctl = |args: &[&str]| {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints])
+            .args(args)
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
+    let key = format!("/ilanet/v1/mappings/{}", b.sir_addr);
+    etcdctl(&["del", &key]);
+    etcdctl(&["del", "/ilanet/v1/hosts/site2"]);
+    wait_for(
+        "the mapping back in the store",
+        Duration::from_secs(5),
+        || etcdctl(&["get", &key, "--print-value-only"]).contains("site2"),
+    );
+    wait_for("the host record back", Duration::from_secs(5), || {
+        etcdctl(&["get", "/ilanet/v1/hosts/site2", "--print-value-only"]).contains("site2")
+    });
+    wait_for(
+        "site1 to hold the mapping again",
+        Duration::from_secs(5),
+        || out_map(&name, "site1").contains(&b.sir_addr),
+    );
+    probe::ping(&a.netns, b.sir_addr, T).expect("reachable again");
+}

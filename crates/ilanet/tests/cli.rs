@@ -198,3 +198,39 @@ fn lab_commands_refuse_names_that_are_not_lab_names() {
     );
     assert!(other_app.is_dir(), "pins outside ilanet were removed");
 }
+
+#[test]
+fn out_of_range_lease_ttls_are_refused_before_anything_starts() {
+    let name = lab_name("ttl");
+    let _cleanup = Cleanup(name.clone());
+    for ttl in [
+        "0",
+        "3601",
+        "18446744073709551615",
+        "99999999999999999999999",
+    ] {
+        for cmd in [
+            &[
+                "lab",
+                "up",
+                "--name",
+                &name,
+                "--sites",
+                "1",
+                "--lease-ttl",
+                ttl,
+            ][..],
+            &["agent", "--lab", &name, "--lease-ttl", ttl],
+        ] {
+            let out = ilanet(cmd);
+            let msg = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{cmd:?}: {msg}");
+            assert!(
+                msg.contains("--lease-ttl"),
+                "{cmd:?} does not name the flag: {msg}"
+            );
+            assert!(!msg.contains("panicked"), "{cmd:?}: {msg}");
+        }
+    }
+    assert!(lab::state::LabState::load(&name).expect("load").is_none());
+}
