@@ -59,6 +59,44 @@ pub enum Request {
     },
     /// Policies in force.
     PolicyList,
+    /// Attach a container that a runtime created (the CNI plugin's ADD): veth, SIR address,
+    /// routes, identity from the labels, programs, mapping. Nothing stays if it fails.
+    CniAdd {
+        /// The runtime's container id (`CNI_CONTAINERID`).
+        container_id: String,
+        /// Path of the container's network namespace (`CNI_NETNS`).
+        netns: String,
+        /// Interface to create inside it (`CNI_IFNAME`).
+        ifname: String,
+        /// Tenant network (default: the host's first).
+        #[serde(default)]
+        tenant: Option<String>,
+        /// Labels (they decide the policy identity).
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    /// Detach a container (the CNI plugin's DEL). Idempotent; works when the container's
+    /// namespace is already gone.
+    CniDel {
+        /// The runtime's container id.
+        container_id: String,
+        /// Interface name inside the container.
+        ifname: String,
+    },
+    /// Verify an attachment (the CNI plugin's CHECK): interface, address, routes and mapping.
+    CniCheck {
+        /// The runtime's container id.
+        container_id: String,
+        /// Interface name inside the container.
+        ifname: String,
+        /// Path of the container's network namespace.
+        netns: String,
+    },
+    /// Remove every CNI attachment of this host that is not listed (the CNI plugin's GC).
+    CniGc {
+        /// The attachments to keep (`cni.dev/valid-attachments`).
+        valid: Vec<CniAttachmentId>,
+    },
     /// The verdict for a packet and the rule that gave it.
     PolicyExplain {
         /// Source: endpoint name or IPv6 address.
@@ -70,6 +108,51 @@ pub enum Request {
         /// `tcp`, `udp`, `icmpv6` or a protocol number.
         proto: String,
     },
+}
+
+/// Names one CNI attachment: a container's interface.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttachmentId {
+    /// The runtime's container id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Interface name inside the container.
+    pub ifname: String,
+}
+
+/// Reply of [`Request::CniAdd`] and [`Request::CniCheck`]: what a CNI result reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CniAttachment {
+    /// The endpoint the agent made for it (its name in the network).
+    pub endpoint: String,
+    /// The container's interface and its MAC.
+    pub ifname: String,
+    /// MAC of the container's interface.
+    pub mac: String,
+    /// The host-side veth and its MAC.
+    pub host_ifname: String,
+    /// MAC of the host-side veth.
+    pub host_mac: String,
+    /// The container's network namespace path.
+    pub netns: String,
+    /// The container's SIR address (configured as a /128).
+    pub address: Ipv6Addr,
+    /// The gateway of its default route (link-local on the host-side veth).
+    pub gateway: Ipv6Addr,
+    /// Tenant network name.
+    pub tenant: String,
+    /// The tenant's SIR prefix (reachable through the gateway).
+    pub sir_prefix: String,
+    /// Policy identity of its labels.
+    pub identity: u32,
+}
+
+/// Reply of [`Request::CniGc`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CniGcReply {
+    /// Attachments removed.
+    pub removed: Vec<CniAttachmentId>,
 }
 
 /// One row of [`Request::PolicyList`].

@@ -52,55 +52,196 @@ pub fn macs(name: &str) -> ([u8; 6], [u8; 6]) {
     )
 }
 
+/// Checks what a runtime names an attachment by (CNI spec: a container id of letters, digits,
+/// `_`, `.` and `-`; an interface name as the kernel takes it; an absolute namespace path).
+pub fn validate_cni(
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&str>,
+) -> Result<(), AgentError> {
+    let id_ok = !container_id.is_empty()
+        && container_id.len() <= 1024
+        && container_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !id_ok {
+        return Err(AgentError::Invalid(format!(
+            "container id {container_id:?} is not valid: 1 to 1024 of letters, digits, '_', '.' and '-'"
+        )));
+    }
+    let if_ok = !ifname.is_empty()
+        && ifname.len() <= 15
+        && ifname != "."
+        && ifname != ".."
+        && ifname
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if !if_ok {
+        return Err(AgentError::Invalid(format!(
+            "interface name {ifname:?} is not valid: 1 to 15 printable characters, no '/' or ':'"
+        )));
+    }
+    if let Some(ns) = netns {
+        if !ns.starts_with('/') || ns.contains('\0') || ns.split('/').any(|c| c == "..") {
+            return Err(AgentError::Invalid(format!(
+                "netns {ns:?} is not an absolute path to a network namespace"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint name of a CNI attachment: stable for one container interface, within the
+/// endpoint name rules whatever the runtime's id looks like.
+pub fn cni_endpoint_name(container_id: &str, ifname: &str) -> String {
+    let h = [container_id, "/", ifname]
+        .concat()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("cni-{h:016x}")
+}
+
+/// A MAC in the usual colon notation.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Verifies an endpoint's plumbing: namespace, interface with its /128, default route via the
+/// gateway, host-side veth.
+pub fn check(cfg: &AgentConfig, ep: &LocalEndpoint) -> Result<(), AgentError> {
+    let bad = |what: String| {
+        Err(AgentError::Invalid(format!(
+            "endpoint '{}': {what}",
+            ep.name
+        )))
+    };
+    if !netns::exists(&ep.netns) {
+        return bad(format!("namespace {} is gone", ep.netns));
+    }
+    if link::ifindex_in(&cfg.host_netns, &ep.host_ifname).is_err() {
+        return bad(format!("host-side veth {} is gone", ep.host_ifname));
+    }
+    let nl = Netlink::new()?;
+    let addrs = match nl.ipv6_addrs(&ep.netns, &ep.ifname) {
+        Ok(a) => a,
+        Err(_) => return bad(format!("interface {} is gone from {}", ep.ifname, ep.netns)),
+    };
+    if !addrs.contains(&(ep.sir_addr, 128)) {
+        return bad(format!(
+            "{} lacks its address {}/128",
+            ep.ifname, ep.sir_addr
+        ));
+    }
+    if !nl
+        .default_gateways(&ep.netns, &ep.ifname)?
+        .contains(&link::ENDPOINT_GATEWAY)
+    {
+        return bad(format!(
+            "no default route via {} on {}",
+            link::ENDPOINT_GATEWAY,
+            ep.ifname
+        ));
+    }
+    Ok(())
+}
+
 /// Namespace name of an endpoint.
 pub fn netns_name(cfg: &AgentConfig, name: &str) -> String {
     format!("{}-{name}", cfg.netns_prefix)
 }
 
-/// Creates the endpoint's namespace and wiring and attaches from-container. On failure nothing
-/// is left behind. The data path is locked only for the attachment: the plumbing takes tens of
-/// milliseconds and must not hold up map updates from the watch.
+/// Where an endpoint's namespace comes from.
+#[derive(Debug, Clone)]
+pub enum Sandbox {
+    /// The agent creates `<prefix>-<name>` (the lab, `ilanet endpoint add`).
+    Own,
+    /// A runtime created it (CNI): the agent plumbs it and never deletes it.
+    Runtime {
+        /// Namespace path (`CNI_NETNS`).
+        netns: String,
+        /// Interface to create inside it (`CNI_IFNAME`).
+        ifname: String,
+        /// The runtime's container id.
+        container_id: String,
+    },
+}
+
+/// Creates the endpoint's namespace (unless a runtime made it) and wiring and attaches
+/// from-container. On failure nothing is left behind. The data path is locked only for the
+/// attachment: the plumbing takes tens of milliseconds and must not hold up map updates from
+/// the watch.
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     cfg: &AgentConfig,
     dp: &Mutex<HostDataplane>,
     name: &str,
+    sandbox: &Sandbox,
     identifier: ila::Identifier,
     sir_addr: Ipv6Addr,
     labels: std::collections::BTreeMap<String, String>,
     identity: u32,
 ) -> Result<LocalEndpoint, AgentError> {
-    let ns = netns_name(cfg, name);
-    let ifname = host_ifname(name);
-    if link::ifindex_in(&cfg.host_netns, &ifname).is_ok() {
+    let host_if = host_ifname(name);
+    if link::ifindex_in(&cfg.host_netns, &host_if).is_ok() {
         return Err(AgentError::Invalid(format!(
-            "interface {ifname} for endpoint '{name}' already exists on host '{}'",
+            "interface {host_if} for endpoint '{name}' already exists on host '{}'",
             cfg.host
         )));
     }
-    netns::create(&ns).map_err(|e| match e {
-        hostnet::NetError::NetnsExists(_) => AgentError::Invalid(format!(
-            "endpoint name '{name}' is taken on host '{}': its namespace {ns} already exists \
-             (an endpoint of that name on another host, or one of the network's own namespaces \
-             such as a host's); choose another name",
-            cfg.host
-        )),
-        e => AgentError::from(e),
-    })?;
+    let (ns, ifname, container_id) = match sandbox {
+        Sandbox::Own => {
+            let ns = netns_name(cfg, name);
+            netns::create(&ns).map_err(|e| match e {
+                hostnet::NetError::NetnsExists(_) => AgentError::Invalid(format!(
+                    "endpoint name '{name}' is taken on host '{}': its namespace {ns} already \
+                     exists (an endpoint of that name on another host, or one of the network's \
+                     own namespaces such as a host's); choose another name",
+                    cfg.host
+                )),
+                e => AgentError::from(e),
+            })?;
+            (ns, link::ENDPOINT_IFNAME.to_string(), None)
+        }
+        Sandbox::Runtime {
+            netns: path,
+            ifname,
+            container_id,
+        } => {
+            if !netns::exists(path) {
+                return Err(AgentError::Invalid(format!(
+                    "container namespace {path} does not exist"
+                )));
+            }
+            if link::ifindex_in(path, ifname).is_ok() {
+                return Err(AgentError::Invalid(format!(
+                    "interface {ifname} already exists in container namespace {path}"
+                )));
+            }
+            (path.clone(), ifname.clone(), Some(container_id.clone()))
+        }
+    };
+    let owns_netns = container_id.is_none();
     let (mac, host_mac) = macs(name);
     let built = (|| -> Result<u32, AgentError> {
         let nl = Netlink::new()?;
         nl.plumb_endpoint(&EndpointLink {
             host_netns: &cfg.host_netns,
             netns: &ns,
-            host_ifname: &ifname,
+            host_ifname: &host_if,
             host_mac,
             mac,
+            ifname: &ifname,
             addr: sir_addr,
         })?;
-        let ifindex = link::ifindex_in(&cfg.host_netns, &ifname)?;
+        let ifindex = link::ifindex_in(&cfg.host_netns, &host_if)?;
         netns::run_in(&cfg.host_netns, || {
             crate::lock(dp)
-                .attach(ProgramKind::FromContainer, &ifname)
+                .attach(ProgramKind::FromContainer, &host_if)
                 .map_err(AgentError::from)
         })?;
         Ok(ifindex)
@@ -111,17 +252,39 @@ pub fn create(
             identifier,
             sir_addr,
             netns: ns,
-            host_ifname: ifname,
+            host_ifname: host_if,
             ifindex,
             mac,
             host_mac,
             labels,
             identity,
+            container_id,
+            ifname,
         }),
         Err(e) => {
-            destroy_parts(cfg, &ns, &ifname);
+            if owns_netns {
+                destroy_parts(cfg, &ns, &host_if);
+            } else {
+                remove_veth(cfg, &host_if);
+            }
             Err(e)
         }
+    }
+}
+
+/// Removes what is left of an endpoint whose namespace vanished while the agent was down (a
+/// container removed meanwhile): its veth, if any, and its link pin.
+pub fn forget(cfg: &AgentConfig, ep: &LocalEndpoint) {
+    remove_veth(cfg, &ep.host_ifname);
+}
+
+/// Removes a host-side veth (its peer in the container goes with it) and its link pin.
+fn remove_veth(cfg: &AgentConfig, host_if: &str) {
+    if let Err(e) = Netlink::new().and_then(|nl| nl.del_link(&cfg.host_netns, host_if)) {
+        log::error!("removing {host_if}: {e}");
+    }
+    if let Err(e) = remove_link_pin(cfg, host_if) {
+        log::error!("cleaning up the link pin of {host_if}: {e}");
     }
 }
 
@@ -130,6 +293,11 @@ pub fn create(
 /// namespace of the same name that is in use elsewhere — another host's endpoint, a host — is
 /// left alone).
 pub fn remove_unfinished(cfg: &AgentConfig, p: &crate::PendingEndpoint) {
+    if !p.owns_netns {
+        // A runtime's namespace: only our veth goes.
+        remove_veth(cfg, &p.host_ifname);
+        return;
+    }
     let empty = || {
         link::names_in(&p.netns)
             .map(|names| names.iter().all(|n| n == "lo"))
@@ -147,9 +315,14 @@ pub fn remove_unfinished(cfg: &AgentConfig, p: &crate::PendingEndpoint) {
     }
 }
 
-/// Removes an endpoint's namespace (its veth pair goes with it) and pinned link.
+/// Removes an endpoint's namespace (its veth pair goes with it) and pinned link; of an
+/// endpoint in a runtime's namespace only the veth pair and the pin.
 pub fn destroy(cfg: &AgentConfig, ep: &LocalEndpoint) -> Result<(), AgentError> {
-    netns::delete(&ep.netns)?;
+    if ep.container_id.is_some() {
+        Netlink::new()?.del_link(&cfg.host_netns, &ep.host_ifname)?;
+    } else {
+        netns::delete(&ep.netns)?;
+    }
     remove_link_pin(cfg, &ep.host_ifname)
 }
 

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod endpoint;
+pub mod host_config;
 pub mod maps_io;
 pub mod policy_sync;
 pub mod reconcile;
@@ -25,7 +26,9 @@ use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, TenantNetwork}
 use serde::{Deserialize, Serialize};
 use store::{HostRecord, Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
 
-use crate::api::{AgentStatus, ExplainReply, MappingRow, PolicyRow};
+use crate::api::{
+    AgentStatus, CniAttachment, CniAttachmentId, CniGcReply, ExplainReply, MappingRow, PolicyRow,
+};
 use crate::policy_sync::PolicyView;
 use crate::reconcile::LocalEndpoint;
 
@@ -167,6 +170,13 @@ pub struct PendingEndpoint {
     pub netns: String,
     /// Its host-side veth.
     pub host_ifname: String,
+    /// Whether the agent made the namespace (else a runtime did, and it is never removed).
+    #[serde(default = "yes")]
+    pub owns_netns: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Runs CPU-bound or blocking work on the blocking pool so that the async threads (API, lease
@@ -246,6 +256,7 @@ impl Agent {
                     cfg.host,
                     ep.name
                 );
+                endpoint::forget(&cfg, &ep);
             }
         }
         if cfg.tenants.is_empty() {
@@ -949,6 +960,27 @@ impl Agent {
         replace: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
+        self.add_endpoint_in(
+            name,
+            &endpoint::Sandbox::Own,
+            tenant,
+            identifier,
+            replace,
+            labels,
+        )
+        .await
+    }
+
+    /// [`Agent::add_endpoint`] in a namespace of the agent's own or a runtime's.
+    async fn add_endpoint_in(
+        self: &Arc<Self>,
+        name: &str,
+        sandbox: &endpoint::Sandbox,
+        tenant: Option<&str>,
+        identifier: Option<Identifier>,
+        replace: bool,
+        labels: BTreeMap<String, String>,
+    ) -> Result<LocalEndpoint, AgentError> {
         endpoint::validate_name(name)?;
         // With an identifier and no tenant named, the identifier's VNID says which network.
         let tenant = match (tenant, identifier) {
@@ -1034,10 +1066,20 @@ impl Agent {
             let me = Arc::clone(self);
             let ep_name = name.to_string();
             let ep_labels = labels.clone();
+            let ep_sandbox = sandbox.clone();
             // Recorded before anything is made, so no crash can leave an unrecorded namespace.
-            self.set_creating(name, true)?;
+            self.set_creating(name, Some(sandbox))?;
             let created = tokio::task::spawn_blocking(move || {
-                endpoint::create(&me.cfg, &me.dp, &ep_name, id, sir_addr, ep_labels, identity)
+                endpoint::create(
+                    &me.cfg,
+                    &me.dp,
+                    &ep_name,
+                    &ep_sandbox,
+                    id,
+                    sir_addr,
+                    ep_labels,
+                    identity,
+                )
             })
             .await
             .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))
@@ -1045,7 +1087,7 @@ impl Agent {
             let ep = match created {
                 Ok(ep) => ep,
                 Err(e) => {
-                    self.set_creating(name, false)?;
+                    self.set_creating(name, None)?;
                     return Err(e);
                 }
             };
@@ -1103,7 +1145,7 @@ impl Agent {
                     let cleanup =
                         tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2)).await;
                     match cleanup {
-                        Ok(Ok(())) => self.set_creating(name, false)?,
+                        Ok(Ok(())) => self.set_creating(name, None)?,
                         // Stays recorded: the next start (or `lab down`) removes it.
                         Ok(Err(c)) => {
                             log::error!(
@@ -1130,18 +1172,30 @@ impl Agent {
     }
 
     /// Records (or forgets) an endpoint under construction in the state file.
-    fn set_creating(&self, name: &str, creating: bool) -> Result<(), AgentError> {
+    fn set_creating(
+        &self,
+        name: &str,
+        creating: Option<&endpoint::Sandbox>,
+    ) -> Result<(), AgentError> {
         {
             let mut inner = lock(&self.inner);
-            if creating {
-                let p = PendingEndpoint {
-                    name: name.to_string(),
-                    netns: endpoint::netns_name(&self.cfg, name),
-                    host_ifname: endpoint::host_ifname(name),
-                };
-                inner.creating.insert(name.to_string(), p);
-            } else {
-                inner.creating.remove(name);
+            match creating {
+                Some(sandbox) => {
+                    let (netns, owns_netns) = match sandbox {
+                        endpoint::Sandbox::Own => (endpoint::netns_name(&self.cfg, name), true),
+                        endpoint::Sandbox::Runtime { netns, .. } => (netns.clone(), false),
+                    };
+                    let p = PendingEndpoint {
+                        name: name.to_string(),
+                        netns,
+                        host_ifname: endpoint::host_ifname(name),
+                        owns_netns,
+                    };
+                    inner.creating.insert(name.to_string(), p);
+                }
+                None => {
+                    inner.creating.remove(name);
+                }
             }
         }
         self.save_state()
@@ -1214,6 +1268,154 @@ impl Agent {
             }
         }
         self.save_state()
+    }
+
+    /// Attaches a container a runtime created (CNI ADD). The endpoint is named after the
+    /// container and interface, so a repeated ADD finds the attachment instead of making a
+    /// second one.
+    pub async fn cni_add(
+        self: &Arc<Self>,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        tenant: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<CniAttachment, AgentError> {
+        endpoint::validate_cni(container_id, ifname, Some(netns))?;
+        let name = endpoint::cni_endpoint_name(container_id, ifname);
+        if let Some(ep) = self.cni_endpoint(container_id, ifname) {
+            return Err(AgentError::Invalid(format!(
+                "container {container_id} already has interface {ifname} attached (endpoint '{}', {}); delete it first",
+                ep.name, ep.sir_addr
+            )));
+        }
+        let sandbox = endpoint::Sandbox::Runtime {
+            netns: netns.to_string(),
+            ifname: ifname.to_string(),
+            container_id: container_id.to_string(),
+        };
+        let ep = self
+            .add_endpoint_in(&name, &sandbox, tenant, None, false, labels)
+            .await?;
+        Ok(self.attachment_of(&ep))
+    }
+
+    /// Detaches a container (CNI DEL): idempotent, and fine when its namespace is gone.
+    pub async fn cni_del(
+        self: &Arc<Self>,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), AgentError> {
+        endpoint::validate_cni(container_id, ifname, None)?;
+        match self.cni_endpoint(container_id, ifname) {
+            Some(ep) => self.del_endpoint(&ep.name, false).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies an attachment (CNI CHECK): namespace, interface, address, default route, host
+    /// veth, and this host's mapping in the store's view and the maps.
+    pub fn cni_check(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        netns: &str,
+    ) -> Result<CniAttachment, AgentError> {
+        endpoint::validate_cni(container_id, ifname, Some(netns))?;
+        let ep = self.cni_endpoint(container_id, ifname).ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "container {container_id} has no interface {ifname} attached on host '{}'",
+                self.cfg.host
+            ))
+        })?;
+        if ep.netns != netns {
+            return Err(AgentError::Invalid(format!(
+                "container {container_id} is attached in namespace {}, not {netns}",
+                ep.netns
+            )));
+        }
+        endpoint::check(&self.cfg, &ep)?;
+        let inner = lock(&self.inner);
+        match inner.view.get(&ep.sir_addr) {
+            Some(r) if r.host == self.cfg.host && r.endpoint == ep.name => {}
+            Some(r) => {
+                return Err(AgentError::Invalid(format!(
+                    "the store maps {} to endpoint '{}' on host '{}', not to this attachment",
+                    ep.sir_addr, r.endpoint, r.host
+                )))
+            }
+            None => {
+                return Err(AgentError::Invalid(format!(
+                    "the store holds no mapping of {} (yet)",
+                    ep.sir_addr
+                )))
+            }
+        }
+        drop(inner);
+        let installed = lock(&self.dp).maps().get_out(ep.sir_addr)?.is_some();
+        if !installed {
+            return Err(AgentError::Invalid(format!(
+                "the out-map of host '{}' lacks {}",
+                self.cfg.host, ep.sir_addr
+            )));
+        }
+        Ok(self.attachment_of(&ep))
+    }
+
+    /// Removes every CNI attachment not in `valid` (CNI GC); endpoints the agent made itself
+    /// are never touched.
+    pub async fn cni_gc(
+        self: &Arc<Self>,
+        valid: &[CniAttachmentId],
+    ) -> Result<CniGcReply, AgentError> {
+        let keep: std::collections::BTreeSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let stale: Vec<LocalEndpoint> = lock(&self.inner)
+            .endpoints
+            .values()
+            .filter(|ep| {
+                ep.container_id
+                    .as_deref()
+                    .is_some_and(|c| !keep.contains(&(c, ep.ifname.as_str())))
+            })
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for ep in stale {
+            self.del_endpoint(&ep.name, false).await?;
+            removed.push(CniAttachmentId {
+                container_id: ep.container_id.unwrap_or_default(),
+                ifname: ep.ifname,
+            });
+        }
+        Ok(CniGcReply { removed })
+    }
+
+    fn cni_endpoint(&self, container_id: &str, ifname: &str) -> Option<LocalEndpoint> {
+        lock(&self.inner)
+            .endpoints
+            .values()
+            .find(|e| e.container_id.as_deref() == Some(container_id) && e.ifname == ifname)
+            .cloned()
+    }
+
+    fn attachment_of(&self, ep: &LocalEndpoint) -> CniAttachment {
+        let tenant = self.tenant_of(ep.identifier);
+        CniAttachment {
+            endpoint: ep.name.clone(),
+            ifname: ep.ifname.clone(),
+            mac: endpoint::mac_string(ep.mac),
+            host_ifname: ep.host_ifname.clone(),
+            host_mac: endpoint::mac_string(ep.host_mac),
+            netns: ep.netns.clone(),
+            address: ep.sir_addr,
+            gateway: hostnet::link::ENDPOINT_GATEWAY,
+            tenant: tenant.map(|t| t.name.clone()).unwrap_or_default(),
+            sir_prefix: tenant.map(|t| t.sir.to_string()).unwrap_or_default(),
+            identity: ep.identity,
+        }
     }
 
     /// This host's endpoints.

@@ -34,6 +34,17 @@ pub struct LocalEndpoint {
     /// Security identity of its label set (and tenant).
     #[serde(default)]
     pub identity: u32,
+    /// The runtime's container id, when a runtime made the namespace (CNI); the agent then
+    /// never creates or deletes the namespace itself.
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// The endpoint's interface inside its namespace.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+}
+
+fn default_ifname() -> String {
+    hostnet::link::ENDPOINT_IFNAME.to_string()
 }
 
 /// The map content a host must have.
@@ -277,6 +288,8 @@ mod tests {
             host_mac: [2, 0, 0, 0, 0, 2],
             labels: BTreeMap::new(),
             identity: 300,
+            container_id: None,
+            ifname: "eth0".into(),
         }
     }
 

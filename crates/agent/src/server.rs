@@ -212,6 +212,26 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
             port,
             proto,
         } => agent.explain(&from, &to, port, &proto).map(ok),
+        Request::CniAdd {
+            container_id,
+            netns,
+            ifname,
+            tenant,
+            labels,
+        } => agent
+            .cni_add(&container_id, &netns, &ifname, tenant.as_deref(), labels)
+            .await
+            .map(ok),
+        Request::CniDel {
+            container_id,
+            ifname,
+        } => agent.cni_del(&container_id, &ifname).await.map(|()| ok(())),
+        Request::CniCheck {
+            container_id,
+            ifname,
+            netns,
+        } => agent.cni_check(&container_id, &ifname, &netns).map(ok),
+        Request::CniGc { valid } => agent.cni_gc(&valid).await.map(ok),
         Request::EndpointDel { name, keep_mapping } => agent
             .del_endpoint(&name, keep_mapping)
             .await

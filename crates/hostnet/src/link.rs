@@ -140,6 +140,77 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Deletes a link (a veth takes its peer with it). A link that is already gone is not an
+    /// error.
+    pub fn del_link(&self, ns: &str, name: &str) -> Result<(), NetError> {
+        let Ok(index) = ifindex_in(ns, name) else {
+            return Ok(());
+        };
+        self.within(ns, |h| async move {
+            h.link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(nl_err(format!("deleting {name} in '{ns}'")))
+        })
+    }
+
+    /// The IPv6 addresses (with prefix length) of a link.
+    pub fn ipv6_addrs(&self, ns: &str, name: &str) -> Result<Vec<(Ipv6Addr, u8)>, NetError> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let index = ifindex_in(ns, name)?;
+        self.within(ns, |h| async move {
+            let msgs: Vec<_> = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl_err(format!("listing addresses of {name} in '{ns}'")))?;
+            Ok(msgs
+                .into_iter()
+                .flat_map(|m| {
+                    let plen = m.header.prefix_len;
+                    m.attributes.into_iter().filter_map(move |a| match a {
+                        AddressAttribute::Address(IpAddr::V6(x)) => Some((x, plen)),
+                        _ => None,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    /// Gateways of the IPv6 default routes out of `dev`.
+    pub fn default_gateways(&self, ns: &str, dev: &str) -> Result<Vec<Ipv6Addr>, NetError> {
+        use futures_util::TryStreamExt;
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+        let index = ifindex_in(ns, dev)?;
+        self.within(ns, |h| async move {
+            let msgs: Vec<_> = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+                .execute()
+                .try_collect()
+                .await
+                .map_err(nl_err(format!("listing routes in '{ns}'")))?;
+            Ok(msgs
+                .into_iter()
+                .filter(|m| m.header.destination_prefix_length == 0)
+                .filter(|m| m.attributes.contains(&RouteAttribute::Oif(index)))
+                .flat_map(|m| {
+                    m.attributes.into_iter().filter_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(g),
+                        _ => None,
+                    })
+                })
+                .collect())
+        })
+    }
+}
+
 /// The index of interface `name` inside namespace `ns`.
 pub fn ifindex_in(ns: &str, name: &str) -> Result<u32, NetError> {
     netns::run_in(ns, || {
@@ -206,7 +277,9 @@ pub struct EndpointLink<'a> {
     pub host_mac: [u8; 6],
     /// MAC of the endpoint's `eth0`.
     pub mac: [u8; 6],
-    /// The endpoint's address (/128 on `eth0`).
+    /// The endpoint's interface inside its namespace (`eth0` unless a runtime asks otherwise).
+    pub ifname: &'a str,
+    /// The endpoint's address (/128 on `ifname`).
     pub addr: Ipv6Addr,
 }
 
@@ -224,17 +297,17 @@ impl Netlink {
             ep.host_ifname,
             ep.host_mac,
             ep.netns,
-            ENDPOINT_IFNAME,
+            ep.ifname,
             ep.mac,
         )?;
         self.add_addr(ep.host_netns, ep.host_ifname, ENDPOINT_GATEWAY, 64)?;
-        self.add_addr(ep.netns, ENDPOINT_IFNAME, ep.addr, 128)?;
+        self.add_addr(ep.netns, ep.ifname, ep.addr, 128)?;
         self.add_route(
             ep.netns,
             Ipv6Addr::UNSPECIFIED,
             0,
             Some(ENDPOINT_GATEWAY),
-            ENDPOINT_IFNAME,
+            ep.ifname,
         )?;
         self.add_route(ep.host_netns, ep.addr, 128, None, ep.host_ifname)
     }

@@ -13,9 +13,42 @@ use crate::NetError;
 /// the lab.
 pub const NETNS_DIR: &str = "/run/netns";
 
-/// Path of a named namespace.
+/// Path of a namespace: a name is looked up under [`NETNS_DIR`]; an absolute path (a runtime's
+/// `CNI_NETNS`, `/proc/<pid>/ns/net`) is taken as it is.
 pub fn path(name: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(name)
+    if name.starts_with('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new(NETNS_DIR).join(name)
+    }
+}
+
+/// A path to the network namespace this process started in, valid while it runs: that of a
+/// thread kept parked in it for the purpose (the process's other threads move in and out of
+/// namespaces, so `/proc/self/ns/net` could name a container's).
+pub fn current_path() -> Result<String, NetError> {
+    static PARKED: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PARKED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("netns-anchor".into())
+                .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let tid = unsafe { libc::gettid() };
+                    let _ = tx.send(tid);
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .map_err(|e| format!("starting the namespace anchor thread: {e}"))?;
+            let tid = rx
+                .recv()
+                .map_err(|e| format!("starting the namespace anchor thread: {e}"))?;
+            Ok(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
+        })
+        .clone()
+        .map_err(NetError::Invalid)
 }
 
 /// Whether a namespace with this name exists.

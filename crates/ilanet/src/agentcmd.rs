@@ -21,6 +21,10 @@ use crate::labcmd::DEFAULT_LAB;
 pub struct AgentArgs {
     #[command(subcommand)]
     command: Option<AgentCommand>,
+    /// Run the host agent of this machine from a configuration file (see deploy/agent.yaml)
+    /// instead of a lab's agents.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["host", "store", "etcd_endpoints", "lease_ttl"])]
+    config: Option<std::path::PathBuf>,
     /// Lab whose host(s) this agent serves.
     #[arg(long, default_value = DEFAULT_LAB)]
     lab: String,
@@ -118,10 +122,85 @@ fn hosts_of<'a>(plan: &'a Plan, only: Option<&str>) -> Result<Vec<&'a lab::plan:
     }
 }
 
+impl AgentArgs {
+    /// Whether this runs a host agent from a configuration file.
+    pub fn has_config(&self) -> bool {
+        self.command.is_none() && self.config.is_some()
+    }
+}
+
+/// Runs the host agent of the machine (or namespace) this process is in, from its configuration
+/// file, until killed.
+fn run_host(path: &std::path::Path) -> Result<ExitCode> {
+    let file = path.display().to_string();
+    let text = read_bounded(path, agent::host_config::MAX_CONFIG_BYTES)
+        .with_context(|| format!("reading the agent configuration {file}"))?;
+    let host_netns =
+        lab::netns::current_path().context("finding this process's network namespace")?;
+    let cfg = agent::host_config::parse(&file, &text, &host_netns)?;
+    crate::init_logging(&cfg.log_level);
+    let served = cfg.agent.host_netns.clone();
+    if !lab::netns::exists(&served) {
+        bail!("{file}: netns: namespace '{served}' does not exist");
+    }
+    if lab::link::ifindex_in(&served, cfg.uplink()).is_err() {
+        let names = lab::link::names_in(&served).unwrap_or_default();
+        bail!(
+            "{file}: uplink: interface '{}' does not exist on this host (it has: {})",
+            cfg.uplink(),
+            names.join(", ")
+        );
+    }
+    let store_cfg = match &cfg.store {
+        agent::host_config::StoreSpec::Embedded { data_dir } => StoreConfig::Embedded(
+            EmbeddedStore::open(data_dir)
+                .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?,
+        ),
+        agent::host_config::StoreSpec::Etcd { endpoints } => StoreConfig::Etcd {
+            endpoints: endpoints.clone(),
+            connect_timeout: Duration::from_secs(3),
+        },
+    };
+    let host = cfg.agent.host.clone();
+    let agent = Agent::new(cfg.agent, store_cfg, None)
+        .with_context(|| format!("starting the agent of host '{host}'"))?;
+    log::info!(
+        "host {host}: agent serving {} on {}",
+        agent.config().uplink,
+        agent.config().socket.display()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        tokio::spawn(Arc::clone(&agent).run(None));
+        agent::serve(agent).await.map_err(|e| anyhow!(e))?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Reads a file of at most `max` bytes (a bigger one is an error, not read into memory).
+fn read_bounded(path: &std::path::Path, max: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > max {
+        bail!("{} is larger than {max} bytes", path.display());
+    }
+    Ok(buf)
+}
+
 /// Runs agents in this process until killed.
 pub fn run(args: &AgentArgs) -> Result<ExitCode> {
     if let Some(AgentCommand::Status(t)) = &args.command {
         return status(t);
+    }
+    if let Some(path) = &args.config {
+        return run_host(path);
     }
     let plan = lab::plan_of(&args.lab)?;
     let hosts = hosts_of(&plan, args.host.as_deref())?;

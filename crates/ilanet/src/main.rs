@@ -108,9 +108,17 @@ fn bench_micro(args: &MicroArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Starts logging: `RUST_LOG` if set, else `default`.
+pub(crate) fn init_logging(default: &str) {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // A host agent takes its log level from its configuration file (it starts logging itself).
+    if !matches!(&cli.command, Command::Agent(a) if a.has_config()) {
+        init_logging("warn");
+    }
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Lab { command } => labcmd::run(command),

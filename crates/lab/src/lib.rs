@@ -229,6 +229,7 @@ pub(crate) fn build_container_link(
         host_ifname: &c.host_ifname,
         host_mac: c.host_mac,
         mac: c.mac,
+        ifname: link::ENDPOINT_IFNAME,
         addr: c.sir_addr,
     })?;
     Ok(())

@@ -1,0 +1,441 @@
+//! The host agent's configuration file (`ilanet agent --config /etc/ilanet/agent.yaml`): what a
+//! real machine needs to run its agent. Parsing and validation are pure; the checks that need
+//! the host (does the uplink exist?) are made by the caller with [`HostConfig::uplink`].
+//!
+//! Every error names the field (`tenants[1].sir_prefix: …`); a file with an unknown field is
+//! refused, so a typo never silently falls back to a default.
+
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ila::{ChecksumMode, Locator, SirPrefix, TenantNetwork, Vnid};
+use serde::Deserialize;
+
+use crate::{AgentConfig, MAX_LEASE_TTL};
+
+/// Largest configuration file read (a host config is a few hundred bytes).
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Most tenant networks one host serves.
+pub const MAX_TENANTS: usize = 4096;
+
+/// A configuration error, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The field (dotted path), or `-` for the whole file.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The store section.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreSpec {
+    /// The embedded store, persisted in `data_dir` (one agent process per directory).
+    Embedded {
+        /// Data directory.
+        data_dir: PathBuf,
+    },
+    /// An etcd cluster.
+    Etcd {
+        /// Client URLs.
+        endpoints: Vec<String>,
+    },
+}
+
+/// A host agent's configuration, validated.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The agent's configuration.
+    pub agent: AgentConfig,
+    /// Which store, and where.
+    pub store: StoreSpec,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: String,
+}
+
+impl HostConfig {
+    /// The uplink interface (the caller checks that it exists).
+    pub fn uplink(&self) -> &str {
+        &self.agent.uplink
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    uplink: String,
+    locator: String,
+    underlay: String,
+    tenants: Vec<RawTenant>,
+    store: RawStore,
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    pin_dir: Option<PathBuf>,
+    #[serde(default)]
+    csum_mode: Option<String>,
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    endpoint_netns_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    vnid: u32,
+    sir_prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+enum RawStore {
+    Embedded {
+        #[serde(default)]
+        data_dir: Option<PathBuf>,
+    },
+    Etcd {
+        endpoints: Vec<String>,
+        #[serde(default = "default_lease_ttl")]
+        lease_ttl: u64,
+    },
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ilanet")
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+fn default_lease_ttl() -> u64 {
+    crate::DEFAULT_LEASE_TTL.as_secs()
+}
+
+/// Where a host agent's API socket is unless the configuration says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/ilanet/agent.sock";
+
+/// Parses and validates a configuration file's text. `host_netns` is the namespace the agent
+/// serves (the one it runs in).
+pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError {
+        file: file.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    if text.len() > MAX_CONFIG_BYTES {
+        return Err(err(
+            "-",
+            format!("{} bytes, over the limit of {MAX_CONFIG_BYTES}", text.len()),
+        ));
+    }
+    let de = serde_norway::Deserializer::from_slice(text);
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        err(
+            if path.is_empty() { "-" } else { &path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    crate::endpoint::validate_name(&raw.host).map_err(|_| {
+        err(
+            "host",
+            format!(
+                "'{}' is not a valid host name (a-z, 0-9, '-', '_', '.')",
+                raw.host
+            ),
+        )
+    })?;
+    if raw.uplink.is_empty() || raw.uplink.len() > 15 || raw.uplink.contains(['/', ' ', ':']) {
+        return Err(err(
+            "uplink",
+            format!("'{}' is not an interface name", raw.uplink),
+        ));
+    }
+    let locator: Locator = raw
+        .locator
+        .parse()
+        .map_err(|e| err("locator", format!("'{}': {e}", raw.locator)))?;
+    let underlay: Ipv6Addr = raw
+        .underlay
+        .parse()
+        .map_err(|e| err("underlay", format!("'{}': {e}", raw.underlay)))?;
+    if raw.tenants.is_empty() {
+        return Err(err(
+            "tenants",
+            "at least one tenant network is needed".into(),
+        ));
+    }
+    if raw.tenants.len() > MAX_TENANTS {
+        return Err(err(
+            "tenants",
+            format!(
+                "{} tenant networks, at most {MAX_TENANTS}",
+                raw.tenants.len()
+            ),
+        ));
+    }
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    for (i, t) in raw.tenants.iter().enumerate() {
+        let field = |f: &str| format!("tenants[{i}].{f}");
+        let vnid = Vnid::new(t.vnid).map_err(|e| err(&field("vnid"), e.to_string()))?;
+        let sir: SirPrefix = t
+            .sir_prefix
+            .parse()
+            .map_err(|e| err(&field("sir_prefix"), format!("'{}': {e}", t.sir_prefix)))?;
+        if sir.to_string() == locator.to_string() {
+            return Err(err(
+                &field("sir_prefix"),
+                format!("{sir} is the host's locator: a SIR prefix must not overlap a locator"),
+            ));
+        }
+        let net = TenantNetwork::new(&t.name, vnid, sir)
+            .map_err(|e| err(&field("name"), e.to_string()))?;
+        if let Some(j) = tenants
+            .iter()
+            .position(|o: &TenantNetwork| o.name == net.name)
+        {
+            return Err(err(
+                &field("name"),
+                format!("'{}' is also tenants[{j}]", net.name),
+            ));
+        }
+        if let Some(j) = tenants
+            .iter()
+            .position(|o: &TenantNetwork| o.vnid == net.vnid)
+        {
+            return Err(err(
+                &field("vnid"),
+                format!("{} is also tenants[{j}]'s", t.vnid),
+            ));
+        }
+        tenants.push(net);
+    }
+    if locator.contains(underlay) {
+        return Err(err(
+            "underlay",
+            format!("{underlay} lies inside the locator {locator}: the locator /64 is for container addresses on the wire; the uplink needs an address of its own"),
+        ));
+    }
+    for (name, p) in [("socket", &raw.socket), ("state_dir", &raw.state_dir)] {
+        if !p.is_absolute() {
+            return Err(err(
+                name,
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
+    }
+    let csum_mode = match &raw.csum_mode {
+        None => ChecksumMode::NeutralMap,
+        Some(m) => m
+            .parse()
+            .map_err(|e| err("csum_mode", format!("'{m}': {e}")))?,
+    };
+    if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
+        return Err(err(
+            "log_level",
+            format!(
+                "'{}': expected error, warn, info, debug or trace",
+                raw.log_level
+            ),
+        ));
+    }
+    let (store, lease_ttl) = match raw.store {
+        RawStore::Embedded { data_dir } => (
+            StoreSpec::Embedded {
+                data_dir: data_dir.unwrap_or_else(|| raw.state_dir.join("store")),
+            },
+            crate::DEFAULT_LEASE_TTL,
+        ),
+        RawStore::Etcd {
+            endpoints,
+            lease_ttl,
+        } => {
+            if endpoints.is_empty() {
+                return Err(err(
+                    "store.endpoints",
+                    "at least one etcd client URL is needed".into(),
+                ));
+            }
+            for (i, e) in endpoints.iter().enumerate() {
+                if !(e.starts_with("http://") || e.starts_with("https://")) {
+                    return Err(err(
+                        &format!("store.endpoints[{i}]"),
+                        format!("'{e}' is not an http:// or https:// URL"),
+                    ));
+                }
+            }
+            if lease_ttl == 0 || lease_ttl > MAX_LEASE_TTL.as_secs() {
+                return Err(err(
+                    "store.lease_ttl",
+                    format!(
+                        "{lease_ttl}: expected 1 to {} seconds",
+                        MAX_LEASE_TTL.as_secs()
+                    ),
+                ));
+            }
+            (
+                StoreSpec::Etcd { endpoints },
+                Duration::from_secs(lease_ttl),
+            )
+        }
+    };
+    if let Some(ns) = &raw.netns {
+        if ns.is_empty() || ns.contains('/') || ns.starts_with('.') {
+            return Err(err(
+                "netns",
+                format!("'{ns}' is not a namespace name (as under /run/netns)"),
+            ));
+        }
+    }
+    let prefix = raw.endpoint_netns_prefix.unwrap_or_else(|| "ilanet".into());
+    if crate::endpoint::validate_name(&prefix).is_err() {
+        return Err(err(
+            "endpoint_netns_prefix",
+            format!("'{prefix}' is not valid (a-z, 0-9, '-', '_', '.')"),
+        ));
+    }
+    let agent = AgentConfig {
+        host: raw.host.clone(),
+        host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
+        uplink: raw.uplink,
+        locator,
+        underlay,
+        tenants,
+        csum_mode,
+        pin_dir: raw
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/ilanet/host").join(&raw.host)),
+        state_file: raw.state_dir.join("endpoints.json"),
+        socket: raw.socket,
+        netns_prefix: prefix,
+        lease_ttl,
+    };
+    Ok(HostConfig {
+        agent,
+        store,
+        log_level: raw.log_level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "host: site1\nuplink: eth0\nlocator: 2001:db8:1::/64\nunderlay: 2001:db8:ffff:1::2\ntenants:\n  - name: research\n    vnid: 1\n    sir_prefix: fd00:dead:beef::/64\nstore:\n  kind: etcd\n  endpoints: [\"http://[2001:db8:ffff::10]:2379\"]\n  lease_ttl: 10\n";
+
+    fn parse_str(s: &str) -> Result<HostConfig, ConfigError> {
+        parse("agent.yaml", s.as_bytes(), "/proc/self/ns/net")
+    }
+
+    #[test]
+    fn the_example_parses() {
+        let c = parse_str(GOOD).expect("good");
+        assert_eq!(c.agent.host, "site1");
+        assert_eq!(c.agent.tenants.len(), 1);
+        assert_eq!(c.agent.lease_ttl, Duration::from_secs(10));
+        assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert!(matches!(c.store, StoreSpec::Etcd { ref endpoints } if endpoints.len() == 1));
+    }
+
+    #[test]
+    fn the_deploy_example_parses() {
+        let text = include_str!("../../../deploy/agent.yaml");
+        let c = parse_str(text).expect("deploy/agent.yaml");
+        assert!(!c.agent.tenants.is_empty());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("host: site1", "host: Site 1", "host"),
+            ("uplink: eth0", "uplink: a/b", "uplink"),
+            (
+                "locator: 2001:db8:1::/64",
+                "locator: 2001:db8:1::/48",
+                "locator",
+            ),
+            ("underlay: 2001:db8:ffff:1::2", "underlay: nope", "underlay"),
+            (
+                "underlay: 2001:db8:ffff:1::2",
+                "underlay: 2001:db8:1::9",
+                "underlay",
+            ),
+            ("vnid: 1", "vnid: 999999999", "tenants[0].vnid"),
+            (
+                "sir_prefix: fd00:dead:beef::/64",
+                "sir_prefix: 2001:db8:1::/64",
+                "tenants[0].sir_prefix",
+            ),
+            ("lease_ttl: 10", "lease_ttl: 0", "store.lease_ttl"),
+            (
+                "lease_ttl: 10",
+                "lease_ttl: 18446744073709551615",
+                "store.lease_ttl",
+            ),
+            ("kind: etcd", "kind: consul", "store"),
+            (
+                "  lease_ttl: 10\n",
+                "  lease_ttl: 10\n  tls_typo: x\n",
+                "store",
+            ),
+            ("host: site1", "host: site1\nfavourite: blue", "favourite"),
+        ];
+        for (from, to, field) in cases {
+            let text = GOOD.replace(from, to);
+            assert_ne!(text, GOOD, "case {to} did not apply");
+            let e = parse_str(&text).expect_err(to);
+            assert!(
+                e.field.starts_with(field) || (e.field == "-" && *field == "-"),
+                "{to}: got field {} ({e})",
+                e.field
+            );
+            assert!(e.to_string().starts_with("agent.yaml: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn tenants_must_be_distinct() {
+        let text = GOOD.replace(
+            "store:",
+            "  - name: research\n    vnid: 2\n    sir_prefix: fd00:dead:beef:1::/64\nstore:",
+        );
+        let e = parse_str(&text).expect_err("duplicate name");
+        assert_eq!(e.field, "tenants[1].name", "{e}");
+        let text = GOOD.replace(
+            "store:",
+            "  - name: market\n    vnid: 1\n    sir_prefix: fd00:dead:beef:1::/64\nstore:",
+        );
+        let e = parse_str(&text).expect_err("duplicate vnid");
+        assert_eq!(e.field, "tenants[1].vnid", "{e}");
+    }
+
+    #[test]
+    fn huge_files_are_refused_before_parsing() {
+        let text = format!("{GOOD}#{}", "x".repeat(MAX_CONFIG_BYTES));
+        let e = parse_str(&text).expect_err("huge");
+        assert!(e.reason.contains("limit"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = parse("fuzz.yaml", &bytes, "/proc/self/ns/net");
+        }
+    }
+}
