@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
- * The contract between the eBPF programs and user space (crates/dataplane mirrors every struct
- * here with #[repr(C)] and asserts the sizes). Change both sides together.
+ * The contract between the eBPF programs and user space, and its source of truth: crates/dataplane
+ * mirrors every struct, enum and map size here in Rust (src/abi.rs, src/maps.rs), and
+ * crates/dataplane/tests/abi.rs checks the mirrors against the BTF of the compiled objects
+ * (sizes, field offsets, enum values, map key/value sizes and max_entries). Change both sides
+ * together.
  *
  * All addresses are in network byte order, exactly as they appear in the IPv6 header.
  * Translation values are precomputed by user space (crates/ila), so the programs only look up and
@@ -12,6 +15,14 @@
 #define ILANET_ILA_ABI_H
 
 #include <linux/types.h>
+
+/* max_entries of the maps (lib/maps.h); ILA_FILTER_SLOTS and ILA_STAT_MAX below. */
+#define ILA_OUT_MAX_ENTRIES 131072       /* ILA_OUT: one per remote or local SIR address */
+#define ILA_IN_MAX_ENTRIES 65536         /* ILA_IN: one per local endpoint */
+#define ILA_ENDPOINTS_MAX_ENTRIES 65536  /* ILA_ENDPOINTS: local endpoints */
+#define ILA_IPCACHE_MAX_ENTRIES 131072   /* ILA_IPCACHE: every endpoint of the network */
+#define ILA_CT_MAX_ENTRIES 131072        /* ILA_CT: flows (LRU) */
+#define ILA_EVENTS_BYTES (256 * 1024)    /* ILA_EVENTS: ring buffer size in bytes */
 
 /* Checksum handling of one mapping (same names as the kernel's ILA csum-mode). */
 #define ILA_CSUM_NEUTRAL_MAP 0   /* address sum unchanged: L4 checksum untouched */

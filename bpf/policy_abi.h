@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /*
  * The contract between the eBPF policy enforcement and user space for identity-based policy.
- * crates/policy/src/abi.rs mirrors every struct here with #[repr(C)] and asserts sizes and
- * offsets; change both sides together.
+ * crates/policy/src/abi.rs mirrors every struct and map size here; crates/dataplane/tests/abi.rs
+ * checks the mirrors against the BTF of the compiled objects. Change both sides together.
  *
  * Byte order: integers are host order, except dport (network order, exactly as in the L4
  * header, so the program copies it without swapping) and addr (as on the wire).
@@ -59,6 +59,11 @@
 /* ilanet_policy_ep.flags */
 #define ILANET_EP_F_INGRESS_ENFORCED 0x1
 #define ILANET_EP_F_EGRESS_ENFORCED 0x2
+
+/* max_entries (policy::abi::*_MAX_ENTRIES, the defaults of policy::CompileLimits). */
+#define ILANET_POLICY_EP_MAX_ENTRIES 65536      /* POLICY_EP: endpoint identities */
+#define ILANET_POLICY_MAX_ENTRIES (1 << 20)     /* POLICY (BPF_F_NO_PREALLOC) */
+#define ILANET_POLICY_CIDR_MAX_ENTRIES (1 << 18) /* POLICY_CIDR (BPF_F_NO_PREALLOC) */
 
 /* Bits of ilanet_policy_cidr_key after prefixlen that always match fully. */
 #define ILANET_POLICY_CIDR_FIXED_BITS 64

@@ -1,6 +1,7 @@
 //! The ILA eBPF data path of one host: the only crate that calls `bpf()`.
 //!
-//! The programs (`bpf/ila.bpf.c`) are compiled by `build.rs` and embedded. [`HostDataplane`]
+//! The programs (`bpf/from_container.c`, `bpf/from_wire.c`, on `bpf/lib/*.h`) are compiled and
+//! linked into one object by `build.rs` and embedded. [`HostDataplane`]
 //! loads them, pins their maps by name under a per-host directory on bpffs (so an agent restart
 //! keeps state and traffic), and attaches them with TCX links that are pinned as well.
 //! [`HostMaps`] manipulates the translation tables, the enforcement tables (local endpoints,

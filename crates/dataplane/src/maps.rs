@@ -22,7 +22,8 @@ use crate::{
     VerdictEvent, VerdictReason,
 };
 
-/// Map names, as in `bpf/ila.bpf.c` and as pinned under the pin directory.
+/// Map names, as in `bpf/lib/maps.h` and as pinned under the pin directory (never rename them:
+/// pinned maps are reused across agent restarts).
 pub(crate) const MAP_OUT: &str = "ILA_OUT";
 pub(crate) const MAP_IN: &str = "ILA_IN";
 pub(crate) const MAP_STATS: &str = "ILA_STATS";
