@@ -1315,8 +1315,8 @@ impl Agent {
 
     /// Verifies an attachment (CNI CHECK): namespace, interface, address, default route, host
     /// veth, and this host's mapping in the store's view and the maps.
-    pub fn cni_check(
-        &self,
+    pub async fn cni_check(
+        self: &Arc<Self>,
         container_id: &str,
         ifname: &str,
         netns: &str,
@@ -1334,7 +1334,9 @@ impl Agent {
                 ep.netns
             )));
         }
-        endpoint::check(&self.cfg, &ep)?;
+        // Netlink queries block (and run a runtime of their own): off the async threads.
+        let (me, ep2) = (Arc::clone(self), ep.clone());
+        blocking(move || endpoint::check(&me.cfg, &ep2)).await?;
         let inner = lock(&self.inner);
         match inner.view.get(&ep.sir_addr) {
             Some(r) if r.host == self.cfg.host && r.endpoint == ep.name => {}

@@ -230,7 +230,10 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
             container_id,
             ifname,
             netns,
-        } => agent.cni_check(&container_id, &ifname, &netns).map(ok),
+        } => agent
+            .cni_check(&container_id, &ifname, &netns)
+            .await
+            .map(ok),
         Request::CniGc { valid } => agent.cni_gc(&valid).await.map(ok),
         Request::EndpointDel { name, keep_mapping } => agent
             .del_endpoint(&name, keep_mapping)
