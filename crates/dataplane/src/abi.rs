@@ -1,7 +1,9 @@
-//! `#[repr(C)]` mirrors of `bpf/ila_abi.h`. Sizes are asserted at compile time so a drift between
-//! the C contract and these structs fails the build instead of corrupting maps.
+//! `#[repr(C)]` mirrors of `bpf/ila_abi.h`, the source of truth. `tests/abi.rs` checks every
+//! struct (size, and offset and size of every field, none of them padding), every `enum ila_stat`
+//! and `enum ila_reason` value and every map's key, value and `max_entries` against the BTF of
+//! the compiled objects, so a drift fails the tests instead of corrupting maps.
 
-use std::mem::size_of;
+use std::mem::{offset_of, size_of};
 
 /// `ILA_CSUM_NEUTRAL_MAP`: checksum-neutral mapping, L4 checksum untouched.
 pub const ILA_CSUM_NEUTRAL_MAP: u8 = 0;
@@ -213,21 +215,16 @@ impl IlaEvent {
         if b.len() < size_of::<Self>() {
             return None;
         }
-        let arr = |o: usize| -> [u8; 16] {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&b[o..o + 16]);
-            a
-        };
         Some(Self {
-            kind: b[0],
-            csum_mode: b[1],
-            l4_proto: b[2],
-            pad: b[3],
+            kind: b[offset_of!(Self, kind)],
+            csum_mode: b[offset_of!(Self, csum_mode)],
+            l4_proto: b[offset_of!(Self, l4_proto)],
+            pad: b[offset_of!(Self, pad)],
             // The kernel writes host byte order.
-            ifindex: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-            src: arr(8),
-            dst_before: arr(24),
-            dst_after: arr(40),
+            ifindex: u32_at(b, offset_of!(Self, ifindex)),
+            src: addr_at(b, offset_of!(Self, src)),
+            dst_before: addr_at(b, offset_of!(Self, dst_before)),
+            dst_after: addr_at(b, offset_of!(Self, dst_after)),
         })
     }
 }
@@ -346,42 +343,32 @@ impl IlaVerdictEvent {
         if b.len() < size_of::<Self>() || b[0] != ILA_EV_VERDICT {
             return None;
         }
+        let u16_at = |o: usize| [b[o], b[o + 1]];
         Some(Self {
-            kind: b[0],
-            program: b[1],
-            verdict: b[2],
-            reason: b[3],
-            direction: b[4],
-            proto: b[5],
-            sport: [b[6], b[7]],
-            dport: [b[8], b[9]],
-            pad: u16::from_ne_bytes([b[10], b[11]]),
-            ifindex: u32_at(b, 12),
-            src_identity: u32_at(b, 16),
-            dst_identity: u32_at(b, 20),
-            src_vnid: u32_at(b, 24),
-            dst_vnid: u32_at(b, 28),
-            rule_id: u32_at(b, 32),
-            pad2: u32_at(b, 36),
-            src: addr_at(b, 40),
-            dst: addr_at(b, 56),
+            kind: b[offset_of!(Self, kind)],
+            program: b[offset_of!(Self, program)],
+            verdict: b[offset_of!(Self, verdict)],
+            reason: b[offset_of!(Self, reason)],
+            direction: b[offset_of!(Self, direction)],
+            proto: b[offset_of!(Self, proto)],
+            sport: u16_at(offset_of!(Self, sport)),
+            dport: u16_at(offset_of!(Self, dport)),
+            pad: u16::from_ne_bytes(u16_at(offset_of!(Self, pad))),
+            ifindex: u32_at(b, offset_of!(Self, ifindex)),
+            src_identity: u32_at(b, offset_of!(Self, src_identity)),
+            dst_identity: u32_at(b, offset_of!(Self, dst_identity)),
+            src_vnid: u32_at(b, offset_of!(Self, src_vnid)),
+            dst_vnid: u32_at(b, offset_of!(Self, dst_vnid)),
+            rule_id: u32_at(b, offset_of!(Self, rule_id)),
+            pad2: u32_at(b, offset_of!(Self, pad2)),
+            src: addr_at(b, offset_of!(Self, src)),
+            dst: addr_at(b, offset_of!(Self, dst)),
         })
     }
 }
 
-const _: () = assert!(size_of::<IlaEndpointVal>() == 16);
-const _: () = assert!(size_of::<IlaIpcacheVal>() == 8);
-const _: () = assert!(size_of::<IlaCtKey>() == 40);
-const _: () = assert!(std::mem::offset_of!(IlaCtKey, port_a) == 32);
-const _: () = assert!(std::mem::offset_of!(IlaCtKey, proto) == 36);
-const _: () = assert!(size_of::<IlaCtVal>() == 24);
-const _: () = assert!(size_of::<IlaVerdictEvent>() == 72);
-const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, ifindex) == 12);
-const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, rule_id) == 32);
-const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, src) == 40);
-const _: () = assert!(std::mem::offset_of!(IlaVerdictEvent, dst) == 56);
-
-// SAFETY: plain-old-data: repr(C), only integer fields, no padding (sizes asserted).
+// SAFETY: plain-old-data: repr(C), only integer fields, no padding (tests/abi.rs checks that the
+// fields cover the size checked against BTF).
 unsafe impl aya::Pod for IlaEndpointVal {}
 // SAFETY: as above.
 unsafe impl aya::Pod for IlaIpcacheVal {}
@@ -389,17 +376,7 @@ unsafe impl aya::Pod for IlaIpcacheVal {}
 unsafe impl aya::Pod for IlaCtKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for IlaCtVal {}
-
-const _: () = assert!(size_of::<IlaOutKey>() == 16);
-const _: () = assert!(size_of::<IlaOutVal>() == 20);
-const _: () = assert!(size_of::<IlaInKey>() == 16);
-const _: () = assert!(size_of::<IlaInVal>() == 36);
-const _: () = assert!(size_of::<IlaConfig>() == 4);
-const _: () = assert!(size_of::<IlaEvent>() == 56);
-const _: () = assert!(std::mem::offset_of!(IlaInVal, ifindex) == 16);
-const _: () = assert!(std::mem::offset_of!(IlaEvent, dst_after) == 40);
-
-// SAFETY: plain-old-data: repr(C), only integer fields, no padding (sizes asserted above).
+// SAFETY: as above.
 unsafe impl aya::Pod for IlaOutKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for IlaOutVal {}

@@ -34,7 +34,8 @@ use serde::{Deserialize, Serialize};
 
 pub use ila::ChecksumMode;
 pub use maps::{
-    monotonic_coarse_ns, HostMaps, PolicySync, CT_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES,
+    monotonic_coarse_ns, HostMaps, PolicySync, CT_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EVENTS_BYTES,
+    IN_MAX_ENTRIES, IPCACHE_MAX_ENTRIES, OUT_MAX_ENTRIES, POLICY_CIDR_MAX_ENTRIES,
     POLICY_EP_MAX_ENTRIES, POLICY_MAX_ENTRIES,
 };
 

@@ -38,14 +38,21 @@ pub(crate) const MAP_POLICY_EP: &str = "POLICY_EP";
 pub(crate) const MAP_POLICY: &str = "POLICY";
 pub(crate) const MAP_POLICY_CIDR: &str = "POLICY_CIDR";
 
-/// `max_entries` of `POLICY` (equal to `policy::CompileLimits::default().max_entries`).
-pub const POLICY_MAX_ENTRIES: usize = 1 << 20;
-/// `max_entries` of `POLICY_CIDR` (equal to `policy::CompileLimits::default().max_cidr_entries`).
-pub const POLICY_CIDR_MAX_ENTRIES: usize = 1 << 18;
-/// `max_entries` of `POLICY_EP`.
-pub const POLICY_EP_MAX_ENTRIES: usize = 65536;
-/// `max_entries` of `ILA_CT`.
+/// `ILA_OUT_MAX_ENTRIES`: `max_entries` of `ILA_OUT`.
+pub const OUT_MAX_ENTRIES: usize = 131072;
+/// `ILA_IN_MAX_ENTRIES`: `max_entries` of `ILA_IN`.
+pub const IN_MAX_ENTRIES: usize = 65536;
+/// `ILA_ENDPOINTS_MAX_ENTRIES`: `max_entries` of `ILA_ENDPOINTS`.
+pub const ENDPOINTS_MAX_ENTRIES: usize = 65536;
+/// `ILA_IPCACHE_MAX_ENTRIES`: `max_entries` of `ILA_IPCACHE`.
+pub const IPCACHE_MAX_ENTRIES: usize = 131072;
+/// `ILA_CT_MAX_ENTRIES`: `max_entries` of `ILA_CT`.
 pub const CT_MAX_ENTRIES: usize = 131072;
+/// `ILA_EVENTS_BYTES`: size of the `ILA_EVENTS` ring buffer in bytes.
+pub const EVENTS_BYTES: usize = 256 * 1024;
+/// `max_entries` of the policy maps: `policy::abi` holds them (the defaults of
+/// `policy::CompileLimits`).
+pub use policy::abi::{POLICY_CIDR_MAX_ENTRIES, POLICY_EP_MAX_ENTRIES, POLICY_MAX_ENTRIES};
 
 /// `POLICY_CIDR` keys after `prefixlen` (the rest of [`CidrKey`]).
 type CidrData = [u8; CidrKey::SIZE - 4];

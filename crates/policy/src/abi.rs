@@ -1,5 +1,7 @@
 //! The byte layout of the compiled policy maps, shared with the eBPF programs
-//! (`bpf/policy_abi.h` is the C side; change both together).
+//! (`bpf/policy_abi.h` is the C side and the source of truth; change both together: the
+//! dataplane crate's `tests/abi.rs` checks these mirrors against the BTF of the compiled
+//! objects).
 //!
 //! Maps (names proposed for the dataplane):
 //!
@@ -51,6 +53,15 @@ pub const VERDICT_DENY: u8 = 2;
 pub const EP_F_INGRESS_ENFORCED: u32 = 0x1;
 /// [`EndpointPolicy::flags`]: egress is default deny.
 pub const EP_F_EGRESS_ENFORCED: u32 = 0x2;
+
+/// `ILANET_POLICY_EP_MAX_ENTRIES`: `max_entries` of `POLICY_EP` (endpoint identities).
+pub const POLICY_EP_MAX_ENTRIES: usize = 65536;
+/// `ILANET_POLICY_MAX_ENTRIES`: `max_entries` of `POLICY` (the default
+/// [`crate::CompileLimits::max_entries`]).
+pub const POLICY_MAX_ENTRIES: usize = 1 << 20;
+/// `ILANET_POLICY_CIDR_MAX_ENTRIES`: `max_entries` of `POLICY_CIDR` (the default
+/// [`crate::CompileLimits::max_cidr_entries`]).
+pub const POLICY_CIDR_MAX_ENTRIES: usize = 1 << 18;
 
 /// Bits of [`CidrKey`] before the address that are always fully matched
 /// (`ep_identity`, `direction`, `proto`, `dport`): `prefixlen = 64 + CIDR length`.

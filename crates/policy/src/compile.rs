@@ -28,11 +28,11 @@ pub struct CompileLimits {
 }
 
 impl Default for CompileLimits {
-    /// 1 Mi identity entries, 256 Ki CIDR entries.
+    /// The sizes of the maps (1 Mi identity entries, 256 Ki CIDR entries).
     fn default() -> Self {
         Self {
-            max_entries: 1 << 20,
-            max_cidr_entries: 1 << 18,
+            max_entries: crate::abi::POLICY_MAX_ENTRIES,
+            max_cidr_entries: crate::abi::POLICY_CIDR_MAX_ENTRIES,
         }
     }
 }
