@@ -9,6 +9,7 @@
 #include "csum.h"
 #include "flow.h"
 
+/* One ila_event per translated packet while tracing; `walked`: `l4` was filled by rewrite_dst. */
 static __always_inline void emit_event(struct __sk_buff *skb, __u8 kind, __u8 csum_mode, __u8 nexthdr,
 				       __u32 end, const struct in6_addr *saddr, const struct in6_addr *before,
 				       const __u8 *after, const struct l4_info *l4, bool walked)
