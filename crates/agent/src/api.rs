@@ -239,6 +239,9 @@ pub struct AgentStatus {
     pub resyncs: u64,
     /// Data path counters.
     pub counters: Option<dataplane::Counters>,
+    /// Tenant networks this host serves (the first is the default).
+    #[serde(default)]
+    pub tenants: Vec<ila::TenantNetwork>,
 }
 
 /// A client error: the agent is unreachable or answered with an error.

@@ -1472,6 +1472,7 @@ impl Agent {
             in_entries: maps.in_entries().map(|e| e.len()).unwrap_or(0),
             resyncs: inner.resyncs,
             counters: maps.counters().ok(),
+            tenants: self.cfg.tenants.clone(),
         }
     }
 }

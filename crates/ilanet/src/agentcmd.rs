@@ -53,6 +53,10 @@ pub struct Target {
     /// Lab name.
     #[arg(long, default_value = DEFAULT_LAB)]
     lab: String,
+    /// Talk to the host agent at this socket (a real machine's, see its configuration's
+    /// `socket`) instead of a lab's agents.
+    #[arg(long, value_name = "PATH", conflicts_with = "host")]
+    socket: Option<std::path::PathBuf>,
     /// Only this host.
     #[arg(long)]
     host: Option<String>,
@@ -259,11 +263,35 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
     })
 }
 
-fn status(t: &Target) -> Result<ExitCode> {
+/// Sends a request to each agent a [`Target`] names: the one at `--socket`, or the lab's
+/// (all hosts, or `--host`). Returns each host's name and reply.
+fn call_each(t: &Target, req: &Request) -> Result<Vec<(String, serde_json::Value)>> {
+    if let Some(socket) = &t.socket {
+        let status: AgentStatus = serde_json::from_value(agent::api::call(
+            socket,
+            &Request::Status,
+            agents::CALL_TIMEOUT,
+        )?)?;
+        let v = match req {
+            Request::Status => serde_json::to_value(&status)?,
+            _ => agent::api::call(socket, req, agents::CALL_TIMEOUT)?,
+        };
+        return Ok(vec![(status.host, v)]);
+    }
     let plan = lab::plan_of(&t.lab)?;
-    let mut all = Vec::new();
+    let mut out = Vec::new();
     for host in hosts_of(&plan, t.host.as_deref())? {
-        let v = agents::call(&plan.name, &host.name, &Request::Status)?;
+        out.push((
+            host.name.clone(),
+            agents::call(&plan.name, &host.name, req)?,
+        ));
+    }
+    Ok(out)
+}
+
+fn status(t: &Target) -> Result<ExitCode> {
+    let mut all = Vec::new();
+    for (_, v) in call_each(t, &Request::Status)? {
         all.push(serde_json::from_value::<AgentStatus>(v)?);
     }
     if t.json {
@@ -378,11 +406,10 @@ pub fn endpoint(cmd: &EndpointCommand) -> Result<ExitCode> {
             println!("endpoint {name} removed from {host}");
         }
         EndpointCommand::List(t) => {
-            let plan = lab::plan_of(&t.lab)?;
             let mut rows = Vec::new();
-            for host in hosts_of(&plan, t.host.as_deref())? {
-                for ep in endpoints_of(&plan, &host.name)? {
-                    rows.push((host.name.clone(), ep));
+            for (host, v) in call_each(t, &Request::EndpointList)? {
+                for ep in serde_json::from_value::<Vec<LocalEndpoint>>(v)? {
+                    rows.push((host.clone(), ep));
                 }
             }
             if t.json {
@@ -465,17 +492,25 @@ fn move_endpoint(lab: &str, from: &str, to: &str, ep: &LocalEndpoint) -> Result<
 
 /// `ilanet mappings`.
 pub fn mappings(t: &Target) -> Result<ExitCode> {
-    let plan = lab::plan_of(&t.lab)?;
-    let host = match &t.host {
-        Some(h) => h.clone(),
-        None => plan
-            .hosts
-            .first()
-            .map(|h| h.name.clone())
-            .ok_or_else(|| anyhow!("lab '{}' has no hosts", plan.name))?,
+    let (host, v) = if t.socket.is_some() {
+        call_each(t, &Request::Mappings)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("no reply"))?
+    } else {
+        let plan = lab::plan_of(&t.lab)?;
+        let host = match &t.host {
+            Some(h) => h.clone(),
+            None => plan
+                .hosts
+                .first()
+                .map(|h| h.name.clone())
+                .ok_or_else(|| anyhow!("lab '{}' has no hosts", plan.name))?,
+        };
+        hosts_of(&plan, Some(&host))?;
+        let v = agents::call(&plan.name, &host, &Request::Mappings)?;
+        (host, v)
     };
-    hosts_of(&plan, Some(&host))?;
-    let v = agents::call(&plan.name, &host, &Request::Mappings)?;
     let rows: Vec<MappingRow> = serde_json::from_value(v)?;
     if t.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -32,8 +32,8 @@ const TARGET_P99_ETCD_MS: f64 = 200.0;
 const TARGET_RESYNC_MS: f64 = 1000.0;
 /// The resync target is stated for this many mappings.
 const TARGET_RESYNC_ENTRIES: usize = 100_000;
-/// Capacity of `ILA_OUT` (bpf/ila.bpf.c).
-const OUT_MAP_CAPACITY: usize = 131_072;
+/// Capacity of ILA_OUT (the ABI header defines it; the ABI test checks it against BTF).
+const OUT_MAP_CAPACITY: usize = dataplane::OUT_MAX_ENTRIES;
 /// Locators the resync's synthetic mappings are spread over.
 const RESYNC_HOSTS: u16 = 16;
 

@@ -24,6 +24,9 @@ pub enum PolicyCommand {
         /// Lab name.
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
+        /// Talk to the host agent at this socket instead of a lab's agents.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
     },
     /// Remove a policy.
     Delete {
@@ -32,12 +35,19 @@ pub enum PolicyCommand {
         /// Lab name.
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
+        /// Talk to the host agent at this socket instead of a lab's agents.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
     },
     /// List the policies in force.
     List {
         /// Lab name.
         #[arg(long, default_value = DEFAULT_LAB)]
         lab: String,
+        /// Talk to the host agent at this socket instead of a lab's agents.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<std::path::PathBuf>,
+
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -65,6 +75,39 @@ pub enum PolicyCommand {
     },
 }
 
+/// Where store-wide requests go: the host agent at a socket, or any agent of a lab.
+enum Agents {
+    Socket(std::path::PathBuf),
+    Lab(Plan),
+}
+
+impl Agents {
+    fn of(lab: &str, socket: &Option<std::path::PathBuf>) -> Result<Self> {
+        Ok(match socket {
+            Some(s) => Agents::Socket(s.clone()),
+            None => Agents::Lab(lab::plan_of(lab)?),
+        })
+    }
+
+    fn call(&self, req: &Request) -> Result<serde_json::Value> {
+        match self {
+            Agents::Socket(s) => Ok(agent::api::call(s, req, agents::CALL_TIMEOUT)?),
+            Agents::Lab(plan) => call_any(plan, req),
+        }
+    }
+
+    fn tenants(&self) -> Result<Vec<ila::TenantNetwork>> {
+        match self {
+            Agents::Lab(plan) => Ok(plan.tenants.clone()),
+            Agents::Socket(_) => {
+                let s: agent::api::AgentStatus =
+                    serde_json::from_value(self.call(&Request::Status)?)?;
+                Ok(s.tenants)
+            }
+        }
+    }
+}
+
 /// Any host's agent will do for store-wide requests: the first one that answers.
 fn call_any(plan: &Plan, req: &Request) -> Result<serde_json::Value> {
     let mut last = None;
@@ -84,13 +127,19 @@ fn call_any(plan: &Plan, req: &Request) -> Result<serde_json::Value> {
 
 pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
     match cmd {
-        PolicyCommand::Apply { file, tenant, lab } => {
-            let plan = lab::plan_of(lab)?;
+        PolicyCommand::Apply {
+            file,
+            tenant,
+            lab,
+            socket,
+        } => {
+            let agents = Agents::of(lab, socket)?;
+            let tenants = agents.tenants()?;
             let t = match tenant {
-                None => plan.tenants.first(),
-                Some(n) => plan.tenants.iter().find(|t| &t.name == n),
+                None => tenants.first(),
+                Some(n) => tenants.iter().find(|t| &t.name == n),
             }
-            .ok_or_else(|| anyhow!("unknown tenant {tenant:?} in lab '{lab}'"))?;
+            .ok_or_else(|| anyhow!("unknown tenant {tenant:?}"))?;
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
             let name = file
@@ -99,7 +148,7 @@ pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
                 .unwrap_or_else(|| file.display().to_string());
             // Parsed and checked here first: a bad file is refused before anything is sent.
             let records = agent::policy_sync::records_for_file(&name, &bytes, t.vnid)?;
-            let v = call_any(&plan, &Request::PolicyApply { records })?;
+            let v = agents.call(&Request::PolicyApply { records })?;
             let names: Vec<String> = serde_json::from_value(v)?;
             println!(
                 "applied {} polic{}: {}",
@@ -108,15 +157,13 @@ pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
                 names.join(", ")
             );
         }
-        PolicyCommand::Delete { name, lab } => {
-            let plan = lab::plan_of(lab)?;
-            call_any(&plan, &Request::PolicyDelete { name: name.clone() })?;
+        PolicyCommand::Delete { name, lab, socket } => {
+            Agents::of(lab, socket)?.call(&Request::PolicyDelete { name: name.clone() })?;
             println!("policy {name} deleted");
         }
-        PolicyCommand::List { lab, json } => {
-            let plan = lab::plan_of(lab)?;
+        PolicyCommand::List { lab, json, socket } => {
             let rows: Vec<PolicyRow> =
-                serde_json::from_value(call_any(&plan, &Request::PolicyList)?)?;
+                serde_json::from_value(Agents::of(lab, socket)?.call(&Request::PolicyList)?)?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
