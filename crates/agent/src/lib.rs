@@ -373,6 +373,14 @@ impl Agent {
         }
     }
 
+    fn host_record(&self) -> HostRecord {
+        HostRecord {
+            name: self.cfg.host.clone(),
+            locator: self.cfg.locator,
+            underlay: self.cfg.underlay,
+        }
+    }
+
     fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
         MappingRecord {
             endpoint: ep.name.clone(),
@@ -432,16 +440,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let store = Store::connect(&self.store_cfg).await?;
         let lease = store.grant_lease(self.cfg.lease_ttl).await?;
-        store
-            .put_host(
-                &HostRecord {
-                    name: self.cfg.host.clone(),
-                    locator: self.cfg.locator,
-                    underlay: self.cfg.underlay,
-                },
-                &lease,
-            )
-            .await?;
+        store.put_host(&self.host_record(), &lease).await?;
         let records: Vec<MappingRecord> = lock(&self.inner)
             .endpoints
             .values()
@@ -554,16 +553,7 @@ impl Agent {
             (missing, inner.host_lost)
         };
         if host_missing {
-            store
-                .put_host(
-                    &HostRecord {
-                        name: self.cfg.host.clone(),
-                        locator: self.cfg.locator,
-                        underlay: self.cfg.underlay,
-                    },
-                    lease,
-                )
-                .await?;
+            store.put_host(&self.host_record(), lease).await?;
             lock(&self.inner).host_lost = false;
             log::warn!(
                 "host {}: host record was deleted from the store; written again",

@@ -173,16 +173,21 @@ fn run_host(path: &std::path::Path) -> Result<ExitCode> {
         agent.config().uplink,
         agent.config().socket.display()
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = agent_runtime()?;
     runtime.block_on(async move {
         tokio::spawn(Arc::clone(&agent).run(None));
         agent::serve(agent).await.map_err(|e| anyhow!(e))?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The agents' async runtime: two worker threads (blocking work has a pool of its own).
+fn agent_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Reads a file of at most `max` bytes (a bigger one is an error, not read into memory).
@@ -241,11 +246,7 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
                 .with_context(|| format!("starting the agent of host '{}'", host.name))?,
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = agent_runtime()?;
     runtime.block_on(async move {
         // Every agent publishes before any sweeps: a restarted process with a fresh embedded
         // store must not remove its neighbours' mappings in the meantime.

@@ -90,6 +90,29 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Runs `etcdctl` (v3 API) against the lab's etcd cluster, behind the agents' back; its stdout.
+fn etcdctl(lab: &str, args: &[&str]) -> String {
+    let endpoints = LabState::load(lab)
+        .expect("load")
+        .expect("rec")
+        .etcd
+        .expect("etcd")
+        .client_endpoints()
+        .join(",");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoints])
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid the test's lab recorded.
     unsafe { libc::kill(pid as i32, sig) };
@@ -423,28 +446,9 @@ fn an_agent_started_without_a_store_retries_and_says_why() {
 fn malformed_store_records_are_skipped_by_key() {
     let name = lab_name("junk");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
-    let endpoints = LabState::load(&name)
-        .expect("load")
-        .expect("rec")
-        .etcd
-        .expect("etcd")
-        .client_endpoints()
-        .join(",");
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &endpoints,
-            "put",
-            "/ilanet/v1/mappings/not-an-address",
-            "{garbage",
-        ])
-        .output()
-        .expect("etcdctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    etcdctl(
+        &name,
+        &["put", "/ilanet/v1/mappings/not-an-address", "{garbage"],
     );
     let ep = add(&name, "site2", "fine").expect("add");
     wait_for("the new mapping on site1", Duration::from_secs(5), || {
@@ -848,27 +852,7 @@ fn endpoint_names_that_clash_say_what_they_clash_with() {
 fn records_deleted_behind_the_owners_back_are_written_again() {
     let name = lab_name("reassert");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 10);
-    let endpoints = LabState::load(&name)
-        .expect("load")
-        .expect("rec")
-        .etcd
-        .expect("etcd")
-        .client_endpoints()
-        .join(",");
-    let etcdctl = |args: &[&str]| {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints])
-            .args(args)
-            .output()
-            .expect("etcdctl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
+    let etcdctl = |args: &[&str]| etcdctl(&name, args);
     let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
     let key = format!("/ilanet/v1/mappings/{}", b.sir_addr);
     etcdctl(&["del", &key]);
