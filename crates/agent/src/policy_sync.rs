@@ -23,6 +23,9 @@ pub struct PolicyDocument {
     pub default_tenant: u32,
 }
 
+/// Most bytes the records of one policy file may hold together in the store.
+pub const MAX_STORED_PER_FILE: usize = 64 * 1024 * 1024;
+
 /// Parses a policy file completely and returns one store record per policy in it. Nothing is
 /// returned unless the whole file is valid.
 pub fn records_for_file(
@@ -37,6 +40,21 @@ pub fn records_for_file(
         default_tenant: default_tenant.get(),
     };
     let document = serde_json::to_string(&doc).unwrap_or_default();
+    // Each policy's record carries the whole file: bound what one file puts in the store.
+    let stored = document.len().saturating_mul(policies.len());
+    if stored > MAX_STORED_PER_FILE {
+        return Err(PolicyFileError {
+            file: file.to_string(),
+            document: None,
+            path: String::new(),
+            message: format!(
+                "{} policies of a {}-byte file would store {stored} bytes (each policy's record \
+                 holds the whole file; limit {MAX_STORED_PER_FILE}): split the file",
+                policies.len(),
+                bytes.len()
+            ),
+        });
+    }
     Ok(policies
         .into_iter()
         .map(|p| PolicyRecord {
@@ -285,6 +303,24 @@ mod tests {
         let p = decode(&recs[0]).expect("decode");
         assert_eq!(p.name, recs[0].name);
         assert_eq!(p.tenant, vnid(1));
+    }
+
+    #[test]
+    fn a_file_of_many_large_policies_is_refused_before_it_is_stored() {
+        // 40 policies (YAML documents) in a file padded to 2 MiB: 80 MiB of records.
+        let docs: Vec<String> = (0..40)
+            .map(|i| {
+                format!(
+                    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: p{i}\nspec:\n  endpointSelector:\n    matchLabels:\n      app: a\n"
+                )
+            })
+            .collect();
+        let small = docs.join("---\n");
+        let big = format!("{small}# {}\n", "x".repeat(2 * 1024 * 1024));
+        let err = records_for_file("many.yaml", big.as_bytes(), vnid(1)).expect_err("too much");
+        assert!(err.to_string().contains("split the file"), "{err}");
+        let recs = records_for_file("many.yaml", small.as_bytes(), vnid(1)).expect("small");
+        assert_eq!(recs.len(), 40);
     }
 
     #[test]
