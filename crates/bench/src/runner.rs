@@ -314,6 +314,9 @@ pub fn paper(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Results, BenchError> {
     cfg.settings.validate()?;
+    for program in ["iperf3", "ip", "iptables"] {
+        lab::require(program)?;
+    }
     let scenarios = select_scenarios(&cfg.scenarios)?;
     if scenarios.iter().any(|s| s.setup == Setup::EbpfPolicy) {
         check_policy_port(&cfg.settings)?;
@@ -423,6 +426,9 @@ pub fn rules(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Results, BenchError> {
     cfg.settings.validate()?;
+    for program in ["iperf3", "ip", "iptables"] {
+        lab::require(program)?;
+    }
     if cfg.counts.is_empty() {
         return Err(BenchError::Invalid("no rule counts given".into()));
     }

@@ -22,6 +22,7 @@ use crate::state::{LabState, Phase};
 use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
 
+pub use modes::cmd::{package_of, require};
 pub use modes::swarm::{set_swarm_rules, SwarmRules, LISTING9_PORT};
 pub use modes::tune::set_mtu;
 pub use plan::LabSpec;

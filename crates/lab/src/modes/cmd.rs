@@ -7,6 +7,44 @@ use std::process::{Command, Stdio};
 
 use crate::LabError;
 
+/// The Debian package that ships a program the lab, the benchmarks or the tests start.
+pub fn package_of(program: &str) -> &'static str {
+    match program {
+        "ip" | "bridge" | "tc" => "iproute2",
+        "iptables" | "ip6tables" | "iptables-restore" | "ip6tables-restore" => "iptables",
+        "iperf3" => "iperf3",
+        "etcd" => "etcd-server",
+        "etcdctl" => "etcd-client",
+        "nsenter" => "util-linux",
+        "podman" => "podman",
+        "runc" => "runc",
+        "bpftool" => "bpftool",
+        "ping" => "iputils-ping",
+        _ => "the package that provides it",
+    }
+}
+
+/// Fails with the Debian package to install unless `program` is on the PATH.
+pub fn require(program: &str) -> Result<(), LabError> {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            let p = d.join(program);
+            std::fs::metadata(&p).is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+        })
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(LabError::Invalid(format!(
+            "`{program}` is not installed: install the Debian package {} (`make setup` installs every package ilanet needs)",
+            package_of(program)
+        )))
+    }
+}
+
 /// Runs `program args…` with `input` on stdin; fails with the command and its stderr.
 pub(crate) fn run(program: &str, args: &[&str], input: &str) -> Result<(), LabError> {
     let shown = format!("{program} {}", args.join(" "));
@@ -16,9 +54,17 @@ pub(crate) fn run(program: &str, args: &[&str], input: &str) -> Result<(), LabEr
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| LabError::Os {
-            what: format!("starting `{shown}` (is it installed?)"),
-            source,
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                return require(program).err().unwrap_or(LabError::Os {
+                    what: format!("starting `{shown}`"),
+                    source,
+                });
+            }
+            LabError::Os {
+                what: format!("starting `{shown}`"),
+                source,
+            }
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
@@ -93,4 +139,20 @@ pub(crate) fn veth_names(ns: &str) -> Result<Vec<String>, LabError> {
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_names_its_package() {
+        let e = require("surely-not-a-program-ilanet").expect_err("missing");
+        assert!(e.to_string().contains("is not installed"), "{e}");
+        assert_eq!(package_of("etcd"), "etcd-server");
+        assert_eq!(package_of("iperf3"), "iperf3");
+        assert!(require("sh").is_ok());
+        let e = run("surely-not-a-program-ilanet", &[], "").expect_err("missing");
+        assert!(e.to_string().contains("make setup"), "{e}");
+    }
 }
