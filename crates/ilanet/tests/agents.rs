@@ -237,62 +237,14 @@ fn a_moved_endpoint_is_reached_at_the_same_address() {
 }
 
 /// A TCP echo stream that runs until stopped and reports bytes verified, or the first error.
-fn start_stream(
-    client_ns: &str,
-    server_ns: &str,
-    addr: Ipv6Addr,
-    port: u16,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<usize, String>> {
-    let listener = {
-        let _g = NetnsGuard::enter(server_ns).expect("enter");
-        TcpListener::bind(SocketAddrV6::new(addr, port, 0, 0)).expect("bind")
-    };
-    std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut c, _) = listener.accept()?;
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = c.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            c.write_all(&buf[..n])?;
-        }
-    });
-    let mut s = {
-        let _g = NetnsGuard::enter(client_ns).expect("enter");
-        TcpStream::connect(SocketAddrV6::new(addr, port, 0, 0)).expect("connect")
-    };
-    std::thread::spawn(move || {
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        let mut total = 0usize;
-        let mut i = 0u8;
-        while !stop.load(Ordering::Relaxed) {
-            let chunk: Vec<u8> = (0..1024).map(|k| i.wrapping_add(k as u8)).collect();
-            s.write_all(&chunk)
-                .map_err(|e| format!("write after {total} bytes: {e}"))?;
-            let mut back = vec![0u8; chunk.len()];
-            s.read_exact(&mut back)
-                .map_err(|e| format!("read after {total} bytes: {e}"))?;
-            if back != chunk {
-                return Err(format!("corrupted echo after {total} bytes"));
-            }
-            total += chunk.len();
-            i = i.wrapping_add(1);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(total)
-    })
-}
-
 #[test]
 fn restarting_an_agent_keeps_a_tcp_stream_and_converges_again() {
     let name = lab_name("restart");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
     let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = start_stream(&a.netns, &b.netns, b.sir_addr, 7005, Arc::clone(&stop));
+    let stream = probe::echo_stream(&a.netns, &b.netns, b.sir_addr, 7005, Arc::clone(&stop))
+        .expect("stream");
     std::thread::sleep(Duration::from_millis(300));
 
     let endpoints = LabState::load(&name)
@@ -340,7 +292,8 @@ fn restarting_the_embedded_agents_keeps_a_tcp_stream() {
     let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
     let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
     let stop = Arc::new(AtomicBool::new(false));
-    let stream = start_stream(&a.netns, &b.netns, b.sir_addr, 7006, Arc::clone(&stop));
+    let stream = probe::echo_stream(&a.netns, &b.netns, b.sir_addr, 7006, Arc::clone(&stop))
+        .expect("stream");
     std::thread::sleep(Duration::from_millis(300));
     // The whole process goes, store included; the new one starts from an empty store.
     kill(agent_pids(&name)[0], libc::SIGKILL);

@@ -57,8 +57,18 @@ impl Machines {
     }
 
     fn run(&self, host: &str, name: &str, labels: &str) -> String {
+        let out = self.try_run(host, name, labels);
+        assert!(
+            out.status.success(),
+            "podman run {name} on {host}: {}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn try_run(&self, host: &str, name: &str, labels: &str) -> Output {
         let rootfs = self.dir.join("rootfs");
-        let out = self.podman(
+        self.podman(
             host,
             &[
                 "run",
@@ -78,13 +88,78 @@ impl Machines {
                 "3600",
             ],
             Some(&format!("ILANET_LABELS={labels}")),
-        );
-        assert!(
-            out.status.success(),
-            "podman run {name} on {host}: {}",
-            text(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        )
+    }
+    /// Kills a host's agent (SIGKILL: no chance to clean up) and waits until it is gone.
+    fn kill_agent(&self, host: &str) {
+        let pid = self.agent_pid(host);
+        // SAFETY: kill(2) on the agent process the lab recorded for this host.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        wait_for("the agent to die", Duration::from_secs(5), || {
+            std::fs::read(format!("/proc/{pid}/cmdline")).map_or(true, |c| c.is_empty())
+        });
+    }
+
+    fn agent_pid(&self, host: &str) -> u32 {
+        let st = lab::state::LabState::load(&self.lab)
+            .expect("load")
+            .expect("record");
+        let cfg = agents::run_dir(&self.lab).join(format!("{host}.yaml"));
+        let cfg = cfg.display().to_string();
+        st.agents
+            .iter()
+            .rev()
+            .copied()
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == cfg.as_bytes()))
+            })
+            .unwrap_or_else(|| panic!("no running agent for {host}"))
+    }
+
+    /// Starts a host's agent again from its configuration file, as systemd would, and waits
+    /// until it is connected to the store.
+    #[allow(clippy::zombie_processes)]
+    fn start_agent(&self, host: &str) {
+        let cfg = agents::run_dir(&self.lab).join(format!("{host}.yaml"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(agents::run_dir(&self.lab).join(format!("agent-{host}.log")))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        // Recorded so that `lab down` stops it (and reaps it: it is our child).
+        let mut st = lab::state::LabState::load(&self.lab)
+            .expect("load")
+            .expect("record");
+        st.agents.push(child.id());
+        st.save().expect("save");
+        wait_for("the agent to be back", Duration::from_secs(20), || {
+            agents::call(&self.lab, host, &Request::Status)
+                .ok()
+                .and_then(|v| serde_json::from_value::<agent::api::AgentStatus>(v).ok())
+                .is_some_and(|s| s.store_connected)
+        });
+    }
+
+    fn host_veths(&self, host: &str) -> Vec<String> {
+        lab::link::names_in(&format!("{}-{host}", self.lab))
+            .expect("links")
+            .into_iter()
+            .filter(|n| n.starts_with("lxc"))
+            .collect()
+    }
+
+    fn knows(&self, host: &str, addr: std::net::Ipv6Addr) -> bool {
+        let v = agents::call(&self.lab, host, &Request::Mappings).expect("mappings");
+        let rows: Vec<agent::api::MappingRow> = serde_json::from_value(v).expect("json");
+        rows.iter().any(|r| r.sir_addr == addr && r.installed)
     }
 
     fn endpoint_of(&self, host: &str, container_id: &str) -> Option<LocalEndpoint> {
@@ -138,10 +213,11 @@ fn make_rootfs(dir: &Path) {
     }
 }
 
-#[test]
-fn podman_containers_on_two_machines_reach_each_other_over_ila() {
-    let lab = format!("p{}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("ilanet-podman-{}", std::process::id()));
+/// Two emulated machines on etcd, each host agent running from its own configuration file,
+/// and podman set up for each with the plugin and a per-run storage.
+fn machines(tag: &str) -> Machines {
+    let lab = format!("p{}{tag}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("ilanet-podman-{}-{tag}", std::process::id()));
     let m = Machines {
         lab: lab.clone(),
         dir: dir.clone(),
@@ -158,8 +234,6 @@ fn podman_containers_on_two_machines_reach_each_other_over_ila() {
         ),
     )
     .expect("containers.conf");
-
-    // Two emulated machines with etcd: each host agent runs from its own configuration file.
     let mut spec = LabSpec::generic(&lab, 2, 0);
     spec.agent_binary = Some(BIN.into());
     spec.store = StoreKind::Etcd;
@@ -176,6 +250,13 @@ fn podman_containers_on_two_machines_reach_each_other_over_ila() {
         )
         .expect("conflist");
     }
+    m
+}
+
+#[test]
+fn podman_containers_on_two_machines_reach_each_other_over_ila() {
+    let m = machines("up");
+    let lab = m.lab.clone();
 
     let client_id = m.run("site1", "client", "app=client");
     let server_id = m.run("site2", "server", "app=server");
@@ -286,4 +367,97 @@ fn podman_containers_on_two_machines_reach_each_other_over_ila() {
             !rows.iter().any(|r| r.sir_addr == server.sir_addr)
         },
     );
+}
+
+#[test]
+fn podman_attachments_survive_agent_faults() {
+    let m = machines("fault");
+
+    // The agent is down: ADD fails with a CNI error and leaves nothing half-made.
+    m.kill_agent("site1");
+    let out = m.try_run("site1", "orphan", "app=orphan");
+    assert!(
+        !out.status.success(),
+        "podman run without an agent: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("ilanet"),
+        "the plugin's error reaches the user: {}",
+        text(&out)
+    );
+    assert_eq!(
+        m.host_veths("site1"),
+        Vec::<String>::new(),
+        "no veth left behind"
+    );
+    let _ = m.podman("site1", &["rm", "-f", "-t", "0", "orphan"], None);
+    m.start_agent("site1");
+
+    // Containers with a TCP stream running: the agent restarts under them.
+    let server_id = m.run("site2", "server", "app=server");
+    let server = m.endpoint_of("site2", &server_id).expect("server");
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let id = m.run("site1", &format!("c{i}"), "app=client");
+        clients.push(m.endpoint_of("site1", &id).expect("client"));
+    }
+    for c in &clients {
+        wait_for("site2 to know the client", Duration::from_secs(10), || {
+            m.knows("site2", c.sir_addr)
+        });
+    }
+    wait_for("site1 to know the server", Duration::from_secs(10), || {
+        m.knows("site1", server.sir_addr)
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = probe::echo_stream(
+        &clients[0].netns,
+        &server.netns,
+        server.sir_addr,
+        7010,
+        std::sync::Arc::clone(&stop),
+    )
+    .expect("stream");
+    std::thread::sleep(Duration::from_millis(300));
+    m.kill_agent("site1");
+    std::thread::sleep(Duration::from_millis(300));
+    m.start_agent("site1");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let echoed = stream
+        .join()
+        .expect("join")
+        .expect("the stream survived the restart");
+    assert!(echoed > 10_000, "{echoed} bytes");
+    for c in &clients {
+        probe::ping(&server.netns, c.sir_addr, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{} unreachable after the restart: {e}", c.name));
+    }
+    assert_eq!(m.host_veths("site1").len(), clients.len());
+
+    // `podman rm -f` while the agent is down: cleaned up once it returns.
+    let gone = clients.pop().expect("a client");
+    m.kill_agent("site1");
+    let rm = m.podman("site1", &["rm", "-f", "-t", "0", "c9"], None);
+    assert!(rm.status.success(), "{}", text(&rm));
+    m.start_agent("site1");
+    let listed: Vec<LocalEndpoint> = serde_json::from_value(
+        agents::call(&m.lab, "site1", &Request::EndpointList).expect("list"),
+    )
+    .expect("json");
+    assert!(
+        !listed.iter().any(|e| e.name == gone.name),
+        "the removed container's endpoint stays"
+    );
+    assert_eq!(m.host_veths("site1").len(), clients.len());
+    // Its mapping goes with the dead agent's lease.
+    wait_for(
+        "site2 to forget the removed container",
+        Duration::from_secs(25),
+        || !m.knows("site2", gone.sir_addr),
+    );
+    for c in &clients {
+        assert!(m.knows("site2", c.sir_addr), "{} lost its mapping", c.name);
+    }
 }

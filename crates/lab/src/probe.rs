@@ -349,3 +349,60 @@ mod tests {
         assert_eq!(a, content(4096, 1));
     }
 }
+
+/// A long-lived TCP connection from `client_ns` to `server_ns` that echoes 1 KiB chunks until
+/// `stop` is set: the returned thread yields the bytes echoed and verified, or where it broke.
+/// For checking that a connection survives an agent restart or a fault.
+pub fn echo_stream(
+    client_ns: &str,
+    server_ns: &str,
+    addr: Ipv6Addr,
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<usize, String>>, LabError> {
+    let at = SocketAddrV6::new(addr, port, 0, 0);
+    let listener = {
+        let _g = NetnsGuard::enter(server_ns)?;
+        TcpListener::bind(at).map_err(io_err(format!(
+            "listening on [{addr}]:{port} in {server_ns}"
+        )))?
+    };
+    std::thread::spawn(move || -> io::Result<()> {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            c.write_all(&buf[..n])?;
+        }
+    });
+    let mut s = {
+        let _g = NetnsGuard::enter(client_ns)?;
+        TcpStream::connect_timeout(&SocketAddr::V6(at), Duration::from_secs(3)).map_err(io_err(
+            format!("connecting to [{addr}]:{port} from {client_ns}"),
+        ))?
+    };
+    Ok(std::thread::spawn(move || {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut total = 0usize;
+        let mut i = 0u8;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let chunk: Vec<u8> = (0..1024).map(|k| i.wrapping_add(k as u8)).collect();
+            s.write_all(&chunk)
+                .map_err(|e| format!("write after {total} bytes: {e}"))?;
+            let mut back = vec![0u8; chunk.len()];
+            s.read_exact(&mut back)
+                .map_err(|e| format!("read after {total} bytes: {e}"))?;
+            if back != chunk {
+                return Err(format!("corrupted echo after {total} bytes"));
+            }
+            total += chunk.len();
+            i = i.wrapping_add(1);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(total)
+    }))
+}
