@@ -176,6 +176,21 @@ impl Drop for Machines {
             let _ = self.podman(h, &["rm", "-f", "-a", "-t", "0"], None);
         }
         let _ = lab::down(&self.lab);
+        // podman's storage mounts its overlay directory onto itself: unmount what lies below
+        // the run's directory (deepest first) before removing it.
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: a valid NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
