@@ -4,10 +4,15 @@
 //!
 //! Two campaigns: [`paper`] (the paper's Fig. 14: native, ILA, ILA + policy, swarm, swarm +
 //! iptables) and [`rules`] (throughput against the number of filter rules, iptables and eBPF).
+//! Besides them, [`converge`] (how fast a new mapping reaches every other host, and a cold
+//! resync) and [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`).
 
+pub mod cni;
+pub mod converge;
 pub mod ebpf;
 pub mod iperf;
 pub mod machine;
+pub mod micro;
 pub mod model;
 pub mod plots;
 pub mod report;
@@ -52,4 +57,25 @@ pub enum BenchError {
     /// The user interrupted the run (results so far are kept).
     #[error("interrupted")]
     Interrupted,
+    /// A data path operation failed.
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::DataplaneError),
+    /// An identifier could not be allocated.
+    #[error(transparent)]
+    Ila(#[from] ila::IlaError),
+    /// Serializing results failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// What a measurement found is not what it must be (a mapping that does not arrive, an
+    /// entry that is not in the map, a counter that proves the wrong path was measured).
+    #[error("{0}")]
+    Measurement(String),
+    /// A step of a benchmark failed: what was being done, and the error (its chain is kept).
+    #[error("{what}")]
+    Step {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
