@@ -10,7 +10,7 @@ setup:
 	./scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release --bin ilanet
+	$(CARGO) build --release -p ilanet -p cni
 
 ## demo: the SC17 demo on the embedded default (needs root: namespaces and eBPF)
 demo: build
