@@ -5,7 +5,7 @@
 //! Every error names the field (`tenants[1].sir_prefix: …`); a file with an unknown field is
 //! refused, so a typo never silently falls back to a default.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ pub struct HostConfig {
     pub store: StoreSpec,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None`: not served.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl HostConfig {
@@ -87,6 +89,16 @@ struct RawConfig {
     netns: Option<String>,
     #[serde(default)]
     endpoint_netns_prefix: Option<String>,
+    #[serde(default)]
+    metrics: Option<RawListen>,
+}
+
+/// A listening address: `HOST:PORT`, or a bare port (loopback).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawListen {
+    Port(u16),
+    Addr(String),
 }
 
 #[derive(Deserialize)]
@@ -310,6 +322,13 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
             format!("'{prefix}' is not valid (a-z, 0-9, '-', '_', '.')"),
         ));
     }
+    let metrics = match &raw.metrics {
+        None => None,
+        Some(RawListen::Port(p)) => Some(crate::metrics::parse_listen(&p.to_string())),
+        Some(RawListen::Addr(a)) => Some(crate::metrics::parse_listen(a)),
+    }
+    .transpose()
+    .map_err(|e| err("metrics", e.to_string()))?;
     let agent = AgentConfig {
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
@@ -330,6 +349,7 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         agent,
         store,
         log_level: raw.log_level,
+        metrics,
     })
 }
 
@@ -351,6 +371,29 @@ mod tests {
         assert_eq!(c.agent.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(matches!(c.store, StoreSpec::Etcd { ref endpoints } if endpoints.len() == 1));
+        assert_eq!(c.metrics, None, "metrics are off unless configured");
+    }
+
+    #[test]
+    fn metrics_address() {
+        let with = |v: &str| parse_str(&format!("{GOOD}metrics: {v}\n"));
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            with("\"127.0.0.1:9477\"").expect("v4").metrics,
+            Some(addr("127.0.0.1:9477"))
+        );
+        assert_eq!(
+            with("9100").expect("port").metrics,
+            Some(addr("127.0.0.1:9100"))
+        );
+        assert_eq!(
+            with("\"[::]:9477\"").expect("any").metrics,
+            Some(addr("[::]:9477"))
+        );
+        for bad in ["localhost:9477", "\"1.2.3.4\"", "70000", "[1, 2]"] {
+            let e = with(bad).expect_err(bad);
+            assert_eq!(e.field, "metrics", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod api;
 pub mod endpoint;
 pub mod host_config;
 pub mod maps_io;
+pub mod metrics;
 pub mod policy_sync;
 pub mod reconcile;
 mod server;
@@ -137,6 +138,29 @@ struct Inner {
     withdrawing: std::collections::BTreeSet<Ipv6Addr>,
     /// Our host record was deleted from the store (to be written again).
     host_lost: bool,
+    /// Entries of POLICY_EP, POLICY and POLICY_CIDR as last written (the maps equal the
+    /// compilation after each successful sync; counting them at every scrape would walk up to
+    /// a million entries).
+    policy_fill: PolicyFill,
+}
+
+/// Entries of the three policy maps.
+#[derive(Debug, Clone, Copy, Default)]
+struct PolicyFill {
+    endpoints: usize,
+    rules: usize,
+    cidr: usize,
+}
+
+impl PolicyFill {
+    fn of(view: &PolicyView) -> Self {
+        let c = view.compiled();
+        Self {
+            endpoints: c.endpoints.len(),
+            rules: c.entries.len(),
+            cidr: c.cidr_entries.len(),
+        }
+    }
 }
 
 /// One host's agent.
@@ -150,6 +174,8 @@ pub struct Agent {
     /// Ends the current store session (its lease was found expired outside the session loop).
     session_reset: tokio::sync::Notify,
     observer: Option<InstallObserver>,
+    /// Latencies and call counts for the metrics endpoint.
+    telemetry: metrics::Telemetry,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -280,6 +306,16 @@ impl Agent {
             }
             allocators.insert(t.name.clone(), a);
         }
+        // Counted once here (the pins may hold a previous run's policy); kept up to date by
+        // every policy sync after this.
+        let policy_fill = {
+            let maps = dp.maps();
+            PolicyFill {
+                endpoints: maps.policy_eps().map(|v| v.len()).unwrap_or(0),
+                rules: maps.policy_entries().map(|v| v.len()).unwrap_or(0),
+                cidr: maps.cidr_entries().map(|v| v.len()).unwrap_or(0),
+            }
+        };
         let agent = Arc::new(Self {
             inner: Mutex::new(Inner {
                 endpoints,
@@ -295,6 +331,7 @@ impl Agent {
                 creating: BTreeMap::new(),
                 withdrawing: Default::default(),
                 host_lost: false,
+                policy_fill,
             }),
             dp: Mutex::new(dp),
             cfg,
@@ -302,6 +339,7 @@ impl Agent {
             ops: tokio::sync::Mutex::new(()),
             session_reset: tokio::sync::Notify::new(),
             observer,
+            telemetry: metrics::Telemetry::default(),
         });
         agent.save_state()?;
         Ok(agent)
@@ -573,6 +611,7 @@ impl Agent {
 
     /// Makes the maps equal to a snapshot (mark and sweep).
     fn full_resync(&self, snap: Snapshot) -> Result<(), AgentError> {
+        let started = Instant::now();
         for s in &snap.skipped {
             log::error!(
                 "host {}: skipping store record {}: {}",
@@ -616,6 +655,7 @@ impl Agent {
         let maps = dp.maps();
         // Policy first: endpoint entries must know their identity before traffic is allowed.
         let pops = maps_io::sync_policy(maps, &inner.policy)?;
+        inner.policy_fill = PolicyFill::of(&inner.policy);
         let ops = reconcile::diff(&desired, &maps_io::current(maps)?);
         maps_io::apply(maps, &ops)?;
         drop(dp);
@@ -641,6 +681,8 @@ impl Agent {
             ops.out_put.len() + ops.in_put.len(),
             ops.out_del.len() + ops.in_del.len()
         );
+        drop(inner);
+        self.telemetry.observe_resync(started.elapsed());
         Ok(())
     }
 
@@ -752,6 +794,7 @@ impl Agent {
         }
         let mut dp = lock(&self.dp);
         let ops = maps_io::sync_policy(dp.maps(), &inner.policy)?;
+        inner.policy_fill = PolicyFill::of(&inner.policy);
         log::debug!("host {}: {} policy map changes", self.cfg.host, ops.len());
         Ok(())
     }
@@ -950,15 +993,20 @@ impl Agent {
         replace: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
-        self.add_endpoint_in(
-            name,
-            &endpoint::Sandbox::Own,
-            tenant,
-            identifier,
-            replace,
-            labels,
-        )
-        .await
+        let started = Instant::now();
+        let ep = self
+            .add_endpoint_in(
+                name,
+                &endpoint::Sandbox::Own,
+                tenant,
+                identifier,
+                replace,
+                labels,
+            )
+            .await?;
+        self.telemetry
+            .observe_endpoint_created(metrics::Via::Api, started.elapsed());
+        Ok(ep)
     }
 
     /// [`Agent::add_endpoint`] in a namespace of the agent's own or a runtime's.
@@ -1271,6 +1319,7 @@ impl Agent {
         tenant: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<CniAttachment, AgentError> {
+        let started = Instant::now();
         endpoint::validate_cni(container_id, ifname, Some(netns))?;
         let name = endpoint::cni_endpoint_name(container_id, ifname);
         if let Some(ep) = self.cni_endpoint(container_id, ifname) {
@@ -1287,6 +1336,8 @@ impl Agent {
         let ep = self
             .add_endpoint_in(&name, &sandbox, tenant, None, false, labels)
             .await?;
+        self.telemetry
+            .observe_endpoint_created(metrics::Via::Cni, started.elapsed());
         Ok(self.attachment_of(&ep))
     }
 
@@ -1437,6 +1488,87 @@ impl Agent {
                 }
             })
             .collect())
+    }
+
+    /// Latencies and call counts recorded for the metrics endpoint.
+    pub fn telemetry(&self) -> &metrics::Telemetry {
+        &self.telemetry
+    }
+
+    /// The agent's state as a metrics scrape reports it: a short look under the state lock,
+    /// then the counters and the fill of the mapping maps (walked: they hold one entry per
+    /// mapping or endpoint), under the maps lock.
+    pub fn sample(&self) -> metrics::Sample {
+        let (connected, lease, revision, resyncs, endpoints, mappings, pf) = {
+            let inner = lock(&self.inner);
+            (
+                inner.session.is_some(),
+                inner.session.as_ref().map(|s| (s.lease.id, s.lease.ttl)),
+                inner.revision,
+                inner.resyncs,
+                inner.endpoints.len(),
+                inner.view.len(),
+                inner.policy_fill,
+            )
+        };
+        let mut dp = lock(&self.dp);
+        let maps = dp.maps();
+        let fill = |map, entries: Result<usize, dataplane::DataplaneError>, capacity| {
+            let entries = entries
+                .map_err(|e| log::debug!("host {}: metrics: {e}", self.cfg.host))
+                .ok();
+            metrics::MapFill {
+                map,
+                entries,
+                capacity,
+            }
+        };
+        let maps_fill = vec![
+            fill(
+                "ILA_OUT",
+                maps.out_entries().map(|v| v.len()),
+                dataplane::OUT_MAX_ENTRIES,
+            ),
+            fill(
+                "ILA_IN",
+                maps.in_entries().map(|v| v.len()),
+                dataplane::IN_MAX_ENTRIES,
+            ),
+            fill(
+                "ILA_ENDPOINTS",
+                maps.endpoints().map(|v| v.len()),
+                dataplane::ENDPOINTS_MAX_ENTRIES,
+            ),
+            fill(
+                "ILA_IPCACHE",
+                maps.ipcache().map(|v| v.len()),
+                dataplane::IPCACHE_MAX_ENTRIES,
+            ),
+            fill(
+                "POLICY_EP",
+                Ok(pf.endpoints),
+                dataplane::POLICY_EP_MAX_ENTRIES,
+            ),
+            fill("POLICY", Ok(pf.rules), dataplane::POLICY_MAX_ENTRIES),
+            fill(
+                "POLICY_CIDR",
+                Ok(pf.cidr),
+                dataplane::POLICY_CIDR_MAX_ENTRIES,
+            ),
+        ];
+        let counters = maps.counters().ok();
+        drop(dp);
+        metrics::Sample {
+            host: self.cfg.host.clone(),
+            connected,
+            lease,
+            revision,
+            resyncs,
+            endpoints,
+            mappings,
+            counters,
+            maps: maps_fill,
+        }
     }
 
     /// The agent's state.

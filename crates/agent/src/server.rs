@@ -189,6 +189,14 @@ fn ok<T: serde::Serialize>(v: T) -> Response {
 }
 
 async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
+    use crate::metrics::CniVerb;
+    let cni = match &req {
+        Request::CniAdd { .. } => Some(CniVerb::Add),
+        Request::CniDel { .. } => Some(CniVerb::Del),
+        Request::CniCheck { .. } => Some(CniVerb::Check),
+        Request::CniGc { .. } => Some(CniVerb::Gc),
+        _ => None,
+    };
     let result = match req {
         Request::Status => Ok(ok(agent.status())),
         Request::EndpointList => Ok(ok(agent.endpoints())),
@@ -240,5 +248,9 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
             .await
             .map(|()| ok(())),
     };
+    if let Some(verb) = cni {
+        let ok = matches!(result, Ok(Response::Ok(_)));
+        agent.telemetry().count_cni(verb, ok);
+    }
     result.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
