@@ -36,13 +36,7 @@ pub fn summarize(values: &[f64], confidence: f64) -> Option<Summary> {
     }
     let n = values.len();
     let mean = values.iter().sum::<f64>() / n as f64;
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let median = if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    };
+    let median = median(values)?;
     let (std_dev, ci_low, ci_high) = if n >= 2 {
         let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
         let sd = var.sqrt();
@@ -60,6 +54,70 @@ pub fn summarize(values: &[f64], confidence: f64) -> Option<Summary> {
         ci_low,
         ci_high,
     })
+}
+
+/// A sample sorted once, for order statistics: extremes, median and nearest-rank percentiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sorted(Vec<f64>);
+
+impl Sorted {
+    /// `values` in ascending (total) order; `None` for an empty sample.
+    pub fn new(values: &[f64]) -> Option<Self> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        Some(Self(v))
+    }
+
+    /// The values, ascending.
+    pub fn values(&self) -> &[f64] {
+        &self.0
+    }
+
+    /// Number of values (at least 1).
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Smallest value.
+    pub fn min(&self) -> f64 {
+        self.0[0]
+    }
+
+    /// Largest value.
+    pub fn max(&self) -> f64 {
+        self.0[self.0.len() - 1]
+    }
+
+    /// Arithmetic mean (summed in ascending order).
+    pub fn mean(&self) -> f64 {
+        self.0.iter().sum::<f64>() / self.0.len() as f64
+    }
+
+    /// Median (mean of the two middle values for an even count).
+    pub fn median(&self) -> f64 {
+        let (v, n) = (&self.0, self.0.len());
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    }
+
+    /// Nearest-rank percentile: the smallest value with at least `p` % (0–100) of the sample at
+    /// or below it.
+    pub fn percentile(&self, p: f64) -> f64 {
+        let v = &self.0;
+        let r = (p / 100.0 * v.len() as f64).ceil() as usize;
+        v[r.clamp(1, v.len()) - 1]
+    }
+}
+
+/// Median of `values` (mean of the two middle values for even n); `None` for an empty sample.
+pub fn median(values: &[f64]) -> Option<f64> {
+    Sorted::new(values).map(|s| s.median())
 }
 
 /// The values after the first `skip` (warm-up intervals of an iperf3 run).
@@ -286,6 +344,31 @@ mod tests {
         );
         let flat = summarize(&[2.0; 5], 0.95).expect("flat");
         assert_eq!((flat.ci_low, flat.ci_high), (Some(2.0), Some(2.0)));
+    }
+
+    #[test]
+    fn order_statistics() {
+        assert!(Sorted::new(&[]).is_none());
+        assert!(median(&[]).is_none());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        let s = Sorted::new(&v).expect("sample");
+        assert_eq!(
+            (s.count(), s.min(), s.max(), s.mean()),
+            (100, 1.0, 100.0, 50.5)
+        );
+        // Nearest rank: p % of 100 values is the p-th smallest.
+        assert_eq!(
+            [0.0, 1.0, 50.0, 90.0, 99.0, 100.0].map(|p| s.percentile(p)),
+            [1.0, 1.0, 50.0, 90.0, 99.0, 100.0]
+        );
+        let small = Sorted::new(&[5.0, 1.0, 3.0]).expect("sample");
+        assert_eq!(small.values(), &[1.0, 3.0, 5.0]);
+        assert_eq!(
+            [50.0, 90.0, 99.0].map(|p| small.percentile(p)),
+            [3.0, 5.0, 5.0]
+        );
     }
 
     #[test]

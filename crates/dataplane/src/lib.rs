@@ -15,7 +15,6 @@
 #![deny(missing_docs)]
 
 pub mod abi;
-pub mod microbench;
 pub mod testrun;
 
 mod maps;

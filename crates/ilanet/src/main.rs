@@ -82,7 +82,7 @@ fn bench_micro(args: &MicroArgs) -> Result<ExitCode> {
     if args.repeat < 1000 {
         anyhow::bail!("--repeat must be at least 1000, got {}", args.repeat);
     }
-    let results = dataplane::microbench::run(args.repeat)?;
+    let results = bench::micro::run(args.repeat)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
         return Ok(ExitCode::SUCCESS);

@@ -1,4 +1,4 @@
-//! Micro-benchmark of both programs through `BPF_PROG_TEST_RUN`: the per-packet cost of the
+//! Micro-benchmark of both programs through `BPF_PROG_TEST_RUN` (`ilanet bench micro`): the per-packet cost of the
 //! program alone (no driver, no stack), for every checksum mode, on a mapping hit and a miss.
 //!
 //! The machine is noisy, so the configurations are interleaved (A B C … A B C …) for
@@ -28,11 +28,14 @@ use policy::abi::{
     VERDICT_ALLOW,
 };
 
-use crate::testrun::{TC_ACT_OK, TC_ACT_REDIRECT};
-use crate::{
-    ChecksumMode, Counters, DataplaneError, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint,
-    OutEntry, ProgramKind, Redirect,
+use dataplane::testrun::{TC_ACT_OK, TC_ACT_REDIRECT};
+use dataplane::{
+    ChecksumMode, Counters, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint, OutEntry,
+    ProgramKind, Redirect,
 };
+
+use crate::stats;
+use crate::BenchError;
 
 /// Repeats per measurement that `ilanet bench micro` should use.
 pub const DEFAULT_REPEAT: u32 = 1_000_000;
@@ -71,7 +74,7 @@ const MISS_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 1);
 
 /// Runs the translation benchmark ([`run_translation`]) and the enforcement benchmark
 /// ([`run_enforce`]) with `repeat` runs per measurement (use [`DEFAULT_REPEAT`]).
-pub fn run(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
+pub fn run(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
     let mut v = run_translation(repeat)?;
     v.extend(run_enforce(repeat)?);
     Ok(v)
@@ -88,12 +91,12 @@ const EP_IFINDEX: u32 = 9;
 
 /// The enforcement cases (see the module documentation): `ct-hit`, `ct-hit-1run`, `ct-miss`,
 /// each without and with [`FILLER_RULES`] extra rules.
-pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
+pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
     let repeat = repeat.max(1);
     let mut out = Vec::new();
     for filler in [0, FILLER_RULES] {
         let mut dp = HostDataplane::load_unpinned()?;
-        let vnid = Vnid::new(42).map_err(|e| DataplaneError::Invalid(e.to_string()))?;
+        let vnid = Vnid::new(42)?;
         let src = SirPrefix(SIR).with_identifier(Identifier::new_vnid(
             IdentifierType::VnidIpv6,
             vnid,
@@ -109,7 +112,7 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
         let sir = m.sir_address();
         let ila = m
             .ila_address()
-            .map_err(|e| DataplaneError::Invalid(format!("benchmark mapping: {e}")))?;
+            .map_err(|e| BenchError::Measurement(format!("benchmark mapping: {e}")))?;
         let maps = dp.maps();
         // The translation cycle of the translation benchmark: every repeat translates.
         for (k, v) in [(sir, ila), (ila, sir)] {
@@ -189,14 +192,14 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
                 && after.ct_hit - before.ct_hit + after.ct_new - before.ct_new == n
                 && after.ct_new - before.ct_new <= 2;
             if !ok {
-                return Err(DataplaneError::Invalid(format!(
+                return Err(BenchError::Measurement(format!(
                     "enforce benchmark ct-hit: rc {}, counters {before:?} -> {after:?}",
                     o.retval
                 )));
             }
             hit.push(f64::from(o.duration_ns));
         }
-        out.push(enforce_result(name("ct-hit"), median(&mut hit)));
+        out.push(enforce_result(name("ct-hit"), median(&hit)));
 
         // Single runs: new flow (flow deleted before each run) and established flow.
         let mut miss = Vec::with_capacity(SINGLE_RUN_SAMPLES);
@@ -212,7 +215,7 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
                 || after.ct_new - before.ct_new != 1
                 || after.ct_hit - before.ct_hit != 1
             {
-                return Err(DataplaneError::Invalid(format!(
+                return Err(BenchError::Measurement(format!(
                     "enforce benchmark ct-miss: rc {}/{}, counters {before:?} -> {after:?}",
                     o.retval, o2.retval
                 )));
@@ -220,8 +223,8 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
             miss.push(f64::from(o.duration_ns));
             hit1.push(f64::from(o2.duration_ns));
         }
-        out.push(enforce_result(name("ct-hit-1run"), median(&mut hit1)));
-        out.push(enforce_result(name("ct-miss"), median(&mut miss)));
+        out.push(enforce_result(name("ct-hit-1run"), median(&hit1)));
+        out.push(enforce_result(name("ct-miss"), median(&miss)));
     }
     Ok(out)
 }
@@ -238,10 +241,10 @@ fn enforce_result(case: &'static str, ns: f64) -> MicroResult {
 
 /// The translation benchmark (enforcement off): every checksum mode, hit and miss, both
 /// programs.
-pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> {
+pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
     let repeat = repeat.max(1);
     let mut dp = HostDataplane::load_unpinned()?;
-    let vnid = Vnid::new(42).map_err(|e| DataplaneError::Invalid(e.to_string()))?;
+    let vnid = Vnid::new(42)?;
     let src = SirPrefix(SIR).with_identifier(Identifier::new_vnid(
         IdentifierType::VnidIpv6,
         vnid,
@@ -256,7 +259,7 @@ pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> 
         let sir = m.sir_address();
         let ila = m
             .ila_address()
-            .map_err(|e| DataplaneError::Invalid(format!("benchmark mapping: {e}")))?;
+            .map_err(|e| BenchError::Measurement(format!("benchmark mapping: {e}")))?;
         let maps = dp.maps();
         // The cycle: both directions are translations of the same mapping.
         maps.insert_out(
@@ -327,12 +330,12 @@ pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, DataplaneError> 
 
     Ok(configs
         .into_iter()
-        .map(|mut c| MicroResult {
+        .map(|c| MicroResult {
             program: c.program,
             csum_mode: c.mode,
             case: if c.hit { "hit" } else { "miss" },
             packet: "tcp",
-            ns_per_packet: median(&mut c.samples),
+            ns_per_packet: median(&c.samples),
         })
         .collect())
 }
@@ -344,7 +347,7 @@ fn check(
     before: &Counters,
     after: &Counters,
     repeat: u32,
-) -> Result<(), DataplaneError> {
+) -> Result<(), BenchError> {
     let n = u64::from(repeat);
     let (translated, missed, want_rc) = match c.program {
         ProgramKind::FromContainer => (
@@ -362,7 +365,7 @@ fn check(
     if ok {
         Ok(())
     } else {
-        Err(DataplaneError::Invalid(format!(
+        Err(BenchError::Measurement(format!(
             "benchmark {} {} {}: expected every run to {} (rc {want_rc}), got rc {retval}, \
              {translated} translated, {missed} missed of {n}",
             c.program,
@@ -373,17 +376,9 @@ fn check(
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+/// Median of the rounds (NaN for none).
+fn median(v: &[f64]) -> f64 {
+    stats::median(v).unwrap_or(f64::NAN)
 }
 
 /// Ethernet + IPv6 + TCP with a valid checksum (so adj-transport does real work).
@@ -430,7 +425,7 @@ mod tests {
     #[test]
     fn miss_destination_is_outside_the_filters() {
         // Otherwise "miss" would measure the filter-pass + hash-miss path instead.
-        let slot = |a: std::net::Ipv6Addr| crate::abi::filter_slot(&a.octets());
+        let slot = |a: std::net::Ipv6Addr| dataplane::abi::filter_slot(&a.octets());
         let sir = std::net::Ipv6Addr::from(u128::from(super::SIR) << 64);
         let loc = std::net::Ipv6Addr::from(u128::from(super::LOCATOR) << 64);
         assert_ne!(slot(super::MISS_DST), slot(sir));
@@ -439,8 +434,8 @@ mod tests {
 
     #[test]
     fn median_of_odd_and_even() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(&mut []).is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
     }
 }

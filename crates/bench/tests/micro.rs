@@ -1,11 +1,11 @@
 //! The micro-benchmark runs end to end (small repeat count: correctness, not figures).
 
-use dataplane::microbench;
+use bench::micro;
 use dataplane::ProgramKind;
 
 #[test]
 fn microbench_covers_every_configuration() {
-    let r = microbench::run(1000).expect("benchmark runs and every hit really hits");
+    let r = micro::run(1000).expect("benchmark runs and every hit really hits");
     assert_eq!(r.len(), 2 * 3 * 2 + 6);
     for case in [
         "ct-hit",
