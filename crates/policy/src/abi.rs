@@ -34,7 +34,6 @@
 //! allows": every entry already merges the rules of all less specific keys that cover it, and
 //! the intersections of specific and wildcard keys are materialised.
 
-use std::mem::{align_of, offset_of, size_of};
 use std::net::Ipv6Addr;
 
 /// `direction` value for ingress (packets arriving at the endpoint).
@@ -151,29 +150,8 @@ pub struct CidrKey {
     pub addr: [u8; 16],
 }
 
-const _: () = {
-    assert!(size_of::<EndpointPolicy>() == 8);
-    assert!(align_of::<EndpointPolicy>() == 4);
-    assert!(offset_of!(EndpointPolicy, flags) == 4);
-
-    assert!(size_of::<PolicyKey>() == 12);
-    assert!(align_of::<PolicyKey>() == 4);
-    assert!(offset_of!(PolicyKey, peer_identity) == 4);
-    assert!(offset_of!(PolicyKey, direction) == 8);
-    assert!(offset_of!(PolicyKey, proto) == 9);
-    assert!(offset_of!(PolicyKey, dport) == 10);
-
-    assert!(size_of::<PolicyValue>() == 8);
-    assert!(offset_of!(PolicyValue, rule_id) == 4);
-
-    assert!(size_of::<CidrKey>() == 28);
-    assert!(align_of::<CidrKey>() == 4);
-    assert!(offset_of!(CidrKey, ep_identity) == 4);
-    assert!(offset_of!(CidrKey, direction) == 8);
-    assert!(offset_of!(CidrKey, proto) == 9);
-    assert!(offset_of!(CidrKey, dport) == 10);
-    assert!(offset_of!(CidrKey, addr) == 12);
-};
+// Sizes and field offsets of these structs (and `SIZE` against the maps' key and value sizes)
+// are checked against the BTF of the built objects by `crates/dataplane/tests/abi.rs`.
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
