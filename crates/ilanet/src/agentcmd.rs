@@ -40,6 +40,27 @@ pub struct AgentArgs {
     /// Lease time to live in seconds: a dead host's mappings vanish this long after it dies.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=agent::MAX_LEASE_TTL.as_secs()))]
     lease_ttl: u64,
+    /// Serve Prometheus metrics of every host of this process at HOST:PORT (a bare port means
+    /// 127.0.0.1:PORT), series labelled by host; off unless given. A host agent takes the
+    /// address from its configuration's `metrics` instead.
+    #[arg(long, value_name = "ADDR", conflicts_with = "config", value_parser = parse_metrics)]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
+    agent::metrics::parse_listen(s).map_err(|e| e.to_string())
+}
+
+/// Binds the metrics endpoint (an address that cannot be bound stops the start) and serves it
+/// in the background.
+async fn start_metrics(addr: std::net::SocketAddr, agents: Vec<Arc<Agent>>) -> Result<()> {
+    let server = agent::metrics::MetricsServer::bind(addr, agents).await?;
+    log::info!(
+        "metrics on http://{}/metrics",
+        server.local_addr().unwrap_or(addr)
+    );
+    tokio::spawn(server.run());
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -173,8 +194,14 @@ fn run_host(path: &std::path::Path) -> Result<ExitCode> {
         agent.config().uplink,
         agent.config().socket.display()
     );
+    let metrics = cfg.metrics;
     let runtime = agent_runtime()?;
     runtime.block_on(async move {
+        if let Some(addr) = metrics {
+            start_metrics(addr, vec![Arc::clone(&agent)])
+                .await
+                .with_context(|| file.clone())?;
+        }
         tokio::spawn(Arc::clone(&agent).run(None));
         agent::serve(agent).await.map_err(|e| anyhow!(e))?;
         Ok(ExitCode::SUCCESS)
@@ -246,8 +273,12 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
                 .with_context(|| format!("starting the agent of host '{}'", host.name))?,
         );
     }
+    let metrics = args.metrics;
     let runtime = agent_runtime()?;
     runtime.block_on(async move {
+        if let Some(addr) = metrics {
+            start_metrics(addr, list.clone()).await?;
+        }
         // Every agent publishes before any sweeps: a restarted process with a fresh embedded
         // store must not remove its neighbours' mappings in the meantime.
         let barrier = Arc::new(tokio::sync::Barrier::new(list.len()));
