@@ -24,6 +24,11 @@ const METRICS: &str = "127.0.0.1:9477";
 const PROM_WEB: &str = "127.0.0.1:9090";
 const CALL: Duration = Duration::from_secs(30);
 
+/// An HTTP reply: status, headers (lower-case names), body.
+type Reply = (u16, Vec<(String, String)>, String);
+/// One series of a Prometheus query result: labels, value.
+type Sample = (BTreeMap<String, String>, f64);
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -210,7 +215,7 @@ impl Prometheus {
     }
 
     /// `/api/v1/query` for an instant vector: each series' labels and value.
-    fn query(&self, ns: &str, q: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+    fn query(&self, ns: &str, q: &str) -> Result<Vec<Sample>, String> {
         let (status, _, body) =
             http_get(ns, PROM_WEB, &format!("/api/v1/query?query={}", encode(q)))?;
         if status != 200 {
@@ -265,20 +270,11 @@ fn encode(s: &str) -> String {
 
 /// A GET over HTTP/1.0 from inside namespace `ns` (a thread of our own enters it): status,
 /// headers (lower-case names), body.
-fn http_get(
-    ns: &str,
-    addr: &str,
-    path: &str,
-) -> Result<(u16, Vec<(String, String)>, String), String> {
+fn http_get(ns: &str, addr: &str, path: &str) -> Result<Reply, String> {
     request(ns, addr, "GET", path)
 }
 
-fn request(
-    ns: &str,
-    addr: &str,
-    method: &str,
-    path: &str,
-) -> Result<(u16, Vec<(String, String)>, String), String> {
+fn request(ns: &str, addr: &str, method: &str, path: &str) -> Result<Reply, String> {
     let ns_path = format!("/run/netns/{ns}");
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: application/openmetrics-text; version=1.0.0, */*\r\n\r\n");
