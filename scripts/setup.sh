@@ -3,7 +3,7 @@
 # Rust build. Safe to run again; it only installs what is missing.
 set -euo pipefail
 
-PACKAGES=(clang-19 llvm-19 libbpf-dev linux-libc-dev gcc-multilib bpftool iperf3 iproute2 iputils-ping protobuf-compiler libprotobuf-dev etcd-server etcd-client iptables util-linux podman runc busybox-static)
+PACKAGES=(clang-19 llvm-19 libbpf-dev linux-libc-dev gcc-multilib bpftool iperf3 iproute2 iputils-ping protobuf-compiler libprotobuf-dev etcd-server etcd-client iptables util-linux podman runc busybox-static prometheus)
 
 if [ "$(id -u)" -ne 0 ]; then
 	SUDO=sudo
@@ -24,6 +24,11 @@ fi
 # eBPF objects are pinned under bpffs so that programs outlive the process that loaded them.
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
 	$SUDO mount -t bpf bpf /sys/fs/bpf
+fi
+
+# podman's runtime (runc) needs the cgroup filesystem; a minimal root or chroot may lack it.
+if ! mountpoint -q /sys/fs/cgroup; then
+	$SUDO mount -t cgroup2 cgroup2 /sys/fs/cgroup
 fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
