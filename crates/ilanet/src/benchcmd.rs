@@ -236,3 +236,66 @@ pub fn rules(args: &RulesArgs) -> Result<ExitCode> {
         .with_context(|| format!("bench rules (results so far in {})", out.display()))?;
     Ok(finish(&results, &out))
 }
+
+#[derive(Args)]
+pub struct CniArgs {
+    /// Hosts of the etcd lab the benchmark builds (reachability is measured on all but the first).
+    #[arg(long, default_value_t = 2)]
+    hosts: usize,
+    /// Containers attached per round.
+    #[arg(long, default_value_t = 100)]
+    containers: usize,
+    /// Rounds, by how many ADDs run at once (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    parallel: Vec<usize>,
+    /// Lab name (must not be up).
+    #[arg(long, default_value = "benchcni")]
+    lab: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ilanet bench cni`: ADD, reachability everywhere and DEL through the real plugin.
+pub fn cni(args: &CniArgs) -> Result<ExitCode> {
+    let me = std::env::current_exe().context("finding the ilanet binary")?;
+    let cfg = bench::cni::CniBenchConfig {
+        lab: args.lab.clone(),
+        hosts: args.hosts,
+        containers: args.containers,
+        parallel: args.parallel.clone(),
+        plugin: me.with_file_name("ilanet-cni"),
+        agent_binary: me,
+    };
+    let rounds = bench::cni::run(&cfg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rounds)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>8}  {:>22}  {:>22}  {:>22}  targets (ADD p50≤25, p99≤60; reach p99≤80; DEL p99≤25 ms)",
+        "parallel", "ADD p50/p99/max ms", "reachable p50/p99/max", "DEL p50/p99/max"
+    );
+    for r in &rounds {
+        let v = r.verdict();
+        let ok = |b: bool| if b { "met" } else { "MISSED" };
+        let f =
+            |l: &bench::cni::Latency| format!("{:.1}/{:.1}/{:.1}", l.p50_ms, l.p99_ms, l.max_ms);
+        println!(
+            "{:>8}  {:>22}  {:>22}  {:>22}  ADD p50 {} p99 {}, reach {}, DEL {}",
+            r.parallel,
+            f(&r.add),
+            f(&r.reachable),
+            f(&r.del),
+            ok(v.add_p50),
+            ok(v.add_p99),
+            ok(v.reachable_p99),
+            ok(v.del_p99)
+        );
+    }
+    println!(
+        "({} containers per round, {} hosts, etcd store)",
+        args.containers, args.hosts
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -66,6 +66,9 @@ enum BenchCommand {
     /// Time from an endpoint's creation to its mapping in every other host's eBPF map (p50,
     /// p99, max) on a lab, and the time of a cold resync of many mappings into an eBPF map.
     Converge(converge::ConvergeArgs),
+    /// CNI ADD → reachable from every other host, and DEL, through the real plugin on an etcd
+    /// lab: p50/p99 one at a time and several at once.
+    Cni(benchcmd::CniArgs),
 }
 
 #[derive(Args)]
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             BenchCommand::Paper(args) => benchcmd::paper(args),
             BenchCommand::Rules(args) => benchcmd::rules(args),
             BenchCommand::Converge(args) => converge::run(args),
+            BenchCommand::Cni(args) => benchcmd::cni(args),
         },
     };
     match result {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddrV6, TcpListener, TcpStream};
+use std::net::Ipv6Addr;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,6 @@ use agent::api::{AgentStatus, MappingRow, Request};
 use agent::reconcile::LocalEndpoint;
 use dataplane::HostMaps;
 use lab::agents::{self, StoreKind};
-use lab::netns::NetnsGuard;
 use lab::plan::Plan;
 use lab::state::{self, LabState};
 use lab::{probe, LabSpec};

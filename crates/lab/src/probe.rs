@@ -336,20 +336,6 @@ pub fn udp_echo(ns: &str, addr: Ipv6Addr, port: u16, timeout: Duration) -> Resul
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::content;
-
-    #[test]
-    fn content_depends_on_seed_and_is_not_constant() {
-        let a = content(4096, 1);
-        let b = content(4096, 2);
-        assert_ne!(a, b);
-        assert!(a.iter().any(|&x| x != a[0]));
-        assert_eq!(a, content(4096, 1));
-    }
-}
-
 /// A long-lived TCP connection from `client_ns` to `server_ns` that echoes 1 KiB chunks until
 /// `stop` is set: the returned thread yields the bytes echoed and verified, or where it broke.
 /// For checking that a connection survives an agent restart or a fault.
@@ -405,4 +391,18 @@ pub fn echo_stream(
         }
         Ok(total)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content;
+
+    #[test]
+    fn content_depends_on_seed_and_is_not_constant() {
+        let a = content(4096, 1);
+        let b = content(4096, 2);
+        assert_ne!(a, b);
+        assert!(a.iter().any(|&x| x != a[0]));
+        assert_eq!(a, content(4096, 1));
+    }
 }
