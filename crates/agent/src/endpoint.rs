@@ -298,10 +298,12 @@ pub fn remove_unfinished(cfg: &AgentConfig, p: &crate::PendingEndpoint) {
         remove_veth(cfg, &p.host_ifname);
         return;
     }
+    // A file that cannot be entered is a namespace whose creation the crash cut between the
+    // file and its mount: nobody else can be using it.
     let empty = || {
         link::names_in(&p.netns)
             .map(|names| names.iter().all(|n| n == "lo"))
-            .unwrap_or(false)
+            .unwrap_or(true)
     };
     let ours = link::ifindex_in(&cfg.host_netns, &p.host_ifname).is_ok()
         || (netns::exists(&p.netns) && p.netns != cfg.host_netns && empty());

@@ -824,3 +824,39 @@ fn records_deleted_behind_the_owners_back_are_written_again() {
     );
     probe::ping(&a.netns, b.sir_addr, T).expect("reachable again");
 }
+
+#[test]
+fn a_namespace_cut_between_its_file_and_its_mount_is_removed_on_restart() {
+    let name = lab_name("half");
+    let (_c, plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
+    let pid = agent_pids(&name)[0];
+    kill(pid, libc::SIGKILL);
+    wait_for("the agent to die", Duration::from_secs(5), || !alive(pid));
+    // What a SIGKILL between creating /run/netns/<ns> and mounting the namespace on it leaves:
+    // a plain file, and the agent's record of the endpoint being created.
+    let ns = format!("{name}-half");
+    struct RemoveFile(String);
+    impl Drop for RemoveFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _file = RemoveFile(format!("/run/netns/{ns}"));
+    std::fs::write(format!("/run/netns/{ns}"), b"").expect("half-made namespace file");
+    let cfg = agents::agent_config(&plan, &plan.hosts[0], Duration::from_secs(10));
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg.state_file).expect("state")).expect("json");
+    record["creating"] = serde_json::json!([{
+        "name": "half",
+        "netns": ns,
+        "host_ifname": agent::endpoint::host_ifname("half"),
+        "owns_netns": true
+    }]);
+    std::fs::write(&cfg.state_file, serde_json::to_vec(&record).expect("json")).expect("state");
+    start_agent(&name, &["--store", "embedded"]);
+    lab::agents::wait_ready(&plan).expect("ready");
+    assert!(
+        !std::path::Path::new(&format!("/run/netns/{ns}")).exists(),
+        "the half-made namespace file is still there"
+    );
+}
