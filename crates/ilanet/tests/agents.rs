@@ -112,6 +112,12 @@ fn etcdctl(lab: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Signals an agent process and waits until it is gone.
+fn kill_and_wait(pid: u32, sig: i32) {
+    kill(pid, sig);
+    wait_for("the agent to exit", Duration::from_secs(5), || !alive(pid));
+}
+
 fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid the test's lab recorded.
     unsafe { libc::kill(pid as i32, sig) };
@@ -562,8 +568,7 @@ fn restarting_the_embedded_agent_keeps_policies_identities_and_new_flows() {
         })
     };
     let pid = agent_pids(&name)[0];
-    kill(pid, libc::SIGTERM);
-    wait_for("the agent to exit", Duration::from_secs(5), || !alive(pid));
+    kill_and_wait(pid, libc::SIGTERM);
     transfer(5201).expect("new flows pass while the agent is down");
     start_agent(&name, &["--store", "embedded"]);
     lab::agents::wait_ready(&plan).expect("ready");
@@ -592,8 +597,7 @@ fn an_agent_started_by_hand_is_stopped_by_lab_down() {
     let name = lab_name("hand");
     let (c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
     let pid = agent_pids(&name)[0];
-    kill(pid, libc::SIGKILL);
-    wait_for("the agent to exit", Duration::from_secs(5), || !alive(pid));
+    kill_and_wait(pid, libc::SIGKILL);
     // Started as a user would, not recorded by the lab.
     let child = Command::new(BIN)
         .args(["agent", "--lab", &name])
@@ -830,8 +834,7 @@ fn a_namespace_cut_between_its_file_and_its_mount_is_removed_on_restart() {
     let name = lab_name("half");
     let (_c, plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
     let pid = agent_pids(&name)[0];
-    kill(pid, libc::SIGKILL);
-    wait_for("the agent to die", Duration::from_secs(5), || !alive(pid));
+    kill_and_wait(pid, libc::SIGKILL);
     // What a SIGKILL between creating /run/netns/<ns> and mounting the namespace on it leaves:
     // a plain file, and the agent's record of the endpoint being created.
     let ns = format!("{name}-half");
