@@ -229,7 +229,8 @@ fn make_rootfs(dir: &Path) {
 }
 
 /// Two emulated machines on etcd, each host agent running from its own configuration file,
-/// and podman set up for each with the plugin and a per-run storage.
+/// and podman set up for each with the plugin and a per-run storage. No pids limit: a cgroup
+/// tree whose root delegates no controllers (a fresh minimal root) has no pids.max to write.
 fn machines(tag: &str) -> Machines {
     let lab = format!("p{}{tag}", std::process::id());
     let dir = std::env::temp_dir().join(format!("ilanet-podman-{}-{tag}", std::process::id()));
@@ -244,7 +245,7 @@ fn machines(tag: &str) -> Machines {
     std::fs::write(
         dir.join("containers.conf"),
         format!(
-            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n",
+            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n[containers]\npids_limit = 0\n",
             dir.join("plugins").display()
         ),
     )
