@@ -53,6 +53,15 @@ fn mappings(lab: &str, host: &str) -> Vec<MappingRow> {
 }
 
 fn add(lab: &str, host: &str, name: &str) -> Result<LocalEndpoint, lab::LabError> {
+    add_with(lab, host, name, BTreeMap::new())
+}
+
+fn add_with(
+    lab: &str,
+    host: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+) -> Result<LocalEndpoint, lab::LabError> {
     agents::call(
         lab,
         host,
@@ -61,7 +70,7 @@ fn add(lab: &str, host: &str, name: &str) -> Result<LocalEndpoint, lab::LabError
             tenant: None,
             identifier: None,
             replace: false,
-            labels: BTreeMap::new(),
+            labels,
         },
     )
     .map(|v| serde_json::from_value(v).expect("json"))
@@ -478,19 +487,13 @@ fn bad_requests_are_refused_and_change_nothing() {
 }
 
 fn add_labeled(lab: &str, host: &str, name: &str, app: &str) -> LocalEndpoint {
-    let v = agents::call(
+    add_with(
         lab,
         host,
-        &Request::EndpointAdd {
-            name: name.into(),
-            tenant: None,
-            identifier: None,
-            replace: false,
-            labels: [("app".to_string(), app.to_string())].into(),
-        },
+        name,
+        [("app".to_string(), app.to_string())].into(),
     )
-    .unwrap_or_else(|e| panic!("adding {name}: {e}"));
-    serde_json::from_value(v).expect("endpoint")
+    .unwrap_or_else(|e| panic!("adding {name}: {e}"))
 }
 
 fn policy_names(lab: &str, host: &str) -> Vec<String> {
