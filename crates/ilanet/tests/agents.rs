@@ -98,15 +98,20 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// Runs `etcdctl` (v3 API) against the lab's etcd cluster, behind the agents' back; its stdout.
-fn etcdctl(lab: &str, args: &[&str]) -> String {
-    let endpoints = LabState::load(lab)
+/// The lab's etcd client URLs, comma-separated.
+fn etcd_endpoints(lab: &str) -> String {
+    LabState::load(lab)
         .expect("load")
         .expect("rec")
         .etcd
         .expect("etcd")
         .client_endpoints()
-        .join(",");
+        .join(",")
+}
+
+/// Runs `etcdctl` (v3 API) against the lab's etcd cluster, behind the agents' back; its stdout.
+fn etcdctl(lab: &str, args: &[&str]) -> String {
+    let endpoints = etcd_endpoints(lab);
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &endpoints])
@@ -261,13 +266,7 @@ fn restarting_an_agent_keeps_a_tcp_stream_and_converges_again() {
         .expect("stream");
     std::thread::sleep(Duration::from_millis(300));
 
-    let endpoints = LabState::load(&name)
-        .expect("load")
-        .expect("rec")
-        .etcd
-        .expect("etcd")
-        .client_endpoints()
-        .join(",");
+    let endpoints = etcd_endpoints(&name);
     kill(agent_pids(&name)[0], libc::SIGKILL);
     std::thread::sleep(Duration::from_millis(500));
     start_agent(
