@@ -3,13 +3,19 @@
 //! host's eBPF maps equal to the store's view (list, then watch from that revision; every full
 //! resync is a mark and sweep), and serves a local API on a unix socket.
 //!
+//! It is split the way quinn-proto is: [`core::Core`] decides (pure: store snapshots, events and
+//! request steps in, map operations and publications out) and this module's [`Agent`] is the
+//! shell that talks to the store, runs plumbing and executes the core's operations through the
+//! two narrow traits of [`io`] (maps, plumbing), with kernel and in-memory implementations.
+//!
 //! When the store is unreachable the agent retries with backoff and leaves the data path at its
 //! last known state; when it comes back the agent republishes its endpoints and resyncs.
 
 pub mod api;
+pub mod core;
 pub mod endpoint;
 pub mod host_config;
-pub mod maps_io;
+pub mod io;
 pub mod metrics;
 pub mod policy_sync;
 pub mod reconcile;
@@ -21,18 +27,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use dataplane::{HostDataplane, ProgramKind};
-use ila::SirPrefix;
-use ila::{ChecksumMode, Identifier, IdentifierAllocator, Locator, TenantNetwork};
+use dataplane::HostDataplane;
+use ila::{ChecksumMode, Identifier, Locator, TenantNetwork};
 use serde::{Deserialize, Serialize};
-use store::{HostRecord, Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
+use store::{Lease, Snapshot, Store, StoreConfig, StoreEvent};
 
 use crate::api::{
     AgentStatus, CniAttachment, CniAttachmentId, CniGcReply, ExplainReply, MappingRow, PolicyRow,
 };
-use crate::policy_sync::PolicyView;
+use crate::core::{Core, HostSpec, Output, Publication};
+use crate::io::{CreateEndpoint, KernelMaps, KernelPlumbing, MappingMap, Maps, Plumbing};
 use crate::reconcile::LocalEndpoint;
 
+pub use crate::core::PendingEndpoint;
 pub use server::serve;
 
 /// Default lease time to live: a dead host's mappings disappear this long after it dies.
@@ -77,12 +84,49 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
 }
 
+impl AgentConfig {
+    /// The part of the configuration the core decides with.
+    pub fn spec(&self) -> HostSpec {
+        HostSpec {
+            host: self.host.clone(),
+            locator: self.locator,
+            underlay: self.underlay,
+            csum_mode: self.csum_mode,
+            tenants: self.tenants.clone(),
+        }
+    }
+}
+
+/// What kind of failure an [`AgentError`] is: what a client can act on (the API carries it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is wrong (a bad name, field or value); nothing was changed.
+    BadRequest,
+    /// What the request names does not exist.
+    NotFound,
+    /// The name or address is taken.
+    Conflict,
+    /// The store is not reachable; nothing was changed. Try again later.
+    NoStore,
+    /// The agent is overloaded; try again.
+    Busy,
+    /// Anything else: the host (netlink, eBPF, files) or the store failed.
+    Internal,
+}
+
 /// What can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// A bad request; nothing was changed.
     #[error("{0}")]
     Invalid(String),
+    /// What the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A name or address is taken.
+    #[error("{0}")]
+    Conflict(String),
     /// The store is needed and not reachable; nothing was changed.
     #[error("mapping store not reachable ({0}); nothing was changed")]
     NoStore(String),
@@ -106,69 +150,57 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
+    /// A failure inside the agent (a task that died, an injected fault).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    /// The kind a client can act on.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AgentError::Invalid(_) | AgentError::Ila(_) => ErrorKind::BadRequest,
+            AgentError::NotFound(_) => ErrorKind::NotFound,
+            AgentError::Conflict(_) => ErrorKind::Conflict,
+            AgentError::NoStore(_) => ErrorKind::NoStore,
+            AgentError::Store(e) => match e {
+                store::StoreError::AddressInUse { .. } => ErrorKind::Conflict,
+                store::StoreError::Unavailable { .. } | store::StoreError::LeaseExpired(_) => {
+                    ErrorKind::NoStore
+                }
+                store::StoreError::InvalidArgument(_) => ErrorKind::BadRequest,
+                _ => ErrorKind::Internal,
+            },
+            AgentError::Net(_)
+            | AgentError::Dataplane(_)
+            | AgentError::Io { .. }
+            | AgentError::Internal(_) => ErrorKind::Internal,
+        }
+    }
 }
 
 /// Notified each time a mapping is written into this host's out-map (for convergence
 /// measurements): host, SIR address, when.
 pub type InstallObserver = tokio::sync::mpsc::UnboundedSender<(String, Ipv6Addr, Instant)>;
 
-struct Session {
-    store: Store,
-    lease: Lease,
+/// The store session, when there is one.
+#[derive(Default)]
+struct Connection {
+    session: Option<(Store, Lease)>,
+    /// Why there is none.
+    error: Option<String>,
 }
 
-struct Inner {
-    endpoints: BTreeMap<String, LocalEndpoint>,
-    view: BTreeMap<Ipv6Addr, MappingRecord>,
-    /// In-entries this agent installed, by SIR address (to remove them when a mapping moves).
-    in_by_sir: HashMap<Ipv6Addr, Ipv6Addr>,
-    session: Option<Session>,
-    store_error: Option<String>,
-    revision: i64,
-    resyncs: u64,
-    /// Policies and identities, and their compilation.
-    policy: PolicyView,
-    /// Policy records as stored (to roll back a failed apply).
-    policy_records: BTreeMap<String, store::PolicyRecord>,
-    /// One allocator per tenant network, by tenant name.
-    allocators: HashMap<String, IdentifierAllocator>,
-    /// Endpoints being plumbed right now (recorded in the state file first).
-    creating: BTreeMap<String, PendingEndpoint>,
-    /// Our own mappings being deleted on purpose (not to be reasserted meanwhile).
-    withdrawing: std::collections::BTreeSet<Ipv6Addr>,
-    /// Our host record was deleted from the store (to be written again).
-    host_lost: bool,
-    /// Entries of POLICY_EP, POLICY and POLICY_CIDR as last written (the maps equal the
-    /// compilation after each successful sync; counting them at every scrape would walk up to
-    /// a million entries).
-    policy_fill: PolicyFill,
-}
-
-/// Entries of the three policy maps.
-#[derive(Debug, Clone, Copy, Default)]
-struct PolicyFill {
-    endpoints: usize,
-    rules: usize,
-    cidr: usize,
-}
-
-impl PolicyFill {
-    fn of(view: &PolicyView) -> Self {
-        let c = view.compiled();
-        Self {
-            endpoints: c.endpoints.len(),
-            rules: c.entries.len(),
-            cidr: c.cidr_entries.len(),
-        }
-    }
-}
-
-/// One host's agent.
+/// One host's agent: the shell around [`Core`].
 pub struct Agent {
     cfg: AgentConfig,
     store_cfg: StoreConfig,
-    inner: Mutex<Inner>,
-    dp: Mutex<HostDataplane>,
+    core: Mutex<Core>,
+    conn: Mutex<Connection>,
+    /// Locked after `core` when both are held: operations are written in the order the core
+    /// produced them.
+    maps: Mutex<Box<dyn Maps>>,
+    plumbing: Arc<dyn Plumbing>,
     /// Serialises endpoint changes (they span blocking plumbing and store calls).
     ops: tokio::sync::Mutex<()>,
     /// Ends the current store session (its lease was found expired outside the session loop).
@@ -187,24 +219,6 @@ struct StateFile {
     creating: Vec<PendingEndpoint>,
 }
 
-/// An endpoint whose plumbing has started and not finished (see [`StateFile`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingEndpoint {
-    /// Endpoint name.
-    pub name: String,
-    /// The namespace it is being given.
-    pub netns: String,
-    /// Its host-side veth.
-    pub host_ifname: String,
-    /// Whether the agent made the namespace (else a runtime did, and it is never removed).
-    #[serde(default = "yes")]
-    pub owns_netns: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// Runs CPU-bound or blocking work on the blocking pool so that the async threads (API, lease
 /// keep-alives, watches) keep running.
 async fn blocking<T: Send + 'static>(
@@ -212,7 +226,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, AgentError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| AgentError::Invalid(format!("agent task failed: {e}")))?
+        .map_err(|e| AgentError::Internal(format!("agent task failed: {e}")))?
 }
 
 /// A spawned task that is aborted when its owner goes (the session that started it ended).
@@ -222,7 +236,7 @@ impl<T> AbortOnDrop<T> {
     async fn join(&mut self) -> Result<T, AgentError> {
         (&mut self.0)
             .await
-            .map_err(|e| AgentError::Invalid(format!("agent task failed: {e}")))?
+            .map_err(|e| AgentError::Internal(format!("agent task failed: {e}")))?
     }
 }
 
@@ -232,7 +246,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent-enough data (maps are reconciled anyway).
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -246,6 +260,27 @@ impl Agent {
         store_cfg: StoreConfig,
         observer: Option<InstallObserver>,
     ) -> Result<Arc<Self>, AgentError> {
+        dataplane::ensure_bpffs()?;
+        let mut dp = HostDataplane::load(&cfg.pin_dir)?;
+        // Anti-spoofing, conntrack, tenant isolation and policy are on wherever an agent runs.
+        dp.maps().set_enforce(true)?;
+        let dp = Arc::new(Mutex::new(dp));
+        let plumbing = Arc::new(KernelPlumbing {
+            cfg: cfg.clone(),
+            dp: Arc::clone(&dp),
+        });
+        Self::with_io(cfg, store_cfg, Box::new(KernelMaps(dp)), plumbing, observer)
+    }
+
+    /// An agent on the given maps and plumbing (the kernel's, or in-memory ones for an agent
+    /// without root). Recovers the endpoints the state file records.
+    pub fn with_io(
+        cfg: AgentConfig,
+        store_cfg: StoreConfig,
+        maps: Box<dyn Maps>,
+        plumbing: Arc<dyn Plumbing>,
+        observer: Option<InstallObserver>,
+    ) -> Result<Arc<Self>, AgentError> {
         endpoint::validate_name(&cfg.host)
             .map_err(|_| AgentError::Invalid(format!("host name '{}' is not valid", cfg.host)))?;
         if cfg.lease_ttl.is_zero() || cfg.lease_ttl > MAX_LEASE_TTL {
@@ -255,85 +290,39 @@ impl Agent {
                 MAX_LEASE_TTL.as_secs()
             )));
         }
-        dataplane::ensure_bpffs()?;
-        let mut dp = HostDataplane::load(&cfg.pin_dir)?;
-        // Anti-spoofing, conntrack, tenant isolation and policy are on wherever an agent runs.
-        dp.maps().set_enforce(true)?;
-        hostnet::netns::run_in(&cfg.host_netns, || {
-            dp.attach(ProgramKind::FromWire, &cfg.uplink)
-                .map_err(AgentError::from)
-        })?;
-        let state = read_state_file(&cfg)?;
-        for p in &state.creating {
-            endpoint::remove_unfinished(&cfg, p);
-        }
-        let mut endpoints = BTreeMap::new();
-        for mut ep in state.endpoints {
-            if endpoint::revalidate(&cfg, &mut ep) {
-                // Re-attach: the program may be a newer build; the pinned link is updated in place.
-                hostnet::netns::run_in(&cfg.host_netns, || {
-                    dp.attach(ProgramKind::FromContainer, &ep.host_ifname)
-                        .map_err(AgentError::from)
-                })?;
-                endpoints.insert(ep.name.clone(), ep);
-            } else {
-                log::warn!(
-                    "host {}: endpoint '{}' recorded before the restart is gone; forgetting it",
-                    cfg.host,
-                    ep.name
-                );
-                endpoint::forget(&cfg, &ep);
-            }
-        }
         if cfg.tenants.is_empty() {
             return Err(AgentError::Invalid(format!(
                 "host '{}' has no tenant network configured",
                 cfg.host
             )));
         }
-        // Start each host's allocation somewhere else so that hosts rarely collide; a
-        // collision is still caught by the store's atomic create.
-        let seed = endpoint::macs(&cfg.host).0;
-        let start = (u32::from_be_bytes([seed[2], seed[3], seed[4], seed[5]]) & 0xffff) << 16 | 1;
-        let mut allocators = HashMap::new();
-        for t in &cfg.tenants {
-            let mut a = IdentifierAllocator::for_vnid_range(t.vnid, start, u32::MAX)?;
-            for ep in endpoints
-                .values()
-                .filter(|e: &&LocalEndpoint| t.owns(e.identifier))
-            {
-                let _ = a.reserve(ep.identifier);
-            }
-            allocators.insert(t.name.clone(), a);
+        plumbing.attach_uplink()?;
+        let state = read_state_file(&cfg)?;
+        for p in &state.creating {
+            plumbing.remove_unfinished(p);
         }
-        // Counted once here (the pins may hold a previous run's policy); kept up to date by
-        // every policy sync after this.
-        let policy_fill = {
-            let maps = dp.maps();
-            PolicyFill {
-                endpoints: maps.policy_eps().map(|v| v.len()).unwrap_or(0),
-                rules: maps.policy_entries().map(|v| v.len()).unwrap_or(0),
-                cidr: maps.cidr_entries().map(|v| v.len()).unwrap_or(0),
+        let mut endpoints = Vec::new();
+        for mut ep in state.endpoints {
+            if plumbing.revalidate(&mut ep)? {
+                endpoints.push(ep);
+            } else {
+                log::warn!(
+                    "host {}: endpoint '{}' recorded before the restart is gone; forgetting it",
+                    cfg.host,
+                    ep.name
+                );
+                plumbing.forget(&ep);
             }
-        };
+        }
+        let core = Core::new(cfg.spec(), endpoints)?;
         let agent = Arc::new(Self {
-            inner: Mutex::new(Inner {
-                endpoints,
-                view: BTreeMap::new(),
-                in_by_sir: HashMap::new(),
+            core: Mutex::new(core),
+            conn: Mutex::new(Connection {
                 session: None,
-                store_error: Some(format!("connecting to {}", describe_cfg(&store_cfg))),
-                revision: 0,
-                resyncs: 0,
-                policy: PolicyView::default(),
-                policy_records: BTreeMap::new(),
-                allocators,
-                creating: BTreeMap::new(),
-                withdrawing: Default::default(),
-                host_lost: false,
-                policy_fill,
+                error: Some(format!("connecting to {}", describe_cfg(&store_cfg))),
             }),
-            dp: Mutex::new(dp),
+            maps: Mutex::new(maps),
+            plumbing,
             cfg,
             store_cfg,
             ops: tokio::sync::Mutex::new(()),
@@ -352,10 +341,10 @@ impl Agent {
 
     fn save_state(&self) -> Result<(), AgentError> {
         let state = {
-            let inner = lock(&self.inner);
+            let core = lock(&self.core);
             StateFile {
-                endpoints: inner.endpoints.values().cloned().collect(),
-                creating: inner.creating.values().cloned().collect(),
+                endpoints: core.endpoints().cloned().collect(),
+                creating: core.creating().cloned().collect(),
             }
         };
         let path = &self.cfg.state_file;
@@ -384,51 +373,60 @@ impl Agent {
             })
     }
 
-    /// The tenant network an endpoint belongs to (by its identifier's VNID).
-    fn tenant_of(&self, id: Identifier) -> Option<&TenantNetwork> {
-        self.cfg.tenants.iter().find(|t| t.owns(id))
+    /// Executes what the core decided: logs its warnings and writes its map operations (under
+    /// the core's lock, so that operations reach the maps in the order they were decided).
+    /// Returns the publications, which need the store.
+    fn execute(&self, out: Output) -> Result<Vec<Publication>, AgentError> {
+        for w in &out.warnings {
+            log::error!("host {}: {w}", self.cfg.host);
+        }
+        if !out.ops.is_empty() {
+            lock(&self.maps).apply(&out.ops)?;
+            log::debug!(
+                "host {}: {} policy and {} mapping map changes",
+                self.cfg.host,
+                out.ops.policy.len(),
+                out.ops.mappings.len()
+            );
+            if let Some(obs) = &self.observer {
+                let now = Instant::now();
+                for (k, _) in &out.ops.mappings.out_put {
+                    let _ = obs.send((self.cfg.host.clone(), *k, now));
+                }
+            }
+        }
+        Ok(out.publish)
     }
 
-    fn tenant_named(&self, name: Option<&str>) -> Result<&TenantNetwork, AgentError> {
-        match name {
-            None => self
-                .cfg
-                .tenants
-                .first()
-                .ok_or_else(|| AgentError::Invalid("no tenant network configured".into())),
-            Some(n) => self
-                .cfg
-                .tenants
-                .iter()
-                .find(|t| t.name == n)
-                .ok_or_else(|| {
-                    let names: Vec<_> = self.cfg.tenants.iter().map(|t| t.name.as_str()).collect();
-                    AgentError::Invalid(format!(
-                        "unknown tenant '{n}' (tenants: {})",
-                        names.join(", ")
-                    ))
-                }),
+    /// Writes our own records back where the store lost them: a mapping of one of our
+    /// endpoints (or our host record) deleted behind our back, by hand or by a tool, would
+    /// otherwise leave the endpoint unreachable until the agent restarts.
+    async fn publish(
+        &self,
+        store: &Store,
+        lease: &Lease,
+        publications: Vec<Publication>,
+    ) -> Result<(), AgentError> {
+        for p in publications {
+            match p {
+                Publication::Host(h) => {
+                    store.put_host(&h, lease).await?;
+                    log::warn!(
+                        "host {}: host record was missing from the store; written again",
+                        self.cfg.host
+                    );
+                }
+                Publication::Mapping(rec) => {
+                    store.put_mapping(&rec, lease).await?;
+                    log::warn!(
+                        "host {}: mapping of {} was deleted from the store behind our back; written again",
+                        self.cfg.host,
+                        rec.sir_address()
+                    );
+                }
+            }
         }
-    }
-
-    fn host_record(&self) -> HostRecord {
-        HostRecord {
-            name: self.cfg.host.clone(),
-            locator: self.cfg.locator,
-            underlay: self.cfg.underlay,
-        }
-    }
-
-    fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
-        MappingRecord {
-            endpoint: ep.name.clone(),
-            host: self.cfg.host.clone(),
-            sir: SirPrefix::from_addr(ep.sir_addr),
-            identifier: ep.identifier,
-            locator: self.cfg.locator,
-            mode: self.cfg.csum_mode,
-            identity: ep.identity,
-        }
+        Ok(())
     }
 
     /// Runs the store session forever: connect, publish, resync, watch; on any failure back off
@@ -440,7 +438,6 @@ impl Agent {
         loop {
             let started = Instant::now();
             let result = self.session(&mut ready).await;
-            lock(&self.inner).session = None;
             let reason = match result {
                 Ok(()) => "session ended".to_string(),
                 Err(e) => e.to_string(),
@@ -449,7 +446,10 @@ impl Agent {
                 "host {}: store session ended ({reason}); data path kept as it is; retrying in {backoff:?}",
                 self.cfg.host
             );
-            lock(&self.inner).store_error = Some(reason);
+            *lock(&self.conn) = Connection {
+                session: None,
+                error: Some(reason),
+            };
             if started.elapsed() > Duration::from_secs(10) {
                 backoff = BACKOFF_MIN;
             }
@@ -463,7 +463,7 @@ impl Agent {
     async fn expire_conntrack_forever(self: Arc<Self>) {
         loop {
             tokio::time::sleep(CT_SWEEP_EVERY).await;
-            let removed = lock(&self.dp).maps().expire_conntrack(CT_IDLE);
+            let removed = lock(&self.maps).expire_conntrack(CT_IDLE);
             match removed {
                 Ok(0) => {}
                 Ok(n) => log::debug!("host {}: {n} idle conntrack entries expired", self.cfg.host),
@@ -478,23 +478,19 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let store = Store::connect(&self.store_cfg).await?;
         let lease = store.grant_lease(self.cfg.lease_ttl).await?;
-        store.put_host(&self.host_record(), &lease).await?;
-        let records: Vec<MappingRecord> = lock(&self.inner)
-            .endpoints
-            .values()
-            .map(|ep| self.record_of(ep))
-            .collect();
+        let (host, records) = {
+            let core = lock(&self.core);
+            let records: Vec<_> = core.endpoints().map(|ep| core.record_of(ep)).collect();
+            (core.host_record(), records)
+        };
+        store.put_host(&host, &lease).await?;
         for rec in &records {
             store.put_mapping(rec, &lease).await?;
         }
-        {
-            let mut inner = lock(&self.inner);
-            inner.session = Some(Session {
-                store: store.clone(),
-                lease,
-            });
-            inner.store_error = None;
-        }
+        *lock(&self.conn) = Connection {
+            session: Some((store.clone(), lease)),
+            error: None,
+        };
         log::info!(
             "host {}: connected to {}, lease {}, {} endpoints published",
             self.cfg.host,
@@ -523,8 +519,8 @@ impl Agent {
                 let from = snap.revision + 1;
                 // Decoding and compiling policies is CPU work: off the async threads.
                 let me = Arc::clone(self);
-                blocking(move || me.full_resync(snap)).await?;
-                self.reassert(&store, &lease).await?;
+                let publications = blocking(move || me.full_resync(snap)).await?;
+                self.publish(&store, &lease, publications).await?;
                 let mut watch = store.watch(from).await?;
                 while let Some(item) = watch.next().await {
                     match item {
@@ -538,19 +534,13 @@ impl Agent {
                                     | StoreEvent::DeletePolicy(_)
                                     | StoreEvent::PutIdentity(_)
                             );
-                            let lost = matches!(
-                                &ev.event,
-                                StoreEvent::DeleteMapping(_) | StoreEvent::DeleteHost(_)
-                            );
-                            if heavy {
+                            let publications = if heavy {
                                 let me = Arc::clone(self);
-                                blocking(move || me.apply(ev.revision, ev.event)).await?;
+                                blocking(move || me.on_event(ev.revision, ev.event)).await?
                             } else {
-                                self.apply(ev.revision, ev.event)?;
-                            }
-                            if lost {
-                                self.reassert(&store, &lease).await?;
-                            }
+                                self.on_event(ev.revision, ev.event)?
+                            };
+                            self.publish(&store, &lease, publications).await?;
                         }
                         Err(e) if !e.ends_watch() => {
                             log::error!("host {}: {e}; skipped", self.cfg.host)
@@ -572,231 +562,33 @@ impl Agent {
         result
     }
 
-    /// Writes our own records back where the store lost them: a mapping of one of our endpoints
-    /// (or our host record) deleted behind our back, by hand or by a tool, would otherwise leave
-    /// the endpoint unreachable until the agent restarts. Mappings another host now holds (a
-    /// move) and those we are deleting ourselves are left alone.
-    async fn reassert(&self, store: &Store, lease: &Lease) -> Result<(), AgentError> {
-        let (missing, host_missing): (Vec<MappingRecord>, bool) = {
-            let inner = lock(&self.inner);
-            let missing = inner
-                .endpoints
-                .values()
-                .filter(|ep| {
-                    !inner.view.contains_key(&ep.sir_addr)
-                        && !inner.withdrawing.contains(&ep.sir_addr)
-                })
-                .map(|ep| self.record_of(ep))
-                .collect();
-            (missing, inner.host_lost)
-        };
-        if host_missing {
-            store.put_host(&self.host_record(), lease).await?;
-            lock(&self.inner).host_lost = false;
-            log::warn!(
-                "host {}: host record was deleted from the store; written again",
-                self.cfg.host
-            );
-        }
-        for rec in &missing {
-            store.put_mapping(rec, lease).await?;
-            log::warn!(
-                "host {}: mapping of {} was deleted from the store behind our back; written again",
-                self.cfg.host,
-                rec.sir_address()
-            );
-        }
-        Ok(())
-    }
-
-    /// Makes the maps equal to a snapshot (mark and sweep).
-    fn full_resync(&self, snap: Snapshot) -> Result<(), AgentError> {
+    /// Makes the maps equal to a snapshot (mark and sweep against the maps as read).
+    fn full_resync(&self, snap: Snapshot) -> Result<Vec<Publication>, AgentError> {
         let started = Instant::now();
-        for s in &snap.skipped {
-            log::error!(
-                "host {}: skipping store record {}: {}",
-                self.cfg.host,
-                s.key,
-                s.error
-            );
-        }
-        let mut inner = lock(&self.inner);
-        inner.host_lost = !snap.hosts.iter().any(|h| h.name == self.cfg.host);
-        inner.view = snap
-            .mappings
-            .into_iter()
-            .map(|r| (r.sir_address(), r))
-            .collect();
-        for e in inner.policy.reset(&snap.policies, &snap.identities) {
-            log::error!("host {}: {e}", self.cfg.host);
-        }
-        inner.policy_records = snap
-            .policies
-            .into_iter()
-            .map(|r| (r.name.clone(), r))
-            .collect();
-        if let Err(e) = inner.policy.recompile() {
-            log::error!(
-                "host {}: policies not compiled, previous ones stay: {e}",
-                self.cfg.host
-            );
-        }
-        let (desired, unusable) =
-            reconcile::desired(&self.cfg.host, inner.view.values(), &inner.endpoints);
-        for u in unusable {
-            log::error!(
-                "host {}: mapping of {} unusable: {}",
-                self.cfg.host,
-                u.sir_addr,
-                u.reason
-            );
-        }
-        let mut dp = lock(&self.dp);
-        let maps = dp.maps();
-        // Policy first: endpoint entries must know their identity before traffic is allowed.
-        let pops = maps_io::sync_policy(maps, &inner.policy)?;
-        inner.policy_fill = PolicyFill::of(&inner.policy);
-        let ops = reconcile::diff(&desired, &maps_io::current(maps)?);
-        maps_io::apply(maps, &ops)?;
-        drop(dp);
-        if let Some(obs) = &self.observer {
-            let now = Instant::now();
-            for (k, _) in &ops.out_put {
-                let _ = obs.send((self.cfg.host.clone(), *k, now));
-            }
-        }
-        log::debug!("host {}: {} policy map changes", self.cfg.host, pops.len());
-        inner.in_by_sir = desired
-            .inbound
-            .iter()
-            .map(|(ila, e)| (e.sir, *ila))
-            .collect();
-        inner.revision = snap.revision;
-        inner.resyncs += 1;
-        log::info!(
-            "host {}: resynced at revision {}: {} mappings ({} written, {} swept)",
-            self.cfg.host,
-            snap.revision,
-            inner.view.len(),
-            ops.out_put.len() + ops.in_put.len(),
-            ops.out_del.len() + ops.in_del.len()
+        let revision = snap.revision;
+        let mut core = lock(&self.core);
+        let current = lock(&self.maps).current()?;
+        let out = core.resync(snap, &current);
+        let (written, swept) = (
+            out.ops.mappings.out_put.len() + out.ops.mappings.in_put.len(),
+            out.ops.mappings.out_del.len() + out.ops.mappings.in_del.len(),
         );
-        drop(inner);
+        let publications = self.execute(out)?;
+        log::info!(
+            "host {}: resynced at revision {revision}: {} mappings ({written} written, {swept} swept)",
+            self.cfg.host,
+            core.view().len(),
+        );
+        drop(core);
         self.telemetry.observe_resync(started.elapsed());
-        Ok(())
+        Ok(publications)
     }
 
-    /// Applies one watched change to the view and the maps.
-    fn apply(&self, revision: i64, event: StoreEvent) -> Result<(), AgentError> {
-        let mut inner = lock(&self.inner);
-        inner.revision = revision;
-        match event {
-            StoreEvent::PutMapping(rec) => {
-                let sir = rec.sir_address();
-                self.install(&mut inner, &rec)?;
-                inner.view.insert(sir, rec);
-            }
-            StoreEvent::DeleteMapping(sir) => {
-                inner.view.remove(&sir);
-                let mut dp = lock(&self.dp);
-                let maps = dp.maps();
-                maps.remove_out(sir)?;
-                if let Some(ila) = inner.in_by_sir.remove(&sir) {
-                    maps.remove_in(ila)?;
-                }
-                maps.remove_endpoint(sir)?;
-                maps.remove_ipcache(sir)?;
-            }
-            StoreEvent::PutIdentity(rec) => {
-                if let Err(e) = inner.policy.put_identity(&rec) {
-                    log::error!("host {}: {e}", self.cfg.host);
-                } else {
-                    self.recompile(&mut inner)?;
-                }
-            }
-            StoreEvent::PutPolicy(rec) => match inner.policy.put_policy(&rec) {
-                Ok(()) => {
-                    inner.policy_records.insert(rec.name.clone(), rec);
-                    self.recompile(&mut inner)?;
-                }
-                Err(e) => log::error!("host {}: skipping {e}", self.cfg.host),
-            },
-            StoreEvent::DeletePolicy(name) => {
-                inner.policy.delete_policy(&name);
-                inner.policy_records.remove(&name);
-                self.recompile(&mut inner)?;
-            }
-            StoreEvent::DeleteHost(name) => {
-                if name == self.cfg.host {
-                    inner.host_lost = true;
-                }
-            }
-            StoreEvent::PutHost(_) | StoreEvent::Resync => {}
-        }
-        Ok(())
-    }
-
-    /// Writes the entries of one mapping (and removes a stale in-entry of the same address).
-    fn install(&self, inner: &mut Inner, rec: &MappingRecord) -> Result<(), AgentError> {
-        let sir = rec.sir_address();
-        let out = match reconcile::out_entry(&self.cfg.host, rec) {
-            Ok(e) => e,
-            Err(u) => {
-                log::error!(
-                    "host {}: mapping of {sir} unusable: {}",
-                    self.cfg.host,
-                    u.reason
-                );
-                return Ok(());
-            }
-        };
-        let inbound =
-            reconcile::in_entry(&self.cfg.host, rec, &inner.endpoints).unwrap_or_else(|u| {
-                log::error!("host {}: {}", self.cfg.host, u.reason);
-                None
-            });
-        let mut dp = lock(&self.dp);
-        let maps = dp.maps();
-        maps.insert_ipcache(sir, &reconcile::ipcache_entry(rec))?;
-        if let Some(ep) = inner
-            .endpoints
-            .get(&rec.endpoint)
-            .filter(|ep| rec.host == self.cfg.host && ep.sir_addr == sir)
-        {
-            maps.insert_endpoint(sir, &reconcile::endpoint_entry(ep))?;
-        }
-        maps.insert_out(sir, &out)?;
-        if let Some(old) = inner.in_by_sir.remove(&sir) {
-            if inbound.map(|(k, _)| k) != Some(old) {
-                maps.remove_in(old)?;
-            }
-        }
-        if let Some((k, v)) = inbound {
-            maps.insert_in(k, &v)?;
-            inner.in_by_sir.insert(sir, k);
-        }
-        drop(dp);
-        if let Some(obs) = &self.observer {
-            let _ = obs.send((self.cfg.host.clone(), sir, Instant::now()));
-        }
-        Ok(())
-    }
-
-    /// Recompiles the policies and writes the result into the maps (the previous compilation
-    /// stays in force if this one fails).
-    fn recompile(&self, inner: &mut Inner) -> Result<(), AgentError> {
-        if let Err(e) = inner.policy.recompile() {
-            log::error!(
-                "host {}: policies not compiled, previous ones stay: {e}",
-                self.cfg.host
-            );
-            return Ok(());
-        }
-        let mut dp = lock(&self.dp);
-        let ops = maps_io::sync_policy(dp.maps(), &inner.policy)?;
-        inner.policy_fill = PolicyFill::of(&inner.policy);
-        log::debug!("host {}: {} policy map changes", self.cfg.host, ops.len());
-        Ok(())
+    /// Applies one watched change.
+    fn on_event(&self, revision: i64, event: StoreEvent) -> Result<Vec<Publication>, AgentError> {
+        let mut core = lock(&self.core);
+        let out = core.event(revision, event);
+        self.execute(out)
     }
 
     /// Stores the policies of one file; if any write fails, the ones written are rolled back.
@@ -809,7 +601,7 @@ impl Agent {
         }
         // Check they decode and compile together with what is in force before storing any
         // (CPU work: off the async threads).
-        let mut trial = lock(&self.inner).policy.clone();
+        let mut trial = lock(&self.core).policy_trial();
         let records = blocking(move || {
             for r in &records {
                 trial.put_policy(r).map_err(AgentError::Invalid)?;
@@ -822,10 +614,10 @@ impl Agent {
         .await?;
         let (store, _) = self.wait_session().await?;
         let previous: Vec<Option<store::PolicyRecord>> = {
-            let inner = lock(&self.inner);
+            let core = lock(&self.core);
             records
                 .iter()
-                .map(|r| inner.policy_records.get(&r.name).cloned())
+                .map(|r| core.policy_record(&r.name).cloned())
                 .collect()
         };
         for (i, r) in records.iter().enumerate() {
@@ -854,58 +646,7 @@ impl Agent {
 
     /// The policies in force.
     pub fn policy_list(&self) -> Vec<PolicyRow> {
-        lock(&self.inner)
-            .policy
-            .policies()
-            .values()
-            .map(|p| PolicyRow {
-                name: p.name.clone(),
-                tenant: p.tenant.get(),
-                specs: p.specs.len(),
-            })
-            .collect()
-    }
-
-    /// Resolves an endpoint name or address to what the policy engine sees.
-    fn lookup_peer(
-        &self,
-        inner: &Inner,
-        what: &str,
-    ) -> Result<(policy::LookupPeer, String), AgentError> {
-        let rec = inner
-            .view
-            .values()
-            .find(|r| r.endpoint == what)
-            .or_else(|| {
-                what.parse::<Ipv6Addr>()
-                    .ok()
-                    .and_then(|a| inner.view.get(&a))
-            });
-        if let Some(r) = rec {
-            let tenant = r.identifier.vnid();
-            return Ok((
-                policy::LookupPeer::Identity {
-                    identity: policy::Identity(r.identity),
-                    tenant,
-                },
-                format!(
-                    "{} ({}, identity {}, tenant {})",
-                    r.endpoint,
-                    r.sir_address(),
-                    r.identity,
-                    tenant.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
-                ),
-            ));
-        }
-        match what.parse::<Ipv6Addr>() {
-            Ok(a) => Ok((
-                policy::LookupPeer::Address(a),
-                format!("{a} (outside the network)"),
-            )),
-            Err(_) => Err(AgentError::Invalid(format!(
-                "'{what}' is neither an endpoint of the network nor an IPv6 address"
-            ))),
-        }
+        lock(&self.core).policy_list()
     }
 
     /// The verdict for a packet from `from` to `to` and the rule that gave it.
@@ -916,28 +657,7 @@ impl Agent {
         port: u16,
         proto: &str,
     ) -> Result<ExplainReply, AgentError> {
-        let proto_num = match proto.to_ascii_lowercase().as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            "sctp" => 132,
-            "icmpv6" | "icmp6" | "ipv6-icmp" => 58,
-            other => other.parse::<u8>().map_err(|_| {
-                AgentError::Invalid(format!(
-                    "--proto '{proto}' is not tcp, udp, sctp, icmpv6 or a protocol number"
-                ))
-            })?,
-        };
-        let inner = lock(&self.inner);
-        let (f, fdesc) = self.lookup_peer(&inner, from)?;
-        let (t, tdesc) = self.lookup_peer(&inner, to)?;
-        let e = inner.policy.compiled().explain(f, t, port, proto_num);
-        Ok(ExplainReply {
-            verdict: format!("{:?}", e.verdict).to_lowercase(),
-            rule: e.rule.map(|r| r.to_string()),
-            reason: e.reason,
-            from: fdesc,
-            to: tdesc,
-        })
+        lock(&self.core).explain(from, to, port, proto)
     }
 
     /// The store session, waiting briefly if it is being re-established (a store member died,
@@ -957,27 +677,22 @@ impl Agent {
     /// a connection to a dead member, and renews an expired lease) unless the session loop
     /// already replaced it, so that the retry waits for a fresh one.
     fn reset_session(&self, failed: &store::StoreError, lease_id: i64) {
-        let mut inner = lock(&self.inner);
-        if inner
-            .session
-            .as_ref()
-            .is_some_and(|s| s.lease.id == lease_id)
-        {
-            inner.session = None;
-            inner.store_error = Some(format!("{failed}; reconnecting"));
+        let mut conn = lock(&self.conn);
+        if conn.session.as_ref().is_some_and(|(_, l)| l.id == lease_id) {
+            *conn = Connection {
+                session: None,
+                error: Some(format!("{failed}; reconnecting")),
+            };
             self.session_reset.notify_one();
         }
     }
 
     fn session_handle(&self) -> Result<(Store, Lease), AgentError> {
-        let inner = lock(&self.inner);
-        match &inner.session {
-            Some(s) => Ok((s.store.clone(), s.lease)),
+        let conn = lock(&self.conn);
+        match &conn.session {
+            Some((s, l)) => Ok((s.clone(), *l)),
             None => Err(AgentError::NoStore(
-                inner
-                    .store_error
-                    .clone()
-                    .unwrap_or_else(|| "no session".into()),
+                conn.error.clone().unwrap_or_else(|| "no session".into()),
             )),
         }
     }
@@ -1019,117 +734,54 @@ impl Agent {
         replace: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
-        endpoint::validate_name(name)?;
-        // With an identifier and no tenant named, the identifier's VNID says which network.
-        let tenant = match (tenant, identifier) {
-            (None, Some(id)) => self.tenant_of(id).cloned().ok_or_else(|| {
-                AgentError::Invalid(format!(
-                    "identifier {id} belongs to no tenant network of host '{}'",
-                    self.cfg.host
-                ))
-            })?,
-            (t, _) => self.tenant_named(t)?.clone(),
-        };
-        for (k, v) in &labels {
-            if k.is_empty() || k.contains(['=', '\n']) || v.contains('\n') {
-                return Err(AgentError::Invalid(format!("label '{k}={v}' is not valid")));
-            }
-        }
+        let plan = lock(&self.core).plan_add(name, tenant, identifier, &labels)?;
         let _ops = self.ops.lock().await;
         let (mut store, mut lease) = self.wait_session().await?;
-        let id_labels = policy_sync::identity_labels(&labels, tenant.vnid)
-            .map_err(|e| AgentError::Invalid(format!("labels of endpoint '{name}': {e}")))?;
+        let id_labels = plan.identity_labels.to_string();
         // Allocation is idempotent: one retry covers a request lost with a dying store member.
-        let identity = match store.allocate_identity(&id_labels.to_string()).await {
+        let identity = match store.allocate_identity(&id_labels).await {
             Err(e @ store::StoreError::Unavailable { .. }) => {
                 self.reset_session(&e, lease.id);
                 (store, lease) = self.wait_session().await?;
-                store.allocate_identity(&id_labels.to_string()).await?
+                store.allocate_identity(&id_labels).await?
             }
             other => other?,
         };
         {
             // Known before the endpoint exists, so its first packet meets a compiled policy.
-            let mut inner = lock(&self.inner);
-            let known = inner.policy.labels(identity).is_some();
-            if !known {
-                let rec = store::IdentityRecord {
-                    id: identity,
-                    labels: id_labels.to_string(),
-                };
-                if inner.policy.put_identity(&rec).is_ok() {
-                    self.recompile(&mut inner)?;
-                }
-            }
-        }
-        {
-            let inner = lock(&self.inner);
-            if inner.endpoints.contains_key(name) {
-                return Err(AgentError::Invalid(format!(
-                    "endpoint '{name}' already exists on host '{}'",
-                    self.cfg.host
-                )));
-            }
-            if !replace {
-                if let Some(r) = inner.view.values().find(|r| r.endpoint == name) {
-                    return Err(AgentError::Invalid(format!(
-                        "endpoint name '{name}' is in use on host '{}'",
-                        r.host
-                    )));
-                }
-            }
+            let mut core = lock(&self.core);
+            let out = core.learn_identity(identity, &plan.identity_labels);
+            self.execute(out)?;
+            core.check_name_free(name, replace)?;
         }
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let id = match identifier {
-                Some(id) => {
-                    check_identifier(&tenant, id)?;
-                    id
-                }
-                None => self.next_identifier(&tenant)?,
-            };
-            let sir_addr = tenant.address(id);
-            if !replace {
-                if let Some(r) = lock(&self.inner).view.get(&sir_addr) {
-                    if identifier.is_some() {
-                        return Err(AgentError::Invalid(format!(
-                            "address {sir_addr} is in use by endpoint '{}' on host '{}'",
-                            r.endpoint, r.host
-                        )));
-                    }
-                    continue;
-                }
-            }
-            let me = Arc::clone(self);
-            let ep_name = name.to_string();
-            let ep_labels = labels.clone();
-            let ep_sandbox = sandbox.clone();
+            let (id, sir_addr) =
+                lock(&self.core).choose_address(&plan.tenant, identifier, replace)?;
             // Recorded before anything is made, so no crash can leave an unrecorded namespace.
             self.set_creating(name, Some(sandbox))?;
-            let created = tokio::task::spawn_blocking(move || {
-                endpoint::create(
-                    &me.cfg,
-                    &me.dp,
-                    &ep_name,
-                    &ep_sandbox,
-                    id,
-                    sir_addr,
-                    ep_labels,
-                    identity,
-                )
-            })
-            .await
-            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))
-            .and_then(|r| r);
+            let req = CreateEndpoint {
+                name: name.to_string(),
+                sandbox: sandbox.clone(),
+                identifier: id,
+                sir_addr,
+                labels: labels.clone(),
+                identity,
+            };
+            let plumbing = Arc::clone(&self.plumbing);
+            let created = blocking(move || plumbing.create(&req)).await;
             let ep = match created {
                 Ok(ep) => ep,
                 Err(e) => {
+                    if identifier.is_none() {
+                        lock(&self.core).release_identifier(id);
+                    }
                     self.set_creating(name, None)?;
                     return Err(e);
                 }
             };
-            let rec = self.record_of(&ep);
+            let rec = lock(&self.core).record_of(&ep);
             let publish = |store: Store, lease: Lease| {
                 let rec = rec.clone();
                 async move {
@@ -1164,45 +816,40 @@ impl Agent {
             match published {
                 Ok(_) => {
                     {
-                        let mut inner = lock(&self.inner);
-                        inner.endpoints.insert(ep.name.clone(), ep.clone());
-                        if let Some(a) = inner.allocators.get_mut(&tenant.name) {
-                            let _ = a.reserve(id);
-                        }
-                        // Install right away rather than waiting for our own watch event.
-                        inner.creating.remove(name);
-                        self.install(&mut inner, &rec)?;
-                        inner.view.insert(sir_addr, rec);
+                        let mut core = lock(&self.core);
+                        let out = core.endpoint_added(ep.clone());
+                        self.execute(out)?;
                     }
                     self.save_state()?;
                     return Ok(ep);
                 }
                 Err(e) => {
-                    let me = Arc::clone(self);
+                    let plumbing = Arc::clone(&self.plumbing);
                     let ep2 = ep.clone();
-                    let cleanup =
-                        tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2)).await;
-                    match cleanup {
-                        Ok(Ok(())) => self.set_creating(name, None)?,
+                    match blocking(move || plumbing.destroy(&ep2)).await {
+                        Ok(()) => self.set_creating(name, None)?,
                         // Stays recorded: the next start (or `lab down`) removes it.
-                        Ok(Err(c)) => {
+                        Err(c) => {
                             log::error!(
                                 "host {}: cleaning up endpoint '{name}': {c}",
                                 self.cfg.host
                             )
                         }
-                        Err(c) => log::error!(
-                            "host {}: cleaning up endpoint '{name}': {c}",
-                            self.cfg.host
-                        ),
                     }
                     match e {
+                        // Taken by another host meanwhile: that identifier stays allocated
+                        // here (so it is not chosen again) and the next one is tried.
                         store::StoreError::AddressInUse { .. }
                             if identifier.is_none() && attempts < 32 =>
                         {
                             continue
                         }
-                        e => return Err(e.into()),
+                        e => {
+                            if identifier.is_none() {
+                                lock(&self.core).release_identifier(id);
+                            }
+                            return Err(e.into());
+                        }
                     }
                 }
             }
@@ -1216,41 +863,24 @@ impl Agent {
         creating: Option<&endpoint::Sandbox>,
     ) -> Result<(), AgentError> {
         {
-            let mut inner = lock(&self.inner);
+            let mut core = lock(&self.core);
             match creating {
                 Some(sandbox) => {
                     let (netns, owns_netns) = match sandbox {
                         endpoint::Sandbox::Own => (endpoint::netns_name(&self.cfg, name), true),
                         endpoint::Sandbox::Runtime { netns, .. } => (netns.clone(), false),
                     };
-                    let p = PendingEndpoint {
+                    core.begin_create(PendingEndpoint {
                         name: name.to_string(),
                         netns,
                         host_ifname: endpoint::host_ifname(name),
                         owns_netns,
-                    };
-                    inner.creating.insert(name.to_string(), p);
+                    });
                 }
-                None => {
-                    inner.creating.remove(name);
-                }
+                None => core.abandon_create(name),
             }
         }
         self.save_state()
-    }
-
-    fn next_identifier(&self, tenant: &TenantNetwork) -> Result<Identifier, AgentError> {
-        let mut inner = lock(&self.inner);
-        loop {
-            let alloc = inner
-                .allocators
-                .get_mut(&tenant.name)
-                .ok_or_else(|| AgentError::Invalid(format!("unknown tenant '{}'", tenant.name)))?;
-            let id = alloc.allocate()?;
-            if !inner.view.contains_key(&tenant.address(id)) {
-                return Ok(id);
-            }
-        }
     }
 
     /// Removes an endpoint of this host; with `keep_mapping` its mapping stays in the store (the
@@ -1261,49 +891,24 @@ impl Agent {
         keep_mapping: bool,
     ) -> Result<(), AgentError> {
         let _ops = self.ops.lock().await;
-        let ep = lock(&self.inner)
-            .endpoints
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
-                AgentError::Invalid(format!("no endpoint '{name}' on host '{}'", self.cfg.host))
-            })?;
+        let ep = lock(&self.core).endpoint(name)?.clone();
         if !keep_mapping {
             let (store, _) = self.wait_session().await?;
-            let ours = lock(&self.inner)
-                .view
-                .get(&ep.sir_addr)
-                .is_none_or(|r| r.host == self.cfg.host);
+            let ours = lock(&self.core).begin_withdraw(ep.sir_addr);
             if ours {
-                lock(&self.inner).withdrawing.insert(ep.sir_addr);
                 if let Err(e) = store.delete_mapping(ep.sir_addr).await {
-                    lock(&self.inner).withdrawing.remove(&ep.sir_addr);
+                    lock(&self.core).abort_withdraw(ep.sir_addr);
                     return Err(e.into());
                 }
             }
         }
-        let me = Arc::clone(self);
+        let plumbing = Arc::clone(&self.plumbing);
         let ep2 = ep.clone();
-        tokio::task::spawn_blocking(move || endpoint::destroy(&me.cfg, &ep2))
-            .await
-            .map_err(|e| AgentError::Invalid(format!("endpoint task failed: {e}")))??;
+        blocking(move || plumbing.destroy(&ep2)).await?;
         {
-            let mut inner = lock(&self.inner);
-            inner.endpoints.remove(name);
-            inner.withdrawing.remove(&ep.sir_addr);
-            if let Some(t) = self.tenant_of(ep.identifier) {
-                if let Some(a) = inner.allocators.get_mut(&t.name) {
-                    a.release(ep.identifier);
-                }
-            }
-            let mut dp = lock(&self.dp);
-            if let Some(ila) = inner.in_by_sir.remove(&ep.sir_addr) {
-                dp.maps().remove_in(ila)?;
-            }
-            if !keep_mapping {
-                inner.view.remove(&ep.sir_addr);
-                dp.maps().remove_out(ep.sir_addr)?;
-            }
+            let mut core = lock(&self.core);
+            let out = core.endpoint_removed(name, keep_mapping);
+            self.execute(out)?;
         }
         self.save_state()
     }
@@ -1322,8 +927,8 @@ impl Agent {
         let started = Instant::now();
         endpoint::validate_cni(container_id, ifname, Some(netns))?;
         let name = endpoint::cni_endpoint_name(container_id, ifname);
-        if let Some(ep) = self.cni_endpoint(container_id, ifname) {
-            return Err(AgentError::Invalid(format!(
+        if let Some(ep) = lock(&self.core).cni_endpoint(container_id, ifname) {
+            return Err(AgentError::Conflict(format!(
                 "container {container_id} already has interface {ifname} attached (endpoint '{}', {}); delete it first",
                 ep.name, ep.sir_addr
             )));
@@ -1338,7 +943,7 @@ impl Agent {
             .await?;
         self.telemetry
             .observe_endpoint_created(metrics::Via::Cni, started.elapsed());
-        Ok(self.attachment_of(&ep))
+        Ok(lock(&self.core).attachment_of(&ep))
     }
 
     /// Detaches a container (CNI DEL): idempotent, and fine when its namespace is gone.
@@ -1348,8 +953,11 @@ impl Agent {
         ifname: &str,
     ) -> Result<(), AgentError> {
         endpoint::validate_cni(container_id, ifname, None)?;
-        match self.cni_endpoint(container_id, ifname) {
-            Some(ep) => self.del_endpoint(&ep.name, false).await,
+        let found = lock(&self.core)
+            .cni_endpoint(container_id, ifname)
+            .map(|e| e.name.clone());
+        match found {
+            Some(name) => self.del_endpoint(&name, false).await,
             None => Ok(()),
         }
     }
@@ -1363,12 +971,15 @@ impl Agent {
         netns: &str,
     ) -> Result<CniAttachment, AgentError> {
         endpoint::validate_cni(container_id, ifname, Some(netns))?;
-        let ep = self.cni_endpoint(container_id, ifname).ok_or_else(|| {
-            AgentError::Invalid(format!(
-                "container {container_id} has no interface {ifname} attached on host '{}'",
-                self.cfg.host
-            ))
-        })?;
+        let ep = lock(&self.core)
+            .cni_endpoint(container_id, ifname)
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::NotFound(format!(
+                    "container {container_id} has no interface {ifname} attached on host '{}'",
+                    self.cfg.host
+                ))
+            })?;
         if ep.netns != netns {
             return Err(AgentError::Invalid(format!(
                 "container {container_id} is attached in namespace {}, not {netns}",
@@ -1376,10 +987,10 @@ impl Agent {
             )));
         }
         // Netlink queries block (and run a runtime of their own): off the async threads.
-        let (me, ep2) = (Arc::clone(self), ep.clone());
-        blocking(move || endpoint::check(&me.cfg, &ep2)).await?;
-        let inner = lock(&self.inner);
-        match inner.view.get(&ep.sir_addr) {
+        let (plumbing, ep2) = (Arc::clone(&self.plumbing), ep.clone());
+        blocking(move || plumbing.check(&ep2)).await?;
+        let core = lock(&self.core);
+        match core.view().get(&ep.sir_addr) {
             Some(r) if r.host == self.cfg.host && r.endpoint == ep.name => {}
             Some(r) => {
                 return Err(AgentError::Invalid(format!(
@@ -1394,15 +1005,14 @@ impl Agent {
                 )))
             }
         }
-        drop(inner);
-        let installed = lock(&self.dp).maps().get_out(ep.sir_addr)?.is_some();
+        let installed = lock(&self.maps).get_out(ep.sir_addr)?.is_some();
         if !installed {
             return Err(AgentError::Invalid(format!(
                 "the out-map of host '{}' lacks {}",
                 self.cfg.host, ep.sir_addr
             )));
         }
-        Ok(self.attachment_of(&ep))
+        Ok(core.attachment_of(&ep))
     }
 
     /// Removes every CNI attachment not in `valid` (CNI GC); endpoints the agent made itself
@@ -1415,9 +1025,8 @@ impl Agent {
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
-        let stale: Vec<LocalEndpoint> = lock(&self.inner)
-            .endpoints
-            .values()
+        let stale: Vec<LocalEndpoint> = lock(&self.core)
+            .endpoints()
             .filter(|ep| {
                 ep.container_id
                     .as_deref()
@@ -1436,58 +1045,17 @@ impl Agent {
         Ok(CniGcReply { removed })
     }
 
-    fn cni_endpoint(&self, container_id: &str, ifname: &str) -> Option<LocalEndpoint> {
-        lock(&self.inner)
-            .endpoints
-            .values()
-            .find(|e| e.container_id.as_deref() == Some(container_id) && e.ifname == ifname)
-            .cloned()
-    }
-
-    fn attachment_of(&self, ep: &LocalEndpoint) -> CniAttachment {
-        let tenant = self.tenant_of(ep.identifier);
-        CniAttachment {
-            endpoint: ep.name.clone(),
-            ifname: ep.ifname.clone(),
-            mac: endpoint::mac_string(ep.mac),
-            host_ifname: ep.host_ifname.clone(),
-            host_mac: endpoint::mac_string(ep.host_mac),
-            netns: ep.netns.clone(),
-            address: ep.sir_addr,
-            gateway: hostnet::link::ENDPOINT_GATEWAY,
-            tenant: tenant.map(|t| t.name.clone()).unwrap_or_default(),
-            sir_prefix: tenant.map(|t| t.sir.to_string()).unwrap_or_default(),
-            identity: ep.identity,
-        }
-    }
-
     /// This host's endpoints.
     pub fn endpoints(&self) -> Vec<LocalEndpoint> {
-        lock(&self.inner).endpoints.values().cloned().collect()
+        lock(&self.core).endpoints().cloned().collect()
     }
 
     /// Every mapping in the view, and whether the out-map holds it.
     pub fn mappings(&self) -> Result<Vec<MappingRow>, AgentError> {
-        let inner = lock(&self.inner);
-        let installed: HashMap<Ipv6Addr, dataplane::OutEntry> =
-            lock(&self.dp).maps().out_entries()?.into_iter().collect();
-        Ok(inner
-            .view
-            .values()
-            .map(|r| {
-                let expected = reconcile::out_entry(&self.cfg.host, r).ok();
-                MappingRow {
-                    endpoint: r.endpoint.clone(),
-                    host: r.host.clone(),
-                    sir_addr: r.sir_address(),
-                    locator: r.locator.to_string(),
-                    ila_addr: expected.map(|e| e.ila),
-                    mode: r.mode.to_string(),
-                    installed: expected.is_some()
-                        && installed.get(&r.sir_address()) == expected.as_ref(),
-                }
-            })
-            .collect())
+        let core = lock(&self.core);
+        let out: HashMap<Ipv6Addr, dataplane::OutEntry> =
+            lock(&self.maps).out_entries()?.into_iter().collect();
+        Ok(core.mapping_rows(&out))
     }
 
     /// Latencies and call counts recorded for the metrics endpoint.
@@ -1499,26 +1067,34 @@ impl Agent {
     /// then the counters and the fill of the mapping maps (walked: they hold one entry per
     /// mapping or endpoint), under the maps lock.
     pub fn sample(&self) -> metrics::Sample {
-        let (connected, lease, revision, resyncs, endpoints, mappings, pf) = {
-            let inner = lock(&self.inner);
+        let (revision, resyncs, endpoints, mappings, pf) = {
+            let core = lock(&self.core);
             (
-                inner.session.is_some(),
-                inner.session.as_ref().map(|s| (s.lease.id, s.lease.ttl)),
-                inner.revision,
-                inner.resyncs,
-                inner.endpoints.len(),
-                inner.view.len(),
-                inner.policy_fill,
+                core.revision(),
+                core.resyncs(),
+                core.endpoints().count(),
+                core.view().len(),
+                core.policy_fill(),
             )
         };
-        let mut dp = lock(&self.dp);
-        let maps = dp.maps();
-        let fill = |map, entries: Result<usize, dataplane::DataplaneError>, capacity| {
-            let entries = entries
-                .map_err(|e| log::debug!("host {}: metrics: {e}", self.cfg.host))
-                .ok();
+        let (connected, lease) = {
+            let conn = lock(&self.conn);
+            (
+                conn.session.is_some(),
+                conn.session.as_ref().map(|(_, l)| (l.id, l.ttl)),
+            )
+        };
+        let mut maps = lock(&self.maps);
+        let mut fill = |name, map: Option<MappingMap>, known: usize, capacity| {
+            let entries = match map {
+                Some(m) => maps
+                    .fill(m)
+                    .map_err(|e| log::debug!("host {}: metrics: {e}", self.cfg.host))
+                    .ok(),
+                None => Some(known),
+            };
             metrics::MapFill {
-                map,
+                map: name,
                 entries,
                 capacity,
             }
@@ -1526,38 +1102,39 @@ impl Agent {
         let maps_fill = vec![
             fill(
                 "ILA_OUT",
-                maps.out_entries().map(|v| v.len()),
+                Some(MappingMap::Out),
+                0,
                 dataplane::OUT_MAX_ENTRIES,
             ),
-            fill(
-                "ILA_IN",
-                maps.in_entries().map(|v| v.len()),
-                dataplane::IN_MAX_ENTRIES,
-            ),
+            fill("ILA_IN", Some(MappingMap::In), 0, dataplane::IN_MAX_ENTRIES),
             fill(
                 "ILA_ENDPOINTS",
-                maps.endpoints().map(|v| v.len()),
+                Some(MappingMap::Endpoints),
+                0,
                 dataplane::ENDPOINTS_MAX_ENTRIES,
             ),
             fill(
                 "ILA_IPCACHE",
-                maps.ipcache().map(|v| v.len()),
+                Some(MappingMap::Ipcache),
+                0,
                 dataplane::IPCACHE_MAX_ENTRIES,
             ),
             fill(
                 "POLICY_EP",
-                Ok(pf.endpoints),
+                None,
+                pf.endpoints,
                 dataplane::POLICY_EP_MAX_ENTRIES,
             ),
-            fill("POLICY", Ok(pf.rules), dataplane::POLICY_MAX_ENTRIES),
+            fill("POLICY", None, pf.rules, dataplane::POLICY_MAX_ENTRIES),
             fill(
                 "POLICY_CIDR",
-                Ok(pf.cidr),
+                None,
+                pf.cidr,
                 dataplane::POLICY_CIDR_MAX_ENTRIES,
             ),
         ];
         let counters = maps.counters().ok();
-        drop(dp);
+        drop(maps);
         metrics::Sample {
             host: self.cfg.host.clone(),
             connected,
@@ -1573,45 +1150,45 @@ impl Agent {
 
     /// The agent's state.
     pub fn status(&self) -> AgentStatus {
-        let inner = lock(&self.inner);
-        let mut dp = lock(&self.dp);
-        let maps = dp.maps();
+        let (revision, mappings, endpoints, resyncs) = {
+            let core = lock(&self.core);
+            (
+                core.revision(),
+                core.view().len(),
+                core.endpoints().count(),
+                core.resyncs(),
+            )
+        };
+        let (store, store_connected, store_error, lease) = {
+            let conn = lock(&self.conn);
+            (
+                conn.session
+                    .as_ref()
+                    .map(|(s, _)| s.describe())
+                    .unwrap_or_else(|| describe_cfg(&self.store_cfg)),
+                conn.session.is_some(),
+                conn.error.clone(),
+                conn.session.as_ref().map(|(_, l)| l.id),
+            )
+        };
+        let mut maps = lock(&self.maps);
         AgentStatus {
             host: self.cfg.host.clone(),
             locator: self.cfg.locator.to_string(),
-            store: inner
-                .session
-                .as_ref()
-                .map(|s| s.store.describe())
-                .unwrap_or_else(|| describe_cfg(&self.store_cfg)),
-            store_connected: inner.session.is_some(),
-            store_error: inner.store_error.clone(),
-            lease: inner.session.as_ref().map(|s| s.lease.id),
-            revision: inner.revision,
-            mappings: inner.view.len(),
-            endpoints: inner.endpoints.len(),
-            out_entries: maps.out_entries().map(|e| e.len()).unwrap_or(0),
-            in_entries: maps.in_entries().map(|e| e.len()).unwrap_or(0),
-            resyncs: inner.resyncs,
+            store,
+            store_connected,
+            store_error,
+            lease,
+            revision,
+            mappings,
+            endpoints,
+            out_entries: maps.fill(MappingMap::Out).unwrap_or(0),
+            in_entries: maps.fill(MappingMap::In).unwrap_or(0),
+            resyncs,
             counters: maps.counters().ok(),
             tenants: self.cfg.tenants.clone(),
         }
     }
-}
-
-fn check_identifier(tenant: &TenantNetwork, id: Identifier) -> Result<(), AgentError> {
-    if id.c_bit() || id.low16() == 0 {
-        return Err(AgentError::Invalid(format!(
-            "identifier {id} cannot be used: the C bit must be clear and the low 16 bits non-zero"
-        )));
-    }
-    if !tenant.owns(id) {
-        return Err(AgentError::Invalid(format!(
-            "identifier {id} is not of tenant '{}' (VNID {})",
-            tenant.name, tenant.vnid
-        )));
-    }
-    Ok(())
 }
 
 fn describe_cfg(cfg: &StoreConfig) -> String {

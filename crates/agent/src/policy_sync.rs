@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use ila::Vnid;
 use policy::abi::{CidrKey, EndpointPolicy, PolicyKey, PolicyValue};
+pub use policy::sync::{diff_compiled, PolicyOps, PolicyWrite};
 use policy::{CompileLimits, CompiledPolicy, Identity, LabelSet, Policy, PolicyFileError};
 use serde::{Deserialize, Serialize};
 use store::{IdentityRecord, PolicyRecord};
@@ -93,97 +94,6 @@ pub struct PolicyView {
     compiled: CompiledPolicy,
 }
 
-/// Map writes and removals that make the policy maps equal to the compilation.
-#[derive(Debug, Default, PartialEq)]
-pub struct PolicyOps {
-    /// `POLICY_EP` writes.
-    pub ep_put: Vec<(u32, EndpointPolicy)>,
-    /// `POLICY_EP` removals.
-    pub ep_del: Vec<u32>,
-    /// `POLICY` writes.
-    pub put: Vec<(PolicyKey, PolicyValue)>,
-    /// `POLICY` removals.
-    pub del: Vec<PolicyKey>,
-    /// `POLICY_CIDR` writes.
-    pub cidr_put: Vec<(CidrKey, PolicyValue)>,
-    /// `POLICY_CIDR` removals.
-    pub cidr_del: Vec<CidrKey>,
-}
-
-impl PolicyOps {
-    /// Number of writes and removals.
-    pub fn len(&self) -> usize {
-        self.ep_put.len()
-            + self.ep_del.len()
-            + self.put.len()
-            + self.del.len()
-            + self.cidr_put.len()
-            + self.cidr_del.len()
-    }
-
-    /// Whether nothing changes.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// One write or removal of [`PolicyOps`], in the order it is applied to the maps.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PolicyWrite {
-    /// Write a `POLICY` entry.
-    Rule(PolicyKey, PolicyValue),
-    /// Write a `POLICY_CIDR` entry.
-    Cidr(CidrKey, PolicyValue),
-    /// Write a `POLICY_EP` entry.
-    Endpoint(u32, EndpointPolicy),
-    /// Remove a `POLICY` entry.
-    RemoveRule(PolicyKey),
-    /// Remove a `POLICY_CIDR` entry.
-    RemoveCidr(CidrKey),
-    /// Remove a `POLICY_EP` entry.
-    RemoveEndpoint(u32),
-}
-
-impl PolicyOps {
-    /// The one order every policy change is written in: rules, then endpoint entries, then
-    /// rule removals, then endpoint removals. An endpoint entry that starts enforcing a direction
-    /// is written only once its allow rules are in, and one that stops enforcing is written
-    /// before its rules go, so a packet never meets a state that denies more than both the old
-    /// and the new policy.
-    pub fn ordered(&self) -> Vec<PolicyWrite> {
-        let mut w = Vec::with_capacity(self.len());
-        w.extend(self.put.iter().map(|(k, v)| PolicyWrite::Rule(*k, *v)));
-        w.extend(self.cidr_put.iter().map(|(k, v)| PolicyWrite::Cidr(*k, *v)));
-        w.extend(
-            self.ep_put
-                .iter()
-                .map(|(k, v)| PolicyWrite::Endpoint(*k, *v)),
-        );
-        w.extend(self.del.iter().map(|k| PolicyWrite::RemoveRule(*k)));
-        w.extend(self.cidr_del.iter().map(|k| PolicyWrite::RemoveCidr(*k)));
-        w.extend(self.ep_del.iter().map(|k| PolicyWrite::RemoveEndpoint(*k)));
-        w
-    }
-}
-
-fn diff<K: Ord + Copy, V: PartialEq + Copy>(
-    desired: &BTreeMap<K, V>,
-    current: &[(K, V)],
-) -> (Vec<(K, V)>, Vec<K>) {
-    let cur: BTreeMap<K, V> = current.iter().copied().collect();
-    let put = desired
-        .iter()
-        .filter(|(k, v)| cur.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let del = cur
-        .keys()
-        .filter(|k| !desired.contains_key(k))
-        .copied()
-        .collect();
-    (put, del)
-}
-
 impl PolicyView {
     /// Replaces everything (a full resync). Undecodable records are returned as errors and
     /// skipped.
@@ -231,6 +141,11 @@ impl PolicyView {
         Ok(())
     }
 
+    /// Forgets an identity (its record became unreadable: as a full resync would skip it).
+    pub fn forget_identity(&mut self, id: u32) {
+        self.identities.remove(&id);
+    }
+
     /// Recompiles; on error the previous compilation stays in force.
     pub fn recompile(&mut self) -> Result<(), policy::CompileError> {
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
@@ -265,17 +180,7 @@ impl PolicyView {
         cur: &[(PolicyKey, PolicyValue)],
         cur_cidr: &[(CidrKey, PolicyValue)],
     ) -> PolicyOps {
-        let (ep_put, ep_del) = diff(&self.compiled.endpoints, cur_ep);
-        let (put, del) = diff(&self.compiled.entries, cur);
-        let (cidr_put, cidr_del) = diff(&self.compiled.cidr_entries, cur_cidr);
-        PolicyOps {
-            ep_put,
-            ep_del,
-            put,
-            del,
-            cidr_put,
-            cidr_del,
-        }
+        policy::sync::against_current(&self.compiled, cur_ep, cur, cur_cidr)
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv6Addr;
 
 use dataplane::{InEntry, IpcacheEntry, OutEntry, Redirect};
+use policy::abi::{CidrKey, EndpointPolicy, PolicyKey, PolicyValue};
 use serde::{Deserialize, Serialize};
 use store::MappingRecord;
 
@@ -191,6 +192,18 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// Number of writes and removals.
+    pub fn len(&self) -> usize {
+        self.out_put.len()
+            + self.out_del.len()
+            + self.in_put.len()
+            + self.in_del.len()
+            + self.ipcache_put.len()
+            + self.ipcache_del.len()
+            + self.ep_put.len()
+            + self.ep_del.len()
+    }
+
     /// Whether nothing needs to change.
     pub fn is_empty(&self) -> bool {
         self.out_put.is_empty()
@@ -235,6 +248,12 @@ pub struct Current {
     pub ipcache: Vec<(Ipv6Addr, IpcacheEntry)>,
     /// `ILA_ENDPOINTS`.
     pub endpoints: Vec<(Ipv6Addr, dataplane::LocalEndpoint)>,
+    /// `POLICY_EP`.
+    pub policy_eps: Vec<(u32, EndpointPolicy)>,
+    /// `POLICY`.
+    pub policy: Vec<(PolicyKey, PolicyValue)>,
+    /// `POLICY_CIDR`.
+    pub cidr: Vec<(CidrKey, PolicyValue)>,
 }
 
 /// Mark and sweep: the operations that make `current` equal to `desired`.
@@ -326,6 +345,7 @@ mod tests {
             inbound: before.inbound.iter().map(|(k, v)| (*k, *v)).collect(),
             ipcache: before.ipcache.iter().map(|(k, v)| (*k, *v)).collect(),
             endpoints: before.endpoints.iter().map(|(k, v)| (*k, *v)).collect(),
+            ..Current::default()
         };
         assert_eq!(current.endpoints.len(), 1, "a is a local endpoint of h1");
         let a_new = rec("a", "h2", 1, 2);

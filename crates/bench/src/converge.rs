@@ -537,7 +537,7 @@ fn resync_pass(
 
     let maps = dp.maps();
     let t = Instant::now();
-    let current = agent::maps_io::current(maps)?;
+    let current = agent::io::read_current(maps)?;
     let read_t = t.elapsed();
 
     let t = Instant::now();
@@ -546,7 +546,12 @@ fn resync_pass(
 
     // The agent's own write path.
     let t = Instant::now();
-    agent::maps_io::apply(maps, &ops)?;
+    let ops = agent::core::MapOps {
+        mappings: ops,
+        ..Default::default()
+    };
+    agent::io::write_ops(maps, &ops)?;
+    let ops = ops.mappings;
     let write_t = t.elapsed();
     Ok(Pass {
         view: view_t,

@@ -1,6 +1,5 @@
 //! Typed access to the pinned or freshly loaded maps.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::Path;
@@ -57,10 +56,12 @@ pub use policy::abi::{POLICY_CIDR_MAX_ENTRIES, POLICY_EP_MAX_ENTRIES, POLICY_MAX
 /// `POLICY_CIDR` keys after `prefixlen` (the rest of [`CidrKey`]).
 type CidrData = [u8; CidrKey::SIZE - 4];
 
+use policy::sync::{PolicyOps, PolicyWrite};
+
 /// What [`HostMaps::replace_policy`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PolicySync {
-    /// Entries written (all entries of the compiled policy, over the three maps).
+    /// Entries written (new or changed, over the three maps).
     pub written: usize,
     /// Stale entries removed.
     pub removed: usize,
@@ -566,11 +567,8 @@ impl HostMaps {
         Ok(v)
     }
 
-    /// Makes `POLICY_EP`, `POLICY` and `POLICY_CIDR` equal to `compiled`: writes every entry
-    /// (new and changed ones overwrite in place), then removes the entries it does not hold.
-    /// `POLICY_EP` is written last and swept last, so an identity that appears is never
-    /// enforced on half its entries; while a replacement runs, a packet may see a mix of the
-    /// old and the new entries of an identity (each entry is consistent on its own).
+    /// Makes `POLICY_EP`, `POLICY` and `POLICY_CIDR` equal to `compiled`: reads them, diffs
+    /// (mark and sweep) and applies the difference with [`HostMaps::apply_policy`].
     pub fn replace_policy(
         &mut self,
         compiled: &CompiledPolicy,
@@ -588,55 +586,33 @@ impl HostMaps {
                 compiled.endpoints.len()
             )));
         }
-        let mut sync = PolicySync::default();
-        for (k, v) in &compiled.entries {
-            self.insert_policy(k, v)?;
-        }
-        for (k, v) in &compiled.cidr_entries {
-            self.insert_cidr(k, v)?;
-        }
-        for (id, ep) in &compiled.endpoints {
-            self.insert_policy_ep(*id, ep)?;
-        }
-        sync.written =
-            compiled.entries.len() + compiled.cidr_entries.len() + compiled.endpoints.len();
+        let ops = policy::sync::against_current(
+            compiled,
+            &self.policy_eps()?,
+            &self.policy_entries()?,
+            &self.cidr_entries()?,
+        );
+        self.apply_policy(&ops)?;
+        Ok(PolicySync {
+            written: ops.put.len() + ops.cidr_put.len() + ops.ep_put.len(),
+            removed: ops.del.len() + ops.cidr_del.len() + ops.ep_del.len(),
+        })
+    }
 
-        let stale: Vec<[u8; PolicyKey::SIZE]> = self
-            .policy
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(format!("listing {MAP_POLICY}")))?
-            .into_iter()
-            .filter(|k| !compiled.entries.contains_key(&PolicyKey::from_bytes(k)))
-            .collect();
-        for k in stale {
-            self.remove_policy(&PolicyKey::from_bytes(&k))?;
-            sync.removed += 1;
+    /// Applies policy changes in the one safe order of [`PolicyOps::ordered`] (every policy
+    /// change, by the agent or a test, is written this way).
+    pub fn apply_policy(&mut self, ops: &PolicyOps) -> Result<(), DataplaneError> {
+        for w in ops.ordered() {
+            match w {
+                PolicyWrite::Rule(k, v) => self.insert_policy(&k, &v)?,
+                PolicyWrite::Cidr(k, v) => self.insert_cidr(&k, &v)?,
+                PolicyWrite::Endpoint(k, v) => self.insert_policy_ep(k, &v)?,
+                PolicyWrite::RemoveRule(k) => self.remove_policy(&k)?,
+                PolicyWrite::RemoveCidr(k) => self.remove_cidr(&k)?,
+                PolicyWrite::RemoveEndpoint(k) => self.remove_policy_ep(k)?,
+            }
         }
-        let stale: Vec<CidrKey> = self
-            .cidr_entries()?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !compiled.cidr_entries.contains_key(k))
-            .collect();
-        for k in stale {
-            self.remove_cidr(&k)?;
-            sync.removed += 1;
-        }
-        let keep: BTreeSet<u32> = compiled.endpoints.keys().copied().collect();
-        let stale: Vec<u32> = self
-            .policy_ep
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(map_err(format!("listing {MAP_POLICY_EP}")))?
-            .into_iter()
-            .filter(|k| !keep.contains(k))
-            .collect();
-        for k in stale {
-            self.remove_policy_ep(k)?;
-            sync.removed += 1;
-        }
-        Ok(sync)
+        Ok(())
     }
 
     /// All conntrack entries, oriented as their flows were opened.

@@ -39,6 +39,7 @@ mod labels;
 mod limits;
 mod model;
 mod selector;
+pub mod sync;
 
 pub use compile::{compile, CompileLimits, CompiledPolicy, LookupPeer};
 pub use error::{CompileError, IdentityError, LabelError, PolicyFileError};
