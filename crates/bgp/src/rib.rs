@@ -1,0 +1,375 @@
+//! Adj-RIB-In (per peer, with graceful-restart stale flags) and the Loc-RIB best path over
+//! peers, with change notifications.
+
+use crate::message::PathAttributes;
+use ipnet::Ipv6Net;
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A route as learned from one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// The prefix.
+    pub prefix: Ipv6Net,
+    /// The next hop (global).
+    pub next_hop: Ipv6Addr,
+    /// Attributes as received.
+    pub attrs: PathAttributes,
+}
+
+/// One entry of an Adj-RIB-In.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    route: Route,
+    /// Kept across the peer's restart (RFC 4724 §4.2) until refreshed, End-of-RIB or timeout.
+    stale: bool,
+}
+
+/// Routes received from one peer, bounded by `max_prefixes`.
+#[derive(Debug, Clone, Default)]
+pub struct AdjRibIn {
+    routes: BTreeMap<Ipv6Net, Entry>,
+}
+
+/// Result of inserting into an [`AdjRibIn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    /// New or changed route.
+    Changed,
+    /// Same route as before (only a stale flag may have been cleared).
+    Unchanged,
+    /// Would exceed the limit; nothing was inserted.
+    LimitExceeded,
+}
+
+impl AdjRibIn {
+    /// Number of routes (stale included).
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Number of stale routes.
+    pub fn stale_count(&self) -> usize {
+        self.routes.values().filter(|e| e.stale).count()
+    }
+
+    /// Inserts or replaces a route (clearing its stale flag); refuses to grow past `max`.
+    pub fn insert(&mut self, route: Route, max: usize) -> Insert {
+        if let Some(e) = self.routes.get_mut(&route.prefix) {
+            e.stale = false;
+            if e.route == route {
+                return Insert::Unchanged;
+            }
+            e.route = route;
+            return Insert::Changed;
+        }
+        if self.routes.len() >= max {
+            return Insert::LimitExceeded;
+        }
+        self.routes.insert(
+            route.prefix,
+            Entry {
+                route,
+                stale: false,
+            },
+        );
+        Insert::Changed
+    }
+
+    /// Removes a route; true if it was present.
+    pub fn remove(&mut self, prefix: &Ipv6Net) -> bool {
+        self.routes.remove(prefix).is_some()
+    }
+
+    /// Marks every route stale (session lost with graceful restart negotiated).
+    pub fn mark_all_stale(&mut self) {
+        for e in self.routes.values_mut() {
+            e.stale = true;
+        }
+    }
+
+    /// Removes the stale routes and returns their prefixes.
+    pub fn sweep_stale(&mut self) -> Vec<Ipv6Net> {
+        let gone: Vec<Ipv6Net> = self
+            .routes
+            .iter()
+            .filter(|(_, e)| e.stale)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.routes.remove(p);
+        }
+        gone
+    }
+
+    /// Removes everything and returns the prefixes.
+    pub fn clear(&mut self) -> Vec<Ipv6Net> {
+        std::mem::take(&mut self.routes).into_keys().collect()
+    }
+
+    /// Iterates over (route, stale).
+    pub fn iter(&self) -> impl Iterator<Item = (&Route, bool)> {
+        self.routes.values().map(|e| (&e.route, e.stale))
+    }
+
+    /// Looks a prefix up.
+    pub fn get(&self, prefix: &Ipv6Net) -> Option<(&Route, bool)> {
+        self.routes.get(prefix).map(|e| (&e.route, e.stale))
+    }
+}
+
+/// Who a candidate route came from, for the final tie-breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PeerKey {
+    /// The peer's BGP identifier.
+    pub router_id: Ipv4Addr,
+    /// The peer's address.
+    pub address: IpAddr,
+}
+
+/// The best route for a prefix, as the agent installs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BestRoute {
+    /// The prefix.
+    pub prefix: Ipv6Net,
+    /// Next hop to install.
+    pub next_hop: Ipv6Addr,
+    /// The peer it was learned from.
+    pub peer: IpAddr,
+    /// The peer's BGP identifier.
+    pub peer_router_id: Ipv4Addr,
+    /// Attributes.
+    pub attrs: PathAttributes,
+}
+
+/// A change of best route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum BestChange {
+    /// New or changed best route for its prefix.
+    Changed(BestRoute),
+    /// No route for this prefix any more.
+    Removed {
+        /// The prefix.
+        prefix: Ipv6Net,
+    },
+}
+
+/// LOCAL_PREF assumed when absent (RFC 4271 §5.1.5 leaves it to configuration; 100 is usual).
+pub const DEFAULT_LOCAL_PREF: u32 = 100;
+
+/// Best-path order (RFC 4271 §9.1.2.2, simplified): higher LOCAL_PREF, shorter AS_PATH, lower
+/// ORIGIN, lower MED (compared across all peers: we never see competing neighbour ASes often
+/// enough to need "same neighbour AS only"), lower router id, lower peer address.
+/// `Ordering::Less` means `a` is better.
+pub fn compare(a: (&PeerKey, &Route), b: (&PeerKey, &Route)) -> Ordering {
+    let lp = |r: &Route| r.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+    lp(b.1)
+        .cmp(&lp(a.1))
+        .then(a.1.attrs.as_path_len().cmp(&b.1.attrs.as_path_len()))
+        .then(a.1.attrs.origin.cmp(&b.1.attrs.origin))
+        .then(a.1.attrs.med.unwrap_or(0).cmp(&b.1.attrs.med.unwrap_or(0)))
+        .then(a.0.router_id.cmp(&b.0.router_id))
+        .then(a.0.address.cmp(&b.0.address))
+}
+
+/// The Loc-RIB: candidates per prefix from every peer, and the best of them.
+#[derive(Debug, Clone, Default)]
+pub struct LocRib {
+    candidates: BTreeMap<Ipv6Net, BTreeMap<PeerKey, Route>>,
+    best: BTreeMap<Ipv6Net, BestRoute>,
+}
+
+impl LocRib {
+    /// Adds or replaces `peer`'s route; returns the best-route change, if any.
+    pub fn update(&mut self, peer: PeerKey, route: Route) -> Option<BestChange> {
+        let prefix = route.prefix;
+        self.candidates
+            .entry(prefix)
+            .or_default()
+            .insert(peer, route);
+        self.reselect(prefix)
+    }
+
+    /// Removes `peer`'s route for `prefix`; returns the best-route change, if any.
+    pub fn withdraw(&mut self, peer: &PeerKey, prefix: &Ipv6Net) -> Option<BestChange> {
+        let c = self.candidates.get_mut(prefix)?;
+        c.remove(peer)?;
+        if c.is_empty() {
+            self.candidates.remove(prefix);
+        }
+        self.reselect(*prefix)
+    }
+
+    fn reselect(&mut self, prefix: Ipv6Net) -> Option<BestChange> {
+        let best = self.candidates.get(&prefix).and_then(|c| {
+            c.iter()
+                .min_by(|a, b| compare(*a, *b))
+                .map(|(k, r)| BestRoute {
+                    prefix,
+                    next_hop: r.next_hop,
+                    peer: k.address,
+                    peer_router_id: k.router_id,
+                    attrs: r.attrs.clone(),
+                })
+        });
+        match best {
+            Some(b) => {
+                if self.best.get(&prefix) == Some(&b) {
+                    return None;
+                }
+                self.best.insert(prefix, b.clone());
+                Some(BestChange::Changed(b))
+            }
+            None => self
+                .best
+                .remove(&prefix)
+                .map(|_| BestChange::Removed { prefix }),
+        }
+    }
+
+    /// The current best routes.
+    pub fn best(&self) -> impl Iterator<Item = &BestRoute> {
+        self.best.values()
+    }
+
+    /// The best route for one prefix.
+    pub fn best_for(&self, prefix: &Ipv6Net) -> Option<&BestRoute> {
+        self.best.get(prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AsSegment, Origin};
+
+    fn route(p: &str, nh: &str, lp: Option<u32>, path: &[u32], med: Option<u32>) -> Route {
+        Route {
+            prefix: p.parse().unwrap(),
+            next_hop: nh.parse().unwrap(),
+            attrs: PathAttributes {
+                origin: Origin::Igp,
+                as_path: vec![AsSegment::Sequence(path.to_vec())],
+                med,
+                local_pref: lp,
+            },
+        }
+    }
+    fn peer(id: u8) -> PeerKey {
+        PeerKey {
+            router_id: Ipv4Addr::new(10, 0, 0, id),
+            address: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, id as u16)),
+        }
+    }
+
+    #[test]
+    fn adj_rib_in_bounds_and_stale() {
+        let mut rib = AdjRibIn::default();
+        assert_eq!(
+            rib.insert(route("2001:db8:1::/64", "fd00::1", None, &[], None), 1),
+            Insert::Changed
+        );
+        assert_eq!(
+            rib.insert(route("2001:db8:2::/64", "fd00::1", None, &[], None), 1),
+            Insert::LimitExceeded
+        );
+        assert_eq!(rib.len(), 1);
+        // Replacing an existing prefix is allowed at the limit.
+        assert_eq!(
+            rib.insert(route("2001:db8:1::/64", "fd00::2", None, &[], None), 1),
+            Insert::Changed
+        );
+        rib.mark_all_stale();
+        assert_eq!(rib.stale_count(), 1);
+        assert_eq!(
+            rib.insert(route("2001:db8:1::/64", "fd00::2", None, &[], None), 1),
+            Insert::Unchanged
+        );
+        assert_eq!(rib.stale_count(), 0);
+        rib.mark_all_stale();
+        assert_eq!(
+            rib.sweep_stale(),
+            vec!["2001:db8:1::/64".parse::<Ipv6Net>().unwrap()]
+        );
+        assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn best_path_order() {
+        let mut loc = LocRib::default();
+        let p: Ipv6Net = "2001:db8:1::/64".parse().unwrap();
+        // First candidate becomes best.
+        let c = loc.update(
+            peer(2),
+            route("2001:db8:1::/64", "fd00::2", None, &[65002], None),
+        );
+        assert!(
+            matches!(c, Some(BestChange::Changed(ref b)) if b.peer_router_id == peer(2).router_id)
+        );
+        // Lower router id wins a full tie.
+        let c = loc.update(
+            peer(1),
+            route("2001:db8:1::/64", "fd00::1", None, &[65001], None),
+        );
+        assert!(
+            matches!(c, Some(BestChange::Changed(ref b)) if b.next_hop == "fd00::1".parse::<Ipv6Addr>().unwrap())
+        );
+        // Shorter AS path beats lower router id.
+        let c = loc.update(
+            peer(3),
+            route("2001:db8:1::/64", "fd00::3", None, &[], None),
+        );
+        assert!(
+            matches!(c, Some(BestChange::Changed(ref b)) if b.next_hop == "fd00::3".parse::<Ipv6Addr>().unwrap())
+        );
+        // Higher local pref beats shorter path.
+        let c = loc.update(
+            peer(4),
+            route("2001:db8:1::/64", "fd00::4", Some(200), &[1, 2, 3], None),
+        );
+        assert!(
+            matches!(c, Some(BestChange::Changed(ref b)) if b.next_hop == "fd00::4".parse::<Ipv6Addr>().unwrap())
+        );
+        // Lower MED among equals.
+        let c = loc.update(
+            peer(5),
+            route("2001:db8:1::/64", "fd00::5", Some(200), &[1, 2, 4], Some(0)),
+        );
+        assert_eq!(
+            c, None,
+            "MED 0 vs absent (0) ties, router id 4 < 5 keeps peer 4"
+        );
+        let c = loc.update(
+            peer(4),
+            route(
+                "2001:db8:1::/64",
+                "fd00::4",
+                Some(200),
+                &[1, 2, 3],
+                Some(10),
+            ),
+        );
+        assert!(
+            matches!(c, Some(BestChange::Changed(ref b)) if b.next_hop == "fd00::5".parse::<Ipv6Addr>().unwrap())
+        );
+        // Withdrawing the best falls back; the last withdrawal removes.
+        for id in [5, 4, 3] {
+            assert!(loc.withdraw(&peer(id), &p).is_some());
+        }
+        assert_eq!(loc.withdraw(&peer(2), &p), None, "not the best: no change");
+        assert_eq!(loc.best_for(&p).map(|b| b.peer), Some(peer(1).address));
+        assert_eq!(
+            loc.withdraw(&peer(1), &p),
+            Some(BestChange::Removed { prefix: p })
+        );
+        assert_eq!(loc.withdraw(&peer(1), &p), None);
+    }
+}
