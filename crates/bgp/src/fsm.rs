@@ -209,6 +209,10 @@ pub struct SessionStatus {
     pub prefixes_stale: usize,
     /// Our routes announced to the peer (when established).
     pub prefixes_sent: usize,
+    /// UPDATE messages received (all sessions).
+    pub updates_received: u64,
+    /// ROUTE-REFRESH requests received (all sessions).
+    pub refreshes_received: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
 }
@@ -229,6 +233,8 @@ pub struct Session {
     /// Deadline for the peer's stale routes (restart time, then stale-path time).
     stale_until: Option<Instant>,
     last_error: Option<String>,
+    updates_received: u64,
+    refreshes_received: u64,
 }
 
 /// Which connection survives a collision (RFC 4271 §6.8).
@@ -265,6 +271,8 @@ impl Session {
             retry_at: None,
             stale_until: None,
             last_error: None,
+            updates_received: 0,
+            refreshes_received: 0,
         }
     }
 
@@ -310,6 +318,8 @@ impl Session {
             } else {
                 0
             },
+            updates_received: self.updates_received,
+            refreshes_received: self.refreshes_received,
             last_error: self.last_error.clone(),
         }
     }
@@ -707,10 +717,12 @@ impl Session {
             (State::Established, Message::Keepalive) => self.restart_hold(now),
             (State::Established, Message::Update(u)) => {
                 self.restart_hold(now);
+                self.updates_received += 1;
                 self.update(u, now, out);
             }
             (State::Established, Message::RouteRefresh(Family::Ipv6Unicast)) => {
                 self.restart_hold(now);
+                self.refreshes_received += 1;
                 self.send_all(out);
             }
             (state, m) => {
