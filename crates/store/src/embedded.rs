@@ -161,6 +161,37 @@ struct State {
     disk: Option<DataDir>,
     /// Do not try another snapshot before the log reaches this size (after a failed one).
     next_snapshot_try: u64,
+    /// `Some`: leases expire by this clock instead of the system's.
+    clock: Option<ManualClock>,
+}
+
+/// A clock that moves only when told: lease expiry in tests without waiting for it. Clones
+/// share the time.
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<Instant>>);
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ManualClock {
+    /// A clock standing at the system's time now.
+    pub fn new() -> Self {
+        ManualClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += by;
+    }
+
+    /// The clock's time.
+    pub fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Default for EmbeddedStore {
@@ -189,6 +220,14 @@ impl EmbeddedStore {
     /// An empty in-memory store with these limits.
     pub fn with_options(opts: &EmbeddedOptions) -> Self {
         Self::from_state(State::empty(opts))
+    }
+
+    /// An empty in-memory store whose leases expire by `clock` (they never expire unless it is
+    /// advanced; keep-alives extend them from its time).
+    pub fn with_clock(clock: ManualClock) -> Self {
+        let mut st = State::empty(&EmbeddedOptions::default());
+        st.clock = Some(clock);
+        Self::from_state(st)
     }
 
     /// Opens (creating it if needed) a persistent store in `dir` with the default limits: see
@@ -324,7 +363,8 @@ impl EmbeddedStore {
     /// Locks the state after expiring due leases.
     fn locked(&self) -> MutexGuard<'_, State> {
         let mut st = self.shared.lock();
-        st.expire_due(&self.shared, Instant::now());
+        let now = st.now();
+        st.expire_due(&self.shared, now);
         st
     }
 
@@ -340,7 +380,8 @@ impl EmbeddedStore {
                 std::thread::sleep(REAP_INTERVAL);
                 let Some(shared) = weak.upgrade() else { break };
                 let mut st = shared.lock();
-                st.expire_due(&shared, Instant::now());
+                let now = st.now();
+                st.expire_due(&shared, now);
                 if st.leases.is_empty() {
                     st.reaper_running = false;
                     break;
@@ -366,9 +407,10 @@ impl EmbeddedStore {
 
     pub(crate) async fn keep_alive(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut st = self.locked();
+        let now = st.now();
         match st.leases.get_mut(&lease.id) {
             Some(l) => {
-                l.deadline = Instant::now() + l.ttl;
+                l.deadline = now + l.ttl;
                 Ok(())
             }
             None => Err(StoreError::LeaseExpired(lease.id)),
@@ -590,7 +632,14 @@ impl State {
             reaper_running: false,
             disk: None,
             next_snapshot_try: 0,
+            clock: None,
         }
+    }
+
+    fn now(&self) -> Instant {
+        self.clock
+            .as_ref()
+            .map_or_else(Instant::now, ManualClock::now)
     }
 
     fn check_lease(&self, id: i64) -> Result<(), StoreError> {
@@ -657,11 +706,12 @@ impl State {
                     }
                 }
                 Op::Grant { id, ttl } => {
+                    let deadline = self.now() + ttl;
                     self.leases.insert(
                         id,
                         LeaseEntry {
                             ttl,
-                            deadline: Instant::now() + ttl,
+                            deadline,
                             keys: BTreeSet::new(),
                         },
                     );

@@ -114,8 +114,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use embedded::{
-    EmbeddedOptions, EmbeddedStats, EmbeddedStore, DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES,
-    DEFAULT_LOG_COMPACT_BYTES,
+    EmbeddedOptions, EmbeddedStats, EmbeddedStore, ManualClock, DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES, DEFAULT_LOG_COMPACT_BYTES,
 };
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{
