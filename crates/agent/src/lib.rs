@@ -201,8 +201,11 @@ pub struct Agent {
     /// produced them.
     maps: Mutex<Box<dyn Maps>>,
     plumbing: Arc<dyn Plumbing>,
-    /// Serialises endpoint changes (they span blocking plumbing and store calls).
-    ops: tokio::sync::Mutex<()>,
+    /// Serialises changes of one endpoint name (they span blocking plumbing and store calls);
+    /// changes of different names run in parallel.
+    names: NameLocks,
+    /// Serialises state-file writes (each writes the state as it is when it starts).
+    state_write: Mutex<()>,
     /// Ends the current store session (its lease was found expired outside the session loop).
     session_reset: tokio::sync::Notify,
     observer: Option<InstallObserver>,
@@ -243,6 +246,43 @@ impl<T> AbortOnDrop<T> {
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// One async lock per endpoint name, made on demand and dropped with its last user.
+#[derive(Default)]
+struct NameLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds one name's lock.
+struct NameGuard<'a> {
+    locks: &'a NameLocks,
+    name: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl NameLocks {
+    async fn lock(&self, name: &str) -> NameGuard<'_> {
+        let m = Arc::clone(lock(&self.0).entry(name.to_string()).or_default());
+        let guard = m.lock_owned().await;
+        NameGuard {
+            locks: self,
+            name: name.to_string(),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut map = lock(&self.locks.0);
+        // Only the map holds it: nobody waits for this name.
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
     }
 }
 
@@ -325,7 +365,8 @@ impl Agent {
             plumbing,
             cfg,
             store_cfg,
-            ops: tokio::sync::Mutex::new(()),
+            names: NameLocks::default(),
+            state_write: Mutex::new(()),
             session_reset: tokio::sync::Notify::new(),
             observer,
             telemetry: metrics::Telemetry::default(),
@@ -340,6 +381,7 @@ impl Agent {
     }
 
     fn save_state(&self) -> Result<(), AgentError> {
+        let _writing = lock(&self.state_write);
         let state = {
             let core = lock(&self.core);
             StateFile {
@@ -735,7 +777,7 @@ impl Agent {
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
         let plan = lock(&self.core).plan_add(name, tenant, identifier, &labels)?;
-        let _ops = self.ops.lock().await;
+        let _name = self.names.lock(name).await;
         let (mut store, mut lease) = self.wait_session().await?;
         let id_labels = plan.identity_labels.to_string();
         // Allocation is idempotent: one retry covers a request lost with a dying store member.
@@ -890,7 +932,7 @@ impl Agent {
         name: &str,
         keep_mapping: bool,
     ) -> Result<(), AgentError> {
-        let _ops = self.ops.lock().await;
+        let _name = self.names.lock(name).await;
         let ep = lock(&self.core).endpoint(name)?.clone();
         if !keep_mapping {
             let (store, _) = self.wait_session().await?;

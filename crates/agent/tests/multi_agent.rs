@@ -323,3 +323,45 @@ async fn a_failed_plumbing_leaves_nothing_and_a_duplicate_is_refused() {
         .expect_err("duplicate");
     assert_eq!(err.kind(), agent::ErrorKind::Conflict, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_created_at_once_get_distinct_addresses_and_all_arrive() {
+    let dir = TempDir::new("parallel");
+    let store = EmbeddedStore::new();
+    let h1 = Arc::new(new_host(&store, &dir, 1, LONG));
+    let h2 = new_host(&store, &dir, 2, LONG);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let h1 = Arc::clone(&h1);
+        tasks.push(tokio::spawn(async move {
+            // The same name twice: one of each pair must be refused, never both made.
+            let name = format!("p{}", i / 2);
+            h1.agent
+                .add_endpoint(&name, None, None, false, BTreeMap::new())
+                .await
+        }));
+    }
+    let mut made = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(ep) => made.push(ep),
+            Err(e) => {
+                assert_eq!(e.kind(), agent::ErrorKind::Conflict, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((made.len(), refused), (8, 8));
+    let addrs: std::collections::BTreeSet<_> = made.iter().map(|e| e.sir_addr).collect();
+    assert_eq!(addrs.len(), 8, "distinct addresses");
+    until(&h2, "all eight mappings", |m| {
+        addrs.iter().all(|a| m.out.contains_key(a))
+    })
+    .await;
+    assert_eq!(h1.plumbing.veths().len(), 8);
+    let recorded = std::fs::read_to_string(&h1.cfg.state_file).expect("state");
+    let state: serde_json::Value = serde_json::from_str(&recorded).expect("json");
+    assert_eq!(state["endpoints"].as_array().map(|a| a.len()), Some(8));
+    assert_eq!(state["creating"].as_array().map(|a| a.len()), Some(0));
+}
