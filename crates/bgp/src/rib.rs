@@ -183,7 +183,9 @@ pub fn compare(a: (&PeerKey, &Route), b: (&PeerKey, &Route)) -> Ordering {
 /// The Loc-RIB: candidates per prefix from every peer, and the best of them.
 #[derive(Debug, Clone, Default)]
 pub struct LocRib {
-    candidates: BTreeMap<Ipv6Net, BTreeMap<PeerKey, Route>>,
+    /// Keyed by peer address, so a peer that comes back with another router id replaces its
+    /// own candidates instead of adding a second set.
+    candidates: BTreeMap<Ipv6Net, BTreeMap<IpAddr, (PeerKey, Route)>>,
     best: BTreeMap<Ipv6Net, BestRoute>,
 }
 
@@ -194,14 +196,14 @@ impl LocRib {
         self.candidates
             .entry(prefix)
             .or_default()
-            .insert(peer, route);
+            .insert(peer.address, (peer, route));
         self.reselect(prefix)
     }
 
     /// Removes `peer`'s route for `prefix`; returns the best-route change, if any.
     pub fn withdraw(&mut self, peer: &PeerKey, prefix: &Ipv6Net) -> Option<BestChange> {
         let c = self.candidates.get_mut(prefix)?;
-        c.remove(peer)?;
+        c.remove(&peer.address)?;
         if c.is_empty() {
             self.candidates.remove(prefix);
         }
@@ -210,8 +212,8 @@ impl LocRib {
 
     fn reselect(&mut self, prefix: Ipv6Net) -> Option<BestChange> {
         let best = self.candidates.get(&prefix).and_then(|c| {
-            c.iter()
-                .min_by(|a, b| compare(*a, *b))
+            c.values()
+                .min_by(|a, b| compare((&a.0, &a.1), (&b.0, &b.1)))
                 .map(|(k, r)| BestRoute {
                     prefix,
                     next_hop: r.next_hop,

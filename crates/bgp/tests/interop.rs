@@ -399,6 +399,19 @@ async fn capture(net: &Net, d: &dyn Daemon) {
     );
 }
 
+/// Waits (10 s at most) until the daemon answers its CLI.
+fn wait_up(net: &Net, what: &str, mut up: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !up() {
+        assert!(
+            Instant::now() < end,
+            "{what} did not come up:\n{}",
+            net.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Captures with the daemon's prefix originated (so an UPDATE with NLRI is in the corpus),
 /// then leaves it withdrawn for the scenario.
 async fn with_capture(net: &Net, d: &dyn Daemon) {
@@ -557,15 +570,7 @@ fn start_gobgp(net: &mut Net, passive: bool) -> Gobgp {
 async fn gobgp_interop() {
     let mut net = Net::new("gobgp");
     let g = start_gobgp(&mut net, false);
-    let end = Instant::now() + Duration::from_secs(10);
-    while !g.cli(&net, &["global"]).status.success() {
-        assert!(
-            Instant::now() < end,
-            "gobgpd did not come up:\n{}",
-            net.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_up(&net, "gobgpd", || g.cli(&net, &["global"]).status.success());
     with_capture(&net, &g).await;
     scenario(&mut net, &g, false).await;
 }
@@ -663,11 +668,9 @@ fn start_frr(net: &mut Net, passive: bool) -> Frr {
 async fn frr_interop() {
     let mut net = Net::new("frr");
     let f = start_frr(&mut net, false);
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f.vtysh(&net, &["show bgp summary"]).status.success() {
-        assert!(Instant::now() < end, "bgpd did not come up:\n{}", net.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_up(&net, "bgpd", || {
+        f.vtysh(&net, &["show bgp summary"]).status.success()
+    });
     with_capture(&net, &f).await;
     scenario(&mut net, &f, false).await;
 }

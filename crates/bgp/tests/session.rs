@@ -26,6 +26,14 @@ fn ebgp_pair() -> Pair {
     Pair::new(a, b)
 }
 
+/// A announces `prefix` with next hop fd00::1.
+fn announce_a(pr: &mut Pair, prefix: &str) {
+    pr.a_in(Input::Announce {
+        prefix: p(prefix),
+        next_hop: ip("fd00::1"),
+    });
+}
+
 fn learned(events: &[Output]) -> Vec<Ipv6Net> {
     events
         .iter()
@@ -85,10 +93,7 @@ fn connect_failure_and_retry_timer() {
 #[test]
 fn routes_announced_learned_and_withdrawn_with_ebgp_attributes() {
     let mut pr = ebgp_pair();
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     assert!(pr.both_established());
     assert_eq!(learned(&pr.b_events), vec![p("2001:db8:1::/64")]);
@@ -102,10 +107,7 @@ fn routes_announced_learned_and_withdrawn_with_ebgp_attributes() {
     assert_eq!(route.attrs.first_as(), Some(A_AS), "eBGP prepends our AS");
     assert_eq!(route.attrs.local_pref, None, "no LOCAL_PREF on eBGP");
     // An announcement while established goes out at once; so does a withdrawal.
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:2::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:2::/64");
     assert_eq!(pr.b.adj_rib_in().len(), 2);
     pr.a_in(Input::Withdraw(p("2001:db8:1::/64")));
     assert_eq!(withdrawn(&pr.b_events), vec![p("2001:db8:1::/64")]);
@@ -117,10 +119,7 @@ fn ibgp_sends_local_pref_and_empty_path() {
     let a = cfg(A_AS, 1, A_AS, "fd00::2");
     let b = cfg(A_AS, 2, A_AS, "fd00::1");
     let mut pr = Pair::new(a, b);
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     assert!(
         pr.both_established(),
@@ -164,10 +163,7 @@ fn hold_time_zero_means_no_timers() {
 #[test]
 fn hold_timer_expiry_sends_notification_and_flushes() {
     let mut pr = ebgp_pair();
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     // A goes silent (frozen): only B's timers run.
     pr.now += Duration::from_secs(91);
@@ -233,10 +229,7 @@ fn graceful_restart_timer_expiry_flushes_stale_routes() {
     let mut b = cfg(B_AS, 2, A_AS, "fd00::1");
     b.passive = true;
     let mut pr = Pair::new(a, b);
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     pr.b_in(Input::TcpClosed);
     pr.now += Duration::from_secs(29);
@@ -256,10 +249,7 @@ fn without_graceful_restart_routes_go_at_once() {
     let mut b = cfg(B_AS, 2, A_AS, "fd00::1");
     b.passive = true;
     let mut pr = Pair::new(a, b);
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     assert!(!pr.b.status(pr.now).graceful_restart);
     pr.b_in(Input::TcpClosed);
@@ -269,10 +259,7 @@ fn without_graceful_restart_routes_go_at_once() {
 #[test]
 fn route_refresh_resends_routes() {
     let mut pr = ebgp_pair();
-    pr.a_in(Input::Announce {
-        prefix: p("2001:db8:1::/64"),
-        next_hop: ip("fd00::1"),
-    });
+    announce_a(&mut pr, "2001:db8:1::/64");
     pr.establish();
     let before = pr.a_sent.len();
     pr.b_in(Input::RequestRefresh);
