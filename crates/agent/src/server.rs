@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::{Request, Response};
-use crate::{Agent, AgentError};
+use crate::{Agent, AgentError, ErrorKind};
 
 /// Longest request line accepted: most requests are a few hundred bytes, but a policy file
 /// with 100,000 rules (the rule-count benchmark) is several megabytes.
@@ -63,9 +63,12 @@ pub async fn serve(agent: Arc<Agent>) -> Result<(), AgentError> {
             tokio::spawn(async move {
                 let _ = reply(
                     &mut conn,
-                    &Response::Error(format!(
-                        "agent busy: {MAX_CONNECTIONS} API connections are open; try again"
-                    )),
+                    &Response::error(
+                        ErrorKind::Busy,
+                        format!(
+                            "agent busy: {MAX_CONNECTIONS} API connections are open; try again"
+                        ),
+                    ),
                 )
                 .await;
             });
@@ -87,7 +90,7 @@ enum LineError {
     /// The peer closed or broke the connection, or went idle.
     Closed,
     /// Too long, too slow, or over the shared buffer budget: answered, then closed.
-    Refused(String),
+    Refused(ErrorKind, String),
 }
 
 /// Reads one request line, holding buffer permits for its bytes (released with the line).
@@ -110,9 +113,10 @@ async fn read_line(
         }
         scanned = line.len();
         if line.len() > MAX_LINE {
-            return Err(LineError::Refused(format!(
-                "request longer than {MAX_LINE} bytes"
-            )));
+            return Err(LineError::Refused(
+                ErrorKind::BadRequest,
+                format!("request longer than {MAX_LINE} bytes"),
+            ));
         }
         let wait = match started {
             None if line.is_empty() => IDLE_TIMEOUT,
@@ -125,9 +129,10 @@ async fn read_line(
         let n = match tokio::time::timeout(wait, conn.read(&mut chunk)).await {
             Err(_) if line.is_empty() => return Err(LineError::Closed),
             Err(_) => {
-                return Err(LineError::Refused(format!(
-                    "request not complete after {READ_TIMEOUT:?}"
-                )))
+                return Err(LineError::Refused(
+                    ErrorKind::BadRequest,
+                    format!("request not complete after {READ_TIMEOUT:?}"),
+                ))
             }
             Ok(Err(_)) | Ok(Ok(0)) => return Err(LineError::Closed),
             Ok(Ok(n)) => n,
@@ -138,11 +143,12 @@ async fn read_line(
         let want = n.div_ceil(PERMIT_BYTES) as u32;
         match Arc::clone(budget).try_acquire_many_owned(want) {
             Ok(p) => permits.push(p),
-            Err(_) => {
-                return Err(LineError::Refused(format!(
+            Err(_) => return Err(LineError::Refused(
+                ErrorKind::Busy,
+                format!(
                     "agent busy: unfinished requests already hold {MAX_BUFFERED} bytes; try again"
-                )))
-            }
+                ),
+            )),
         }
         line.extend_from_slice(&chunk[..n]);
     }
@@ -150,7 +156,10 @@ async fn read_line(
 
 async fn reply(conn: &mut UnixStream, response: &Response) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(response).unwrap_or_else(|e| {
-        format!("{{\"error\":\"cannot encode the response: {e}\"}}").into_bytes()
+        let message = format!("cannot encode the response: {e}");
+        serde_json::json!({"error": {"kind": "internal", "message": message}})
+            .to_string()
+            .into_bytes()
     });
     out.push(b'\n');
     conn.write_all(&out).await
@@ -166,8 +175,8 @@ async fn handle(
         let (line, permits) = match read_line(&mut conn, &mut pending, &budget).await {
             Ok(l) => l,
             Err(LineError::Closed) => return Ok(()),
-            Err(LineError::Refused(msg)) => {
-                return reply(&mut conn, &Response::Error(msg)).await;
+            Err(LineError::Refused(kind, msg)) => {
+                return reply(&mut conn, &Response::error(kind, msg)).await;
             }
         };
         let parsed = serde_json::from_slice::<Request>(line.trim_ascii_end());
@@ -175,7 +184,7 @@ async fn handle(
         drop(permits);
         let response = match parsed {
             Ok(req) => dispatch(&agent, req).await,
-            Err(e) => Response::Error(format!("bad request: {e}")),
+            Err(e) => Response::error(ErrorKind::BadRequest, format!("bad request: {e}")),
         };
         reply(&mut conn, &response).await?;
     }
@@ -184,7 +193,10 @@ async fn handle(
 fn ok<T: serde::Serialize>(v: T) -> Response {
     match serde_json::to_value(v) {
         Ok(v) => Response::Ok(v),
-        Err(e) => Response::Error(format!("cannot encode the response: {e}")),
+        Err(e) => Response::error(
+            ErrorKind::Internal,
+            format!("cannot encode the response: {e}"),
+        ),
     }
 }
 
@@ -252,5 +264,5 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
         let ok = matches!(result, Ok(Response::Ok(_)));
         agent.telemetry().count_cni(verb, ok);
     }
-    result.unwrap_or_else(|e| Response::Error(e.to_string()))
+    result.unwrap_or_else(|e| Response::error(e.kind(), e.to_string()))
 }

@@ -176,7 +176,7 @@ fn request_was_sent(reason: &str) -> bool {
 /// Maps an agent client error to a CNI error for `command`.
 pub fn agent_error(command: Command, e: ClientError) -> CniError {
     match e {
-        ClientError::Refused(why) => CniError::new(
+        ClientError::Refused { message: why, .. } => CniError::new(
             code::AGENT_REFUSED,
             format!("the ilanet agent refused {}", command.as_str()),
             why,

@@ -137,9 +137,10 @@ fn add_error_mapping() {
     );
     assert_eq!(out_json(&o)["code"], json!(11));
     // Refused: the agent's reason in details.
-    let o =
-        run(&mut Fake::new("ADD", CONF)
-            .reply(Err(ClientError::Refused("unknown tenant blue".into()))));
+    let o = run(&mut Fake::new("ADD", CONF).reply(Err(ClientError::Refused {
+        kind: agent::ErrorKind::BadRequest,
+        message: "unknown tenant blue".into(),
+    })));
     let e = out_json(&o);
     assert_eq!(e["code"], json!(100));
     assert_eq!(e["details"], json!("unknown tenant blue"));
@@ -327,7 +328,10 @@ proptest! {
             0 => None,
             1 => Some(Ok(Value::Null)),
             2 => Some(Ok(attachment())),
-            3 => Some(Err(ClientError::Refused("no".into()))),
+            3 => Some(Err(ClientError::Refused {
+                kind: agent::ErrorKind::Internal,
+                message: "no".into(),
+            })),
             _ => Some(Ok(json!({"host":"h","store_connected":true,"removed":[]}))),
         };
         let mut f = Fake { env, stdin, reply, sent: Vec::new(), own_netns: false };
