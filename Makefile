@@ -16,10 +16,11 @@ build: setup
 demo: build
 	./target/release/ilanet demo
 
-## test: formatting, lints, then every test (unit, BPF_PROG_TEST_RUN, namespaces; needs root)
+## test: formatting, lints, then every test (unit, BPF_PROG_TEST_RUN, namespaces; needs root).
+## Without root, `cargo test` runs the pure tests and lists the others as ignored ("needs root: …").
 test: setup lint
 	@[ "$$(id -u)" -eq 0 ] || { echo "make test needs root (network namespaces, eBPF): sudo make test" >&2; exit 1; }
-	$(CARGO) test --workspace -- --test-threads=2
+	$(CARGO) test --workspace -- --include-ignored --test-threads=2
 
 lint:
 	$(CARGO) fmt --all -- --check

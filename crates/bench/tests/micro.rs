@@ -4,6 +4,7 @@ use bench::micro;
 use dataplane::ProgramKind;
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn microbench_covers_every_configuration() {
     let r = micro::run(1000).expect("benchmark runs and every hit really hits");
     assert_eq!(r.len(), 2 * 3 * 2 + 6);

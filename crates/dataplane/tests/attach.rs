@@ -38,6 +38,7 @@ fn child_attach() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn pinned_link_survives_exit() {
     let pins = PinDir::new("survive");
     let veth = Veth::new();
@@ -83,6 +84,7 @@ fn pinned_link_survives_exit() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn reload_reuses_maps_and_replaces_link() {
     let pins = PinDir::new("reload");
     let veth = Veth::new();
@@ -135,6 +137,7 @@ fn reload_reuses_maps_and_replaces_link() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn attach_after_interface_recreated() {
     let pins = PinDir::new("recreate");
     let veth = Veth::new();
@@ -158,6 +161,7 @@ fn attach_after_interface_recreated() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn unpinned_attach_detaches_on_drop() {
     let veth = Veth::new();
     {
@@ -182,6 +186,7 @@ fn programs_after_release(ifname: &str) -> Vec<u64> {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn attach_rejects_bad_names() {
     let pins = PinDir::new("names");
     let mut dp = HostDataplane::load(&pins.0).expect("load");
@@ -195,6 +200,7 @@ fn attach_rejects_bad_names() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn remove_pins_refuses_non_bpffs() {
     let dir = std::env::temp_dir().join(unique("ilanet-notbpffs-"));
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -206,6 +212,7 @@ fn remove_pins_refuses_non_bpffs() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF programs, bpffs pins, network namespaces"]
 fn load_rebuilds_prefix_filters() {
     use aya::maps::{Array, Map, MapData};
     let pins = PinDir::new("filters");

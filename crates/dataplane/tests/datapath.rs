@@ -64,6 +64,7 @@ fn only_dst_and_csum_changed(orig: &[u8], out: &[u8]) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn scenario_addresses_are_consistent() {
     // Guards the test setup itself: the ila crate's mapping must round-trip and differ.
     for mode in ChecksumMode::ALL {
@@ -74,6 +75,7 @@ fn scenario_addresses_are_consistent() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn l4_translation_every_mode() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();
@@ -150,6 +152,7 @@ fn l4_translation_every_mode() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn udp_zero_checksum_stays_zero() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();
@@ -171,6 +174,7 @@ fn udp_zero_checksum_stays_zero() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn extension_headers_before_tcp() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();
@@ -195,6 +199,7 @@ fn extension_headers_before_tcp() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn fragments() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();
@@ -232,6 +237,7 @@ fn fragments() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn miss_and_ipv4_pass_unchanged() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::AdjTransport);
@@ -287,6 +293,7 @@ fn miss_and_ipv4_pass_unchanged() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn malformed_ipv6_dropped() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::NeutralMap);
@@ -332,6 +339,7 @@ fn malformed_ipv6_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn truncated_l4_header() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();
@@ -374,6 +382,7 @@ fn truncated_l4_header() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn other_next_header_translated_without_fix() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::AdjTransport);
@@ -392,6 +401,7 @@ fn other_next_header_translated_without_fix() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn local_destination_untouched() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::NeutralMap);
@@ -421,6 +431,7 @@ fn local_destination_untouched() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn redirect_rewrites_l2() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::NeutralMap);
@@ -449,6 +460,7 @@ fn redirect_rewrites_l2() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn trace_events_carry_addresses() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::AdjTransport);
@@ -514,6 +526,7 @@ fn trace_events_carry_addresses() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn map_api_roundtrip() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::NeutralMap);
@@ -570,6 +583,7 @@ fn map_api_roundtrip() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn repeat_reports_duration() {
     let mut dp = dp();
     let s = Scenario::new(ChecksumMode::NeutralMap);
@@ -604,6 +618,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
+    #[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
     fn prop_round_trip_and_checksum(
         mode in mode_strategy(),
         nh in proto_strategy(),
@@ -642,6 +657,7 @@ thread_local! {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn chain_longer_than_the_walk() {
     for mode in ChecksumMode::ALL {
         let mut dp = dp();

@@ -529,6 +529,7 @@ const PORTS: [(u8, u16); 11] = [
 ];
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn every_flow_matches_the_reference_evaluator() {
     let mut net = Net::new(FIXTURE);
     let ids: Vec<u64> = net.eps.iter().map(|e| e.ep.id.0).collect();
@@ -619,6 +620,7 @@ fn every_flow_matches_the_reference_evaluator() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn spoofed_sources_are_dropped() {
     let mut net = Net::new(FIXTURE);
     let web = 1;
@@ -662,6 +664,7 @@ fn spoofed_sources_are_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn replies_pass_on_conntrack_although_ingress_denies() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -783,6 +786,7 @@ fn replies_pass_on_conntrack_although_ingress_denies() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn icmp_echo_reply_and_related_errors_pass() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -859,6 +863,7 @@ fn icmp_echo_reply_and_related_errors_pass() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn local_destination_gets_its_ingress_policy_in_from_container() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -920,6 +925,7 @@ fn local_destination_gets_its_ingress_policy_in_from_container() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn wire_packets_to_a_local_sir_are_policed_too() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -945,6 +951,7 @@ fn wire_packets_to_a_local_sir_are_policed_too() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn fail_closed_without_endpoint_or_policy_entry() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -986,6 +993,7 @@ fn fail_closed_without_endpoint_or_policy_entry() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn neighbour_discovery_passes_and_bad_l4_is_dropped() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -1041,6 +1049,7 @@ fn neighbour_discovery_passes_and_bad_l4_is_dropped() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn enforce_off_is_translation_only() {
     let mut net = Net::new(FIXTURE);
     let (web_sir, web_if, admin_sir) = (net.ep(1).sir(), net.ep(1).ifindex, net.ep(4).sir());
@@ -1082,6 +1091,7 @@ fn enforce_off_is_translation_only() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn drain_events_keeps_translations_only() {
     let mut net = Net::new(FIXTURE);
     net.reset();
@@ -1168,6 +1178,7 @@ impl Lcg {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn hand_written_entries_follow_the_abi_lookup_order() {
     const EP: u32 = 1000;
     let peers = [0u32, 1, 1001, 1002, 1003];
@@ -1301,6 +1312,7 @@ fn hand_written_entries_follow_the_abi_lookup_order() {
 }
 
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn map_api_roundtrip() {
     let mut dp = load();
     let m = dp.maps();
@@ -1538,6 +1550,7 @@ fn chain_of(first: u8, n_dstopts: usize) -> Vec<u8> {
 /// Issue 9: a SYN to a denied port behind 9 or more extension headers was classified as
 /// protocol 60 port 0, matched the any-protocol allow and created conntrack state.
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn long_extension_header_chains_fail_closed() {
     let mut net = exthdr_net();
     let chains = [
@@ -1591,6 +1604,7 @@ fn long_extension_header_chains_fail_closed() {
 /// Non-first fragments carry no L4 header and fragments are not tracked: under enforcement
 /// every one is dropped with its own reason, also when the first fragment opened a flow.
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn non_first_fragments_fail_closed() {
     let mut net = exthdr_net();
     for hop in HOPS {
@@ -1674,6 +1688,7 @@ fn non_first_fragments_fail_closed() {
 /// running past the payload, a first fragment too short for the TCP header: all dropped as
 /// unclassified, even to an allowed port.
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn truncated_headers_fail_closed() {
     let mut net = exthdr_net();
     for hop in HOPS {
@@ -1800,6 +1815,7 @@ fn client_to_server(
 /// the allowed port passes with conntrack state on the flow's real ports, the port deny
 /// still applies.
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn short_extension_header_chains_are_classified() {
     let mut net = exthdr_net();
     let mut chains: Vec<Vec<u8>> = (1..=8).map(dstopts).collect();
@@ -1854,6 +1870,7 @@ fn short_extension_header_chains_are_classified() {
 /// The Authentication Header is an extension header (RFC 4302): the walk steps over it to
 /// the TCP header instead of classifying the packet as protocol 51.
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn authentication_header_is_walked_to_the_l4_header() {
     let mut net = exthdr_net();
     for server in [SERVER_B, SERVER_A] {
@@ -1880,6 +1897,7 @@ fn authentication_header_is_walked_to_the_l4_header() {
 /// Without enforcement the data path only translates: a chain it cannot walk is still
 /// forwarded (neutral-map mode never reads L4).
 #[test]
+#[ignore = "needs root: eBPF (BPF_PROG_TEST_RUN)"]
 fn enforce_off_forwards_long_chains() {
     let mut net = exthdr_net();
     net.a.maps().set_enforce(false).expect("off");

@@ -172,6 +172,7 @@ fn start_agent(lab: &str, extra: &[&str]) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn etcd_lab_converges_and_survives_a_dead_member() {
     let name = lab_name("etcd");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
@@ -192,6 +193,7 @@ fn etcd_lab_converges_and_survives_a_dead_member() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn a_dead_hosts_mappings_are_withdrawn_after_its_lease() {
     let name = lab_name("lease");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
@@ -216,6 +218,7 @@ fn a_dead_hosts_mappings_are_withdrawn_after_its_lease() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn a_moved_endpoint_is_reached_at_the_same_address() {
     let name = lab_name("move");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
@@ -257,6 +260,7 @@ fn a_moved_endpoint_is_reached_at_the_same_address() {
 
 /// A TCP echo stream that runs until stopped and reports bytes verified, or the first error.
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn restarting_an_agent_keeps_a_tcp_stream_and_converges_again() {
     let name = lab_name("restart");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
@@ -300,6 +304,7 @@ fn restarting_an_agent_keeps_a_tcp_stream_and_converges_again() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn restarting_the_embedded_agents_keeps_a_tcp_stream() {
     let name = lab_name("emb");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
@@ -330,6 +335,7 @@ fn restarting_the_embedded_agents_keeps_a_tcp_stream() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn store_outage_keeps_the_data_path_and_refuses_changes_cleanly() {
     let name = lab_name("outage");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
@@ -381,6 +387,7 @@ fn store_outage_keeps_the_data_path_and_refuses_changes_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn an_agent_started_without_a_store_retries_and_says_why() {
     let name = lab_name("nostore");
     let (_c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
@@ -409,6 +416,7 @@ fn an_agent_started_without_a_store_retries_and_says_why() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn malformed_store_records_are_skipped_by_key() {
     let name = lab_name("junk");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
@@ -435,6 +443,7 @@ fn malformed_store_records_are_skipped_by_key() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn bad_requests_are_refused_and_change_nothing() {
     let name = lab_name("bad");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Embedded, 10);
@@ -515,6 +524,7 @@ fn policy_eps(lab: &str, host: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn restarting_the_embedded_agent_keeps_policies_identities_and_new_flows() {
     let name = lab_name("persist");
     let (_c, plan) = up(&name, 2, 0, StoreKind::Embedded, 10);
@@ -595,6 +605,7 @@ fn restarting_the_embedded_agent_keeps_policies_identities_and_new_flows() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn an_agent_started_by_hand_is_stopped_by_lab_down() {
     let name = lab_name("hand");
     let (c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
@@ -630,6 +641,7 @@ fn an_agent_started_by_hand_is_stopped_by_lab_down() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn a_flood_of_connections_leaves_the_agent_serving() {
     let name = lab_name("flood");
     let (_c, _plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
@@ -715,6 +727,7 @@ fn netns_with_prefix(prefix: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn sigkill_during_endpoint_add_leaves_no_namespace_behind() {
     let name = lab_name("kill9");
     let (c, plan) = up(&name, 1, 0, StoreKind::Embedded, 10);
@@ -756,6 +769,7 @@ fn sigkill_during_endpoint_add_leaves_no_namespace_behind() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn endpoint_names_that_clash_say_what_they_clash_with() {
     let name = lab_name("clash");
     let (_c, _plan) = up(&name, 2, 0, StoreKind::Embedded, 10);
@@ -807,6 +821,7 @@ fn endpoint_names_that_clash_say_what_they_clash_with() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn records_deleted_behind_the_owners_back_are_written_again() {
     let name = lab_name("reassert");
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 10);
@@ -832,6 +847,7 @@ fn records_deleted_behind_the_owners_back_are_written_again() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
 fn a_namespace_cut_between_its_file_and_its_mount_is_removed_on_restart() {
     let name = lab_name("half");
     let (_c, plan) = up(&name, 1, 0, StoreKind::Embedded, 10);

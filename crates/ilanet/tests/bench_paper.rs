@@ -14,6 +14,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, iperf3, iptables"]
 fn bench_paper_quick_writes_results_for_every_available_scenario() {
     let out = temp_dir("paper");
     // Smaller than --quick: 2 rounds of 3 s (one warm-up interval dropped) keep this under a
@@ -101,6 +102,7 @@ fn bench_paper_quick_writes_results_for_every_available_scenario() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, iperf3, iptables"]
 fn bench_rules_quick_measures_iptables_and_ebpf_side_by_side() {
     let out = temp_dir("rules");
     let status = Command::new(env!("CARGO_BIN_EXE_ilanet"))

@@ -30,6 +30,7 @@ impl Drop for Cleanup {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn lab_outlives_the_process_that_built_it() {
     let name = lab_name("cli");
     let _cleanup = Cleanup(name.clone());
@@ -89,6 +90,7 @@ fn lab_outlives_the_process_that_built_it() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn demo_checks_every_cross_site_pair() {
     let name = lab_name("demo");
     let _cleanup = Cleanup(name.clone());
@@ -139,6 +141,7 @@ fn bad_input_is_refused_with_the_reason() {
 }
 
 #[test]
+#[ignore = "needs root: setpriv, to run the CLI as an unprivileged user"]
 fn non_root_is_a_clear_error() {
     let o = Command::new("setpriv")
         .args([

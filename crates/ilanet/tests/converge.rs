@@ -22,6 +22,7 @@ fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn converge_bench_measures_every_endpoint_and_leaves_no_lab() {
     let before = LabState::list().expect("list labs");
     let started = Instant::now();

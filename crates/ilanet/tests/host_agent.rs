@@ -130,6 +130,7 @@ fn ilanet(args: &[&str]) -> Output {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn a_host_agent_runs_from_its_config_and_keeps_policies_across_restarts() {
     let mut m = Machine::new("cfg");
     // A wrong uplink is refused, naming the field and what the host has.

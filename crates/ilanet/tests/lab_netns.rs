@@ -89,22 +89,26 @@ fn run_mode(tag: &str, mode: ChecksumMode) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn neutral_map_lab_reaches_every_pair() {
     run_mode("nm", ChecksumMode::NeutralMap);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn adj_transport_lab_reaches_every_pair() {
     run_mode("at", ChecksumMode::AdjTransport);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn no_action_lab_reaches_every_pair() {
     // The checksum is wrong on the wire only; the receiver's reverse translation restores it.
     run_mode("na", ChecksumMode::NoAction);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn second_up_is_refused_and_down_is_idempotent() {
     let name = lab_name("idem");
     let _cleanup = Cleanup(name.clone());
@@ -130,6 +134,7 @@ fn second_up_is_refused_and_down_is_idempotent() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn foreign_namespace_is_never_touched() {
     let name = lab_name("clash");
     let _cleanup = Cleanup(name.clone());
@@ -160,6 +165,7 @@ fn foreign_namespace_is_never_touched() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn down_removes_a_half_built_lab_from_its_record() {
     // A crash during `lab up` leaves a record in the Creating phase with the namespaces made so
     // far; `down` must remove exactly those.

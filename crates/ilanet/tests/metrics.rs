@@ -328,6 +328,7 @@ fn series(exposition: &str, name_and_labels: &str) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, prometheus"]
 fn the_agent_serves_metrics_that_prometheus_scrapes() {
     assert!(
         Path::new(PROMETHEUS).exists(),

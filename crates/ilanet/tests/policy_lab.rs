@@ -191,6 +191,7 @@ fn reference_endpoints(eps: &[Ep]) -> Vec<Endpoint> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn listing10_allows_only_service1_to_service1_on_tcp_5201() {
     let (_c, lab) = lab_up("l10", 1);
     let s1 = add(&lab, "s1", "site1", 1, "service1");
@@ -353,6 +354,7 @@ fn random_policy(rng: &mut Rng, name: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn real_reachability_equals_the_reference_for_random_policies() {
     let (_c, lab) = lab_up("prop", 2);
     let eps = vec![
@@ -454,6 +456,7 @@ fn real_reachability_equals_the_reference_for_random_policies() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF"]
 fn spoofing_and_cross_tenant_traffic_are_dropped_and_traced() {
     let (_c, lab) = lab_up("spoof", 2);
     let a1 = add(&lab, "a1", "site1", 1, "web");
