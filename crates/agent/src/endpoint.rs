@@ -150,6 +150,49 @@ pub fn check(cfg: &AgentConfig, ep: &LocalEndpoint) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Durations of the steps of one plumbing operation, logged at debug level (what `bench cni`
+/// figures are made of).
+struct Steps {
+    what: String,
+    last: std::time::Instant,
+    parts: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn new(what: String) -> Self {
+        Self {
+            what,
+            last: std::time::Instant::now(),
+            parts: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.parts.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl Drop for Steps {
+    fn drop(&mut self) {
+        if log::log_enabled!(log::Level::Debug) {
+            let total: std::time::Duration = self.parts.iter().map(|p| p.1).sum();
+            let parts: Vec<String> = self
+                .parts
+                .iter()
+                .map(|(s, d)| format!("{s} {:.2}", d.as_secs_f64() * 1e3))
+                .collect();
+            log::debug!(
+                "{}: {:.2} ms ({} ms)",
+                self.what,
+                total.as_secs_f64() * 1e3,
+                parts.join(", ")
+            );
+        }
+    }
+}
+
 /// Namespace name of an endpoint.
 pub fn netns_name(cfg: &AgentConfig, name: &str) -> String {
     format!("{}-{name}", cfg.netns_prefix)
@@ -186,8 +229,11 @@ pub fn create(
     labels: std::collections::BTreeMap<String, String>,
     identity: u32,
 ) -> Result<LocalEndpoint, AgentError> {
+    let mut steps = Steps::new(format!("plumbing endpoint '{name}'"));
     let host_if = host_ifname(name);
-    if link::ifindex_in(&cfg.host_netns, &host_if).is_ok() {
+    // One driver for the whole endpoint: one socket per namespace, each opened once.
+    let nl = Netlink::new()?;
+    if nl.link_index(&cfg.host_netns, &host_if)?.is_some() {
         return Err(AgentError::Invalid(format!(
             "interface {host_if} for endpoint '{name}' already exists on host '{}'",
             cfg.host
@@ -217,7 +263,7 @@ pub fn create(
                     "container namespace {path} does not exist"
                 )));
             }
-            if link::ifindex_in(path, ifname).is_ok() {
+            if nl.link_index(path, ifname)?.is_some() {
                 return Err(AgentError::Invalid(format!(
                     "interface {ifname} already exists in container namespace {path}"
                 )));
@@ -225,11 +271,11 @@ pub fn create(
             (path.clone(), ifname.clone(), Some(container_id.clone()))
         }
     };
+    steps.mark("checks+netns");
     let owns_netns = container_id.is_none();
     let (mac, host_mac) = macs(name);
     let built = (|| -> Result<u32, AgentError> {
-        let nl = Netlink::new()?;
-        nl.plumb_endpoint(&EndpointLink {
+        let ifindex = nl.plumb(&EndpointLink {
             host_netns: &cfg.host_netns,
             netns: &ns,
             host_ifname: &host_if,
@@ -238,12 +284,13 @@ pub fn create(
             ifname: &ifname,
             addr: sir_addr,
         })?;
-        let ifindex = link::ifindex_in(&cfg.host_netns, &host_if)?;
+        steps.mark("plumb");
         netns::run_in(&cfg.host_netns, || {
             crate::lock(dp)
                 .attach(ProgramKind::FromContainer, &host_if)
                 .map_err(AgentError::from)
         })?;
+        steps.mark("attach");
         Ok(ifindex)
     })();
     match built {
@@ -320,12 +367,17 @@ pub fn remove_unfinished(cfg: &AgentConfig, p: &crate::PendingEndpoint) {
 /// Removes an endpoint's namespace (its veth pair goes with it) and pinned link; of an
 /// endpoint in a runtime's namespace only the veth pair and the pin.
 pub fn destroy(cfg: &AgentConfig, ep: &LocalEndpoint) -> Result<(), AgentError> {
+    let mut steps = Steps::new(format!("removing endpoint '{}'", ep.name));
     if ep.container_id.is_some() {
         Netlink::new()?.del_link(&cfg.host_netns, &ep.host_ifname)?;
+        steps.mark("veth");
     } else {
         netns::delete(&ep.netns)?;
+        steps.mark("netns");
     }
-    remove_link_pin(cfg, &ep.host_ifname)
+    let r = remove_link_pin(cfg, &ep.host_ifname);
+    steps.mark("pin");
+    r
 }
 
 fn destroy_parts(cfg: &AgentConfig, ns: &str, ifname: &str) {

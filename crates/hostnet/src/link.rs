@@ -1,5 +1,7 @@
 //! Links, addresses and routes through rtnetlink, inside a chosen namespace.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
@@ -11,10 +13,27 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 use crate::netns::{self, NetnsGuard};
 use crate::NetError;
 
-/// A netlink session bound to one namespace (the socket is opened inside it).
+/// A netlink driver: one small single-threaded runtime, and one netlink socket per namespace
+/// it has worked in, opened inside that namespace the first time and reused for every later
+/// request there (a socket stays bound to the namespace it was created in, so only opening it
+/// needs `setns`). Keep one for a batch of work; drop it when done: each socket holds a
+/// reference to its namespace, which the kernel frees only once no socket uses it.
 pub struct Netlink {
     runtime: tokio::runtime::Runtime,
+    sessions: RefCell<HashMap<String, Session>>,
 }
+
+/// A socket opened inside one namespace, and which namespace that was (device and inode of
+/// the namespace file: a name can be reused by a later namespace).
+struct Session {
+    id: (u64, u64),
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Sockets a [`Netlink`] keeps open at most; the oldest is closed beyond (bounds the
+/// namespaces one driver keeps alive).
+const MAX_SESSIONS: usize = 64;
 
 fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> NetError {
     move |source| NetError::Netlink {
@@ -23,8 +42,25 @@ fn nl_err(what: String) -> impl FnOnce(rtnetlink::Error) -> NetError {
     }
 }
 
+/// Device and inode of a namespace file: which namespace a path names now.
+fn ns_id(ns: &str) -> Result<(u64, u64), NetError> {
+    use std::os::unix::fs::MetadataExt;
+    let p = netns::path(ns);
+    let m = std::fs::metadata(&p).map_err(|source| NetError::Os {
+        what: format!("opening namespace '{ns}'"),
+        source,
+    })?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Whether a netlink error is the kernel's "no such device".
+fn is_enodev(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.map(|c| c.get()) == Some(-libc::ENODEV))
+}
+
 impl Netlink {
-    /// A netlink driver (one small single-threaded runtime, reused for every request).
+    /// A netlink driver.
     pub fn new() -> Result<Self, NetError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -33,7 +69,67 @@ impl Netlink {
                 what: "starting the netlink runtime".into(),
                 source,
             })?;
-        Ok(Self { runtime })
+        Ok(Self {
+            runtime,
+            sessions: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// The socket of namespace `ns`, opened on first use; `inside` runs while the thread is in
+    /// the namespace to open it (sysctls are per namespace of the writer), or right away in it
+    /// if the socket is already open.
+    fn handle_with(
+        &self,
+        ns: &str,
+        inside: impl FnOnce() -> Result<(), NetError>,
+    ) -> Result<Handle, NetError> {
+        let id = ns_id(ns)?;
+        let mut sessions = self.sessions.borrow_mut();
+        if let Some(s) = sessions.get(ns) {
+            if s.id == id && !s.task.is_finished() {
+                let handle = s.handle.clone();
+                drop(sessions);
+                return Ok(handle);
+            }
+        }
+        if let Some(old) = sessions.remove(ns) {
+            old.task.abort();
+        }
+        if sessions.len() >= MAX_SESSIONS {
+            for (_, s) in sessions.drain() {
+                s.task.abort();
+            }
+        }
+        let _rt = self.runtime.enter();
+        let (connection, handle) = {
+            let _guard = NetnsGuard::enter(ns)?;
+            if ns_id("/proc/thread-self/ns/net")? != id {
+                return Err(NetError::Invalid(format!(
+                    "namespace '{ns}' changed while it was being entered"
+                )));
+            }
+            inside()?;
+            let (connection, handle, _) =
+                rtnetlink::new_connection().map_err(|source| NetError::Os {
+                    what: format!("opening a netlink socket in '{ns}'"),
+                    source,
+                })?;
+            (connection, handle)
+        };
+        let task = tokio::spawn(connection);
+        sessions.insert(
+            ns.to_string(),
+            Session {
+                id,
+                handle: handle.clone(),
+                task,
+            },
+        );
+        Ok(handle)
+    }
+
+    fn handle(&self, ns: &str) -> Result<Handle, NetError> {
+        self.handle_with(ns, || Ok(()))
     }
 
     /// Runs netlink requests inside namespace `ns`.
@@ -42,18 +138,26 @@ impl Netlink {
         F: FnOnce(Handle) -> Fut,
         Fut: Future<Output = Result<T, NetError>>,
     {
-        let _guard = NetnsGuard::enter(ns)?;
-        self.runtime.block_on(async {
-            let (connection, handle, _) =
-                rtnetlink::new_connection().map_err(|source| NetError::Os {
-                    what: format!("opening a netlink socket in '{ns}'"),
-                    source,
-                })?;
-            let task = tokio::spawn(connection);
-            let result = f(handle).await;
-            task.abort();
-            result
+        let handle = self.handle(ns)?;
+        self.runtime.block_on(f(handle))
+    }
+
+    /// The index of link `name` in namespace `ns` (netlink: no `setns` once the namespace's
+    /// socket is open), or `None` if there is none.
+    pub fn link_index(&self, ns: &str, name: &str) -> Result<Option<u32>, NetError> {
+        self.within(ns, |h| async move {
+            index_request(&h, name)
+                .await
+                .map_err(nl_err(format!("looking {name} up in '{ns}'")))
         })
+    }
+
+    fn index_of(&self, ns: &str, name: &str) -> Result<u32, NetError> {
+        self.link_index(ns, name)?
+            .ok_or_else(|| NetError::NoSuchLink {
+                link: name.to_string(),
+                netns: ns.to_string(),
+            })
     }
 
     /// Creates a veth pair: `name` in namespace `ns`, `peer` in namespace `peer_ns`, with the
@@ -70,19 +174,11 @@ impl Netlink {
         let peer_file = netns::open(peer_ns)?;
         let fd = peer_file.as_raw_fd();
         self.within(ns, |h| async move {
-            let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(peer.to_string())
-                .address(peer_mac.to_vec())
-                .setns_by_fd(fd)
-                .build();
-            let msg = LinkVeth::new(name, peer)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-                .address(mac.to_vec())
-                .up()
-                .build();
-            h.link().add(msg).execute().await.map_err(nl_err(format!(
-                "creating veth {name} in '{ns}' (peer {peer} in '{peer_ns}')"
-            )))
+            add_veth_request(&h, name, mac, fd, peer, peer_mac)
+                .await
+                .map_err(nl_err(format!(
+                    "creating veth {name} in '{ns}' (peer {peer} in '{peer_ns}')"
+                )))
         })?;
         drop(peer_file);
         self.set_up(peer_ns, peer)
@@ -90,7 +186,7 @@ impl Netlink {
 
     /// Brings a link up.
     pub fn set_up(&self, ns: &str, name: &str) -> Result<(), NetError> {
-        let index = ifindex_in(ns, name)?;
+        let index = self.index_of(ns, name)?;
         self.within(ns, |h| async move {
             h.link()
                 .set(LinkUnspec::new_with_index(index).up().build())
@@ -102,7 +198,7 @@ impl Netlink {
 
     /// Adds an IPv6 address to a link.
     pub fn add_addr(&self, ns: &str, name: &str, addr: Ipv6Addr, plen: u8) -> Result<(), NetError> {
-        let index = ifindex_in(ns, name)?;
+        let index = self.index_of(ns, name)?;
         self.within(ns, |h| async move {
             h.address()
                 .add(index, IpAddr::V6(addr), plen)
@@ -121,17 +217,9 @@ impl Netlink {
         via: Option<Ipv6Addr>,
         dev: &str,
     ) -> Result<(), NetError> {
-        let index = ifindex_in(ns, dev)?;
+        let index = self.index_of(ns, dev)?;
         self.within(ns, |h| async move {
-            let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(dst, plen)
-                .output_interface(index);
-            if let Some(gw) = via {
-                builder = builder.gateway(gw);
-            }
-            h.route()
-                .add(builder.build())
-                .execute()
+            add_route_request(&h, dst, plen, via, index)
                 .await
                 .map_err(nl_err(format!(
                     "adding route {dst}/{plen} dev {dev} in '{ns}'"
@@ -140,19 +228,93 @@ impl Netlink {
     }
 }
 
+/// RTM_NEWLINK of a veth pair whose peer goes into the namespace open as `peer_fd`; the first
+/// end up (the peer cannot be: a veth opens only once it has its peer, which it gets after
+/// the peer is configured).
+async fn add_veth_request(
+    h: &Handle,
+    name: &str,
+    mac: [u8; 6],
+    peer_fd: std::os::fd::RawFd,
+    peer: &str,
+    peer_mac: [u8; 6],
+) -> Result<(), rtnetlink::Error> {
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .address(peer_mac.to_vec())
+        .setns_by_fd(peer_fd)
+        .build();
+    let msg = LinkVeth::new(name, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .address(mac.to_vec())
+        .up()
+        .build();
+    h.link().add(msg).execute().await
+}
+
+/// RTM_NEWROUTE of `dst/plen` out of link `index`, through `via` if given.
+async fn add_route_request(
+    h: &Handle,
+    dst: Ipv6Addr,
+    plen: u8,
+    via: Option<Ipv6Addr>,
+    index: u32,
+) -> Result<(), rtnetlink::Error> {
+    let mut builder = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(dst, plen)
+        .output_interface(index);
+    if let Some(gw) = via {
+        builder = builder.gateway(gw);
+    }
+    h.route().add(builder.build()).execute().await
+}
+
+/// RTM_NEWADDR of an IPv6 address without duplicate address detection (the addresses the
+/// network plans are unique; DAD would hold them tentative, unusable, for a second).
+async fn add_addr_nodad(
+    h: &Handle,
+    index: u32,
+    addr: Ipv6Addr,
+    plen: u8,
+) -> Result<(), rtnetlink::Error> {
+    use rtnetlink::packet_route::address::AddressHeaderFlags;
+    let mut req = h.address().add(index, IpAddr::V6(addr), plen);
+    req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+    req.execute().await
+}
+
+/// The index of link `name` over an open socket, `None` if there is no such link.
+async fn index_request(h: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+    use futures_util::TryStreamExt;
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m.map(|m| m.header.index)),
+        Err(e) if is_enodev(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Netlink {
     /// Deletes a link (a veth takes its peer with it). A link that is already gone is not an
     /// error.
     pub fn del_link(&self, ns: &str, name: &str) -> Result<(), NetError> {
-        let Ok(index) = ifindex_in(ns, name) else {
-            return Ok(());
-        };
         self.within(ns, |h| async move {
-            h.link()
-                .del(index)
-                .execute()
+            let Some(index) = index_request(&h, name)
                 .await
-                .map_err(nl_err(format!("deleting {name} in '{ns}'")))
+                .map_err(nl_err(format!("looking {name} up in '{ns}'")))?
+            else {
+                return Ok(());
+            };
+            match h.link().del(index).execute().await {
+                Err(e) if is_enodev(&e) => Ok(()),
+                other => other.map_err(nl_err(format!("deleting {name} in '{ns}'"))),
+            }
         })
     }
 
@@ -160,7 +322,7 @@ impl Netlink {
     pub fn ipv6_addrs(&self, ns: &str, name: &str) -> Result<Vec<(Ipv6Addr, u8)>, NetError> {
         use futures_util::TryStreamExt;
         use rtnetlink::packet_route::address::AddressAttribute;
-        let index = ifindex_in(ns, name)?;
+        let index = self.index_of(ns, name)?;
         self.within(ns, |h| async move {
             let msgs: Vec<_> = h
                 .address()
@@ -187,7 +349,7 @@ impl Netlink {
     pub fn default_gateways(&self, ns: &str, dev: &str) -> Result<Vec<Ipv6Addr>, NetError> {
         use futures_util::TryStreamExt;
         use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
-        let index = ifindex_in(ns, dev)?;
+        let index = self.index_of(ns, dev)?;
         self.within(ns, |h| async move {
             let msgs: Vec<_> = h
                 .route()
@@ -284,31 +446,103 @@ pub struct EndpointLink<'a> {
 }
 
 impl Netlink {
-    /// Wires an endpoint: veth `host_ifname` ↔ `eth0`, the address /128 on `eth0`, a default
-    /// route via the host's link-local gateway, and the host's /128 route back.
-    pub fn plumb_endpoint(&self, ep: &EndpointLink<'_>) -> Result<(), NetError> {
-        netns::run_in(ep.netns, || {
+    /// Wires an endpoint: veth `host_ifname` ↔ `ifname` (both up), the address /128 on
+    /// `ifname`, a default route via the host's link-local gateway, and the host's /128 route
+    /// back; returns the host-side veth's index. One socket per namespace, the endpoint's
+    /// opened with the one `setns` that also sets its sysctls; the requests of each side after
+    /// the veth go out together.
+    pub fn plumb(&self, ep: &EndpointLink<'_>) -> Result<u32, NetError> {
+        let host = self.handle(ep.host_netns)?;
+        let inner = self.handle_with(ep.netns, || {
             netns::sysctl("net/ipv6/conf/all/accept_dad", "0")?;
             netns::sysctl("net/ipv6/conf/default/accept_dad", "0")
         })?;
-        self.set_up(ep.netns, "lo")?;
-        self.add_veth(
-            ep.host_netns,
-            ep.host_ifname,
-            ep.host_mac,
-            ep.netns,
-            ep.ifname,
-            ep.mac,
-        )?;
-        self.add_addr(ep.host_netns, ep.host_ifname, ENDPOINT_GATEWAY, 64)?;
-        self.add_addr(ep.netns, ep.ifname, ep.addr, 128)?;
-        self.add_route(
-            ep.netns,
-            Ipv6Addr::UNSPECIFIED,
-            0,
-            Some(ENDPOINT_GATEWAY),
-            ep.ifname,
-        )?;
-        self.add_route(ep.host_netns, ep.addr, 128, None, ep.host_ifname)
+        let peer_file = netns::open(ep.netns)?;
+        let fd = peer_file.as_raw_fd();
+        let (host_ns, ns, host_if, ifname) = (ep.host_netns, ep.netns, ep.host_ifname, ep.ifname);
+        self.runtime.block_on(async {
+            let lo = async {
+                inner
+                    .link()
+                    .set(LinkUnspec::new_with_name("lo").up().build())
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("bringing lo up in '{ns}'")))
+            };
+            let veth = async {
+                add_veth_request(&host, host_if, ep.host_mac, fd, ifname, ep.mac)
+                    .await
+                    .map_err(nl_err(format!(
+                        "creating veth {host_if} in '{host_ns}' (peer {ifname} in '{ns}')"
+                    )))
+            };
+            futures_util::future::try_join(lo, veth).await?;
+            let missing = |link: &str, netns: &str| NetError::NoSuchLink {
+                link: link.to_string(),
+                netns: netns.to_string(),
+            };
+            let host_side = async {
+                let index = index_request(&host, host_if)
+                    .await
+                    .map_err(nl_err(format!("looking {host_if} up in '{host_ns}'")))?
+                    .ok_or_else(|| missing(host_if, host_ns))?;
+                add_addr_nodad(&host, index, ENDPOINT_GATEWAY, 64)
+                    .await
+                    .map_err(nl_err(format!(
+                        "adding {ENDPOINT_GATEWAY}/64 to {host_if} in '{host_ns}'"
+                    )))?;
+                add_route_request(&host, ep.addr, 128, None, index)
+                    .await
+                    .map_err(nl_err(format!(
+                        "adding route {}/128 dev {host_if} in '{host_ns}'",
+                        ep.addr
+                    )))?;
+                Ok::<u32, NetError>(index)
+            };
+            let inner_side = async {
+                let index = index_request(&inner, ifname)
+                    .await
+                    .map_err(nl_err(format!("looking {ifname} up in '{ns}'")))?
+                    .ok_or_else(|| missing(ifname, ns))?;
+                inner
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .map_err(nl_err(format!("bringing {ifname} up in '{ns}'")))?;
+                add_addr_nodad(&inner, index, ep.addr, 128)
+                    .await
+                    .map_err(nl_err(format!(
+                        "adding {}/128 to {ifname} in '{ns}'",
+                        ep.addr
+                    )))?;
+                add_route_request(
+                    &inner,
+                    Ipv6Addr::UNSPECIFIED,
+                    0,
+                    Some(ENDPOINT_GATEWAY),
+                    index,
+                )
+                .await
+                .map_err(nl_err(format!(
+                    "adding the default route via {ENDPOINT_GATEWAY} dev {ifname} in '{ns}'"
+                )))
+            };
+            let (index, ()) = futures_util::future::try_join(host_side, inner_side).await?;
+            Ok(index)
+        })
+    }
+
+    /// [`Netlink::plumb`], for callers that need no index.
+    pub fn plumb_endpoint(&self, ep: &EndpointLink<'_>) -> Result<(), NetError> {
+        self.plumb(ep).map(|_| ())
+    }
+
+    /// Forgets the socket of namespace `ns` (it holds the namespace alive): for a driver kept
+    /// across endpoints, after one's namespace is done with.
+    pub fn close(&self, ns: &str) {
+        if let Some(s) = self.sessions.borrow_mut().remove(ns) {
+            s.task.abort();
+        }
     }
 }
