@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ila::ChecksumMode;
 use lab::agents::StoreKind;
-use lab::plan::Mode;
+use lab::plan::{Mode, Runtime};
 use lab::{DownOutcome, LabSpec, LabStatus};
 
 /// Name of the lab when `--name` is not given.
@@ -20,6 +20,19 @@ pub enum LabCommand {
     Down(NameArg),
     /// Show hosts, containers, addresses and counters.
     Status(StatusArgs),
+    /// Run a command inside a lab container's network namespace (whatever made the container).
+    Exec(ExecArgs),
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub name: NameArg,
+    /// Container name, as `lab status` lists it (e.g. site1-1).
+    pub container: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -48,6 +61,10 @@ pub struct UpArgs {
     /// Mapping store of the agents: embedded (one process) or etcd (a real 3-member cluster).
     #[arg(long, default_value = "embedded")]
     pub store: StoreKind,
+    /// What makes the containers: agent (namespaces the agents create) or podman (podman + runc
+    /// through the ilanet-cni plugin, which must lie beside ilanet).
+    #[arg(long, default_value = "agent")]
+    pub runtime: Runtime,
     /// Number of tenant networks (t1…tN, VNID k, SIR prefix fd00:dead:beef:<k-1>::/64);
     /// containers are spread over them in turn.
     #[arg(long, default_value_t = 1)]
@@ -73,6 +90,7 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.csum_mode = args.csum_mode;
             spec.mode = args.mode;
             spec.store = args.store;
+            spec.runtime = args.runtime;
             if args.tenants == 0 {
                 anyhow::bail!("--tenants must be at least 1");
             }
@@ -83,10 +101,11 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             let plan = lab::up(&spec).with_context(|| format!("lab up '{}'", args.name.name))?;
             let containers: usize = plan.hosts.iter().map(|h| h.containers.len()).sum();
             println!(
-                "lab '{}' is up ({} mode, {} store): {} hosts, {} containers (see `ilanet lab status --name {}`)",
+                "lab '{}' is up ({} mode, {} store, {} runtime): {} hosts, {} containers (see `ilanet lab status --name {}`)",
                 plan.name,
                 plan.mode,
                 plan.store,
+                plan.runtime,
                 plan.hosts.len(),
                 containers,
                 plan.name
@@ -100,6 +119,7 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        LabCommand::Exec(args) => exec(args),
         LabCommand::Status(args) => {
             let status = lab::status(&args.name.name)?;
             if args.json {
@@ -110,6 +130,37 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs a command in a container's network namespace (`nsenter --net`), with its exit status.
+fn exec(args: &ExecArgs) -> Result<ExitCode> {
+    let plan = lab::plan_of(&args.name.name)?;
+    let Some((_, c)) = plan.container(&args.container) else {
+        let names: Vec<&str> = plan
+            .hosts
+            .iter()
+            .flat_map(|h| h.containers.iter().map(|c| c.name.as_str()))
+            .collect();
+        anyhow::bail!(
+            "lab '{}' has no container '{}' (it has: {})",
+            plan.name,
+            args.container,
+            names.join(", ")
+        );
+    };
+    lab::require("nsenter")?;
+    let ns = lab::netns::path(&c.netns);
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .arg("--")
+        .args(&args.command)
+        .status()
+        .with_context(|| format!("running nsenter into {}", ns.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(n) => ExitCode::from(u8::try_from(n).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }
 
 /// Prints a lab's status as text.

@@ -13,6 +13,9 @@ use lab::{probe, LabSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 
+/// Containers the agent restarts under in the fault test.
+const CLIENTS: usize = 50;
+
 /// The plugin binary, built beside `ilanet` by `cargo test --workspace` (package `cni`).
 fn plugin_binary() -> PathBuf {
     let p = Path::new(BIN).with_file_name("ilanet-cni");
@@ -30,26 +33,14 @@ struct Machines {
     lab: String,
     dir: PathBuf,
     hosts: Vec<String>,
+    podman: lab::podman::Podman,
 }
 
 impl Machines {
     fn podman(&self, host: &str, args: &[&str], cni_args: Option<&str>) -> Output {
-        let d = &self.dir;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}-{host}", self.lab))
-            .arg("podman")
-            .args(["--network-backend", "cni"])
-            .arg("--network-config-dir")
-            .arg(d.join(format!("cni-{host}")))
-            .arg("--root")
-            .arg(d.join(format!("root-{host}")))
-            .arg("--runroot")
-            .arg(d.join(format!("runroot-{host}")))
-            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-            .args(["--events-backend", "none"])
-            .args(args)
-            .env("CONTAINERS_CONF", d.join("containers.conf"))
-            .env_remove("CNI_ARGS");
+        let ns = lab::netns::path(&format!("{}-{host}", self.lab));
+        let mut cmd = self.podman.command(host, &ns);
+        cmd.args(args);
         if let Some(a) = cni_args {
             cmd.env("CNI_ARGS", a);
         }
@@ -67,29 +58,17 @@ impl Machines {
     }
 
     fn try_run(&self, host: &str, name: &str, labels: &str) -> Output {
-        let rootfs = self.dir.join("rootfs");
-        self.podman(
-            host,
-            &[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "ilanet",
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=4096:4096",
-                "--rootfs",
-                &rootfs.display().to_string(),
-                "/bin/busybox",
-                "sleep",
-                "3600",
-            ],
-            Some(&format!("ILANET_LABELS={labels}")),
-        )
+        let labels: Vec<(String, String)> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ns = lab::netns::path(&format!("{}-{host}", self.lab));
+        self.podman
+            .run(host, &ns, name, "ilanet", &labels)
+            .expect("run podman")
     }
+
     /// Kills a host's agent (SIGKILL: no chance to clean up) and waits until it is gone.
     fn kill_agent(&self, host: &str) {
         let pid = self.agent_pid(host);
@@ -176,21 +155,7 @@ impl Drop for Machines {
             let _ = self.podman(h, &["rm", "-f", "-a", "-t", "0"], None);
         }
         let _ = lab::down(&self.lab);
-        // podman's storage mounts its overlay directory onto itself: unmount what lies below
-        // the run's directory (deepest first) before removing it.
-        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-            .filter(|m| Path::new(m).starts_with(&self.dir))
-            .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in mounts {
-            if let Ok(c) = std::ffi::CString::new(m) {
-                // SAFETY: a valid NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        }
+        lab::podman::unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -214,20 +179,6 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// A busybox root: enough for `sleep` and `ping` inside the container.
-fn make_rootfs(dir: &Path) {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).expect("rootfs");
-    for d in ["proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(dir.join(d)).expect("rootfs");
-    }
-    std::fs::copy("/bin/busybox", bin.join("busybox"))
-        .expect("/bin/busybox (Debian package busybox-static)");
-    for applet in ["sh", "sleep", "ping", "ip"] {
-        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-    }
-}
-
 /// Two emulated machines on etcd, each host agent running from its own configuration file,
 /// and podman set up for each with the plugin and a per-run storage. No pids limit: a cgroup
 /// tree whose root delegates no controllers (a fresh minimal root) has no pids.max to write.
@@ -238,38 +189,24 @@ fn machines(tag: &str) -> Machines {
         lab: lab.clone(),
         dir: dir.clone(),
         hosts: vec!["site1".into(), "site2".into()],
+        podman: lab::podman::Podman { dir: dir.clone() },
     };
-    std::fs::create_dir_all(dir.join("plugins")).expect("dir");
-    std::fs::copy(plugin_binary(), dir.join("plugins/ilanet-cni")).expect("plugin");
-    make_rootfs(&dir.join("rootfs"));
-    std::fs::write(
-        dir.join("containers.conf"),
-        format!(
-            "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\n[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"none\"\n[containers]\npids_limit = 0\n",
-            dir.join("plugins").display()
-        ),
-    )
-    .expect("containers.conf");
+    std::fs::create_dir_all(&dir).expect("dir");
+    lab::podman::Podman::prepare(&dir, &plugin_binary()).expect("podman set up");
     let mut spec = LabSpec::generic(&lab, 2, 0);
     spec.agent_binary = Some(BIN.into());
     spec.store = StoreKind::Etcd;
     lab::up(&spec).expect("lab up");
     for h in &m.hosts {
-        let conf = dir.join(format!("cni-{h}"));
-        std::fs::create_dir_all(&conf).expect("cni dir");
-        std::fs::write(
-            conf.join("ilanet.conflist"),
-            format!(
-                "{{\"cniVersion\":\"1.0.0\",\"name\":\"ilanet\",\"plugins\":[{{\"type\":\"ilanet-cni\",\"socket\":\"{}\"}}]}}",
-                agents::socket_path(&lab, h).display()
-            ),
-        )
-        .expect("conflist");
+        m.podman
+            .write_network(h, "ilanet", &agents::socket_path(&lab, h), None)
+            .expect("conflist");
     }
     m
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, podman, etcd"]
 fn podman_containers_on_two_machines_reach_each_other_over_ila() {
     let m = machines("up");
     let lab = m.lab.clone();
@@ -386,6 +323,7 @@ fn podman_containers_on_two_machines_reach_each_other_over_ila() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, podman, etcd"]
 fn podman_attachments_survive_agent_faults() {
     let m = machines("fault");
 
@@ -413,10 +351,26 @@ fn podman_attachments_survive_agent_faults() {
     // Containers with a TCP stream running: the agent restarts under them.
     let server_id = m.run("site2", "server", "app=server");
     let server = m.endpoint_of("site2", &server_id).expect("server");
+    // 50 containers (the figure), started a few at a time as a runtime under load
+    // would; podman serialises on its own locks, so more at once would not be faster.
     let mut clients = Vec::new();
-    for i in 0..10 {
-        let id = m.run("site1", &format!("c{i}"), "app=client");
-        clients.push(m.endpoint_of("site1", &id).expect("client"));
+    for batch in (0..CLIENTS).collect::<Vec<_>>().chunks(4) {
+        let ids: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|i| {
+                    let m = &m;
+                    s.spawn(move || m.run("site1", &format!("c{i}"), "app=client"))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("podman run thread"))
+                .collect()
+        });
+        for id in ids {
+            clients.push(m.endpoint_of("site1", &id).expect("client"));
+        }
     }
     for c in &clients {
         wait_for("site2 to know the client", Duration::from_secs(10), || {
@@ -455,7 +409,8 @@ fn podman_attachments_survive_agent_faults() {
     // `podman rm -f` while the agent is down: cleaned up once it returns.
     let gone = clients.pop().expect("a client");
     m.kill_agent("site1");
-    let rm = m.podman("site1", &["rm", "-f", "-t", "0", "c9"], None);
+    let last = format!("c{}", CLIENTS - 1);
+    let rm = m.podman("site1", &["rm", "-f", "-t", "0", &last], None);
     assert!(rm.status.success(), "{}", text(&rm));
     m.start_agent("site1");
     let listed: Vec<LocalEndpoint> = serde_json::from_value(

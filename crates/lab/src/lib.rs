@@ -8,6 +8,7 @@
 pub mod agents;
 mod modes;
 pub mod plan;
+pub mod podman;
 pub mod probe;
 pub mod state;
 
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use dataplane::{Counters, HostMaps};
 use serde::Serialize;
 
-use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, UPLINK_IFNAME};
+use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, Runtime, UPLINK_IFNAME};
 use crate::state::{LabState, Phase};
 use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
@@ -163,8 +164,18 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
                 })?,
             };
             agents::start(state, &binary, spec.lease_ttl)?;
-            agents::create_planned_endpoints(&plan)?;
-            agents::wait_converged(&plan)
+            match plan.runtime {
+                Runtime::Agent => agents::create_planned_endpoints(&plan)?,
+                Runtime::Podman => {
+                    let plugin = match &spec.cni_plugin {
+                        Some(p) => p.clone(),
+                        None => podman::plugin_beside(&binary),
+                    };
+                    // Records the addresses the agents gave the containers in the plan.
+                    podman::create_containers(state, &plugin)?;
+                }
+            }
+            agents::wait_converged(&state.plan)
         }
         Mode::Native => modes::native::build(&nl, &plan),
         Mode::Swarm => modes::swarm::build(&nl, &plan),
@@ -260,7 +271,24 @@ pub fn down(lab: &str) -> Result<DownOutcome, LabError> {
 
 fn teardown(state: &LabState, keep_logs: bool) -> Result<(), LabError> {
     let mut first_error = None;
-    // Agents first, so nothing recreates what is being removed; then the endpoints they made.
+    // podman's containers first, while the agents still answer their CNI DEL.
+    if state.plan.runtime == Runtime::Podman {
+        if let Err(e) = podman::teardown(&state.plan) {
+            log::error!("{e}");
+            first_error.get_or_insert(e);
+        }
+        // A namespace podman made and could not remove (its container was being torn down
+        // by a crash) goes by the path the lab recorded.
+        for c in state.plan.hosts.iter().flat_map(|h| &h.containers) {
+            if c.container_id.is_some() && c.netns.starts_with(netns::NETNS_DIR) {
+                if let Err(e) = netns::delete(&c.netns) {
+                    log::error!("{e}");
+                    first_error.get_or_insert(LabError::from(e));
+                }
+            }
+        }
+    }
+    // Agents next, so nothing recreates what is being removed; then the endpoints they made.
     let endpoint_netns = match agents::stop(state) {
         Ok(n) => n,
         Err(e) => {
@@ -407,8 +435,14 @@ pub fn status(lab: &str) -> Result<LabStatus, LabError> {
                         host.locator,
                         plan.csum_mode,
                     );
+                    // A podman container is listed by the name the lab gave it.
+                    let name = host
+                        .containers
+                        .iter()
+                        .find(|c| c.container_id.is_some() && c.container_id == ep.container_id)
+                        .map_or(&ep.name, |c| &c.name);
                     Ok(ContainerStatus {
-                        name: ep.name.clone(),
+                        name: name.clone(),
                         netns: ep.netns.clone(),
                         present: netns::exists(&ep.netns),
                         sir_addr: ep.sir_addr,

@@ -58,6 +58,39 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// What makes the containers of an ILA lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Runtime {
+    /// The agents create namespaces themselves (`endpoint add`; the default).
+    #[default]
+    Agent,
+    /// podman with runc and the CNI plugin, as on a real machine (see [`crate::podman`]).
+    Podman,
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Runtime::Agent => "agent",
+            Runtime::Podman => "podman",
+        })
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        match s {
+            "agent" => Ok(Runtime::Agent),
+            "podman" => Ok(Runtime::Podman),
+            other => Err(LabError::Invalid(format!(
+                "unknown runtime '{other}': expected agent or podman"
+            ))),
+        }
+    }
+}
+
 /// What the user asks for: a name, sites and how many containers each.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -78,6 +111,10 @@ pub struct LabSpec {
     pub lease_ttl: std::time::Duration,
     /// The `ilanet` binary that runs the agents (default: the running executable).
     pub agent_binary: Option<std::path::PathBuf>,
+    /// What makes the containers (ILA mode).
+    pub runtime: Runtime,
+    /// The CNI plugin podman calls (default: `ilanet-cni` beside the agent binary).
+    pub cni_plugin: Option<std::path::PathBuf>,
     /// Give containers the mission's roles as `app` labels: the first container of the first
     /// site is the `correlate` container, every other one a `search` container.
     pub app_roles: bool,
@@ -113,6 +150,8 @@ impl LabSpec {
             store: StoreKind::Embedded,
             lease_ttl: agent::DEFAULT_LEASE_TTL,
             agent_binary: None,
+            runtime: Runtime::Agent,
+            cni_plugin: None,
             app_roles: false,
         }
     }
@@ -199,6 +238,9 @@ pub struct Plan {
     /// Which mapping store the agents use.
     #[serde(default)]
     pub store: StoreKind,
+    /// What makes the containers.
+    #[serde(default)]
+    pub runtime: Runtime,
     /// Hosts, in site order.
     pub hosts: Vec<HostPlan>,
 }
@@ -227,10 +269,14 @@ pub struct HostPlan {
 /// One container (endpoint).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ContainerPlan {
-    /// Name, unique in the lab (`<host>-<n>`).
+    /// Name, unique in the lab (`<host>-<n>`); with podman also the container's name.
     pub name: String,
-    /// Network namespace of the container.
+    /// Network namespace of the container: a name under /run/netns, or (made by podman) the
+    /// path the runtime gave it.
     pub netns: String,
+    /// The runtime's container id (podman), once the container exists.
+    #[serde(default)]
+    pub container_id: Option<String>,
     /// Host-side veth name (inside the host namespace).
     pub host_ifname: String,
     /// Tenant network the container belongs to.
@@ -263,6 +309,12 @@ impl Plan {
             return Err(LabError::Invalid(format!(
                 "--sites must be between 1 and {MAX_SITES}, got {}",
                 spec.sites.len()
+            )));
+        }
+        if spec.runtime == Runtime::Podman && spec.mode != Mode::Ila {
+            return Err(LabError::Invalid(format!(
+                "--runtime podman needs ILA mode (the CNI plugin asks ilanet's agents), not {}",
+                spec.mode
             )));
         }
         if spec.tenants.is_empty() {
@@ -300,6 +352,7 @@ impl Plan {
                 containers.push(ContainerPlan {
                     name: format!("{}-{}", site.name, c + 1),
                     netns: format!("{netns}-{}", c + 1),
+                    container_id: None,
                     host_ifname: format!("lxc{}", c + 1),
                     tenant: tenant.name.clone(),
                     labels: {
@@ -342,6 +395,7 @@ impl Plan {
             csum_mode: spec.csum_mode,
             mode: spec.mode,
             store: spec.store,
+            runtime: spec.runtime,
             hosts,
         })
     }
