@@ -98,6 +98,10 @@ pub enum Request {
         /// The attachments to keep (`cni.dev/valid-attachments`).
         valid: Vec<CniAttachmentId>,
     },
+    /// The BGP speaker's state: sessions, prefixes, kernel routes.
+    BgpStatus,
+    /// The best BGP routes and the kernel route installed for each.
+    BgpRoutes,
     /// The verdict for a packet and the rule that gave it.
     PolicyExplain {
         /// Source: endpoint name or IPv6 address.
@@ -497,6 +501,16 @@ impl Client {
             ifname: ifname.to_string(),
             netns: netns.to_string(),
         })
+    }
+
+    /// The BGP speaker's state.
+    pub fn bgp_status(&self) -> Result<crate::routing::BgpStatus, ClientError> {
+        self.request(&Request::BgpStatus)
+    }
+
+    /// The best BGP routes.
+    pub fn bgp_routes(&self) -> Result<Vec<crate::routing::RouteRow>, ClientError> {
+        self.request(&Request::BgpRoutes)
     }
 
     /// Removes every attachment not listed (CNI GC).

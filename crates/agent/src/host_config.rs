@@ -57,6 +57,8 @@ pub struct HostConfig {
     pub log_level: String,
     /// Where Prometheus metrics are served (`GET /metrics`); `None`: not served.
     pub metrics: Option<SocketAddr>,
+    /// The BGP speaker that announces the host's locator; `None`: locator routes are static.
+    pub bgp: Option<bgp::SpeakerConfig>,
 }
 
 impl HostConfig {
@@ -91,7 +93,59 @@ struct RawConfig {
     endpoint_netns_prefix: Option<String>,
     #[serde(default)]
     metrics: Option<RawListen>,
+    #[serde(default)]
+    bgp: Option<RawBgp>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    asn: u32,
+    #[serde(default)]
+    router_id: Option<String>,
+    #[serde(default)]
+    listen: Option<String>,
+    peers: Vec<RawPeer>,
+    #[serde(default = "default_graceful_restart")]
+    graceful_restart: u16,
+    #[serde(default = "default_connect_retry")]
+    connect_retry: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    address: String,
+    #[serde(default)]
+    asn: Option<u32>,
+    #[serde(default)]
+    passive: bool,
+    #[serde(default = "default_hold_time")]
+    hold_time: u16,
+    #[serde(default = "default_bgp_port")]
+    port: u16,
+    #[serde(default = "default_max_prefixes")]
+    max_prefixes: usize,
+}
+
+fn default_graceful_restart() -> u16 {
+    120
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+fn default_hold_time() -> u16 {
+    9
+}
+fn default_bgp_port() -> u16 {
+    179
+}
+fn default_max_prefixes() -> usize {
+    10_000
+}
+
+/// Most BGP neighbours one host agent has.
+pub const MAX_BGP_PEERS: usize = 64;
 
 /// A listening address: `HOST:PORT`, or a bare port (loopback).
 #[derive(Deserialize)]
@@ -329,6 +383,18 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
     }
     .transpose()
     .map_err(|e| err("metrics", e.to_string()))?;
+    if raw.bgp.is_some() && raw.netns.is_some() {
+        return Err(err(
+            "bgp",
+            "BGP needs the agent to run in the namespace it serves (its sockets and routes \
+             live there): drop `netns` and start the agent inside it (nsenter --net=…)"
+                .into(),
+        ));
+    }
+    let bgp = match raw.bgp {
+        None => None,
+        Some(b) => Some(parse_bgp(&raw.host, b).map_err(|(f, r)| err(&f, r))?),
+    };
     let agent = AgentConfig {
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
@@ -350,6 +416,96 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         store,
         log_level: raw.log_level,
         metrics,
+        bgp,
+    })
+}
+
+/// The speaker's configuration from the `bgp` section (errors: field, reason).
+fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, String)> {
+    if b.asn == 0 {
+        return Err(("bgp.asn".into(), "0 is not an AS number".into()));
+    }
+    let router_id = match &b.router_id {
+        Some(r) => r
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|e| ("bgp.router_id".to_string(), format!("'{r}': {e}")))?,
+        // A stable id of the host name (10.0.0.0/8, never 0).
+        None => {
+            let h = crate::endpoint::macs(host).0;
+            std::net::Ipv4Addr::new(10, h[3], h[4], h[5].max(1))
+        }
+    };
+    if router_id.is_unspecified() {
+        return Err((
+            "bgp.router_id".into(),
+            "0.0.0.0 is not a BGP identifier".into(),
+        ));
+    }
+    let listen = match b.listen.as_deref() {
+        None => Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 179))),
+        Some("off") => None,
+        Some(a) => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|e| ("bgp.listen".to_string(), format!("'{a}': {e} (or \"off\")")))?,
+        ),
+    };
+    if b.peers.is_empty() {
+        return Err((
+            "bgp.peers".into(),
+            "at least one neighbour is needed".into(),
+        ));
+    }
+    if b.peers.len() > MAX_BGP_PEERS {
+        return Err((
+            "bgp.peers".into(),
+            format!("{} neighbours, at most {MAX_BGP_PEERS}", b.peers.len()),
+        ));
+    }
+    let mut peers = Vec::with_capacity(b.peers.len());
+    for (i, p) in b.peers.iter().enumerate() {
+        let field = |f: &str| format!("bgp.peers[{i}].{f}");
+        let address: std::net::IpAddr = p
+            .address
+            .parse()
+            .map_err(|e| (field("address"), format!("'{}': {e}", p.address)))?;
+        if peers.iter().any(|q: &bgp::PeerConfig| q.address == address) {
+            return Err((field("address"), format!("{address} is listed twice")));
+        }
+        if p.hold_time == 1 || p.hold_time == 2 {
+            return Err((
+                field("hold_time"),
+                format!("{}: must be 0 or at least 3 seconds", p.hold_time),
+            ));
+        }
+        if p.port == 0 {
+            return Err((field("port"), "0 is not a port".into()));
+        }
+        if p.max_prefixes == 0 {
+            return Err((field("max_prefixes"), "must be at least 1".into()));
+        }
+        peers.push(bgp::PeerConfig {
+            address,
+            remote_as: p.asn.unwrap_or(b.asn),
+            passive: p.passive,
+            hold_time: p.hold_time,
+            port: p.port,
+            max_prefixes: p.max_prefixes,
+        });
+    }
+    if b.connect_retry == 0 || b.connect_retry > 3600 {
+        return Err((
+            "bgp.connect_retry".into(),
+            format!("{}: expected 1 to 3600 seconds", b.connect_retry),
+        ));
+    }
+    Ok(bgp::SpeakerConfig {
+        local_as: b.asn,
+        router_id,
+        listen,
+        local_address: None,
+        peers,
+        graceful_restart_time: (b.graceful_restart > 0).then_some(b.graceful_restart),
+        connect_retry_secs: b.connect_retry,
     })
 }
 
@@ -466,6 +622,46 @@ mod tests {
         );
         let e = parse_str(&text).expect_err("duplicate vnid");
         assert_eq!(e.field, "tenants[1].vnid", "{e}");
+    }
+
+    #[test]
+    fn the_bgp_section_becomes_a_speaker_configuration_and_bad_fields_are_named() {
+        let bgp = "bgp:\n  asn: 65001\n  peers:\n    - address: 2001:db8:ffff:1::1\n    - {address: 2001:db8:ffff:2::2, asn: 65002, passive: true, hold_time: 30}\n";
+        let cfg = parse_str(&format!("{GOOD}{bgp}")).expect("parses");
+        let s = cfg.bgp.expect("bgp");
+        assert_eq!(s.local_as, 65001);
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(
+            (s.peers[0].remote_as, s.peers[0].hold_time),
+            (65001, 9),
+            "iBGP by default"
+        );
+        assert_eq!((s.peers[1].remote_as, s.peers[1].passive), (65002, true));
+        assert_eq!(s.graceful_restart_time, Some(120));
+        assert_eq!(s.listen.map(|l| l.port()), Some(179));
+        assert!(!s.router_id.is_unspecified());
+        for (bad, field) in [
+            (bgp.replace("asn: 65001", "asn: 0"), "bgp.asn"),
+            (
+                bgp.replace("hold_time: 30", "hold_time: 2"),
+                "bgp.peers[1].hold_time",
+            ),
+            (
+                bgp.replace("2001:db8:ffff:2::2", "2001:db8:ffff:1::1"),
+                "bgp.peers[1].address",
+            ),
+            (
+                bgp.replace("2001:db8:ffff:1::1", "not-an-address"),
+                "bgp.peers[0].address",
+            ),
+            (format!("{bgp}  router_id: 1.2.3\n"), "bgp.router_id"),
+            (format!("{bgp}  listen: nowhere\n"), "bgp.listen"),
+            (format!("{bgp}  speed: 9\n"), "bgp"),
+            (format!("{bgp}netns: elsewhere\n"), "bgp"),
+        ] {
+            let e = parse_str(&format!("{GOOD}{bad}")).expect_err(field);
+            assert!(e.field.starts_with(field), "{field}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod io;
 pub mod metrics;
 pub mod policy_sync;
 pub mod reconcile;
+pub mod routing;
 mod server;
 
 use std::collections::{BTreeMap, HashMap};
@@ -211,6 +212,8 @@ pub struct Agent {
     observer: Option<InstallObserver>,
     /// Latencies and call counts for the metrics endpoint.
     telemetry: metrics::Telemetry,
+    /// The BGP speaker announcing this host's locator, when configured.
+    routing: std::sync::OnceLock<Arc<routing::Routing>>,
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -370,6 +373,7 @@ impl Agent {
             session_reset: tokio::sync::Notify::new(),
             observer,
             telemetry: metrics::Telemetry::default(),
+            routing: std::sync::OnceLock::new(),
         });
         agent.save_state()?;
         Ok(agent)
@@ -1098,6 +1102,23 @@ impl Agent {
         let out: HashMap<Ipv6Addr, dataplane::OutEntry> =
             lock(&self.maps).out_entries()?.into_iter().collect();
         Ok(core.mapping_rows(&out))
+    }
+
+    /// Hands the agent its BGP speaker (once), so that the API can report it.
+    pub fn set_routing(&self, routing: Arc<routing::Routing>) -> Result<(), AgentError> {
+        self.routing
+            .set(routing)
+            .map_err(|_| AgentError::Conflict("the BGP speaker is set already".into()))
+    }
+
+    /// The BGP speaker.
+    pub fn routing(&self) -> Result<&Arc<routing::Routing>, AgentError> {
+        self.routing.get().ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "host '{}' runs no BGP speaker (its configuration has no `bgp` section)",
+                self.cfg.host
+            ))
+        })
     }
 
     /// Latencies and call counts recorded for the metrics endpoint.

@@ -143,12 +143,14 @@ async fn read_line(
         let want = n.div_ceil(PERMIT_BYTES) as u32;
         match Arc::clone(budget).try_acquire_many_owned(want) {
             Ok(p) => permits.push(p),
-            Err(_) => return Err(LineError::Refused(
-                ErrorKind::Busy,
-                format!(
+            Err(_) => {
+                return Err(LineError::Refused(
+                    ErrorKind::Busy,
+                    format!(
                     "agent busy: unfinished requests already hold {MAX_BUFFERED} bytes; try again"
                 ),
-            )),
+                ))
+            }
         }
         line.extend_from_slice(&chunk[..n]);
     }
@@ -226,6 +228,8 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
         Request::PolicyApply { records } => agent.apply_policies(records).await.map(ok),
         Request::PolicyDelete { name } => agent.delete_policy(&name).await.map(|()| ok(())),
         Request::PolicyList => Ok(ok(agent.policy_list())),
+        Request::BgpStatus => agent.routing().map(|r| ok(r.status())),
+        Request::BgpRoutes => agent.routing().map(|r| ok(r.routes())),
         Request::PolicyExplain {
             from,
             to,

@@ -4,6 +4,7 @@
 
 pub mod link;
 pub mod netns;
+pub mod route;
 
 use std::path::PathBuf;
 

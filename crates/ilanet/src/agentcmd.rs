@@ -195,12 +195,27 @@ fn run_host(path: &std::path::Path) -> Result<ExitCode> {
         agent.config().socket.display()
     );
     let metrics = cfg.metrics;
+    let bgp = cfg.bgp;
     let runtime = agent_runtime()?;
     runtime.block_on(async move {
         if let Some(addr) = metrics {
             start_metrics(addr, vec![Arc::clone(&agent)])
                 .await
                 .with_context(|| file.clone())?;
+        }
+        if let Some(speaker) = bgp {
+            let c = agent.config();
+            let routing = agent::routing::Routing::start(
+                &c.host,
+                &c.host_netns,
+                speaker,
+                c.locator,
+                c.underlay,
+            )
+            .await
+            .with_context(|| format!("{file}: bgp"))?;
+            log::info!("host {host}: BGP speaker announcing {}", c.locator);
+            agent.set_routing(routing)?;
         }
         tokio::spawn(Arc::clone(&agent).run(None));
         agent::serve(agent).await.map_err(|e| anyhow!(e))?;
@@ -349,6 +364,73 @@ fn status(t: &Target) -> Result<ExitCode> {
             s.in_entries,
             s.resyncs
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum BgpCommand {
+    /// Each speaker's sessions: state, uptime, prefixes received and sent, last error.
+    Status(Target),
+    /// The best routes each host learned, where from, and the kernel route installed.
+    Routes(Target),
+}
+
+/// `ilanet bgp …`.
+pub fn bgp(command: &BgpCommand) -> Result<ExitCode> {
+    match command {
+        BgpCommand::Status(t) => {
+            let mut all = Vec::new();
+            for (_, v) in call_each(t, &Request::BgpStatus)? {
+                all.push(serde_json::from_value::<agent::routing::BgpStatus>(v)?);
+            }
+            if t.json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for s in &all {
+                println!(
+                    "{}: AS {} router id {} listening on {}, {} kernel routes",
+                    s.host,
+                    s.speaker.local_as,
+                    s.speaker.router_id,
+                    s.speaker
+                        .listen
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.kernel_routes
+                );
+                for p in &s.speaker.peers {
+                    println!("  {}", serde_json::to_string(p)?);
+                }
+            }
+        }
+        BgpCommand::Routes(t) => {
+            let mut all = Vec::new();
+            for (host, v) in call_each(t, &Request::BgpRoutes)? {
+                let rows: Vec<agent::routing::RouteRow> = serde_json::from_value(v)?;
+                all.push((host, rows));
+            }
+            if t.json {
+                let map: BTreeMap<_, _> = all.into_iter().collect();
+                println!("{}", serde_json::to_string_pretty(&map)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (host, rows) in &all {
+                for r in rows {
+                    println!(
+                        "{host:<10} {:<24} next hop {:<24} from {:<24} as-path {:?} kernel {}",
+                        r.prefix,
+                        r.next_hop,
+                        r.peer,
+                        r.as_path,
+                        r.installed_via
+                            .map(|v| format!("via {v}"))
+                            .unwrap_or_else(|| "not installed".into())
+                    );
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

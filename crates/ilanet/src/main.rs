@@ -40,6 +40,11 @@ enum Command {
     },
     /// The mappings a host's agent knows, and whether its eBPF map holds them.
     Mappings(agentcmd::Target),
+    /// BGP: the speakers announcing the hosts' locators, and the routes they learned.
+    Bgp {
+        #[command(subcommand)]
+        command: agentcmd::BgpCommand,
+    },
     /// Apply, delete, list and explain identity-based policies.
     Policy {
         #[command(subcommand)]
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agentcmd::run(args),
         Command::Endpoint { command } => agentcmd::endpoint(command),
         Command::Mappings(t) => agentcmd::mappings(t),
+        Command::Bgp { command } => agentcmd::bgp(command),
         Command::Policy { command } => policycmd::run(command),
         Command::Trace(args) => policycmd::trace(args),
         Command::Bench { command } => match command {
