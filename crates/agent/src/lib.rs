@@ -780,8 +780,10 @@ impl Agent {
         replace: bool,
         labels: BTreeMap<String, String>,
     ) -> Result<LocalEndpoint, AgentError> {
+        let t0 = Instant::now();
         let plan = lock(&self.core).plan_add(name, tenant, identifier, &labels)?;
         let _name = self.names.lock(name).await;
+        let t_lock = t0.elapsed();
         let (mut store, mut lease) = self.wait_session().await?;
         let id_labels = plan.identity_labels.to_string();
         // Allocation is idempotent: one retry covers a request lost with a dying store member.
@@ -793,6 +795,7 @@ impl Agent {
             }
             other => other?,
         };
+        let t_identity = t0.elapsed();
         {
             // Known before the endpoint exists, so its first packet meets a compiled policy.
             let mut core = lock(&self.core);
@@ -806,7 +809,9 @@ impl Agent {
             let (id, sir_addr) =
                 lock(&self.core).choose_address(&plan.tenant, identifier, replace)?;
             // Recorded before anything is made, so no crash can leave an unrecorded namespace.
+            let t_record = Instant::now();
             self.set_creating(name, Some(sandbox))?;
+            let t_record = t_record.elapsed();
             let req = CreateEndpoint {
                 name: name.to_string(),
                 sandbox: sandbox.clone(),
@@ -816,7 +821,9 @@ impl Agent {
                 identity,
             };
             let plumbing = Arc::clone(&self.plumbing);
+            let t_plumb = Instant::now();
             let created = blocking(move || plumbing.create(&req)).await;
+            let t_plumb = t_plumb.elapsed();
             let ep = match created {
                 Ok(ep) => ep,
                 Err(e) => {
@@ -838,6 +845,7 @@ impl Agent {
                     }
                 }
             };
+            let t_publish = Instant::now();
             let published = match publish(store.clone(), lease).await {
                 // Lost with a dying store member, or the lease went with it: try once more on
                 // the session the session loop re-establishes. If the first attempt did land,
@@ -861,12 +869,22 @@ impl Agent {
             };
             match published {
                 Ok(_) => {
+                    let t_publish = t_publish.elapsed();
+                    let t_save = Instant::now();
                     {
                         let mut core = lock(&self.core);
                         let out = core.endpoint_added(ep.clone());
                         self.execute(out)?;
                     }
                     self.save_state()?;
+                    log::debug!(
+                        "host {}: endpoint {name} added in {:?}: name lock {t_lock:?}, identity {:?}, \
+                         record {t_record:?}, plumbing {t_plumb:?}, publish {t_publish:?}, install and record {:?}",
+                        self.cfg.host,
+                        t0.elapsed(),
+                        t_identity - t_lock,
+                        t_save.elapsed()
+                    );
                     return Ok(ep);
                 }
                 Err(e) => {
