@@ -483,6 +483,31 @@ impl Core {
         out
     }
 
+    /// The identity the store gave this label set, if this host knows it already (identities
+    /// are never deleted: a known one needs no store round trip).
+    pub fn identity_of(&self, labels: &LabelSet) -> Option<u32> {
+        self.policy.identity_of(labels)
+    }
+
+    /// The mapping record an endpoint of this host will have.
+    pub fn record_for(
+        &self,
+        name: &str,
+        identifier: Identifier,
+        sir_addr: Ipv6Addr,
+        identity: u32,
+    ) -> MappingRecord {
+        MappingRecord {
+            endpoint: name.to_string(),
+            host: self.spec.host.clone(),
+            sir: SirPrefix::from_addr(sir_addr),
+            identifier,
+            locator: self.spec.locator,
+            mode: self.spec.csum_mode,
+            identity,
+        }
+    }
+
     /// Refuses a name this host or (unless replacing) another host already uses.
     pub fn check_name_free(&self, name: &str, replace: bool) -> Result<(), AgentError> {
         if self.endpoints.contains_key(name) || self.creating.contains_key(name) {
@@ -675,15 +700,7 @@ impl Core {
 
     /// The mapping record of one of our endpoints.
     pub fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
-        MappingRecord {
-            endpoint: ep.name.clone(),
-            host: self.spec.host.clone(),
-            sir: SirPrefix::from_addr(ep.sir_addr),
-            identifier: ep.identifier,
-            locator: self.spec.locator,
-            mode: self.spec.csum_mode,
-            identity: ep.identity,
-        }
+        self.record_for(&ep.name, ep.identifier, ep.sir_addr, ep.identity)
     }
 
     /// The tenant network an identifier belongs to (by its VNID).

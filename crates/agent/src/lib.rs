@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use dataplane::HostDataplane;
 use ila::{ChecksumMode, Identifier, Locator, TenantNetwork};
 use serde::{Deserialize, Serialize};
-use store::{Lease, Snapshot, Store, StoreConfig, StoreEvent};
+use store::{Lease, MappingRecord, Snapshot, Store, StoreConfig, StoreEvent};
 
 use crate::api::{
     AgentStatus, CniAttachment, CniAttachmentId, CniGcReply, ExplainReply, MappingRow, PolicyRow,
@@ -204,7 +204,7 @@ pub struct Agent {
     plumbing: Arc<dyn Plumbing>,
     /// Serialises changes of one endpoint name (they span blocking plumbing and store calls);
     /// changes of different names run in parallel.
-    names: NameLocks,
+    names: Arc<NameLocks>,
     /// Serialises state-file writes (each writes the state as it is when it starts).
     state_write: Mutex<()>,
     /// Ends the current store session (its lease was found expired outside the session loop).
@@ -246,6 +246,21 @@ impl<T> AbortOnDrop<T> {
     }
 }
 
+/// A blocking task whose result is not an `AgentError` result (joined with
+/// [`BlockingTask::join_blocking`]).
+struct BlockingTask<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> BlockingTask<T> {
+    async fn join_blocking(&mut self) -> Result<T, AgentError> {
+        match self.0.take() {
+            Some(h) => h
+                .await
+                .map_err(|e| AgentError::Internal(format!("agent task failed: {e}"))),
+            None => Err(AgentError::Internal("task joined twice".into())),
+        }
+    }
+}
+
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
@@ -256,26 +271,26 @@ impl<T> Drop for AbortOnDrop<T> {
 #[derive(Default)]
 struct NameLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
-/// Holds one name's lock.
-struct NameGuard<'a> {
-    locks: &'a NameLocks,
+/// Holds one name's lock (movable into a task that finishes the change in the background).
+struct NameGuard {
+    locks: Arc<NameLocks>,
     name: String,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl NameLocks {
-    async fn lock(&self, name: &str) -> NameGuard<'_> {
+    async fn lock(self: &Arc<Self>, name: &str) -> NameGuard {
         let m = Arc::clone(lock(&self.0).entry(name.to_string()).or_default());
         let guard = m.lock_owned().await;
         NameGuard {
-            locks: self,
+            locks: Arc::clone(self),
             name: name.to_string(),
             guard: Some(guard),
         }
     }
 }
 
-impl Drop for NameGuard<'_> {
+impl Drop for NameGuard {
     fn drop(&mut self) {
         self.guard = None;
         let mut map = lock(&self.locks.0);
@@ -368,7 +383,7 @@ impl Agent {
             plumbing,
             cfg,
             store_cfg,
-            names: NameLocks::default(),
+            names: Arc::default(),
             state_write: Mutex::new(()),
             session_reset: tokio::sync::Notify::new(),
             observer,
@@ -771,6 +786,10 @@ impl Agent {
     }
 
     /// [`Agent::add_endpoint`] in a namespace of the agent's own or a runtime's.
+    ///
+    /// The plumbing (veth, addresses, routes, the program's attachment: most of the time, much
+    /// of it the kernel's) runs while the identity is looked up and the mapping is published;
+    /// if either side fails, the other is undone.
     async fn add_endpoint_in(
         self: &Arc<Self>,
         name: &str,
@@ -783,93 +802,69 @@ impl Agent {
         let t0 = Instant::now();
         let plan = lock(&self.core).plan_add(name, tenant, identifier, &labels)?;
         let _name = self.names.lock(name).await;
-        let t_lock = t0.elapsed();
         let (mut store, mut lease) = self.wait_session().await?;
-        let id_labels = plan.identity_labels.to_string();
-        // Allocation is idempotent: one retry covers a request lost with a dying store member.
-        let identity = match store.allocate_identity(&id_labels).await {
-            Err(e @ store::StoreError::Unavailable { .. }) => {
-                self.reset_session(&e, lease.id);
-                (store, lease) = self.wait_session().await?;
-                store.allocate_identity(&id_labels).await?
-            }
-            other => other?,
-        };
-        let t_identity = t0.elapsed();
-        {
-            // Known before the endpoint exists, so its first packet meets a compiled policy.
-            let mut core = lock(&self.core);
-            let out = core.learn_identity(identity, &plan.identity_labels);
-            self.execute(out)?;
-            core.check_name_free(name, replace)?;
-        }
+        lock(&self.core).check_name_free(name, replace)?;
+        let mut identity = lock(&self.core).identity_of(&plan.identity_labels);
         let mut attempts = 0;
         loop {
             attempts += 1;
             let (id, sir_addr) =
                 lock(&self.core).choose_address(&plan.tenant, identifier, replace)?;
             // Recorded before anything is made, so no crash can leave an unrecorded namespace.
-            let t_record = Instant::now();
             self.set_creating(name, Some(sandbox))?;
-            let t_record = t_record.elapsed();
+            let t_plumb = Instant::now();
             let req = CreateEndpoint {
                 name: name.to_string(),
                 sandbox: sandbox.clone(),
                 identifier: id,
                 sir_addr,
                 labels: labels.clone(),
-                identity,
+                identity: 0,
             };
             let plumbing = Arc::clone(&self.plumbing);
-            let t_plumb = Instant::now();
-            let created = blocking(move || plumbing.create(&req)).await;
-            let t_plumb = t_plumb.elapsed();
-            let ep = match created {
-                Ok(ep) => ep,
-                Err(e) => {
-                    if identifier.is_none() {
-                        lock(&self.core).release_identifier(id);
-                    }
-                    self.set_creating(name, None)?;
-                    return Err(e);
-                }
-            };
-            let rec = lock(&self.core).record_of(&ep);
-            let publish = |store: Store, lease: Lease| {
-                let rec = rec.clone();
-                async move {
-                    if replace {
-                        store.put_mapping(&rec, &lease).await
-                    } else {
-                        store.create_mapping(&rec, &lease).await
-                    }
-                }
-            };
-            let t_publish = Instant::now();
-            let published = match publish(store.clone(), lease).await {
-                // Lost with a dying store member, or the lease went with it: try once more on
-                // the session the session loop re-establishes. If the first attempt did land,
-                // the create now finds this very endpoint's record, which is success.
-                Err(
-                    e
-                    @ (store::StoreError::Unavailable { .. } | store::StoreError::LeaseExpired(_)),
-                ) => {
-                    self.reset_session(&e, lease.id);
-                    let (store, lease) = self.wait_session().await?;
-                    match publish(store, lease).await {
-                        Err(store::StoreError::AddressInUse { owner_endpoint, .. })
-                            if owner_endpoint == name =>
-                        {
-                            Ok(0)
+            let mut plumbed = BlockingTask(Some(tokio::task::spawn_blocking(move || {
+                let r = plumbing.create(&req);
+                (r, t_plumb.elapsed())
+            })));
+            // Meanwhile: the identity (known labels need no store round trip; identities are
+            // never deleted) and the mapping.
+            let ident = match identity {
+                Some(i) => Ok(i),
+                None => {
+                    match self
+                        .allocate_identity(&mut store, &mut lease, &plan.identity_labels)
+                        .await
+                    {
+                        Ok(i) => {
+                            identity = Some(i);
+                            Ok(i)
                         }
-                        other => other,
+                        Err(e) => Err(e),
                     }
                 }
-                other => other,
             };
-            match published {
-                Ok(_) => {
-                    let t_publish = t_publish.elapsed();
+            let t_identity = t0.elapsed();
+            let published = match ident {
+                Ok(i) => {
+                    let rec = {
+                        let mut core = lock(&self.core);
+                        // Known before the endpoint is installed, so its first packet meets a
+                        // compiled policy.
+                        let out = core.learn_identity(i, &plan.identity_labels);
+                        self.execute(out)?;
+                        core.record_for(name, id, sir_addr, i)
+                    };
+                    self.publish_mapping(&rec, replace, name, &mut store, &mut lease)
+                        .await
+                        .map_err(AgentError::from)
+                }
+                Err(e) => Err(e),
+            };
+            let t_publish = t0.elapsed();
+            let (created, plumb_time) = plumbed.join_blocking().await?;
+            match (created, published) {
+                (Ok(mut ep), Ok(())) => {
+                    ep.identity = identity.unwrap_or_default();
                     let t_save = Instant::now();
                     {
                         let mut core = lock(&self.core);
@@ -878,16 +873,25 @@ impl Agent {
                     }
                     self.save_state()?;
                     log::debug!(
-                        "host {}: endpoint {name} added in {:?}: name lock {t_lock:?}, identity {:?}, \
-                         record {t_record:?}, plumbing {t_plumb:?}, publish {t_publish:?}, install and record {:?}",
+                        "host {}: endpoint {name} added in {:?}: identity by {t_identity:?}, \
+                         published by {t_publish:?}, plumbing {plumb_time:?}, install and record {:?}",
                         self.cfg.host,
                         t0.elapsed(),
-                        t_identity - t_lock,
                         t_save.elapsed()
                     );
                     return Ok(ep);
                 }
-                Err(e) => {
+                (Err(e), published) => {
+                    if published.is_ok() {
+                        self.unpublish(sir_addr, replace, &store).await;
+                    }
+                    if identifier.is_none() {
+                        lock(&self.core).release_identifier(id);
+                    }
+                    self.set_creating(name, None)?;
+                    return Err(e);
+                }
+                (Ok(ep), Err(e)) => {
                     let plumbing = Arc::clone(&self.plumbing);
                     let ep2 = ep.clone();
                     match blocking(move || plumbing.destroy(&ep2)).await {
@@ -903,7 +907,7 @@ impl Agent {
                     match e {
                         // Taken by another host meanwhile: that identifier stays allocated
                         // here (so it is not chosen again) and the next one is tried.
-                        store::StoreError::AddressInUse { .. }
+                        AgentError::Store(store::StoreError::AddressInUse { .. })
                             if identifier.is_none() && attempts < 32 =>
                         {
                             continue
@@ -912,11 +916,86 @@ impl Agent {
                             if identifier.is_none() {
                                 lock(&self.core).release_identifier(id);
                             }
-                            return Err(e.into());
+                            return Err(e);
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// Allocates the identity of a label set in the store. Idempotent: one retry covers a
+    /// request lost with a dying store member.
+    async fn allocate_identity(
+        &self,
+        store: &mut Store,
+        lease: &mut Lease,
+        labels: &policy::LabelSet,
+    ) -> Result<u32, AgentError> {
+        let text = labels.to_string();
+        match store.allocate_identity(&text).await {
+            Err(e @ store::StoreError::Unavailable { .. }) => {
+                self.reset_session(&e, lease.id);
+                (*store, *lease) = self.wait_session().await?;
+                Ok(store.allocate_identity(&text).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Writes a new endpoint's mapping (created, or overwritten for a move). A write lost with
+    /// a dying store member, or whose lease went with it, is tried once more on the session
+    /// the session loop re-establishes; if the first attempt did land, the create then finds
+    /// this very endpoint's record, which is success.
+    async fn publish_mapping(
+        &self,
+        rec: &MappingRecord,
+        replace: bool,
+        name: &str,
+        store: &mut Store,
+        lease: &mut Lease,
+    ) -> Result<(), store::StoreError> {
+        let write = |store: Store, lease: Lease| {
+            let rec = rec.clone();
+            async move {
+                if replace {
+                    store.put_mapping(&rec, &lease).await.map(|_| ())
+                } else {
+                    store.create_mapping(&rec, &lease).await.map(|_| ())
+                }
+            }
+        };
+        match write(store.clone(), *lease).await {
+            Err(
+                e @ (store::StoreError::Unavailable { .. } | store::StoreError::LeaseExpired(_)),
+            ) => {
+                self.reset_session(&e, lease.id);
+                let (s, l) = self.wait_session().await.map_err(|_| e)?;
+                (*store, *lease) = (s, l);
+                match write(store.clone(), *lease).await {
+                    Err(store::StoreError::AddressInUse { owner_endpoint, .. })
+                        if owner_endpoint == name =>
+                    {
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Takes back a mapping published for an endpoint whose plumbing then failed (a replaced
+    /// mapping of a move is left: its old host still serves it until the move is retried).
+    async fn unpublish(&self, sir: Ipv6Addr, replace: bool, store: &Store) {
+        if replace {
+            return;
+        }
+        if let Err(e) = store.delete_mapping(sir).await {
+            log::error!(
+                "host {}: taking back the mapping of {sir}: {e} (its lease ends it)",
+                self.cfg.host
+            );
         }
     }
 
@@ -966,15 +1045,56 @@ impl Agent {
                 }
             }
         }
-        let plumbing = Arc::clone(&self.plumbing);
-        let ep2 = ep.clone();
-        blocking(move || plumbing.destroy(&ep2)).await?;
+        if ep.container_id.is_none() {
+            // Our own namespace: gone when the request returns (`ilanet endpoint del`).
+            let plumbing = Arc::clone(&self.plumbing);
+            let ep2 = ep.clone();
+            blocking(move || plumbing.destroy(&ep2)).await?;
+            {
+                let mut core = lock(&self.core);
+                let out = core.endpoint_removed(name, keep_mapping);
+                self.execute(out)?;
+            }
+            return self.save_state();
+        }
+        // A runtime's container (CNI DEL): its mapping and entries go now; the veth — whose
+        // deletion is the kernel's slowest step, and which goes anyway with the namespace the
+        // runtime removes next — goes in the background, recorded as unfinished until then (a
+        // restart finishes it). The name stays locked meanwhile: a new ADD of the same
+        // container waits for it.
         {
             let mut core = lock(&self.core);
             let out = core.endpoint_removed(name, keep_mapping);
             self.execute(out)?;
+            core.begin_create(PendingEndpoint {
+                name: ep.name.clone(),
+                netns: ep.netns.clone(),
+                host_ifname: ep.host_ifname.clone(),
+                owns_netns: false,
+            });
         }
-        self.save_state()
+        self.save_state()?;
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let held = _name;
+            let plumbing = Arc::clone(&me.plumbing);
+            let ep2 = ep.clone();
+            match blocking(move || plumbing.destroy(&ep2)).await {
+                Ok(()) => {
+                    lock(&me.core).abandon_create(&ep.name);
+                    if let Err(e) = me.save_state() {
+                        log::error!("host {}: {e}", me.cfg.host);
+                    }
+                }
+                Err(e) => log::error!(
+                    "host {}: removing the veth of endpoint '{}': {e} (the next start retries)",
+                    me.cfg.host,
+                    ep.name
+                ),
+            }
+            drop(held);
+        });
+        Ok(())
     }
 
     /// Attaches a container a runtime created (CNI ADD). The endpoint is named after the

@@ -141,6 +141,14 @@ impl PolicyView {
         Ok(())
     }
 
+    /// The identity of a label set, if known.
+    pub fn identity_of(&self, labels: &LabelSet) -> Option<u32> {
+        self.identities
+            .iter()
+            .find(|(_, l)| *l == labels)
+            .map(|(id, _)| *id)
+    }
+
     /// Forgets an identity (its record became unreadable: as a full resync would skip it).
     pub fn forget_identity(&mut self, id: u32) {
         self.identities.remove(&id);

@@ -365,3 +365,47 @@ async fn endpoints_created_at_once_get_distinct_addresses_and_all_arrive() {
     assert_eq!(state["endpoints"].as_array().map(|a| a.len()), Some(8));
     assert_eq!(state["creating"].as_array().map(|a| a.len()), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_del_returns_before_the_veth_goes_and_a_new_add_waits_for_it() {
+    let dir = TempDir::new("cnidel");
+    let store = EmbeddedStore::new();
+    let h1 = new_host(&store, &dir, 1, LONG);
+    let h2 = new_host(&store, &dir, 2, LONG);
+    h1.plumbing.add_runtime_netns("/run/netns/cni-1");
+    let a = h1
+        .agent
+        .cni_add("c0ffee", "/run/netns/cni-1", "eth0", None, BTreeMap::new())
+        .await
+        .expect("add");
+    until(&h2, "the mapping", |m| m.out.contains_key(&a.address)).await;
+    h1.agent.cni_del("c0ffee", "eth0").await.expect("del");
+    // The mapping and this host's entries are gone when DEL returns.
+    assert!(!h1.maps.snapshot().out.contains_key(&a.address));
+    assert!(h1.maps.snapshot().inbound.is_empty());
+    assert!(h1.agent.endpoints().is_empty());
+    // DEL is idempotent, and an ADD of the same container succeeds once the veth is gone.
+    h1.agent.cni_del("c0ffee", "eth0").await.expect("del again");
+    let b = h1
+        .agent
+        .cni_add("c0ffee", "/run/netns/cni-1", "eth0", None, BTreeMap::new())
+        .await
+        .expect("add again");
+    assert_eq!(h1.plumbing.veths().len(), 1, "one veth: the new one");
+    until(&h2, "the new mapping", |m| m.out.contains_key(&b.address)).await;
+    until(&h2, "the old mapping gone", |m| {
+        a.address == b.address || !m.out.contains_key(&a.address)
+    })
+    .await;
+    h1.agent.cni_del("c0ffee", "eth0").await.expect("del");
+    for _ in 0..500 {
+        let state = std::fs::read_to_string(&h1.cfg.state_file).expect("state");
+        let v: serde_json::Value = serde_json::from_str(&state).expect("json");
+        if h1.plumbing.veths().is_empty() && v["creating"].as_array().is_some_and(|a| a.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the background removal did not finish");
+}
