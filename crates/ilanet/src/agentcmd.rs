@@ -314,14 +314,11 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
 /// (all hosts, or `--host`). Returns each host's name and reply.
 fn call_each(t: &Target, req: &Request) -> Result<Vec<(String, serde_json::Value)>> {
     if let Some(socket) = &t.socket {
-        let status: AgentStatus = serde_json::from_value(agent::api::call(
-            socket,
-            &Request::Status,
-            agents::CALL_TIMEOUT,
-        )?)?;
+        let client = agent::api::Client::new(socket).with_timeout(agents::CALL_TIMEOUT);
+        let status = client.status()?;
         let v = match req {
             Request::Status => serde_json::to_value(&status)?,
-            _ => agent::api::call(socket, req, agents::CALL_TIMEOUT)?,
+            _ => client.request(req)?,
         };
         return Ok(vec![(status.host, v)]);
     }

@@ -3,12 +3,11 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use agent::api::{ExplainReply, PolicyRow, Request};
+use agent::api::{Client, ClientError, ExplainReply, PolicyRow};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use dataplane::{FlowEvent, HostMaps};
 use lab::agents;
-use lab::plan::Plan;
 
 use crate::labcmd::DEFAULT_LAB;
 
@@ -76,53 +75,76 @@ pub enum PolicyCommand {
 }
 
 /// Where store-wide requests go: the host agent at a socket, or any agent of a lab.
-enum Agents {
-    Socket(std::path::PathBuf),
-    Lab(Plan),
+struct Agents {
+    /// Tried in order: the first that answers serves the request.
+    clients: Vec<Client>,
+    /// The lab's tenants (a host agent reports its own).
+    tenants: Option<Vec<ila::TenantNetwork>>,
+    /// What the agents are, for messages.
+    what: String,
 }
 
 impl Agents {
     fn of(lab: &str, socket: &Option<std::path::PathBuf>) -> Result<Self> {
         Ok(match socket {
-            Some(s) => Agents::Socket(s.clone()),
-            None => Agents::Lab(lab::plan_of(lab)?),
+            Some(s) => Agents {
+                clients: vec![Client::new(s).with_timeout(agents::CALL_TIMEOUT)],
+                tenants: None,
+                what: format!("the agent at {}", s.display()),
+            },
+            None => {
+                let plan = lab::plan_of(lab)?;
+                Agents {
+                    clients: plan
+                        .hosts
+                        .iter()
+                        .map(|h| {
+                            Client::new(agents::socket_path(&plan.name, &h.name))
+                                .with_timeout(agents::CALL_TIMEOUT)
+                        })
+                        .collect(),
+                    tenants: Some(plan.tenants.clone()),
+                    what: format!("lab '{}'", plan.name),
+                }
+            }
         })
     }
 
-    fn call(&self, req: &Request) -> Result<serde_json::Value> {
-        match self {
-            Agents::Socket(s) => Ok(agent::api::call(s, req, agents::CALL_TIMEOUT)?),
-            Agents::Lab(plan) => call_any(plan, req),
+    /// Runs `f` on the first agent that answers; an agent's refusal is the answer (with its
+    /// kind: a bad request, a missing store …).
+    fn first<T>(&self, f: impl Fn(&Client) -> Result<T, ClientError>) -> Result<T> {
+        let mut last = None;
+        for c in &self.clients {
+            match f(c) {
+                Ok(v) => return Ok(v),
+                Err(e @ ClientError::Unreachable { .. }) => last = Some(e),
+                Err(ClientError::Refused { kind, message }) => {
+                    return Err(anyhow!("{message}")).context(match kind {
+                        agent::ErrorKind::NoStore => {
+                            "refused: the mapping store is not reachable; try again when it is"
+                        }
+                        agent::ErrorKind::BadRequest => "refused: the request is not valid",
+                        agent::ErrorKind::NotFound => "refused: not found",
+                        agent::ErrorKind::Conflict => "refused: already taken",
+                        agent::ErrorKind::Busy => "refused: the agent is busy; try again",
+                        agent::ErrorKind::Internal => "the agent failed",
+                    })
+                }
+            }
         }
+        Err(anyhow!(
+            "no agent of {} answers ({})",
+            self.what,
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
     }
 
     fn tenants(&self) -> Result<Vec<ila::TenantNetwork>> {
-        match self {
-            Agents::Lab(plan) => Ok(plan.tenants.clone()),
-            Agents::Socket(_) => {
-                let s: agent::api::AgentStatus =
-                    serde_json::from_value(self.call(&Request::Status)?)?;
-                Ok(s.tenants)
-            }
+        match &self.tenants {
+            Some(t) => Ok(t.clone()),
+            None => Ok(self.first(|c| c.status())?.tenants),
         }
     }
-}
-
-/// Any host's agent will do for store-wide requests: the first one that answers.
-fn call_any(plan: &Plan, req: &Request) -> Result<serde_json::Value> {
-    let mut last = None;
-    for h in &plan.hosts {
-        match agents::call(&plan.name, &h.name, req) {
-            Ok(v) => return Ok(v),
-            Err(lab::LabError::Agent(e)) if e.contains("agent at") => last = Some(e),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(anyhow!(
-        "no agent of lab '{}' answers ({})",
-        plan.name,
-        last.unwrap_or_default()
-    ))
 }
 
 pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
@@ -148,8 +170,7 @@ pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
                 .unwrap_or_else(|| file.display().to_string());
             // Parsed and checked here first: a bad file is refused before anything is sent.
             let records = agent::policy_sync::records_for_file(&name, &bytes, t.vnid)?;
-            let v = agents.call(&Request::PolicyApply { records })?;
-            let names: Vec<String> = serde_json::from_value(v)?;
+            let names = agents.first(|c| c.policy_apply(records.clone()))?;
             println!(
                 "applied {} polic{}: {}",
                 names.len(),
@@ -158,12 +179,11 @@ pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
             );
         }
         PolicyCommand::Delete { name, lab, socket } => {
-            Agents::of(lab, socket)?.call(&Request::PolicyDelete { name: name.clone() })?;
+            Agents::of(lab, socket)?.first(|c| c.policy_delete(name))?;
             println!("policy {name} deleted");
         }
         PolicyCommand::List { lab, json, socket } => {
-            let rows: Vec<PolicyRow> =
-                serde_json::from_value(Agents::of(lab, socket)?.call(&Request::PolicyList)?)?;
+            let rows: Vec<PolicyRow> = Agents::of(lab, socket)?.first(|c| c.policy_list())?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -181,17 +201,8 @@ pub fn run(cmd: &PolicyCommand) -> Result<ExitCode> {
             lab,
             json,
         } => {
-            let plan = lab::plan_of(lab)?;
-            let v = call_any(
-                &plan,
-                &Request::PolicyExplain {
-                    from: from.clone(),
-                    to: to.clone(),
-                    port: *port,
-                    proto: proto.clone(),
-                },
-            )?;
-            let e: ExplainReply = serde_json::from_value(v)?;
+            let e: ExplainReply =
+                Agents::of(lab, &None)?.first(|c| c.explain(from, to, *port, proto))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
