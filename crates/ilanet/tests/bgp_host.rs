@@ -7,15 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
+mod common;
+use common::text;
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)

@@ -3,18 +3,13 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod common;
+use common::text;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 
 fn ilanet(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run ilanet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn lab_name(tag: &str) -> String {

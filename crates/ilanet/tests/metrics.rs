@@ -11,10 +11,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent::api::{AgentStatus, Request};
+
+mod common;
+use common::text;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -28,14 +31,6 @@ const CALL: Duration = Duration::from_secs(30);
 type Reply = (u16, Vec<(String, String)>, String);
 /// One series of a Prometheus query result: labels, value.
 type Sample = (BTreeMap<String, String>, f64);
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn ip(args: &[&str]) {
     let o = Command::new("ip").args(args).output().expect("ip");
