@@ -106,9 +106,12 @@ async fn ilanet_against_ilanet_exchange_withdraw_refresh_and_graceful_restart() 
     assert!(
         matches!(next_change(&mut a_rx, 5).await, Some(BestChange::Changed(r)) if r.prefix == net("2001:db8:b::/64"))
     );
-    let st = serde_json::to_value(a.status()).unwrap();
-    assert_eq!(st["peers"][0]["prefixes_received"], 1);
-    assert_eq!(st["peers"][0]["prefixes_sent"], 1);
+    // The status is refreshed by the peer task after it hands the change on: wait for it.
+    wait_for("A's status to count one prefix each way", 5, || {
+        let st = serde_json::to_value(a.status()).unwrap();
+        st["peers"][0]["prefixes_received"] == 1 && st["peers"][0]["prefixes_sent"] == 1
+    })
+    .await;
 
     a.withdraw(net("2001:db8:a::/64")).await;
     assert_eq!(
