@@ -60,6 +60,7 @@ fn up(tag: &str, mode: Mode) -> (Cleanup, Plan) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, iptables"]
 fn native_mode_connects_every_pair() {
     let (_c, plan) = up("nat", Mode::Native);
     check_all_pairs(&plan, true, 32000, 200_000);
@@ -68,6 +69,7 @@ fn native_mode_connects_every_pair() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, eBPF, iptables"]
 fn swarm_mode_connects_every_pair_and_listing9_filters() {
     let (_c, plan) = up("swm", Mode::Swarm);
     check_all_pairs(&plan, true, 33000, 200_000);
@@ -95,6 +97,7 @@ fn swarm_mode_connects_every_pair_and_listing9_filters() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces"]
 fn swarm_rules_are_refused_on_other_modes() {
     let (_c, plan) = up("nrl", Mode::Native);
     let err = lab::set_swarm_rules(&plan.name, SwarmRules::Off).unwrap_err();
