@@ -69,9 +69,9 @@ fn locator_net(l: Locator) -> Result<Ipv6Net, AgentError> {
 }
 
 impl Routing {
-    /// Starts the speaker in this process's network namespace (which must be the host's:
-    /// its sockets and routes live there), announces `locator` via `underlay`, and keeps the
-    /// routing table of namespace `netns` equal to the best routes learned.
+    /// Starts the speaker with its sockets inside namespace `netns` (the host's, a name or a
+    /// path; one process may serve several emulated hosts), announces `locator` via
+    /// `underlay`, and keeps the routing table of `netns` equal to the best routes learned.
     pub async fn start(
         host: &str,
         netns: &str,
@@ -86,7 +86,7 @@ impl Routing {
             .graceful_restart_time
             .map(|s| Duration::from_secs(u64::from(s)))
             .unwrap_or(STALE_KERNEL_ROUTES);
-        let (speaker, mut changes) = Speaker::start(cfg)
+        let (speaker, mut changes) = Speaker::start_with(cfg, sockets_in(netns))
             .await
             .map_err(|e| AgentError::Invalid(format!("host '{host}': {e}")))?;
         speaker.announce(own, underlay).await;
@@ -168,6 +168,26 @@ impl Routing {
             })
             .collect()
     }
+}
+
+/// A socket factory for the speaker that makes each socket inside namespace `netns` (the
+/// thread switches in and back at once; the socket stays in the namespace it was made in).
+fn sockets_in(netns: &str) -> bgp::SocketFactory {
+    let netns = netns.to_string();
+    Arc::new(move |v6| {
+        hostnet::netns::run_in(&netns, || {
+            let s = if v6 {
+                tokio::net::TcpSocket::new_v6()
+            } else {
+                tokio::net::TcpSocket::new_v4()
+            };
+            s.map_err(|source| hostnet::NetError::Os {
+                what: format!("making a BGP socket in namespace '{netns}'"),
+                source,
+            })
+        })
+        .map_err(std::io::Error::other)
+    })
 }
 
 /// Turns one best-route change into a kernel route change.

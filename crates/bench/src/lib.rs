@@ -7,9 +7,11 @@
 //! Besides them, [`converge`] (how fast a new mapping reaches every other host, and a cold
 //! resync) and [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`).
 
+pub mod bgp;
 pub mod cni;
 pub mod converge;
 pub mod ebpf;
+pub mod fuzz_bgp;
 pub mod iperf;
 pub mod machine;
 pub mod micro;

@@ -18,4 +18,4 @@ pub mod speaker;
 pub use fsm::{resolve_collision, Collision, Input, Output, Session, SessionConfig, State};
 pub use message::{Family, Message, Notification};
 pub use rib::{BestChange, BestRoute};
-pub use speaker::{PeerConfig, Speaker, SpeakerConfig, SpeakerStatus};
+pub use speaker::{PeerConfig, SocketFactory, Speaker, SpeakerConfig, SpeakerStatus};

@@ -90,6 +90,21 @@ pub struct SpeakerConfig {
     pub connect_retry_secs: u64,
 }
 
+/// Makes the speaker's TCP sockets (`true`: IPv6). The default makes them in the calling
+/// thread's network namespace; one process serving several emulated hosts passes a factory that
+/// makes them inside a host's namespace (a socket stays in the namespace it was created in).
+pub type SocketFactory = Arc<dyn Fn(bool) -> std::io::Result<TcpSocket> + Send + Sync>;
+
+fn default_factory() -> SocketFactory {
+    Arc::new(|v6| {
+        if v6 {
+            TcpSocket::new_v6()
+        } else {
+            TcpSocket::new_v4()
+        }
+    })
+}
+
 /// Errors starting the speaker.
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -172,6 +187,14 @@ impl Speaker {
     pub async fn start(
         cfg: SpeakerConfig,
     ) -> Result<(Speaker, mpsc::Receiver<BestChange>), SpeakerError> {
+        Self::start_with(cfg, default_factory()).await
+    }
+
+    /// [`Speaker::start`] with every listen and connect socket made by `sockets`.
+    pub async fn start_with(
+        cfg: SpeakerConfig,
+        sockets: SocketFactory,
+    ) -> Result<(Speaker, mpsc::Receiver<BestChange>), SpeakerError> {
         if cfg.router_id.is_unspecified() {
             return Err(SpeakerError::Config("router_id must not be 0.0.0.0".into()));
         }
@@ -191,9 +214,10 @@ impl Speaker {
             }
         }
         let listener = match cfg.listen {
-            Some(addr) => {
-                Some(bind_listener(addr).map_err(|source| SpeakerError::Listen { addr, source })?)
-            }
+            Some(addr) => Some(
+                bind_listener(&sockets, addr)
+                    .map_err(|source| SpeakerError::Listen { addr, source })?,
+            ),
             None => None,
         };
         let listen = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -223,6 +247,7 @@ impl Speaker {
                 idx,
                 remote: SocketAddr::new(p.address, p.port),
                 local_address,
+                sockets: sockets.clone(),
                 session,
                 shared: shared.clone(),
                 changes: changes_tx.clone(),
@@ -319,12 +344,8 @@ impl Speaker {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv6() {
-        TcpSocket::new_v6()?
-    } else {
-        TcpSocket::new_v4()?
-    };
+fn bind_listener(sockets: &SocketFactory, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = sockets(addr.is_ipv6())?;
     sock.set_reuseaddr(true)?;
     sock.bind(addr)?;
     sock.listen(64)
@@ -402,6 +423,7 @@ struct PeerTask {
     idx: usize,
     remote: SocketAddr,
     local_address: Option<IpAddr>,
+    sockets: SocketFactory,
     session: Session,
     shared: Arc<Mutex<Shared>>,
     changes: mpsc::Sender<BestChange>,
@@ -697,12 +719,9 @@ impl PeerTask {
     fn start_connect(&mut self) {
         let remote = self.remote;
         let local = self.local_address;
+        let made = (self.sockets)(remote.is_ipv6());
         self.connecting = Some(Box::pin(async move {
-            let sock = if remote.is_ipv6() {
-                TcpSocket::new_v6()?
-            } else {
-                TcpSocket::new_v4()?
-            };
+            let sock = made?;
             if let Some(ip) = local.filter(|ip| ip.is_ipv6() == remote.is_ipv6()) {
                 sock.bind(SocketAddr::new(ip, 0))?;
             }

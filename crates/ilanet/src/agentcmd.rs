@@ -290,9 +290,31 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
     }
     let metrics = args.metrics;
     let runtime = agent_runtime()?;
+    let plan = &plan;
     runtime.block_on(async move {
         if let Some(addr) = metrics {
             start_metrics(addr, list.clone()).await?;
+        }
+        // Each host's speaker has its sockets and routes in that host's namespace.
+        for (a, host) in list.iter().zip(&hosts) {
+            if let Some(cfg) = lab::routing::speaker_config(plan, host) {
+                let routing = agent::routing::Routing::start(
+                    &host.name,
+                    &host.netns,
+                    cfg,
+                    host.locator,
+                    host.uplink_addr,
+                )
+                .await
+                .with_context(|| format!("starting the BGP speaker of host '{}'", host.name))?;
+                log::info!(
+                    "host {}: BGP speaker ({} routing) announcing {}",
+                    host.name,
+                    plan.routing,
+                    host.locator
+                );
+                a.set_routing(routing)?;
+            }
         }
         // Every agent publishes before any sweeps: a restarted process with a fresh embedded
         // store must not remove its neighbours' mappings in the meantime.

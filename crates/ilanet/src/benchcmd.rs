@@ -299,3 +299,155 @@ pub fn cni(args: &CniArgs) -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct BgpArgs {
+    /// Hosts of the lab.
+    #[arg(long, default_value_t = 16)]
+    hosts: usize,
+    /// Kill/start rounds, each on the next host (default: one per host but the first).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// BGP hold time in seconds (also the agents' graceful-restart time).
+    #[arg(long, default_value_t = 3)]
+    hold_time: u16,
+    /// Lab name (must not be up).
+    #[arg(long, default_value = "benchbgp")]
+    lab: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ilanet bench bgp`.
+pub fn bgp(args: &BgpArgs) -> Result<ExitCode> {
+    let me = std::env::current_exe().context("finding the ilanet binary")?;
+    let cfg = bench::bgp::BgpBenchConfig {
+        lab: args.lab.clone(),
+        hosts: args.hosts,
+        rounds: args.rounds.unwrap_or(args.hosts.saturating_sub(1)).max(1),
+        hold_time: args.hold_time,
+        stream_after: 2,
+        agent_binary: me,
+    };
+    let quiet = args.json;
+    let r = bench::bgp::run(&cfg, |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (up_ok, wd_ok, gr_ok) = r.verdict();
+    let ok = |b: bool| if b { "met" } else { "MISSED" };
+    let f = |m: &Option<bench::bgp::Millis>| match m {
+        Some(m) => format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+            m.p50_ms, m.p99_ms, m.max_ms, m.count
+        ),
+        None => "no samples".into(),
+    };
+    println!(
+        "BGP locator convergence: {} hosts, BIRD 2 route reflector, hold time {} s, graceful restart {} s, etcd store (lab up {:.1} s)",
+        r.hosts, r.hold_time, r.hold_time, r.lab_up_secs
+    );
+    println!(
+        "  agent started → locator in every other host's table: {}   target p99 ≤ {:.0} ms: {}",
+        f(&r.up),
+        r.up_target_p99_ms,
+        ok(up_ok)
+    );
+    println!(
+        "  agent killed → withdrawn from every table:           {}   target ≤ {:.0} ms: {}",
+        f(&r.withdraw),
+        r.withdraw_target_ms,
+        ok(wd_ok)
+    );
+    println!(
+        "  agent restarted under graceful restart ({}): {} of {} datagrams lost, TCP stream {} ({} bytes verified), routes back in {:.0} ms   target 0 lost: {}",
+        r.restart.host,
+        r.restart.udp_lost,
+        r.restart.udp_sent,
+        match &r.restart.tcp_error {
+            None => "survived".to_string(),
+            Some(e) => format!("BROKE: {e}"),
+        },
+        r.restart.tcp_bytes,
+        r.restart.reconverged_ms,
+        ok(gr_ok)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `bench fuzz` exercises.
+#[derive(clap::Subcommand)]
+pub enum FuzzTarget {
+    /// The BGP decoder and session state machine, seeded from crates/bgp/tests/corpus.
+    Bgp(FuzzBgpArgs),
+}
+
+#[derive(Args)]
+pub struct FuzzBgpArgs {
+    /// Messages to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    messages: u64,
+    /// PRNG seed (the same seed feeds the same messages).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ilanet bench fuzz …`.
+pub fn fuzz(target: &FuzzTarget) -> Result<ExitCode> {
+    let FuzzTarget::Bgp(args) = target;
+    let quiet = args.json || !std::io::stderr().is_terminal();
+    let total = args.messages;
+    let r = bench::fuzz_bgp::run(
+        bench::fuzz_bgp::FuzzConfig {
+            messages: args.messages,
+            seed: args.seed,
+        },
+        |done| {
+            if !quiet {
+                eprint!("\r{done}/{total} messages");
+            }
+        },
+    )?;
+    if !quiet {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "BGP fuzz: {} messages (seed {}, {} corpus seeds) in {:.1} s = {:.0} messages/s; panics: {}",
+            r.messages, r.seed, r.corpus_messages, r.seconds, r.messages_per_sec, r.panics
+        );
+        let show = |title: &str, m: &std::collections::BTreeMap<String, u64>| {
+            println!("  {title}:");
+            for (k, v) in m {
+                println!("    {k:<28} {v}");
+            }
+        };
+        show("generated", &r.generators);
+        show("decoder", &r.decoder);
+        show("fresh Established session", &r.established);
+        show("fresh OpenSent session", &r.open_sent);
+        println!(
+            "  long-lived session re-established {} times",
+            r.stateful_resets
+        );
+        for p in &r.panic_samples {
+            println!("  PANIC on {p}");
+        }
+    }
+    Ok(if r.panics == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

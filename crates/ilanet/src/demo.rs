@@ -29,6 +29,9 @@ pub struct DemoArgs {
     /// Bytes sent (and echoed back, verified) per TCP transfer.
     #[arg(long, default_value_t = 256 * 1024)]
     bytes: usize,
+    /// How locators are routed: bird (as at SC17), frr, gobgp, mesh or static.
+    #[arg(long, default_value = "bird")]
+    routing: lab::plan::RoutingMode,
 }
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -59,15 +62,17 @@ impl Drop for LabGuard<'_> {
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let mut spec = LabSpec::sc17(&args.name, args.containers);
     spec.csum_mode = args.csum_mode;
+    spec.routing = args.routing;
     if lab::state::LabState::load(&args.name)?.is_some() {
         println!("removing the previous '{}' lab", args.name);
         lab::down(&args.name)?;
     }
     println!(
-        "Building the SC17 topology: {} sites × {} containers, checksum mode {} …",
+        "Building the SC17 topology: {} sites × {} containers, checksum mode {}, {} routing …",
         spec.sites.len(),
         args.containers,
-        args.csum_mode
+        args.csum_mode,
+        args.routing
     );
     let plan = lab::up(&spec).context("building the demo lab")?;
     let _guard = LabGuard {
@@ -75,6 +80,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         keep: args.keep,
     };
     print_topology(&plan);
+    print_routes(&plan)?;
     show_one_packet(&plan)?;
 
     let all: Vec<(&HostPlan, &ContainerPlan)> = plan
@@ -346,6 +352,74 @@ fn print_topology(plan: &Plan) {
             println!("      {:<10} {}", c.name, c.sir_addr);
         }
     }
+}
+
+/// Each host's locator routes as its agent learned them over BGP (peer, next hop, kernel
+/// gateway), and the router's, as its daemon installed them.
+fn print_routes(plan: &Plan) -> Result<()> {
+    use lab::plan::RoutingMode;
+    if plan.routing == RoutingMode::Static {
+        println!("\nLocator routes: static, on the underlay router.");
+        return Ok(());
+    }
+    let daemon = match plan.routing {
+        RoutingMode::Bird => "BIRD 2 (route reflector)",
+        RoutingMode::Frr => "FRR bgpd (route reflector)",
+        RoutingMode::Gobgp => "gobgpd (route reflector)",
+        RoutingMode::Mesh => "iBGP full mesh between the agents; BIRD 2 on the router learns",
+        RoutingMode::Static => "static",
+    };
+    println!(
+        "\nLocator routes over BGP (AS {}, {daemon}):",
+        lab::routing::LAB_ASN
+    );
+    let who = |addr: &str| -> String {
+        plan.hosts
+            .iter()
+            .find_map(|h| {
+                if h.router_addr.to_string() == addr {
+                    Some("router".to_string())
+                } else if h.uplink_addr.to_string() == addr {
+                    Some(h.name.clone())
+                } else {
+                    None
+                }
+            })
+            .unwrap_or_else(|| addr.to_string())
+    };
+    for h in &plan.hosts {
+        let rows: Vec<agent::routing::RouteRow> = serde_json::from_value(
+            lab::agents::call(&plan.name, &h.name, &Request::BgpRoutes)
+                .with_context(|| format!("bgp routes of {}", h.name))?,
+        )?;
+        println!("  {} ({}):", h.display, h.name);
+        for r in rows {
+            let owner = plan
+                .hosts
+                .iter()
+                .find(|o| format!("{}/64", o.locator.to_addr()) == r.prefix)
+                .map_or("?", |o| o.name.as_str());
+            println!(
+                "      {:<22} ({:<6}) learned from {:<6} [{}] next hop {}, kernel via {} proto 200",
+                r.prefix,
+                owner,
+                who(&r.peer),
+                r.peer,
+                r.next_hop,
+                r.installed_via
+                    .map_or_else(|| "-".to_string(), |v| v.to_string())
+            );
+        }
+    }
+    let tables = lab::routing::Tables::open(plan)?;
+    if let Some(proto) = lab::routing::router_protocol(plan.routing) {
+        println!("  underlay router (kernel routes its daemon installed, proto {proto}):");
+        for r in tables.locators(&plan.router_netns, proto)? {
+            let via = r.via.map(|v| v.to_string()).unwrap_or_default();
+            println!("      {:<22} via {} ({})", r.prefix, via, who(&via));
+        }
+    }
+    Ok(())
 }
 
 fn host_maps(plan: &Plan, host: &HostPlan) -> Result<HostMaps> {

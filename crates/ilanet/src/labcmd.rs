@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use ila::ChecksumMode;
 use lab::agents::StoreKind;
-use lab::plan::{Mode, Runtime};
+use lab::plan::{Mode, RoutingMode, Runtime};
 use lab::{DownOutcome, LabSpec, LabStatus};
 
 /// Name of the lab when `--name` is not given.
@@ -69,6 +69,12 @@ pub struct UpArgs {
     /// containers are spread over them in turn.
     #[arg(long, default_value_t = 1)]
     pub tenants: u16,
+    /// How locators are routed: bird (BIRD 2 on the router as iBGP route reflector, the
+    /// agents peer with it; the default in ila mode, as at SC17), frr, gobgp (the same with FRR
+    /// or gobgpd), mesh (the agents peer with each other, BIRD on the router learns from them)
+    /// or static (routes on the router; the default in native and swarm mode).
+    #[arg(long)]
+    pub routing: Option<RoutingMode>,
     /// Agents' lease time to live in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=agent::MAX_LEASE_TTL.as_secs()))]
     pub lease_ttl: u64,
@@ -91,6 +97,11 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.mode = args.mode;
             spec.store = args.store;
             spec.runtime = args.runtime;
+            spec.routing = args.routing.unwrap_or(if args.mode == Mode::Ila {
+                RoutingMode::Bird
+            } else {
+                RoutingMode::Static
+            });
             if args.tenants == 0 {
                 anyhow::bail!("--tenants must be at least 1");
             }
@@ -101,11 +112,12 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             let plan = lab::up(&spec).with_context(|| format!("lab up '{}'", args.name.name))?;
             let containers: usize = plan.hosts.iter().map(|h| h.containers.len()).sum();
             println!(
-                "lab '{}' is up ({} mode, {} store, {} runtime): {} hosts, {} containers (see `ilanet lab status --name {}`)",
+                "lab '{}' is up ({} mode, {} store, {} runtime, {} routing): {} hosts, {} containers (see `ilanet lab status --name {}`)",
                 plan.name,
                 plan.mode,
                 plan.store,
                 plan.runtime,
+                plan.routing,
                 plan.hosts.len(),
                 containers,
                 plan.name
@@ -166,10 +178,11 @@ fn exec(args: &ExecArgs) -> Result<ExitCode> {
 /// Prints a lab's status as text.
 pub fn print_status(s: &LabStatus) {
     println!(
-        "lab '{}' ({:?}), checksum mode {}, tenants: {}",
+        "lab '{}' ({:?}), checksum mode {}, {} routing, tenants: {}",
         s.name,
         s.phase,
         s.csum_mode,
+        s.routing,
         s.tenants
             .iter()
             .map(|t| format!("{} (VNID {}, {})", t.name, t.vnid, t.sir))

@@ -74,6 +74,15 @@ enum BenchCommand {
     /// CNI ADD → reachable from every other host, and DEL, through the real plugin on an etcd
     /// lab: p50/p99 one at a time and several at once.
     Cni(benchcmd::CniArgs),
+    /// Locator convergence over BGP on a 16-host lab with BIRD as route reflector: agent
+    /// started → routed everywhere, agent killed → withdrawn everywhere, packets lost across a
+    /// graceful restart.
+    Bgp(benchcmd::BgpArgs),
+    /// Random and mutated input against a parser and state machine (zero panics).
+    Fuzz {
+        #[command(subcommand)]
+        target: benchcmd::FuzzTarget,
+    },
 }
 
 #[derive(Args)]
@@ -142,6 +151,8 @@ fn main() -> ExitCode {
             BenchCommand::Rules(args) => benchcmd::rules(args),
             BenchCommand::Converge(args) => converge::run(args),
             BenchCommand::Cni(args) => benchcmd::cni(args),
+            BenchCommand::Bgp(args) => benchcmd::bgp(args),
+            BenchCommand::Fuzz { target } => benchcmd::fuzz(target),
         },
     };
     match result {

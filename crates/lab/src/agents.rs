@@ -254,6 +254,25 @@ pub(crate) fn start(
             state.etcd = Some(cluster);
             state.save()?;
             for host in &plan.hosts {
+                let log = dir.join(format!("agent-{}.log", host.name));
+                if plan.routing.is_bgp() {
+                    // A host agent's configuration takes `bgp` only without `netns` (see the
+                    // report of the BGP lab work); until it takes both, the lab's own agent
+                    // serves the one host, speaker and all, on the same etcd.
+                    let mut args = base.clone();
+                    args.extend([
+                        "--host".into(),
+                        host.name.clone(),
+                        "--store".into(),
+                        "etcd".into(),
+                        "--etcd-endpoints".into(),
+                        endpoints.clone(),
+                    ]);
+                    let pid = spawn_detached(binary, &args, &log)?;
+                    state.agents.push(pid);
+                    state.save()?;
+                    continue;
+                }
                 // Each host's agent is a host agent, started from a generated configuration
                 // exactly as on a real machine (`netns` names the emulated host).
                 let cfg = agent_config(&plan, host, lease_ttl);
@@ -265,7 +284,6 @@ pub(crate) fn start(
                     "--config".into(),
                     path.display().to_string(),
                 ];
-                let log = dir.join(format!("agent-{}.log", host.name));
                 let pid = spawn_detached(binary, &args, &log)?;
                 state.agents.push(pid);
                 state.save()?;
@@ -495,4 +513,101 @@ pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
         namespaces.extend(recorded.into_iter().filter(|ns| ns.starts_with(&prefix)));
     }
     Ok(namespaces)
+}
+
+fn cmdline(pid: u32) -> Option<Vec<String>> {
+    let c = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        c.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// The agent process that serves only `host` (labs on etcd run one per host): its pid and
+/// command line.
+pub fn host_agent(lab: &str, host: &str) -> Result<(u32, Vec<String>), LabError> {
+    let state =
+        LabState::load(lab)?.ok_or_else(|| LabError::Invalid(format!("lab '{lab}' is not up")))?;
+    let config = run_dir(lab)
+        .join(format!("{host}.yaml"))
+        .display()
+        .to_string();
+    let mut pids = state.agents.clone();
+    pids.extend(registered_agents(lab));
+    for pid in pids {
+        let Some(args) = cmdline(pid) else { continue };
+        let serves =
+            args.windows(2).any(|w| w[0] == "--host" && w[1] == host) || args.contains(&config);
+        if serves && is_ours(pid, lab) {
+            return Ok((pid, args));
+        }
+    }
+    Err(LabError::Invalid(format!(
+        "lab '{lab}' has no agent process of its own for host '{host}' (one process serves \
+         every host with the embedded store; use --store etcd)"
+    )))
+}
+
+/// A signal for a host's agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentSignal {
+    /// SIGKILL: a crash (waits until the process is gone).
+    Kill,
+    /// SIGSTOP: a frozen host (its sockets stay open, nothing is sent).
+    Stop,
+    /// SIGCONT.
+    Cont,
+}
+
+/// Signals a host's own agent process and returns its command line, to start it again with
+/// [`respawn_agent`] after a kill.
+pub fn signal_host_agent(
+    lab: &str,
+    host: &str,
+    signal: AgentSignal,
+) -> Result<Vec<String>, LabError> {
+    let (pid, args) = host_agent(lab, host)?;
+    let signal = match signal {
+        AgentSignal::Kill => libc::SIGKILL,
+        AgentSignal::Stop => libc::SIGSTOP,
+        AgentSignal::Cont => libc::SIGCONT,
+    };
+    // SAFETY: plain kill(2) on a pid checked to be this lab's agent.
+    if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
+        return Err(LabError::Os {
+            what: format!("signalling the agent of host '{host}' (pid {pid})"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    if signal == libc::SIGKILL {
+        // Reap it if it is our child, and wait until it is gone.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && fs::metadata(format!("/proc/{pid}/cmdline")).is_ok() {
+            // SAFETY: non-blocking waitpid on a specific pid.
+            let r =
+                unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
+            if r == pid as libc::pid_t || start_time(pid).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Ok(args)
+}
+
+/// Starts an agent process again with the command line [`signal_host_agent`] returned,
+/// recorded so that `lab down` stops it; its output goes to the host's log.
+pub fn respawn_agent(lab: &str, host: &str, args: &[String]) -> Result<u32, LabError> {
+    let mut state =
+        LabState::load(lab)?.ok_or_else(|| LabError::Invalid(format!("lab '{lab}' is not up")))?;
+    let (binary, rest) = args
+        .split_first()
+        .ok_or_else(|| LabError::Invalid("empty agent command line".into()))?;
+    let log = run_dir(lab).join(format!("agent-{host}.log"));
+    let pid = spawn_detached(Path::new(binary), rest, &log)?;
+    state.agents.push(pid);
+    state.save()?;
+    Ok(pid)
 }

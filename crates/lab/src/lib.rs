@@ -3,13 +3,16 @@
 //!
 //! Layout of a lab named `L`: a router namespace `L-underlay` joined to every host namespace
 //! `L-<host>` by a veth (`to-<host>` ↔ `uplink`); each host has containers `L-<host>-<n>`
-//! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router.
+//! attached by a veth (`lxc<n>` ↔ `eth0`). Every host routes its locator /64 through the router;
+//! the router learns where each locator lives over BGP from the hosts' agents (see [`routing`])
+//! or, with static routing, from routes the lab installs.
 
 pub mod agents;
 mod modes;
 pub mod plan;
 pub mod podman;
 pub mod probe;
+pub mod routing;
 pub mod state;
 
 use std::net::Ipv6Addr;
@@ -20,6 +23,9 @@ use serde::Serialize;
 
 use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, Runtime, UPLINK_IFNAME};
 use crate::state::{LabState, Phase};
+/// ilanet's BGP speaker, whose configuration the lab computes for its hosts (re-exported for
+/// the benchmarks, which fuzz it).
+pub use bgp;
 use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
 
@@ -154,6 +160,8 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
             for host in &plan.hosts {
                 build_underlay(&nl, &plan, host)?;
             }
+            // The router's daemon first: the agents' first connection then finds it.
+            routing::start(state)?;
             // The agents attach the programs, create the containers and distribute the
             // mappings, exactly as they would on real hosts.
             let binary = match &spec.agent_binary {
@@ -175,7 +183,8 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
                     podman::create_containers(state, &plugin)?;
                 }
             }
-            agents::wait_converged(&state.plan)
+            agents::wait_converged(&state.plan)?;
+            routing::wait_converged(&state.plan, routing::CONVERGE_TIMEOUT)
         }
         Mode::Native => modes::native::build(&nl, &plan),
         Mode::Swarm => modes::swarm::build(&nl, &plan),
@@ -217,8 +226,10 @@ pub(crate) fn build_underlay(nl: &Netlink, plan: &Plan, host: &HostPlan) -> Resu
     )?;
     nl.add_addr(rtr, &host.router_ifname, host.router_addr, 64)?;
     nl.add_addr(&host.netns, UPLINK_IFNAME, host.uplink_addr, 64)?;
-    let loc = host.locator.to_addr();
-    nl.add_route(rtr, loc, 64, Some(host.uplink_addr), &host.router_ifname)?;
+    if routing::router_protocol(plan.routing).is_none() {
+        let loc = host.locator.to_addr();
+        nl.add_route(rtr, loc, 64, Some(host.uplink_addr), &host.router_ifname)?;
+    }
     nl.add_route(
         &host.netns,
         Ipv6Addr::UNSPECIFIED,
@@ -297,6 +308,11 @@ fn teardown(state: &LabState, keep_logs: bool) -> Result<(), LabError> {
             Vec::new()
         }
     };
+    // The router's daemons before its namespace goes (a process would keep it alive).
+    if let Err(e) = routing::stop(state) {
+        log::error!("{e}");
+        first_error.get_or_insert(e);
+    }
     for name in &endpoint_netns {
         if let Err(e) = netns::delete(name) {
             log::error!("{e}");
@@ -353,6 +369,8 @@ pub struct LabStatus {
     pub tenants: Vec<ila::TenantNetwork>,
     /// Checksum mode.
     pub csum_mode: String,
+    /// How locators are routed (static, bird, frr, gobgp, mesh).
+    pub routing: String,
     /// Hosts.
     pub hosts: Vec<HostStatus>,
 }
@@ -482,6 +500,7 @@ pub fn status(lab: &str) -> Result<LabStatus, LabError> {
         phase: state.phase,
         tenants: plan.tenants.clone(),
         csum_mode: plan.csum_mode.to_string(),
+        routing: plan.routing.to_string(),
         hosts,
     })
 }

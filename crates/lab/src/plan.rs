@@ -118,6 +118,80 @@ pub struct LabSpec {
     /// Give containers the mission's roles as `app` labels: the first container of the first
     /// site is the `correlate` container, every other one a `search` container.
     pub app_roles: bool,
+    /// How the router and the hosts learn where each locator lives (ILA mode).
+    pub routing: RoutingMode,
+    /// BGP timers of the hosts' sessions (with BGP routing).
+    pub bgp: BgpTimers,
+}
+
+/// How locator reachability is distributed in a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoutingMode {
+    /// Static locator routes on the router (no BGP).
+    #[default]
+    Static,
+    /// BIRD 2 on the router as iBGP route reflector; the agents peer with it (SC17).
+    Bird,
+    /// FRR (bgpd + zebra) on the router as route reflector.
+    Frr,
+    /// gobgpd on the router as route reflector (kernel routes through FRR's zebra).
+    Gobgp,
+    /// The agents peer with each other (iBGP full mesh); BIRD on the router learns from all.
+    Mesh,
+}
+
+impl RoutingMode {
+    /// Whether the lab runs BGP.
+    pub fn is_bgp(self) -> bool {
+        self != RoutingMode::Static
+    }
+}
+
+impl std::fmt::Display for RoutingMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RoutingMode::Static => "static",
+            RoutingMode::Bird => "bird",
+            RoutingMode::Frr => "frr",
+            RoutingMode::Gobgp => "gobgp",
+            RoutingMode::Mesh => "mesh",
+        })
+    }
+}
+
+impl std::str::FromStr for RoutingMode {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        match s {
+            "static" => Ok(RoutingMode::Static),
+            "bird" => Ok(RoutingMode::Bird),
+            "frr" => Ok(RoutingMode::Frr),
+            "gobgp" => Ok(RoutingMode::Gobgp),
+            "mesh" => Ok(RoutingMode::Mesh),
+            other => Err(LabError::Invalid(format!(
+                "unknown routing '{other}': expected static, bird, frr, gobgp or mesh"
+            ))),
+        }
+    }
+}
+
+/// BGP timers of a lab's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpTimers {
+    /// Hold time in seconds (0 or at least 3); keepalives every third of it.
+    pub hold_time: u16,
+    /// Graceful-restart time the agents advertise (0: off).
+    pub graceful_restart: u16,
+}
+
+impl Default for BgpTimers {
+    fn default() -> Self {
+        Self {
+            hold_time: 9,
+            graceful_restart: 30,
+        }
+    }
 }
 
 /// One site of a [`LabSpec`].
@@ -153,6 +227,9 @@ impl LabSpec {
             runtime: Runtime::Agent,
             cni_plugin: None,
             app_roles: false,
+            // Library users (tests, benchmarks) keep static routes unless they ask for BGP.
+            routing: RoutingMode::Static,
+            bgp: BgpTimers::default(),
         }
     }
 
@@ -185,6 +262,8 @@ impl LabSpec {
                 },
             ],
             app_roles: true,
+            // As at SC17: BIRD distributes the locators.
+            routing: RoutingMode::Bird,
             ..Self::generic(name, 0, 0)
         }
     }
@@ -241,6 +320,12 @@ pub struct Plan {
     /// What makes the containers.
     #[serde(default)]
     pub runtime: Runtime,
+    /// How locators are routed.
+    #[serde(default)]
+    pub routing: RoutingMode,
+    /// BGP timers (with BGP routing).
+    #[serde(default)]
+    pub bgp: BgpTimers,
     /// Hosts, in site order.
     pub hosts: Vec<HostPlan>,
 }
@@ -315,6 +400,18 @@ impl Plan {
             return Err(LabError::Invalid(format!(
                 "--runtime podman needs ILA mode (the CNI plugin asks ilanet's agents), not {}",
                 spec.mode
+            )));
+        }
+        if spec.routing.is_bgp() && spec.mode != Mode::Ila {
+            return Err(LabError::Invalid(format!(
+                "--routing {} needs ILA mode (the agents speak BGP), not {}; use --routing static",
+                spec.routing, spec.mode
+            )));
+        }
+        if spec.bgp.hold_time == 1 || spec.bgp.hold_time == 2 {
+            return Err(LabError::Invalid(format!(
+                "BGP hold time must be 0 or at least 3 seconds, not {}",
+                spec.bgp.hold_time
             )));
         }
         if spec.tenants.is_empty() {
@@ -396,6 +493,8 @@ impl Plan {
             mode: spec.mode,
             store: spec.store,
             runtime: spec.runtime,
+            routing: spec.routing,
+            bgp: spec.bgp,
             hosts,
         })
     }

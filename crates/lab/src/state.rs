@@ -54,6 +54,9 @@ pub struct LabState {
     /// The lab's etcd cluster, if it has one.
     #[serde(default)]
     pub etcd: Option<store::etcd_cluster::EtcdClusterInfo>,
+    /// Routing daemon processes (BIRD, FRR, gobgpd) started on the router.
+    #[serde(default)]
+    pub daemons: Vec<u32>,
 }
 
 fn record_path(lab: &str) -> PathBuf {
@@ -77,6 +80,7 @@ impl LabState {
             pid: std::process::id(),
             agents: Vec::new(),
             etcd: None,
+            daemons: Vec::new(),
         };
         let mut file = OpenOptions::new()
             .write(true)
