@@ -148,6 +148,16 @@ fn random_message(rng: &mut Rng) -> Vec<u8> {
     m
 }
 
+/// An index into a message of `len` bytes, past the marker 15 times in 16 (a broken marker
+/// only ever tests one check).
+fn pick(rng: &mut Rng, len: usize) -> usize {
+    if len > 16 && rng.below(16) != 0 {
+        16 + rng.below(len - 16)
+    } else {
+        rng.below(len)
+    }
+}
+
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut m = seed.to_vec();
     let rounds = 1 + rng.below(4);
@@ -155,28 +165,28 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
         match rng.below(8) {
             // Flip a bit.
             0 | 1 if !m.is_empty() => {
-                let i = rng.below(m.len());
+                let i = pick(rng, m.len());
                 m[i] ^= 1 << rng.below(8);
             }
             // Set a byte to an interesting value.
             2 if !m.is_empty() => {
-                let i = rng.below(m.len());
+                let i = pick(rng, m.len());
                 m[i] = [0, 1, 0x7f, 0x80, 0xff, rng.byte()][rng.below(6)];
             }
             // Truncate.
             3 if !m.is_empty() => {
-                let n = rng.below(m.len());
+                let n = pick(rng, m.len());
                 m.truncate(n);
             }
             // Insert random bytes.
             4 => {
-                let i = rng.below(m.len() + 1);
+                let i = pick(rng, m.len() + 1);
                 let extra: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.byte()).collect();
                 m.splice(i..i, extra);
             }
             // Delete a range.
             5 if m.len() > 1 => {
-                let i = rng.below(m.len());
+                let i = pick(rng, m.len());
                 let j = (i + 1 + rng.below(8)).min(m.len());
                 m.drain(i..j);
             }
@@ -196,8 +206,8 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 }
 
 fn splice(rng: &mut Rng, a: &[u8], b: &[u8]) -> Vec<u8> {
-    let i = rng.below(a.len() + 1);
-    let j = rng.below(b.len() + 1);
+    let i = pick(rng, a.len() + 1);
+    let j = pick(rng, b.len() + 1);
     let mut m = a[..i].to_vec();
     m.extend_from_slice(&b[j..]);
     set_len(&mut m);
