@@ -354,10 +354,14 @@ pub fn bgp(args: &BgpArgs) -> Result<ExitCode> {
         r.hosts, r.hold_time, r.hold_time, r.lab_up_secs
     );
     println!(
-        "  agent started → locator in every other host's table: {}   target p99 ≤ {:.0} ms: {}",
+        "  host's session up → locator in every other host's table: {}   target p99 ≤ {:.0} ms: {}",
         f(&r.up),
         r.up_target_p99_ms,
         ok(up_ok)
+    );
+    println!(
+        "  (agent process started → locator everywhere, its own start included: {})",
+        f(&r.up_from_start)
     );
     println!(
         "  agent killed → withdrawn from every table:           {}   target ≤ {:.0} ms: {}",
