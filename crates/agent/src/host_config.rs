@@ -383,14 +383,6 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
     }
     .transpose()
     .map_err(|e| err("metrics", e.to_string()))?;
-    if raw.bgp.is_some() && raw.netns.is_some() {
-        return Err(err(
-            "bgp",
-            "BGP needs the agent to run in the namespace it serves (its sockets and routes \
-             live there): drop `netns` and start the agent inside it (nsenter --net=…)"
-                .into(),
-        ));
-    }
     let bgp = match raw.bgp {
         None => None,
         Some(b) => Some(parse_bgp(&raw.host, b).map_err(|(f, r)| err(&f, r))?),
@@ -657,7 +649,6 @@ mod tests {
             (format!("{bgp}  router_id: 1.2.3\n"), "bgp.router_id"),
             (format!("{bgp}  listen: nowhere\n"), "bgp.listen"),
             (format!("{bgp}  speed: 9\n"), "bgp"),
-            (format!("{bgp}netns: elsewhere\n"), "bgp"),
         ] {
             let e = parse_str(&format!("{GOOD}{bad}")).expect_err(field);
             assert!(e.field.starts_with(field), "{field}: {e}");
