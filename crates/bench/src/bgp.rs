@@ -20,7 +20,6 @@ use lab::routing::{Tables, PROTO_BIRD, PROTO_ILANET};
 use lab::LabSpec;
 use serde::Serialize;
 
-use crate::stats::Sorted;
 use crate::BenchError;
 
 /// Settings of a run.
@@ -40,31 +39,8 @@ pub struct BgpBenchConfig {
     pub agent_binary: PathBuf,
 }
 
-/// Percentiles in milliseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Millis {
-    /// Samples.
-    pub count: usize,
-    /// Median.
-    pub p50_ms: f64,
-    /// 99th percentile (nearest rank).
-    pub p99_ms: f64,
-    /// Largest.
-    pub max_ms: f64,
-}
-
-impl Millis {
-    fn of(samples: &[Duration]) -> Option<Self> {
-        let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-        let s = Sorted::new(&ms)?;
-        Some(Self {
-            count: s.count(),
-            p50_ms: s.median(),
-            p99_ms: s.percentile(99.0),
-            max_ms: s.max(),
-        })
-    }
-}
+/// Percentiles in milliseconds (the same figures as `bench cni` reports).
+pub use crate::cni::Latency as Millis;
 
 /// The graceful-restart round.
 #[derive(Debug, Clone, Serialize)]
@@ -211,7 +187,7 @@ fn wait_established(
                     .speaker
                     .peers
                     .iter()
-                    .any(|p| p.state == lab::bgp::State::Established)
+                    .any(|p| p.state == bgp::State::Established)
                 {
                     return Ok(start.elapsed());
                 }

@@ -52,7 +52,8 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(samples: &[Duration]) -> Option<Self> {
+    /// The figures of some samples (`None` without samples).
+    pub fn of(samples: &[Duration]) -> Option<Self> {
         let ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         let s = Sorted::new(&ms)?;
         Some(Self {

@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use lab::bgp::codec;
-use lab::bgp::fsm::{Input, Output, Session, SessionConfig, State};
+use bgp::codec;
+use bgp::fsm::{Input, Output, Session, SessionConfig, State};
 use serde::Serialize;
 
 use crate::BenchError;
@@ -311,11 +311,11 @@ fn decoder_outcome(m: &[u8]) -> String {
         Ok(d) if !d.report.discarded.is_empty() => "attribute-discarded".into(),
         Ok(d) => match d.message {
             None => "ignored".into(),
-            Some(lab::bgp::Message::Open(_)) => "message:open".into(),
-            Some(lab::bgp::Message::Update(_)) => "message:update".into(),
-            Some(lab::bgp::Message::Notification(_)) => "message:notification".into(),
-            Some(lab::bgp::Message::Keepalive) => "message:keepalive".into(),
-            Some(lab::bgp::Message::RouteRefresh(_)) => "message:route-refresh".into(),
+            Some(bgp::Message::Open(_)) => "message:open".into(),
+            Some(bgp::Message::Update(_)) => "message:update".into(),
+            Some(bgp::Message::Notification(_)) => "message:notification".into(),
+            Some(bgp::Message::Keepalive) => "message:keepalive".into(),
+            Some(bgp::Message::RouteRefresh(_)) => "message:route-refresh".into(),
         },
     }
 }

@@ -23,9 +23,6 @@ use serde::Serialize;
 
 use crate::plan::{ContainerPlan, HostPlan, Mode, Plan, Runtime, UPLINK_IFNAME};
 use crate::state::{LabState, Phase};
-/// ilanet's BGP speaker, whose configuration the lab computes for its hosts (re-exported for
-/// the benchmarks, which fuzz it).
-pub use bgp;
 use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
 
