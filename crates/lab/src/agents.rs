@@ -150,8 +150,8 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Os { what, source }
 }
 
-/// Spawns a detached process (own session: it survives the terminal and `lab up`).
-fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+/// A log file opened for appending, twice: for a child's stdout and stderr.
+pub(crate) fn log_files(log: &Path) -> Result<(std::fs::File, std::fs::File), LabError> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -160,6 +160,12 @@ fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, Lab
     let err = out
         .try_clone()
         .map_err(io_err(format!("opening {}", log.display())))?;
+    Ok((out, err))
+}
+
+/// Spawns a detached process (own session: it survives the terminal and `lab up`).
+fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+    let (out, err) = log_files(log)?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
         .stdin(Stdio::null())

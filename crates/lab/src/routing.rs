@@ -8,7 +8,7 @@
 //! not recorded (a crash in between) by that directory in their command line.
 
 use std::collections::BTreeSet;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -412,14 +412,7 @@ fn give_to_frr(dir: &Path) -> Result<(), LabError> {
 /// Starts `binary` inside the router's namespace in a session of its own (it outlives
 /// `lab up`), output to `log`; records its pid.
 fn spawn(state: &mut LabState, binary: &str, args: &[&str], log: &Path) -> Result<(), LabError> {
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io_err(format!("opening {}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(io_err(format!("opening {}", log.display())))?;
+    let (out, err) = crate::agents::log_files(log)?;
     let ns = netns::open(&state.plan.router_netns)?;
     let fd = ns.as_raw_fd();
     let mut cmd = Command::new(binary);
