@@ -17,6 +17,9 @@ use lab::plan::Plan;
 use lab::state::{self, LabState};
 use lab::{probe, LabSpec};
 
+mod common;
+use common::wait_for;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 const T: Duration = Duration::from_secs(3);
 
@@ -85,17 +88,6 @@ fn out_map(lab: &str, host: &str) -> Vec<Ipv6Addr> {
         .into_iter()
         .map(|(k, _)| k)
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// The lab's etcd client URLs, comma-separated.

@@ -5,13 +5,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::api::Request;
 use lab::agents;
 use lab::plan::Plan;
 use lab::state::LabState;
 use lab::{netns, probe};
+
+mod common;
+use common::{text, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 
@@ -21,14 +24,6 @@ fn lab_name(tag: &str) -> String {
 
 fn ilanet(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run ilanet")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn require_plugin() {
@@ -103,17 +98,6 @@ impl Traces {
             !root.iter().any(|n| n.starts_with("lxc") || n == "uplink"),
             "{root:?}"
         );
-    }
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

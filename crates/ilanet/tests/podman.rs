@@ -4,12 +4,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::api::Request;
 use agent::reconcile::LocalEndpoint;
 use lab::agents::{self, StoreKind};
 use lab::{probe, LabSpec};
+
+mod common;
+use common::{text, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ilanet");
 
@@ -157,25 +160,6 @@ impl Drop for Machines {
         let _ = lab::down(&self.lab);
         lab::podman::unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
