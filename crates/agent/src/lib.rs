@@ -246,21 +246,6 @@ impl<T> AbortOnDrop<T> {
     }
 }
 
-/// A blocking task whose result is not an `AgentError` result (joined with
-/// [`BlockingTask::join_blocking`]).
-struct BlockingTask<T>(Option<tokio::task::JoinHandle<T>>);
-
-impl<T> BlockingTask<T> {
-    async fn join_blocking(&mut self) -> Result<T, AgentError> {
-        match self.0.take() {
-            Some(h) => h
-                .await
-                .map_err(|e| AgentError::Internal(format!("agent task failed: {e}"))),
-            None => Err(AgentError::Internal("task joined twice".into())),
-        }
-    }
-}
-
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();

@@ -12,7 +12,7 @@ use store::{Lease, MappingRecord, Store};
 use crate::api::{CniAttachment, CniAttachmentId, CniGcReply};
 use crate::io::CreateEndpoint;
 use crate::reconcile::LocalEndpoint;
-use crate::{blocking, endpoint, lock, metrics, Agent, AgentError, BlockingTask, PendingEndpoint};
+use crate::{blocking, endpoint, lock, metrics, Agent, AgentError, PendingEndpoint};
 
 impl Agent {
     /// Creates an endpoint on this host and publishes its mapping. With `identifier`, that
@@ -79,26 +79,18 @@ impl Agent {
                 identity: 0,
             };
             let plumbing = Arc::clone(&self.plumbing);
-            let mut plumbed = BlockingTask(Some(tokio::task::spawn_blocking(move || {
+            let plumbed = tokio::task::spawn_blocking(move || {
                 let r = plumbing.create(&req);
                 (r, t_plumb.elapsed())
-            })));
+            });
             // Meanwhile: the identity (known labels need no store round trip; identities are
             // never deleted) and the mapping.
             let ident = match identity {
                 Some(i) => Ok(i),
-                None => {
-                    match self
-                        .allocate_identity(&mut store, &mut lease, &plan.identity_labels)
-                        .await
-                    {
-                        Ok(i) => {
-                            identity = Some(i);
-                            Ok(i)
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
+                None => self
+                    .allocate_identity(&mut store, &mut lease, &plan.identity_labels)
+                    .await
+                    .inspect(|i| identity = Some(*i)),
             };
             let t_identity = t0.elapsed();
             let published = match ident {
@@ -118,7 +110,9 @@ impl Agent {
                 Err(e) => Err(e),
             };
             let t_publish = t0.elapsed();
-            let (created, plumb_time) = plumbed.join_blocking().await?;
+            let (created, plumb_time) = plumbed
+                .await
+                .map_err(|e| AgentError::Internal(format!("endpoint task failed: {e}")))?;
             match (created, published) {
                 (Ok(mut ep), Ok(())) => {
                     ep.identity = identity.unwrap_or_default();

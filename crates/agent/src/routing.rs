@@ -6,7 +6,7 @@
 //! Routes installed by a previous run are kept at start (traffic keeps flowing across an agent
 //! restart) and removed after the graceful-restart time unless re-learned by then.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -91,9 +91,9 @@ impl Routing {
             .map_err(|e| AgentError::Invalid(format!("host '{host}': {e}")))?;
         speaker.announce(own, underlay).await;
         let installed: Arc<Mutex<BTreeMap<Ipv6Net, Ipv6Addr>>> = Arc::default();
-        let mut stale: BTreeMap<Ipv6Net, ()> = left
+        let mut stale: BTreeSet<Ipv6Net> = left
             .iter()
-            .filter_map(|r| Ipv6Net::new(r.dest, r.plen).ok().map(|n| (n, ())))
+            .filter_map(|r| Ipv6Net::new(r.dest, r.plen).ok())
             .collect();
         if !stale.is_empty() {
             log::info!(
@@ -116,7 +116,7 @@ impl Routing {
                         }
                         _ = &mut sweep, if !swept => {
                             swept = true;
-                            for (net, ()) in std::mem::take(&mut stale) {
+                            for net in std::mem::take(&mut stale) {
                                 log::info!("host {host}: {net} not learned again; removed");
                                 if let Err(e) = table.delete(net.addr(), net.prefix_len(), ILANET_ROUTE_PROTOCOL).await {
                                     log::error!("host {host}: {e}");
@@ -197,7 +197,7 @@ async fn apply(
     installed: &Mutex<BTreeMap<Ipv6Net, Ipv6Addr>>,
     own: Ipv6Net,
     change: BestChange,
-    stale: &mut BTreeMap<Ipv6Net, ()>,
+    stale: &mut BTreeSet<Ipv6Net>,
 ) {
     match change {
         BestChange::Changed(best) => {

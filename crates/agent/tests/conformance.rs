@@ -162,6 +162,7 @@ fn policy_records(p: &PolicyFile) -> Vec<PolicyRecord> {
     records_for_file(&p.file, p.source.as_bytes(), tenant).unwrap_or_else(|e| {
         // A file the CLI refuses never reaches the store; a case may still record one
         // written there by hand: its raw document, which every agent must skip.
+        eprintln!("(policy file {} is invalid: {e})", p.file);
         let name = p.file.trim_end_matches(".yaml").trim_end_matches(".json");
         vec![PolicyRecord {
             name: name.to_string(),
@@ -172,9 +173,6 @@ fn policy_records(p: &PolicyFile) -> Vec<PolicyRecord> {
             })
             .to_string(),
         }]
-        .into_iter()
-        .inspect(|_| eprintln!("(policy file {} is invalid: {e})", p.file))
-        .collect()
     })
 }
 

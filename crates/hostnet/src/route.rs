@@ -168,40 +168,26 @@ impl RouteTable {
         Ok(via)
     }
 
-    /// Removes `dest/plen` if it carries `protocol` (absent is fine).
+    /// Removes `dest/plen` if it carries `protocol` (absent is fine). The kernel matches the
+    /// protocol itself: a static or kernel route of the same prefix is never touched.
     pub async fn delete(&self, dest: Ipv6Addr, plen: u8, protocol: u8) -> Result<(), NetError> {
-        let ours = self
-            .dump()
-            .await?
-            .into_iter()
-            .filter(|m| m.header.protocol == RouteProtocol::from(protocol))
-            .filter(|m| {
-                let r = route_of(m);
-                r.dest == dest && r.plen == plen
-            });
-        for m in ours {
-            match self.handle.route().del(m).execute().await {
-                Ok(()) => {}
-                Err(rtnetlink::Error::NetlinkError(e))
-                    if e.code.map(|c| c.get()) == Some(-libc::ESRCH) => {}
-                Err(e) => {
-                    return Err(nl_err(format!(
-                        "removing {dest}/{plen} in '{}'",
-                        self.netns
-                    ))(e))
-                }
+        let mut msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dest, plen)
+            .protocol(RouteProtocol::from(protocol))
+            .build();
+        msg.header.protocol = RouteProtocol::from(protocol);
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| c.get()) == Some(-libc::ESRCH) =>
+            {
+                Ok(())
             }
+            Err(e) => Err(nl_err(format!(
+                "removing {dest}/{plen} in '{}'",
+                self.netns
+            ))(e)),
         }
-        Ok(())
-    }
-
-    /// Removes every route carrying `protocol` (left by a previous run); how many.
-    pub async fn flush(&self, protocol: u8) -> Result<usize, NetError> {
-        let ours: Vec<Route> = self.list(protocol).await?;
-        for r in &ours {
-            self.delete(r.dest, r.plen, protocol).await?;
-        }
-        Ok(ours.len())
     }
 }
 
