@@ -91,6 +91,8 @@ pub fn identity_labels(
 pub struct PolicyView {
     policies: BTreeMap<String, Policy>,
     identities: BTreeMap<u32, LabelSet>,
+    /// The same, by label set: every endpoint creation looks its labels up here.
+    by_labels: std::collections::HashMap<LabelSet, u32>,
     compiled: CompiledPolicy,
 }
 
@@ -113,6 +115,7 @@ impl PolicyView {
             }
         }
         self.identities.clear();
+        self.by_labels.clear();
         for rec in identities {
             if let Err(e) = self.put_identity(rec) {
                 errors.push(e);
@@ -137,21 +140,30 @@ impl PolicyView {
     pub fn put_identity(&mut self, rec: &IdentityRecord) -> Result<(), String> {
         let labels = LabelSet::parse_identity(&rec.labels)
             .map_err(|e| format!("identity {}: labels '{}': {e}", rec.id, rec.labels))?;
-        self.identities.insert(rec.id, labels);
+        self.by_labels.insert(labels.clone(), rec.id);
+        if let Some(old) = self.identities.insert(rec.id, labels) {
+            self.unindex(rec.id, &old);
+        }
         Ok(())
+    }
+
+    /// Drops `id`'s entry in the label index if it still points at it.
+    fn unindex(&mut self, id: u32, labels: &LabelSet) {
+        if self.by_labels.get(labels) == Some(&id) && self.identities.get(&id) != Some(labels) {
+            self.by_labels.remove(labels);
+        }
     }
 
     /// The identity of a label set, if known.
     pub fn identity_of(&self, labels: &LabelSet) -> Option<u32> {
-        self.identities
-            .iter()
-            .find(|(_, l)| *l == labels)
-            .map(|(id, _)| *id)
+        self.by_labels.get(labels).copied()
     }
 
     /// Forgets an identity (its record became unreadable: as a full resync would skip it).
     pub fn forget_identity(&mut self, id: u32) {
-        self.identities.remove(&id);
+        if let Some(old) = self.identities.remove(&id) {
+            self.unindex(id, &old);
+        }
     }
 
     /// Recompiles; on error the previous compilation stays in force.
