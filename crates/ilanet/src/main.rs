@@ -5,6 +5,7 @@ mod benchcmd;
 mod converge;
 mod demo;
 mod labcmd;
+mod marketplace;
 mod policycmd;
 mod stop;
 
@@ -52,6 +53,16 @@ enum Command {
     },
     /// Live flow events: translations, policy verdicts and drops.
     Trace(policycmd::TraceArgs),
+    /// The data marketplace (paper, Figs. 1–2): search containers at three data sites, a
+    /// correlate container at a fourth, two tenants side by side; answer checked, raw data
+    /// sent elsewhere dropped.
+    Marketplace(marketplace::MarketArgs),
+    /// Inside a marketplace container: query the site's data, send the results.
+    #[command(hide = true)]
+    MarketplaceSearch(marketplace::programs::SearchArgs),
+    /// Inside a marketplace container: receive, merge and deduplicate the results.
+    #[command(hide = true)]
+    MarketplaceCorrelate(marketplace::programs::CorrelateArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -145,6 +156,9 @@ fn main() -> ExitCode {
         Command::Bgp { command } => agentcmd::bgp(command),
         Command::Policy { command } => policycmd::run(command),
         Command::Trace(args) => policycmd::trace(args),
+        Command::Marketplace(args) => marketplace::run(args),
+        Command::MarketplaceSearch(args) => marketplace::programs::search_main(args),
+        Command::MarketplaceCorrelate(args) => marketplace::programs::correlate_main(args),
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
