@@ -582,7 +582,7 @@ mod tests {
             let e = bad.parse::<Query>().expect_err(bad);
             assert!(e.0.contains(why), "{bad}: {e}");
         }
-        let long = vec!["score>1"; MAX_CLAUSES + 1].join(" and ");
+        let long = ["score>1"; MAX_CLAUSES + 1].join(" and ");
         assert!(long.parse::<Query>().is_err());
         assert!("x".repeat(MAX_QUERY_LEN + 1).parse::<Query>().is_err());
     }

@@ -41,6 +41,10 @@ const POLICY_TEMPLATE: &str = include_str!("../../../../deploy/marketplace/polic
 /// How long a raw-data send waits for its connection before it counts as dropped (the lab's
 /// round trip is well under a millisecond; a SYN retransmit falls inside).
 const EXFIL_CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Targets of the exfiltration attempts.
+const TARGET_SITE: &str = "another data site";
+const TARGET_OTHER_MARKET: &str = "another marketplace's correlate";
+const TARGET_ISOLATION: &str = "other market, sender without policy";
 /// How long a container program may take at most.
 const PROGRAM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long new endpoints may take to be mapped on every host.
@@ -301,7 +305,7 @@ struct AttemptOut {
     to_tenant: String,
     to_address: Ipv6Addr,
     port: u16,
-    /// `another data site` or `another marketplace's correlate`.
+    /// [`TARGET_SITE`], [`TARGET_OTHER_MARKET`] or [`TARGET_ISOLATION`].
     target: String,
     delivered: bool,
     failure: Option<String>,
@@ -473,28 +477,31 @@ fn run_on(plan: &Plan, args: &MarketArgs, query: &Query, out: Out) -> Result<Run
 
     // The real job: every search container queries its site's data and sends the hits.
     out.say(format!("\nSearching: '{query}' at every data site …"));
-    for (_, m) in &mut maps {
-        m.drain_flow_events()?;
-        m.set_trace(true)?;
-    }
-    let searched = run_searches(&markets, query);
-    let mut events = Vec::new();
-    for (host, m) in &mut maps {
-        m.set_trace(false)?;
-        events.extend(
-            m.drain_flow_events()?
-                .into_iter()
-                .map(|e| (host.clone(), e)),
-        );
-    }
-    let searched = searched?;
+    let (searched, events) = traced(&mut maps, |_| run_searches(&markets, query))?;
 
     let mut failures = Vec::new();
     let mut outs = Vec::new();
     for ((m, reports), mut corr) in markets.iter().zip(searched).zip(correlates) {
-        let (status, last) = corr.finish(PROGRAM_TIMEOUT)?;
-        let cr: CorrelateReport = serde_json::from_str(&last)
-            .with_context(|| format!("{}: unreadable answer ({status}): {last:?}", corr.what))?;
+        // With a result set missing, the correlate would wait for it until its timeout.
+        let wait = if reports.iter().all(|r| r.delivered) {
+            PROGRAM_TIMEOUT
+        } else {
+            Duration::from_secs(1)
+        };
+        let cr = match corr.finish(wait) {
+            Ok((status, last)) => serde_json::from_str(&last).with_context(|| {
+                format!("{}: unreadable answer ({status}): {last:?}", corr.what)
+            })?,
+            Err(e) => {
+                failures.push(format!("{}: {e:#}", corr.what));
+                CorrelateReport {
+                    listen: String::new(),
+                    connections: Vec::new(),
+                    complete: false,
+                    merged: data::Merged::default(),
+                }
+            }
+        };
         let mo = check_market(m, &reports, &cr, query, &events, &mut failures)?;
         outs.push(mo);
     }
@@ -775,10 +782,39 @@ fn drop_counts(maps: &[(String, HostMaps)]) -> Result<Vec<Counters>> {
 struct Attempt<'a> {
     market: &'a Market,
     from: &'a Container,
-    from_data: &'a Path,
+    /// The sender's data file: it sends it raw. `None`: a bare connection attempt.
+    from_data: Option<&'a Path>,
     to: &'a Container,
     to_tenant: &'a TenantNetwork,
     target: &'static str,
+}
+
+/// Runs `f` with the data path tracing on every host, and turns tracing off again whatever
+/// `f` returns; `f`'s value and the flow events of the hosts meanwhile.
+fn traced<T>(
+    maps: &mut [(String, HostMaps)],
+    f: impl FnOnce(&[(String, HostMaps)]) -> Result<T>,
+) -> Result<(T, Vec<(String, FlowEvent)>)> {
+    let mut on = Ok(());
+    for (_, m) in maps.iter_mut() {
+        // Events from before belong to something else.
+        on = on
+            .and(m.drain_flow_events().map(drop))
+            .and(m.set_trace(true));
+    }
+    let result = on.map_err(anyhow::Error::from).and_then(|()| f(maps));
+    let mut events = Vec::new();
+    let mut off = Ok(());
+    for (host, m) in maps.iter_mut() {
+        off = off.and(m.set_trace(false));
+        match m.drain_flow_events() {
+            Ok(evs) => events.extend(evs.into_iter().map(|e| (host.clone(), e))),
+            Err(e) => off = off.and(Err(e)),
+        }
+    }
+    let value = result?;
+    off?;
+    Ok((value, events))
 }
 
 /// Each marketplace's first search container sends its raw data set to another data site of
@@ -796,83 +832,58 @@ fn exfiltrate(
         attempts.push(Attempt {
             market: m,
             from,
-            from_data,
+            from_data: Some(from_data),
             to: &m.searches[1].0,
             to_tenant: &m.tenant,
-            target: "another data site",
+            target: TARGET_SITE,
         });
         if markets.len() > 1 {
             let other = &markets[(k + 1) % markets.len()];
             attempts.push(Attempt {
                 market: m,
                 from,
-                from_data,
+                from_data: Some(from_data),
                 to: &other.correlate,
                 to_tenant: &other.tenant,
-                target: "another marketplace's correlate",
+                target: TARGET_OTHER_MARKET,
+            });
+            // No policy limits the correlate's egress: only tenant isolation stands between
+            // the two marketplaces here.
+            attempts.push(Attempt {
+                market: m,
+                from: &m.correlate,
+                from_data: None,
+                to: &other.correlate,
+                to_tenant: &other.tenant,
+                target: TARGET_ISOLATION,
             });
         }
     }
     out.say(format!(
-        "\nExfiltration: {} search container(s) try to send their raw data set (subjects included) elsewhere …",
-        markets.len()
+        "\nExfiltration: {} search container(s) try to send their raw data set (subjects included) elsewhere{} …",
+        markets.len(),
+        if markets.len() > 1 {
+            "; each correlate tries to reach the other marketplace"
+        } else {
+            ""
+        }
     ));
     // Something listens at every target: a drop is then the network's doing, not a closed port.
     let sinks: Vec<Option<Sink>> = attempts
         .iter()
         .map(|a| {
-            if a.target == "another data site" {
+            if a.target == TARGET_SITE {
                 Sink::start(&a.to.ep.netns, a.to.addr(), CORRELATE_PORT).map(Some)
             } else {
                 Ok(None) // the other marketplace's correlate service is listening
             }
         })
         .collect::<Result<_>>()?;
-    for (_, m) in maps.iter_mut() {
-        m.drain_flow_events()?;
-        m.set_trace(true)?;
-    }
-    let before = drop_counts(maps)?;
-    let timeout_ms = EXFIL_CONNECT_TIMEOUT.as_millis().to_string();
-    let spawned: Result<Vec<Program>> = attempts
-        .iter()
-        .map(|a| {
-            let to = SocketAddrV6::new(a.to.addr(), CORRELATE_PORT, 0, 0).to_string();
-            Program::spawn(
-                &a.from.ep.netns,
-                &[
-                    "marketplace-search",
-                    "--data",
-                    &a.from_data.display().to_string(),
-                    "--to",
-                    &to,
-                    "--site",
-                    &a.from.host,
-                    "--raw",
-                    "--connect-timeout-ms",
-                    &timeout_ms,
-                ],
-                format!("raw send {} → {}", a.from.name(), a.to.name()),
-            )
-        })
-        .collect();
-    let mut reports = Vec::new();
-    for mut p in spawned? {
-        let (_, last) = p.finish(PROGRAM_TIMEOUT)?;
-        let r: SearchReport = serde_json::from_str(&last)
-            .with_context(|| format!("{}: unreadable report {last:?}", p.what))?;
-        reports.push(r);
-    }
-    let after = drop_counts(maps)?;
-    let mut events = Vec::new();
-    for (host, m) in maps.iter_mut() {
-        m.set_trace(false)?;
-        events.extend(
-            m.drain_flow_events()?
-                .into_iter()
-                .map(|e| (host.clone(), e)),
-        );
-    }
+    let ((reports, before, after), events) = traced(maps, |maps| {
+        let before = drop_counts(maps)?;
+        let reports = raw_sends(&attempts)?;
+        Ok((reports, before, drop_counts(maps)?))
+    })?;
     let mut counters = BTreeMap::new();
     for (((host, _), b), a) in maps.iter().zip(&before).zip(&after) {
         counters.insert(
@@ -949,6 +960,93 @@ fn exfiltrate(
         });
     }
     Ok((outs, counters))
+}
+
+/// Runs every raw-data send at once; their reports, in order.
+fn raw_sends(attempts: &[Attempt]) -> Result<Vec<SearchReport>> {
+    let timeout_ms = EXFIL_CONNECT_TIMEOUT.as_millis().to_string();
+    enum Running {
+        Program(Program),
+        Probe(std::thread::JoinHandle<SearchReport>),
+    }
+    let mut running = Vec::new();
+    for a in attempts {
+        let to = SocketAddrV6::new(a.to.addr(), CORRELATE_PORT, 0, 0);
+        running.push(match a.from_data {
+            Some(file) => Running::Program(Program::spawn(
+                &a.from.ep.netns,
+                &[
+                    "marketplace-search",
+                    "--data",
+                    &file.display().to_string(),
+                    "--to",
+                    &to.to_string(),
+                    "--site",
+                    &a.from.host,
+                    "--raw",
+                    "--connect-timeout-ms",
+                    &timeout_ms,
+                ],
+                format!("raw send {} → {}", a.from.name(), a.to.name()),
+            )?),
+            None => {
+                let netns = a.from.ep.netns.clone();
+                let site = a.from.host.clone();
+                Running::Probe(std::thread::spawn(move || connect_probe(&netns, &site, to)))
+            }
+        });
+    }
+    let mut reports = Vec::new();
+    for r in running {
+        reports.push(match r {
+            Running::Program(mut p) => {
+                let (_, last) = p.finish(PROGRAM_TIMEOUT)?;
+                serde_json::from_str(&last)
+                    .with_context(|| format!("{}: unreadable report {last:?}", p.what))?
+            }
+            Running::Probe(t) => t
+                .join()
+                .map_err(|_| anyhow!("a connection probe panicked"))?,
+        });
+    }
+    Ok(reports)
+}
+
+/// A bare TCP connection attempt from inside a container, reported like a search.
+fn connect_probe(netns: &str, site: &str, to: SocketAddrV6) -> SearchReport {
+    let start = Instant::now();
+    let mut r = SearchReport {
+        site: site.to_string(),
+        scanned: 0,
+        matched: 0,
+        kind: "connect".into(),
+        sent: 0,
+        delivered: false,
+        failure: None,
+        error: None,
+        elapsed_ms: 0,
+    };
+    let conn = lab::netns::NetnsGuard::enter(netns)
+        .map_err(|e| ("error", e.to_string()))
+        .and_then(|_g| {
+            std::net::TcpStream::connect_timeout(&to.into(), EXFIL_CONNECT_TIMEOUT).map_err(|e| {
+                let class = match e.kind() {
+                    std::io::ErrorKind::TimedOut => "timed-out",
+                    std::io::ErrorKind::ConnectionRefused => "refused",
+                    _ => "error",
+                };
+                (class, format!("connecting to {to}: {e}"))
+            })
+        });
+    match conn {
+        Ok(_) => r.delivered = true,
+        Err((class, e)) => {
+            r.failure = Some(class.into());
+            r.error = Some(e);
+        }
+    }
+    r.elapsed_ms = start.elapsed().as_millis() as u64;
+    r
 }
 
 /// Runs the three search containers of every marketplace at once; their reports, per market.
@@ -1106,9 +1204,9 @@ fn print_summary(
     counters: &BTreeMap<String, DropCounters>,
     out: Out,
 ) {
-    out.say("\nExfiltration attempts (raw data, subjects included; each must be dropped):");
+    out.say("\nExfiltration attempts (raw data sets, subjects included; and a bare connection from one marketplace's correlate to the other's): each must be dropped.");
     out.say(format!(
-        "  {:<18} {:<15} {:<32} {:<9} {:<8} evidence",
+        "  {:<18} {:<16} {:<36} {:<9} {:<8} evidence",
         "from", "to", "target", "port", "result"
     ));
     for a in attempts {
@@ -1127,7 +1225,7 @@ fn print_summary(
             None => "no drop event seen (counters only)".to_string(),
         };
         out.say(format!(
-            "  {:<18} {:<15} {:<32} tcp/{:<5} {:<8} {}",
+            "  {:<18} {:<16} {:<36} tcp/{:<5} {:<8} {}",
             a.from,
             a.to,
             a.target,
