@@ -7,6 +7,7 @@ mod demo;
 mod labcmd;
 mod policycmd;
 mod stop;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,8 @@ enum Command {
     },
     /// Live flow events: translations, policy verdicts and drops.
     Trace(policycmd::TraceArgs),
+    /// The SC17 dashboard in the browser: map, container terminals, live translation steps.
+    Ui(ui::UiArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Bgp { command } => agentcmd::bgp(command),
         Command::Policy { command } => policycmd::run(command),
         Command::Trace(args) => policycmd::trace(args),
+        Command::Ui(args) => ui::run(args),
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
