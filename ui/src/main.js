@@ -101,6 +101,25 @@ function drawMap(snap) {
   b.setAttribute("fill", "none");
   b.setAttribute("d", path(borders));
   svg.append(b);
+  // Labels go right of their dot unless that would leave the map or cover another label:
+  // then left, below or above (close cities, such as Austin and New Orleans on a phone).
+  const boxes = [];
+  const labelAt = (x, y, text) => {
+    const lw = text.length * 7, lh = 14;
+    const tries = [[x + 10, y + 4, "start"], [x - 10, y + 4, "end"], [x - lw / 2, y + 20, "start"], [x - lw / 2, y - 12, "start"]];
+    for (const [tx, ty, anchor] of tries) {
+      const left = anchor === "end" ? tx - lw : tx;
+      const box = [left, ty - lh + 3, left + lw, ty + 3];
+      const inside = box[0] >= 0 && box[2] <= w && box[1] >= 0 && box[3] <= h;
+      const free = boxes.every((b) => box[2] < b[0] || box[0] > b[2] || box[3] < b[1] || box[1] > b[3]);
+      if (inside && free) { boxes.push(box); return [tx, ty, anchor]; }
+    }
+    return [x + 10, y + 4, "start"];
+  };
+  for (const s of placed) {
+    const [x, y] = proj([s.location.lon, s.location.lat]);
+    boxes.push([x - 8, y - 8, x + 8, y + 8]);
+  }
   for (const s of placed) {
     const [x, y] = proj([s.location.lon, s.location.lat]);
     const g = document.createElementNS(SVG, "g");
@@ -112,8 +131,10 @@ function drawMap(snap) {
     const c = document.createElementNS(SVG, "circle");
     c.setAttribute("cx", x); c.setAttribute("cy", y); c.setAttribute("r", 7);
     const t = document.createElementNS(SVG, "text");
-    t.setAttribute("x", x + 10); t.setAttribute("y", y + 4);
-    t.textContent = `${s.location.name} (${s.containers.length})`;
+    const label = `${s.location.name} (${s.containers.length})`;
+    const [tx, ty, anchor] = labelAt(x, y, label);
+    t.setAttribute("x", tx); t.setAttribute("y", ty); t.setAttribute("text-anchor", anchor);
+    t.textContent = label;
     const title = document.createElementNS(SVG, "title");
     title.textContent = `${s.location.name} — ${s.containers.map((c) => c.name).join(", ")}`;
     g.append(title, c, t);

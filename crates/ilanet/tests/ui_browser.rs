@@ -143,7 +143,8 @@ fn artefacts() -> PathBuf {
 }
 
 /// Runs the browser script; its findings by `check`.
-fn browse(ui: &Ui, mode: &str, plan: &Plan, src: &str, dst_sir: &str, dst_ila: &str) -> Vec<Value> {
+fn browse(ui: &Ui, mode: &str, plan: &Plan, src: &str, dst: (&str, &str), drop_sir: &str) -> Vec<Value> {
+    let (dst_sir, dst_ila) = dst;
     let profile = std::env::temp_dir().join(format!("ilanet-ui-chromium-{}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     let sites: Vec<Value> = plan
@@ -166,6 +167,7 @@ fn browse(ui: &Ui, mode: &str, plan: &Plan, src: &str, dst_sir: &str, dst_ila: &
         .env("SRC", src)
         .env("DST_SIR", dst_sir)
         .env("DST_ILA", dst_ila)
+        .env("DROP_SIR", drop_sir)
         .env("ARTEFACTS", artefacts())
         .env("PROFILE", &profile)
         .stderr(Stdio::inherit())
@@ -192,7 +194,8 @@ fn finding<'a>(all: &'a [Value], check: &str) -> &'a Value {
 fn dashboard_in_a_real_browser() {
     let name = format!("ui{}", std::process::id());
     let _cleanup = Cleanup(name.clone());
-    let mut spec = LabSpec::sc17(&name, 1);
+    // Two containers a site: the second of each is in the other tenant ("market").
+    let mut spec = LabSpec::sc17(&name, 2);
     spec.agent_binary = Some(BIN.into());
     spec.routing = RoutingMode::Bird;
     let plan = lab::up(&spec).expect("lab up");
@@ -218,6 +221,13 @@ fn dashboard_in_a_real_browser() {
     .ila_address()
     .expect("ILA address");
     assert_ne!(dst_ila, dst.sir_addr);
+    let other = plan
+        .hosts
+        .iter()
+        .rev()
+        .flat_map(|h| h.containers.iter())
+        .find(|c| c.tenant != src.tenant)
+        .expect("a container of another tenant");
 
     let log = artefacts().join("sessions.log");
     let _ = std::fs::remove_file(&log);
@@ -265,14 +275,12 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(ws_upgrade(&host, "/api/live", &origin, None), 401);
     assert_eq!(ws_upgrade(&host, "/api/live", &origin, Some(&ui.token())), 101);
 
-    let found = browse(
-        &ui,
-        "full",
-        &plan,
-        &src.name,
-        &dst.sir_addr.to_string(),
-        &dst_ila.to_string(),
+    let (dst_sir_s, dst_ila_s, other_s) = (
+        dst.sir_addr.to_string(),
+        dst_ila.to_string(),
+        other.sir_addr.to_string(),
     );
+    let found = browse(&ui, "full", &plan, &src.name, (&dst_sir_s, &dst_ila_s), &other_s);
     let landing = finding(&found, "landing");
     assert_eq!(landing["status"], 200);
     assert!(
@@ -344,6 +352,20 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(inb["dst_after"], dst_sir.as_str());
     assert_eq!(step("delivered")["host"], dst_host.name.as_str());
 
+    // The other tenant's container: no reply, and a drop with the tenant reason.
+    let dropf = finding(&found, "drop");
+    assert_eq!(dropf["no_reply"], true, "{dropf}");
+    let dropped = dropf["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["kind"] == "dropped"))
+        .unwrap_or_else(|| panic!("no dropped step: {dropf}"));
+    assert_eq!(dropped["src"], src_sir.as_str());
+    assert_eq!(dropped["dst"], other_s.as_str());
+    assert!(
+        dropped["note"].as_str().unwrap_or("").contains("another tenant"),
+        "{dropped}"
+    );
+
     assert_eq!(finding(&found, "keyboard")["tab_after_arrow"], "policies");
     let phone = finding(&found, "phone");
     assert!(phone["horizontal_overflow_px"].as_i64().unwrap_or(99) <= 0, "phone width: {phone}");
@@ -376,9 +398,18 @@ fn dashboard_in_a_real_browser() {
     let host = ro.host();
     let origin = format!("http://{host}");
     assert_eq!(ws_upgrade(&host, &format!("/api/term/{}", src.name), &origin, Some(&ro.token())), 403);
-    let found = browse(&ro, "read-only", &plan, &src.name, &dst_sir, &dst_ila);
+    let found = browse(&ro, "read-only", &plan, &src.name, (&dst_sir, &dst_ila), &other_s);
     let r = finding(&found, "read-only");
     assert_eq!(r["buttons_disabled"], true, "{r}");
     assert_eq!(r["terminal_visible"], false, "{r}");
     assert_eq!(r["notice_visible"], true, "{r}");
+    drop(ro);
+
+    // An idle terminal is closed by the server, and the closing is logged.
+    let idle = Ui::start(&name, &["--idle-timeout", "2s"], &log);
+    let found = browse(&idle, "idle", &plan, &src.name, (&dst_sir, &dst_ila), &other_s);
+    assert_eq!(finding(&found, "idle")["closed"], true);
+    drop(idle);
+    let text = std::fs::read_to_string(&log).expect("session log");
+    assert!(text.contains("idle for 2s"), "{text}");
 }

@@ -44,7 +44,23 @@ try {
   out({ check: "cookie", cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })) });
   await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : "read-only.png") });
 
-  if (mode === "read-only") {
+  if (mode === "idle") {
+    const src = env("SRC");
+    await page.click(`.container[data-container="${src}"]`);
+    const end = Date.now() + 15000;
+    let closed = false;
+    while (Date.now() < end && !closed) {
+      closed = await page.evaluate(() => {
+        const t = window.__ilanet.term?.term;
+        if (!t) return false;
+        const b = t.buffer.active;
+        for (let i = 0; i < b.length; i++) if ((b.getLine(i)?.translateToString(true) ?? "").includes("idle timeout")) return true;
+        return false;
+      });
+      if (!closed) await page.waitForTimeout(200);
+    }
+    out({ check: "idle", closed });
+  } else if (mode === "read-only") {
     const disabled = await page.$$eval(".container", (bs) => bs.every((b) => b.disabled));
     await page.click("#map .site");
     await page.waitForTimeout(500);
@@ -129,6 +145,21 @@ try {
     }
     out({ check: "steps", steps, expected: { dst_sir: dst, dst_ila: ila } });
     await page.locator("#steps-panel").screenshot({ path: join(artefacts, "steps.png") });
+
+    // A container of another tenant: no reply, and the steps say where and why it was dropped.
+    const other = env("DROP_SIR");
+    await page.keyboard.type(`ping -6 -c 2 -i 0.3 -W 1 ${other}\n`);
+    const lost = await waitText(/2 packets transmitted, 0 received/, 15000);
+    let dropSteps = [];
+    const end2 = Date.now() + 10000;
+    while (Date.now() < end2) {
+      dropSteps = await page.$$eval("#steps li.step", (ls) => ls.map((l) => ({ kind: l.dataset.kind, host: l.dataset.host,
+        src: l.dataset.src, dst: l.dataset.dst, note: l.textContent })));
+      if (dropSteps.some((s) => s.kind === "dropped" && s.dst === other)) break;
+      await page.waitForTimeout(200);
+    }
+    out({ check: "drop", no_reply: lost !== null, steps: dropSteps });
+    await page.locator("#steps-panel").screenshot({ path: join(artefacts, "steps-dropped.png") });
     await page.click('[role=tab][data-tab="mappings"]');
     await page.screenshot({ path: join(artefacts, "mappings.png"), fullPage: true });
     // Keyboard: tabs move with the arrow keys.
