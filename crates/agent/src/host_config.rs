@@ -59,6 +59,36 @@ pub struct HostConfig {
     pub metrics: Option<SocketAddr>,
     /// The BGP speaker that announces the host's locator; `None`: locator routes are static.
     pub bgp: Option<bgp::SpeakerConfig>,
+    /// Where the host stands (the dashboard's map); `None`: not placed.
+    pub location: Option<Location>,
+}
+
+/// A site's place on the map: WGS 84 degrees and a display name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    /// Latitude, degrees north (−90 to 90).
+    pub lat: f64,
+    /// Longitude, degrees east (−180 to 180).
+    pub lon: f64,
+    /// Place name shown on the map.
+    pub name: String,
+}
+
+impl Location {
+    /// Checks the ranges (errors: field under `location`, reason).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !(-90.0..=90.0).contains(&self.lat) {
+            return Err(("lat", format!("{}: expected -90 to 90 degrees", self.lat)));
+        }
+        if !(-180.0..=180.0).contains(&self.lon) {
+            return Err(("lon", format!("{}: expected -180 to 180 degrees", self.lon)));
+        }
+        if self.name.trim().is_empty() || self.name.len() > 64 {
+            return Err(("name", "expected 1 to 64 characters".into()));
+        }
+        Ok(())
+    }
 }
 
 impl HostConfig {
@@ -95,6 +125,8 @@ struct RawConfig {
     metrics: Option<RawListen>,
     #[serde(default)]
     bgp: Option<RawBgp>,
+    #[serde(default)]
+    location: Option<Location>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +419,10 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         None => None,
         Some(b) => Some(parse_bgp(&raw.host, b).map_err(|(f, r)| err(&f, r))?),
     };
+    if let Some(l) = &raw.location {
+        l.validate()
+            .map_err(|(f, r)| err(&format!("location.{f}"), r))?;
+    }
     let agent = AgentConfig {
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
@@ -409,6 +445,7 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         log_level: raw.log_level,
         metrics,
         bgp,
+        location: raw.location,
     })
 }
 
@@ -509,6 +546,23 @@ mod tests {
 
     fn parse_str(s: &str) -> Result<HostConfig, ConfigError> {
         parse("agent.yaml", s.as_bytes(), "/proc/self/ns/net")
+    }
+
+    #[test]
+    fn location_is_parsed_and_checked() {
+        let c = parse_str(&format!(
+            "{GOOD}location: {{lat: 39.74, lon: -104.99, name: Denver}}\n"
+        ))
+        .expect("good");
+        let l = c.location.expect("location");
+        assert_eq!((l.lat, l.lon, l.name.as_str()), (39.74, -104.99, "Denver"));
+        assert_eq!(parse_str(GOOD).expect("good").location, None);
+        let e = parse_str(&format!("{GOOD}location: {{lat: 91, lon: 0, name: x}}\n"))
+            .expect_err("latitude out of range");
+        assert_eq!(e.field, "location.lat", "{e}");
+        let e = parse_str(&format!("{GOOD}location: {{lat: 1, lon: 0}}\n"))
+            .expect_err("name missing");
+        assert!(e.to_string().contains("location"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod labcmd;
 mod marketplace;
 mod policycmd;
 mod stop;
+mod ui;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,8 @@ enum Command {
     /// Inside a marketplace container: receive, merge and deduplicate the results.
     #[command(hide = true)]
     MarketplaceCorrelate(marketplace::programs::CorrelateArgs),
+    /// The SC17 dashboard in the browser: map, container terminals, live translation steps.
+    Ui(ui::UiArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
         Command::Marketplace(args) => marketplace::run(args),
         Command::MarketplaceSearch(args) => marketplace::programs::search_main(args),
         Command::MarketplaceCorrelate(args) => marketplace::programs::correlate_main(args),
+        Command::Ui(args) => ui::run(args),
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),

@@ -186,3 +186,66 @@ impl LabState {
         Ok(names)
     }
 }
+
+/// Where a lab site stands on the dashboard's map. The paper's SC17 sites are at their cities;
+/// other sites (`site1`, `site2`, …) get places of research networks in turn, the `index`-th
+/// (0-based) of the lab's hosts, so every site has a distinct point.
+pub fn site_location(host: &str, display: &str, index: usize) -> agent::host_config::Location {
+    const SC17: [(&str, f64, f64); 4] = [
+        ("nola", 29.951, -90.072),
+        ("austin", 30.267, -97.743),
+        ("slc", 40.761, -111.891),
+        ("denver", 39.739, -104.990),
+    ];
+    const OTHERS: [(&str, f64, f64); 8] = [
+        ("Amsterdam", 52.370, 4.895),
+        ("Geneva", 46.204, 6.143),
+        ("Chicago", 41.878, -87.630),
+        ("Hamburg", 53.551, 9.994),
+        ("Barcelona", 41.386, 2.170),
+        ("Bologna", 44.494, 11.343),
+        ("Lisbon", 38.722, -9.139),
+        ("Prague", 50.075, 14.438),
+    ];
+    if let Some((_, lat, lon)) = SC17.iter().find(|(n, _, _)| *n == host) {
+        return agent::host_config::Location {
+            lat: *lat,
+            lon: *lon,
+            name: display.to_string(),
+        };
+    }
+    let (place, lat, lon) = OTHERS[index % OTHERS.len()];
+    // Past the list, later rounds sit slightly south-east of the first so points stay apart.
+    let round = (index / OTHERS.len()) as f64;
+    agent::host_config::Location {
+        lat: lat - round * 1.5,
+        lon: lon + round * 1.5,
+        name: if display.is_empty() {
+            place.to_string()
+        } else {
+            format!("{display} ({place})")
+        },
+    }
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::site_location;
+
+    #[test]
+    fn sc17_sites_are_at_their_cities_and_others_are_distinct() {
+        let d = site_location("denver", "Denver", 3);
+        assert_eq!((d.lat, d.lon, d.name.as_str()), (39.739, -104.990, "Denver"));
+        let pts: Vec<(f64, f64)> = (0..20)
+            .map(|i| {
+                let l = site_location(&format!("site{i}"), "", i);
+                (l.lat, l.lon)
+            })
+            .collect();
+        for (i, a) in pts.iter().enumerate() {
+            for b in &pts[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}
