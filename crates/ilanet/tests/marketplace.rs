@@ -238,6 +238,122 @@ fn marketplace_without_keep_leaves_nothing_behind() {
     );
 }
 
+/// GET `path` from the dashboard at `host_port` with the session cookie: status and body.
+fn get(host_port: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(host_port).expect("connect to the dashboard");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nCookie: ilanet_ui={token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, eBPF, agents"]
+fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
+    use std::io::BufRead;
+    let name = format!("mu{}", std::process::id());
+    let _cleanup = Cleanup(name.clone());
+    let mut child = Command::new(BIN)
+        .args(["marketplace", "--name", &name, "--records", "100", "--ui"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut url = None;
+    let mut replay = None;
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(u) = line.strip_prefix("Dashboard: ") {
+            url = Some(u.trim().to_string());
+        }
+        if line.contains("marketplace-search --data") {
+            replay = Some(line.trim().to_string());
+        }
+        if line.starts_with("Ctrl-C stops the dashboard") {
+            break;
+        }
+    }
+    assert!(seen.contains("All checks passed"), "{seen}");
+    let url = url.unwrap_or_else(|| panic!("no dashboard URL in:\n{seen}"));
+    let (host_port, token) = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split_once("/?token="))
+        .unwrap_or_else(|| panic!("URL {url}"));
+    assert!(host_port.starts_with("127.0.0.1:"), "loopback only: {url}");
+    let (status, _) = get(host_port, "/api/state", "0123");
+    assert_eq!(status, 401, "a wrong token is refused");
+    let (status, body) = get(host_port, "/api/state", token);
+    assert_eq!(status, 200, "{body}");
+    for c in [
+        "a-search-nola",
+        "a-search-austin",
+        "a-search-slc",
+        "a-correlate",
+        "b-correlate",
+    ] {
+        assert!(body.contains(c), "{c} on the dashboard: {body}");
+    }
+    // The replay the run printed, typed as in a container's terminal.
+    let replay = replay.unwrap_or_else(|| panic!("no replay line in:\n{seen}"));
+    let words: Vec<&str> = replay.split_whitespace().collect();
+    let st = Command::new("ip")
+        .args(["netns", "exec", &format!("{name}-a-search-nola")])
+        .args(&words)
+        .output()
+        .expect("replay");
+    assert_eq!(st.status.code(), Some(2), "not delivered: {}", text(&st));
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("timed-out"),
+        "{}",
+        text(&st)
+    );
+    common::wait_for(
+        "the replayed drop on the dashboard",
+        std::time::Duration::from_secs(10),
+        || {
+            let (_, body) = get(host_port, "/api/state", token);
+            body.contains("\"src_name\":\"a-search-nola\"")
+                && body.contains("\"dst_name\":\"b-correlate\"")
+                && body.contains("\"kind\":\"dropped\"")
+        },
+    );
+    // Ctrl-C: the dashboard stops and the lab goes.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{status}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Removing the lab")),
+        "{rest:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{name}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}
+
 #[test]
 fn bad_input_is_refused_before_anything_is_built() {
     for (args, want) in [

@@ -77,6 +77,10 @@ pub struct MarketArgs {
     /// Print the outcome as one JSON document on stdout (progress goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Afterwards, serve the dashboard on the marketplace's lab until Ctrl-C (loopback, with a
+    /// token; see `ilanet ui`).
+    #[arg(long)]
+    ui: bool,
 }
 
 /// Progress and tables: on stdout, or on stderr when stdout carries the JSON.
@@ -225,11 +229,51 @@ pub fn run(args: &MarketArgs) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    if args.ui {
+        dashboard(&plan, &report, out)?;
+    }
     Ok(if report.passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Serves the dashboard on the marketplace's lab until Ctrl-C, with a replay of one
+/// exfiltration attempt to type into a container's terminal.
+fn dashboard(plan: &Plan, report: &RunReport, out: Out) -> Result<()> {
+    let handle = crate::ui::serve(
+        crate::ui::UiSource::Lab(plan.name.clone()),
+        crate::ui::UiOptions {
+            title: Some(format!("data marketplace (lab {})", plan.name)),
+            ..Default::default()
+        },
+    )
+    .context("starting the dashboard")?;
+    out.say(format!("\nDashboard: {}", handle.url()));
+    out.say("(loopback only; the token is the key: its terminals are root shells inside the containers)");
+    let exe = std::env::current_exe().context("finding the ilanet executable")?;
+    let replay = report
+        .exfiltration
+        .iter()
+        .find(|a| a.target == TARGET_OTHER_MARKET)
+        .or(report.exfiltration.first());
+    // The replayed attempt is the first marketplace's, from its first data site.
+    let site = report.marketplaces.first().and_then(|m| m.sites.first());
+    if let (Some(a), Some(site)) = (replay, site) {
+        let file = site.data_file.display();
+        out.say(format!(
+            "Open a terminal in {} ({}) and send its raw data to {} again — the steps show the drop:\n  {} marketplace-search --data {file} --raw --to [{}]:{CORRELATE_PORT} --site {} --connect-timeout-ms 2000",
+            a.from,
+            a.from_site,
+            a.to,
+            exe.display(),
+            a.to_address,
+            site.site
+        ));
+    }
+    out.say("Ctrl-C stops the dashboard.");
+    handle.wait()
 }
 
 /// What the run found (the `--json` output).
