@@ -50,6 +50,7 @@ const PROGRAM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long new endpoints may take to be mapped on every host.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// `ilanet marketplace` arguments.
 #[derive(Args)]
 pub struct MarketArgs {
     /// Marketplaces (tenants) side by side, each with three data sites and a correlate site.
@@ -196,6 +197,8 @@ impl Drop for LabGuard {
     }
 }
 
+/// `ilanet marketplace`: builds the lab, runs the marketplaces, checks them, tears down (unless
+/// `--keep`); fails when any check fails.
 pub fn run(args: &MarketArgs) -> Result<ExitCode> {
     let query = validate(args)?;
     let out = Out { json: args.json };
