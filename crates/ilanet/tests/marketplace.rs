@@ -261,7 +261,7 @@ fn get(host_port: &str, path: &str, token: &str) -> (u16, String) {
 
 #[test]
 #[ignore = "needs root: network namespaces, eBPF, agents"]
-fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
+fn marketplace_ui_shows_the_lab_and_both_replays_then_ctrl_c_tears_down() {
     use std::io::BufRead;
     let name = format!("mu{}", std::process::id());
     let _cleanup = Cleanup(name.clone());
@@ -273,7 +273,7 @@ fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut url = None;
-    let mut replay = None;
+    let mut replays = Vec::new();
     let mut seen = String::new();
     for line in lines.by_ref() {
         let line = line.expect("line");
@@ -283,7 +283,7 @@ fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
             url = Some(u.trim().to_string());
         }
         if line.contains("marketplace-search --data") {
-            replay = Some(line.trim().to_string());
+            replays.push(line.trim().to_string());
         }
         if line.starts_with("Ctrl-C stops the dashboard") {
             break;
@@ -309,14 +309,22 @@ fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
     ] {
         assert!(body.contains(c), "{c} on the dashboard: {body}");
     }
-    // The replay the run printed, typed as in a container's terminal.
-    let replay = replay.unwrap_or_else(|| panic!("no replay line in:\n{seen}"));
-    let words: Vec<&str> = replay.split_whitespace().collect();
-    let st = Command::new("ip")
-        .args(["netns", "exec", &format!("{name}-a-search-nola")])
-        .args(&words)
-        .output()
-        .expect("replay");
+    // The two commands the run printed, typed as in a container's terminal: the search is
+    // delivered, its raw data is dropped; the dashboard shows both.
+    let [search, raw] = &replays[..] else {
+        panic!("two replay lines expected in:\n{seen}")
+    };
+    let in_container = |cmd: &str| {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        Command::new("ip")
+            .args(["netns", "exec", &format!("{name}-a-search-nola")])
+            .args(&words)
+            .output()
+            .expect("replay")
+    };
+    let st = in_container(search);
+    assert!(st.status.success(), "delivered: {}", text(&st));
+    let st = in_container(raw);
     assert_eq!(st.status.code(), Some(2), "not delivered: {}", text(&st));
     assert!(
         String::from_utf8_lossy(&st.stdout).contains("timed-out"),
@@ -324,13 +332,15 @@ fn marketplace_ui_shows_the_lab_and_a_replayed_drop_then_ctrl_c_tears_down() {
         text(&st)
     );
     common::wait_for(
-        "the replayed drop on the dashboard",
+        "both replays on the dashboard",
         std::time::Duration::from_secs(10),
         || {
             let (_, body) = get(host_port, "/api/state", token);
             body.contains("\"src_name\":\"a-search-nola\"")
                 && body.contains("\"dst_name\":\"b-correlate\"")
+                && body.contains("\"dst_name\":\"a-correlate\"")
                 && body.contains("\"kind\":\"dropped\"")
+                && body.contains("\"kind\":\"delivered\"")
         },
     );
     // Ctrl-C: the dashboard stops and the lab goes.

@@ -242,9 +242,40 @@ pub fn run(args: &MarketArgs) -> Result<ExitCode> {
     })
 }
 
-/// Serves the dashboard on the marketplace's lab until Ctrl-C, with a replay of one
-/// exfiltration attempt to type into a container's terminal.
+/// How long the correlate services answer while the dashboard runs.
+const DASHBOARD_SERVICE_TIME: Duration = Duration::from_secs(600);
+
+/// Serves the dashboard on the marketplace's lab until Ctrl-C, with the correlate services up
+/// again and two commands to type into a search container's terminal: a search (delivered)
+/// and a raw-data send (dropped).
 fn dashboard(plan: &Plan, report: &RunReport, out: Out) -> Result<()> {
+    // Killed when this returns.
+    let mut services = Vec::new();
+    for m in &report.marketplaces {
+        let c = &m.correlate;
+        let eps: Vec<LocalEndpoint> =
+            serde_json::from_value(agents::call(&plan.name, &c.site, &Request::EndpointList)?)?;
+        let ep = eps
+            .iter()
+            .find(|e| e.name == c.name)
+            .ok_or_else(|| anyhow!("container {} is gone from {}", c.name, c.site))?;
+        let listen = SocketAddrV6::new(c.address, CORRELATE_PORT, 0, 0).to_string();
+        let mut p = Program::spawn(
+            &ep.netns,
+            &[
+                "marketplace-correlate",
+                "--listen",
+                &listen,
+                "--expect",
+                &programs::MAX_EXPECT.to_string(),
+                "--timeout-ms",
+                &DASHBOARD_SERVICE_TIME.as_millis().to_string(),
+            ],
+            format!("correlate of {} (dashboard)", m.tenant),
+        )?;
+        p.next_line(Duration::from_secs(10))?;
+        services.push(p);
+    }
     let handle = crate::ui::serve(
         crate::ui::UiSource::Lab(plan.name.clone()),
         crate::ui::UiOptions {
@@ -256,19 +287,27 @@ fn dashboard(plan: &Plan, report: &RunReport, out: Out) -> Result<()> {
     out.say(format!("\nDashboard: {}", handle.url()));
     out.say("(loopback only; the token is the key: its terminals are root shells inside the containers)");
     let exe = std::env::current_exe().context("finding the ilanet executable")?;
+    // The first marketplace's first data site, and its attempt on the other marketplace.
+    let market = report.marketplaces.first();
+    let site = market.and_then(|m| m.sites.first());
     let replay = report
         .exfiltration
         .iter()
         .find(|a| a.target == TARGET_OTHER_MARKET)
         .or(report.exfiltration.first());
-    // The replayed attempt is the first marketplace's, from its first data site.
-    let site = report.marketplaces.first().and_then(|m| m.sites.first());
-    if let (Some(a), Some(site)) = (replay, site) {
+    if let (Some(m), Some(site), Some(a)) = (market, site, replay) {
         let file = site.data_file.display();
         out.say(format!(
-            "Open a terminal in {} ({}) and send its raw data to {} again — the steps show the drop:\n  {} marketplace-search --data {file} --raw --to [{}]:{CORRELATE_PORT} --site {} --connect-timeout-ms 2000",
-            a.from,
-            a.from_site,
+            "Open a terminal in {} ({}); the correlate services take results for {} min. The search (delivered; the steps show SIR → ILA → SIR):\n  {} marketplace-search --data {file} --to [{}]:{CORRELATE_PORT} --site {}",
+            site.container,
+            site.display,
+            DASHBOARD_SERVICE_TIME.as_secs() / 60,
+            exe.display(),
+            m.correlate.address,
+            site.site
+        ));
+        out.say(format!(
+            "Its raw data to {} instead (dropped; the steps show where and why):\n  {} marketplace-search --data {file} --raw --to [{}]:{CORRELATE_PORT} --site {} --connect-timeout-ms 2000",
             a.to,
             exe.display(),
             a.to_address,
@@ -276,7 +315,9 @@ fn dashboard(plan: &Plan, report: &RunReport, out: Out) -> Result<()> {
         ));
     }
     out.say("Ctrl-C stops the dashboard.");
-    handle.wait()
+    let result = handle.wait();
+    drop(services);
+    result
 }
 
 /// What the run found (the `--json` output).
