@@ -37,7 +37,7 @@ pub enum UiSource {
         /// The agent's API socket.
         socket: PathBuf,
         /// The agent's configuration, if given.
-        config: Option<agent::host_config::HostConfig>,
+        config: Option<Box<agent::host_config::HostConfig>>,
     },
 }
 
@@ -359,12 +359,13 @@ pub fn run(args: &UiArgs) -> Result<ExitCode> {
         (None, Some(s)) => {
             let config = match &args.config {
                 Some(p) => {
-                    let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    Some(agent::host_config::parse(
+                    let text =
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    Some(Box::new(agent::host_config::parse(
                         &p.display().to_string(),
                         &text,
                         "/proc/self/ns/net",
-                    )?)
+                    )?))
                 }
                 None => None,
             };

@@ -83,7 +83,15 @@ pub fn spawn(target: &Target, cols: u16, rows: u16) -> Result<Pty> {
     let mut cmd = Command::new("nsenter");
     match target.container_id.as_deref().and_then(podman_pid) {
         Some(pid) => {
-            cmd.args(["--target", &pid.to_string(), "--mount", "--uts", "--ipc", "--net", "--pid"]);
+            cmd.args([
+                "--target",
+                &pid.to_string(),
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--pid",
+            ]);
         }
         None => {
             let mut arg = OsString::from("--net=");
@@ -104,10 +112,15 @@ pub fn spawn(target: &Target, cols: u16, rows: u16) -> Result<Pty> {
         .env("TERM", "xterm-256color")
         .env("LANG", "C.UTF-8")
         .env("HOME", "/root")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("PS1", format!("[{}] \\w # ", target.name));
     let io = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    cmd.stdin(io(&slave)?).stdout(io(&slave)?).stderr(io(&slave)?);
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

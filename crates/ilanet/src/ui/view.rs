@@ -258,10 +258,7 @@ pub fn collect(title: &str, hosts: &[HostRef], read_only: bool) -> Snapshot {
                 site.containers = eps
                     .into_iter()
                     .map(|ep| {
-                        let tenant = status
-                            .tenants
-                            .iter()
-                            .find(|t| t.sir.contains(ep.sir_addr));
+                        let tenant = status.tenants.iter().find(|t| t.sir.contains(ep.sir_addr));
                         let ila_addr = rows
                             .iter()
                             .find(|r| r.sir_addr == ep.sir_addr)
