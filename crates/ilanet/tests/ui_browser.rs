@@ -100,13 +100,15 @@ fn http(host: &str, request: &str) -> (u16, String) {
     s.write_all(request.as_bytes()).expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    // Read the head (and whatever body comes with it); a 101 would keep the socket open.
+    // To the end when the request says `Connection: close`; else (WebSocket upgrades) the head
+    // only, as the socket stays open.
+    let to_eof = request.contains("Connection: close");
     loop {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                if !to_eof && buf.windows(4).any(|w| w == b"\r\n\r\n") {
                     break;
                 }
             }
@@ -481,6 +483,53 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(r["terminal_visible"], false, "{r}");
     assert_eq!(r["notice_visible"], true, "{r}");
     drop(ro);
+
+    // On one host agent's socket (a real host's view): that host and its containers only.
+    let sock = lab::agents::socket_path(&name, &src_host.name);
+    let mut child = Command::new(BIN)
+        .args(["ui", "--socket"])
+        .arg(&sock)
+        .arg("--session-log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ilanet ui --socket");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = lines
+        .find_map(|l| {
+            l.ok()?
+                .strip_prefix("ilanet dashboard: ")
+                .map(str::to_string)
+        })
+        .expect("URL");
+    let single = Ui { child, url };
+    let host = single.host();
+    let (code, body) = http(
+        &host,
+        &format!(
+            "GET /api/state HTTP/1.1\r\nHost: {host}\r\nCookie: ilanet_ui={}\r\nConnection: close\r\n\r\n",
+            single.token()
+        ),
+    );
+    assert_eq!(code, 200, "{body}");
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let sites = v["snapshot"]["sites"].as_array().expect("sites");
+    assert_eq!(sites.len(), 1, "{v}");
+    assert_eq!(sites[0]["name"], src_host.name.as_str());
+    let names: Vec<&str> = sites[0]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let want: Vec<&str> = src_host
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, want);
+    drop(single);
 
     // An idle terminal is closed by the server, and the closing is logged.
     let idle = Ui::start(&name, &["--idle-timeout", "2s"], &log);
