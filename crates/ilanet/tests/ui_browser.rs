@@ -546,3 +546,41 @@ fn dashboard_in_a_real_browser() {
     let text = std::fs::read_to_string(&log).expect("session log");
     assert!(text.contains("idle for 2s"), "{text}");
 }
+
+#[test]
+#[ignore = "needs root: network namespaces, eBPF, podman with runc, and Chromium"]
+fn terminal_inside_a_podman_container() {
+    let plugin = Path::new(BIN).with_file_name("ilanet-cni");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build it first (cargo build -p cni, or cargo test --workspace)",
+        plugin.display()
+    );
+    let name = format!("uq{}", std::process::id());
+    let _cleanup = Cleanup(name.clone());
+    let mut spec = LabSpec::generic(&name, 2, 1);
+    spec.agent_binary = Some(BIN.into());
+    spec.runtime = lab::plan::Runtime::Podman;
+    lab::up(&spec).expect("lab up (podman)");
+    // The agents allocate the podman containers' addresses; the record has them.
+    let plan = lab::plan_of(&name).expect("plan");
+    let src = &plan.hosts[0].containers[0];
+    let dst = &plan.hosts[1].containers[0];
+    let log = artefacts().join("sessions-podman.log");
+    let ui = Ui::start(&name, &[], &log);
+    let found = browse(
+        &ui,
+        "podman",
+        &plan,
+        &src.name,
+        (&dst.sir_addr.to_string(), ""),
+        "",
+    );
+    let p = finding(&found, "podman");
+    assert_eq!(p["prompt"], true, "{p}");
+    assert_eq!(
+        p["pid1_is_the_container_init"], true,
+        "the shell is in the container's pid and mount namespaces: {p}"
+    );
+    assert_eq!(p["ping_answered"], true, "{p}");
+}

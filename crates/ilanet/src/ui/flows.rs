@@ -442,6 +442,7 @@ mod tests {
             routes: vec![],
             containers: vec![ContainerView {
                 name: container.into(),
+                endpoint: container.into(),
                 site: name.into(),
                 netns: container.into(),
                 container_id: None,
