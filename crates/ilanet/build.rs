@@ -12,11 +12,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=ILANET_UI_DIST");
     let dist = std::env::var_os("ILANET_UI_DIST").map_or(dist, PathBuf::from);
     if !dist.join("index.html").is_file() {
-        panic!(
-            "\n\nThe dashboard's front end is not built: {} has no index.html.\n\
-             Run `make setup` (or `cd ui && npm ci && npm run build`) and build again.\n\n",
+        println!(
+            "cargo::error=the dashboard's front end is not built: {} has no index.html. \
+             Run `make setup` (or `cd ui && npm ci && npm run build`) and build again.",
             dist.display()
         );
+        return;
     }
     let mut files = Vec::new();
     collect(&dist, &dist, &mut files);
@@ -38,7 +39,8 @@ fn main() {
 }
 
 fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, PathBuf)>) {
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
     for entry in entries {
         let entry = entry.unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
         let path = entry.path();

@@ -560,8 +560,8 @@ mod tests {
         let e = parse_str(&format!("{GOOD}location: {{lat: 91, lon: 0, name: x}}\n"))
             .expect_err("latitude out of range");
         assert_eq!(e.field, "location.lat", "{e}");
-        let e = parse_str(&format!("{GOOD}location: {{lat: 1, lon: 0}}\n"))
-            .expect_err("name missing");
+        let e =
+            parse_str(&format!("{GOOD}location: {{lat: 1, lon: 0}}\n")).expect_err("name missing");
         assert!(e.to_string().contains("location"), "{e}");
     }
 

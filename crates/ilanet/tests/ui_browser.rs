@@ -95,17 +95,20 @@ impl Drop for Ui {
 /// One raw HTTP/1.1 request; the status code and the whole response.
 fn http(host: &str, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(host).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     s.write_all(request.as_bytes()).expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    // Read the head (and whatever body comes with it); a 101 would keep the socket open.
+    // To the end when the request says `Connection: close`; else (WebSocket upgrades) the head
+    // only, as the socket stays open.
+    let to_eof = request.contains("Connection: close");
     loop {
         match s.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 buf.extend_from_slice(&chunk[..n]);
-                if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                if !to_eof && buf.windows(4).any(|w| w == b"\r\n\r\n") {
                     break;
                 }
             }
@@ -122,7 +125,9 @@ fn http(host: &str, request: &str) -> (u16, String) {
 }
 
 fn ws_upgrade(host: &str, path: &str, origin: &str, cookie: Option<&str>) -> u16 {
-    let cookie = cookie.map(|c| format!("Cookie: ilanet_ui={c}\r\n")).unwrap_or_default();
+    let cookie = cookie
+        .map(|c| format!("Cookie: ilanet_ui={c}\r\n"))
+        .unwrap_or_default();
     http(
         host,
         &format!(
@@ -143,9 +148,17 @@ fn artefacts() -> PathBuf {
 }
 
 /// Runs the browser script; its findings by `check`.
-fn browse(ui: &Ui, mode: &str, plan: &Plan, src: &str, dst: (&str, &str), drop_sir: &str) -> Vec<Value> {
+fn browse(
+    ui: &Ui,
+    mode: &str,
+    plan: &Plan,
+    src: &str,
+    dst: (&str, &str),
+    drop_sir: &str,
+) -> Vec<Value> {
     let (dst_sir, dst_ila) = dst;
-    let profile = std::env::temp_dir().join(format!("ilanet-ui-chromium-{}-{mode}", std::process::id()));
+    let profile =
+        std::env::temp_dir().join(format!("ilanet-ui-chromium-{}-{mode}", std::process::id()));
     let _ = std::fs::remove_dir_all(&profile);
     let sites: Vec<Value> = plan
         .hosts
@@ -176,7 +189,10 @@ fn browse(ui: &Ui, mode: &str, plan: &Plan, src: &str, dst: (&str, &str), drop_s
     let _ = std::fs::remove_dir_all(&profile);
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("browser ({mode}):\n{stdout}");
-    assert!(out.status.success(), "the browser script failed ({mode}):\n{stdout}");
+    assert!(
+        out.status.success(),
+        "the browser script failed ({mode}):\n{stdout}"
+    );
     stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -264,23 +280,41 @@ fn dashboard_in_a_real_browser() {
     // Another Host (DNS rebinding) is refused even with the cookie.
     let (code, _) = http(
         &host,
-        &format!("GET /api/state HTTP/1.1\r\nHost: evil.example\r\n{cookie}Connection: close\r\n\r\n"),
+        &format!(
+            "GET /api/state HTTP/1.1\r\nHost: evil.example\r\n{cookie}Connection: close\r\n\r\n"
+        ),
     );
     assert_eq!(code, 403);
     // WebSockets: another Origin → 403; the served origin → 101; no cookie → 401.
     let origin = format!("http://{host}");
     let term = format!("/api/term/{}", src.name);
-    assert_eq!(ws_upgrade(&host, "/api/live", "http://evil.example", Some(&ui.token())), 403);
-    assert_eq!(ws_upgrade(&host, &term, "http://evil.example", Some(&ui.token())), 403);
+    assert_eq!(
+        ws_upgrade(&host, "/api/live", "http://evil.example", Some(&ui.token())),
+        403
+    );
+    assert_eq!(
+        ws_upgrade(&host, &term, "http://evil.example", Some(&ui.token())),
+        403
+    );
     assert_eq!(ws_upgrade(&host, "/api/live", &origin, None), 401);
-    assert_eq!(ws_upgrade(&host, "/api/live", &origin, Some(&ui.token())), 101);
+    assert_eq!(
+        ws_upgrade(&host, "/api/live", &origin, Some(&ui.token())),
+        101
+    );
 
     let (dst_sir_s, dst_ila_s, other_s) = (
         dst.sir_addr.to_string(),
         dst_ila.to_string(),
         other.sir_addr.to_string(),
     );
-    let found = browse(&ui, "full", &plan, &src.name, (&dst_sir_s, &dst_ila_s), &other_s);
+    let found = browse(
+        &ui,
+        "full",
+        &plan,
+        &src.name,
+        (&dst_sir_s, &dst_ila_s),
+        &other_s,
+    );
     let landing = finding(&found, "landing");
     assert_eq!(landing["status"], 200);
     assert!(
@@ -302,16 +336,26 @@ fn dashboard_in_a_real_browser() {
         .iter()
         .flat_map(|h| h.containers.iter().map(|c| c.name.clone()))
         .collect();
-    let mut got_c: Vec<String> = serde_json::from_value(map["containers"].clone()).expect("containers");
+    let mut got_c: Vec<String> =
+        serde_json::from_value(map["containers"].clone()).expect("containers");
     want_c.sort();
     got_c.sort();
     assert_eq!(got_c, want_c, "every container listed");
-    assert!(map["land_path_chars"].as_u64().unwrap_or(0) > 1000, "the outline map is drawn: {map}");
+    assert!(
+        map["land_path_chars"].as_u64().unwrap_or(0) > 1000,
+        "the outline map is drawn: {map}"
+    );
     assert_eq!(finding(&found, "terminal-open")["prompt_seen"], true);
     let ping = finding(&found, "ping");
-    assert_eq!(ping["reply_seen"], true, "ping6 answered in the terminal: {ping}");
+    assert_eq!(
+        ping["reply_seen"], true,
+        "ping6 answered in the terminal: {ping}"
+    );
     let size = finding(&found, "size");
-    assert_eq!(size["stty"], size["xterm"], "the shell knows the terminal's size: {size}");
+    assert_eq!(
+        size["stty"], size["xterm"],
+        "the shell knows the terminal's size: {size}"
+    );
     assert_eq!(finding(&found, "utf8")["echoed"], true);
 
     let steps = finding(&found, "steps")["steps"]
@@ -337,10 +381,17 @@ fn dashboard_in_a_real_browser() {
         dst_ila.to_string(),
     );
     let sent = step("sent");
-    assert_eq!((sent["src"].as_str(), sent["dst"].as_str()), (Some(&*src_sir), Some(&*dst_sir)));
+    assert_eq!(
+        (sent["src"].as_str(), sent["dst"].as_str()),
+        (Some(&*src_sir), Some(&*dst_sir))
+    );
     let out = step("from-container");
     assert_eq!(out["host"], src_host.name.as_str());
-    assert_eq!(out["src"], src_sir.as_str(), "the source stays a SIR address");
+    assert_eq!(
+        out["src"],
+        src_sir.as_str(),
+        "the source stays a SIR address"
+    );
     assert_eq!(out["dst"], dst_sir.as_str());
     assert_eq!(out["dst_after"], dst_ila.as_str());
     assert_eq!(out["csum"], plan.csum_mode.to_string().as_str());
@@ -362,15 +413,25 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(dropped["src"], src_sir.as_str());
     assert_eq!(dropped["dst"], other_s.as_str());
     assert!(
-        dropped["note"].as_str().unwrap_or("").contains("another tenant"),
+        dropped["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("another tenant"),
         "{dropped}"
     );
 
     assert_eq!(finding(&found, "keyboard")["tab_after_arrow"], "policies");
     let phone = finding(&found, "phone");
-    assert!(phone["horizontal_overflow_px"].as_i64().unwrap_or(99) <= 0, "phone width: {phone}");
+    assert!(
+        phone["horizontal_overflow_px"].as_i64().unwrap_or(99) <= 0,
+        "phone width: {phone}"
+    );
     let offline = finding(&found, "offline");
-    assert_eq!(offline["foreign_requests"], serde_json::json!([]), "nothing fetched from elsewhere");
+    assert_eq!(
+        offline["foreign_requests"],
+        serde_json::json!([]),
+        "nothing fetched from elsewhere"
+    );
     assert_eq!(offline["page_errors"], serde_json::json!([]));
     let lat = finding(&found, "latency");
     println!(
@@ -383,12 +444,15 @@ fn dashboard_in_a_real_browser() {
     assert_eq!(lat["n"], 100);
 
     // The session was logged: peer, container, start and end.
-    common::wait_for("the session's end in the log", Duration::from_secs(5), || {
-        std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" end "))
-    });
+    common::wait_for(
+        "the session's end in the log",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" end ")),
+    );
     let text = std::fs::read_to_string(&log).expect("session log");
     assert!(
-        text.contains(&format!("terminal 1 start peer=127.0.0.1:")) && text.contains(&format!("container={}", src.name)),
+        text.contains("terminal 1 start peer=127.0.0.1:")
+            && text.contains(&format!("container={}", src.name)),
         "{text}"
     );
     drop(ui);
@@ -397,19 +461,126 @@ fn dashboard_in_a_real_browser() {
     let ro = Ui::start(&name, &["--read-only"], &log);
     let host = ro.host();
     let origin = format!("http://{host}");
-    assert_eq!(ws_upgrade(&host, &format!("/api/term/{}", src.name), &origin, Some(&ro.token())), 403);
-    let found = browse(&ro, "read-only", &plan, &src.name, (&dst_sir, &dst_ila), &other_s);
+    assert_eq!(
+        ws_upgrade(
+            &host,
+            &format!("/api/term/{}", src.name),
+            &origin,
+            Some(&ro.token())
+        ),
+        403
+    );
+    let found = browse(
+        &ro,
+        "read-only",
+        &plan,
+        &src.name,
+        (&dst_sir, &dst_ila),
+        &other_s,
+    );
     let r = finding(&found, "read-only");
     assert_eq!(r["buttons_disabled"], true, "{r}");
     assert_eq!(r["terminal_visible"], false, "{r}");
     assert_eq!(r["notice_visible"], true, "{r}");
     drop(ro);
 
+    // On one host agent's socket (a real host's view): that host and its containers only.
+    let sock = lab::agents::socket_path(&name, &src_host.name);
+    let mut child = Command::new(BIN)
+        .args(["ui", "--socket"])
+        .arg(&sock)
+        .arg("--session-log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ilanet ui --socket");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = lines
+        .find_map(|l| {
+            l.ok()?
+                .strip_prefix("ilanet dashboard: ")
+                .map(str::to_string)
+        })
+        .expect("URL");
+    let single = Ui { child, url };
+    let host = single.host();
+    let (code, body) = http(
+        &host,
+        &format!(
+            "GET /api/state HTTP/1.1\r\nHost: {host}\r\nCookie: ilanet_ui={}\r\nConnection: close\r\n\r\n",
+            single.token()
+        ),
+    );
+    assert_eq!(code, 200, "{body}");
+    let json = body.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let sites = v["snapshot"]["sites"].as_array().expect("sites");
+    assert_eq!(sites.len(), 1, "{v}");
+    assert_eq!(sites[0]["name"], src_host.name.as_str());
+    let names: Vec<&str> = sites[0]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let want: Vec<&str> = src_host
+        .containers
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, want);
+    drop(single);
+
     // An idle terminal is closed by the server, and the closing is logged.
     let idle = Ui::start(&name, &["--idle-timeout", "2s"], &log);
-    let found = browse(&idle, "idle", &plan, &src.name, (&dst_sir, &dst_ila), &other_s);
+    let found = browse(
+        &idle,
+        "idle",
+        &plan,
+        &src.name,
+        (&dst_sir, &dst_ila),
+        &other_s,
+    );
     assert_eq!(finding(&found, "idle")["closed"], true);
     drop(idle);
     let text = std::fs::read_to_string(&log).expect("session log");
     assert!(text.contains("idle for 2s"), "{text}");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, eBPF, podman with runc, and Chromium"]
+fn terminal_inside_a_podman_container() {
+    let plugin = Path::new(BIN).with_file_name("ilanet-cni");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build it first (cargo build -p cni, or cargo test --workspace)",
+        plugin.display()
+    );
+    let name = format!("uq{}", std::process::id());
+    let _cleanup = Cleanup(name.clone());
+    let mut spec = LabSpec::generic(&name, 2, 1);
+    spec.agent_binary = Some(BIN.into());
+    spec.runtime = lab::plan::Runtime::Podman;
+    lab::up(&spec).expect("lab up (podman)");
+    // The agents allocate the podman containers' addresses; the record has them.
+    let plan = lab::plan_of(&name).expect("plan");
+    let src = &plan.hosts[0].containers[0];
+    let dst = &plan.hosts[1].containers[0];
+    let log = artefacts().join("sessions-podman.log");
+    let ui = Ui::start(&name, &[], &log);
+    let found = browse(
+        &ui,
+        "podman",
+        &plan,
+        &src.name,
+        (&dst.sir_addr.to_string(), ""),
+        "",
+    );
+    let p = finding(&found, "podman");
+    assert_eq!(p["prompt"], true, "{p}");
+    assert_eq!(
+        p["pid1_is_the_container_init"], true,
+        "the shell is in the container's pid and mount namespaces: {p}"
+    );
+    assert_eq!(p["ping_answered"], true, "{p}");
 }

@@ -235,7 +235,10 @@ mod location_tests {
     #[test]
     fn sc17_sites_are_at_their_cities_and_others_are_distinct() {
         let d = site_location("denver", "Denver", 3);
-        assert_eq!((d.lat, d.lon, d.name.as_str()), (39.739, -104.990, "Denver"));
+        assert_eq!(
+            (d.lat, d.lon, d.name.as_str()),
+            (39.739, -104.990, "Denver")
+        );
         let pts: Vec<(f64, f64)> = (0..20)
             .map(|i| {
                 let l = site_location(&format!("site{i}"), "", i);

@@ -200,7 +200,11 @@ impl FlowTable {
                 };
                 let mode = t.csum_mode.to_string();
                 let tr = self.track(key, snap);
-                let names = |a: Ipv6Addr| snap.name_of(a).map(|n| format!(" ({n})")).unwrap_or_default();
+                let names = |a: Ipv6Addr| {
+                    snap.name_of(a)
+                        .map(|n| format!(" ({n})"))
+                        .unwrap_or_default()
+                };
                 if from_container {
                     tr.flow.sent += 1;
                     if tr.stage != Stage::Allowed {
@@ -218,7 +222,9 @@ impl FlowTable {
                             t.dst_before, t.dst_after
                         ),
                     });
-                    tr.flow.steps.push(route_step(host, t.src, t.dst_after, snap));
+                    tr.flow
+                        .steps
+                        .push(route_step(host, t.src, t.dst_after, snap));
                     tr.stage = Stage::OnWire;
                 } else {
                     tr.flow.received += 1;
@@ -250,7 +256,12 @@ impl FlowTable {
                 let direction = v.direction.map(|d| kebab(&d));
                 *self
                     .verdicts
-                    .entry((verdict.clone(), reason.clone(), v.rule_id, direction.clone()))
+                    .entry((
+                        verdict.clone(),
+                        reason.clone(),
+                        v.rule_id,
+                        direction.clone(),
+                    ))
                     .or_insert(0) += 1;
                 let key = FlowKey {
                     src: v.src,
@@ -324,7 +335,7 @@ impl FlowTable {
                 f
             })
             .collect();
-        v.sort_by(|a, b| b.last_seq.cmp(&a.last_seq));
+        v.sort_by_key(|f| std::cmp::Reverse(f.last_seq));
         v
     }
 
@@ -332,19 +343,24 @@ impl FlowTable {
     pub fn verdicts(&self) -> Vec<VerdictCount> {
         self.verdicts
             .iter()
-            .map(|((verdict, reason, rule_id, direction), count)| VerdictCount {
-                verdict: verdict.clone(),
-                reason: reason.clone(),
-                rule_id: *rule_id,
-                direction: direction.clone(),
-                count: *count,
-            })
+            .map(
+                |((verdict, reason, rule_id, direction), count)| VerdictCount {
+                    verdict: verdict.clone(),
+                    reason: reason.clone(),
+                    rule_id: *rule_id,
+                    direction: direction.clone(),
+                    count: *count,
+                },
+            )
             .collect()
     }
 }
 
 fn sent_step(host: &str, key: FlowKey, snap: &Snapshot) -> Step {
-    let name = |a: Ipv6Addr| snap.name_of(a).map_or_else(|| a.to_string(), str::to_string);
+    let name = |a: Ipv6Addr| {
+        snap.name_of(a)
+            .map_or_else(|| a.to_string(), str::to_string)
+    };
     Step {
         kind: "sent",
         host: host.to_string(),
@@ -368,19 +384,15 @@ fn route_step(host: &str, src: Ipv6Addr, ila: Ipv6Addr, snap: &Snapshot) -> Step
     let locator = to_site
         .and_then(|s| s.locator.clone())
         .unwrap_or_else(|| format!("{}/64", Ipv6Addr::from((u128::from(ila) >> 64) << 64)));
-    let route = snap
-        .sites
-        .iter()
-        .find(|s| s.name == host)
-        .and_then(|s| {
-            s.routes.iter().find(|r| {
-                r.prefix
-                    .split('/')
-                    .next()
-                    .and_then(|a| a.parse::<Ipv6Addr>().ok())
-                    .is_some_and(|a| u128::from(a) >> 64 == u128::from(ila) >> 64)
-            })
-        });
+    let route = snap.sites.iter().find(|s| s.name == host).and_then(|s| {
+        s.routes.iter().find(|r| {
+            r.prefix
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<Ipv6Addr>().ok())
+                .is_some_and(|a| u128::from(a) >> 64 == u128::from(ila) >> 64)
+        })
+    });
     let via = match route {
         Some(r) => format!(
             "BGP route {} next hop {}{}",
@@ -401,7 +413,9 @@ fn route_step(host: &str, src: Ipv6Addr, ila: Ipv6Addr, snap: &Snapshot) -> Step
         csum_mode: None,
         note: format!(
             "routed on the underlay to locator {locator}{} by {via}",
-            to_site.map(|s| format!(" (host {})", s.name)).unwrap_or_default()
+            to_site
+                .map(|s| format!(" (host {})", s.name))
+                .unwrap_or_default()
         ),
     }
 }
@@ -428,6 +442,7 @@ mod tests {
             routes: vec![],
             containers: vec![ContainerView {
                 name: container.into(),
+                endpoint: container.into(),
                 site: name.into(),
                 netns: container.into(),
                 container_id: None,
@@ -487,14 +502,28 @@ mod tests {
     fn a_delivered_packet_has_every_step_in_order() {
         let s = snap();
         let mut t = FlowTable::default();
-        t.add("a", &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"), &s);
-        t.add("b", &tr(ProgramKind::FromWire, "2001:db8:2::2", "fd00::2"), &s);
+        t.add(
+            "a",
+            &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"),
+            &s,
+        );
+        t.add(
+            "b",
+            &tr(ProgramKind::FromWire, "2001:db8:2::2", "fd00::2"),
+            &s,
+        );
         let flows = t.flows(&s);
         assert_eq!(flows.len(), 1);
         let f = &flows[0];
-        assert_eq!((f.src_name.as_deref(), f.dst_name.as_deref()), (Some("a-1"), Some("b-1")));
+        assert_eq!(
+            (f.src_name.as_deref(), f.dst_name.as_deref()),
+            (Some("a-1"), Some("b-1"))
+        );
         let kinds: Vec<_> = f.steps.iter().map(|s| s.kind).collect();
-        assert_eq!(kinds, ["sent", "from-container", "route", "from-wire", "delivered"]);
+        assert_eq!(
+            kinds,
+            ["sent", "from-container", "route", "from-wire", "delivered"]
+        );
         assert_eq!(f.steps[1].dst_after, Some(a("2001:db8:2::2")));
         assert!(f.steps[2].note.contains("host b"), "{}", f.steps[2].note);
         assert_eq!(f.steps[3].host, "b");
@@ -505,16 +534,31 @@ mod tests {
     fn a_drop_at_the_receiver_is_not_delivered() {
         let s = snap();
         let mut t = FlowTable::default();
-        t.add("a", &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"), &s);
-        t.add("b", &tr(ProgramKind::FromWire, "2001:db8:2::2", "fd00::2"), &s);
+        t.add(
+            "a",
+            &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"),
+            &s,
+        );
         t.add(
             "b",
-            &verdict(ProgramKind::FromWire, FlowVerdict::Drop, VerdictReason::TenantIsolation),
+            &tr(ProgramKind::FromWire, "2001:db8:2::2", "fd00::2"),
+            &s,
+        );
+        t.add(
+            "b",
+            &verdict(
+                ProgramKind::FromWire,
+                FlowVerdict::Drop,
+                VerdictReason::TenantIsolation,
+            ),
             &s,
         );
         let f = &t.flows(&s)[0];
         let kinds: Vec<_> = f.steps.iter().map(|s| s.kind).collect();
-        assert_eq!(kinds, ["sent", "from-container", "route", "from-wire", "dropped"]);
+        assert_eq!(
+            kinds,
+            ["sent", "from-container", "route", "from-wire", "dropped"]
+        );
         assert!(f.steps[4].note.contains("another tenant"));
         assert_eq!(t.verdicts()[0].reason, "tenant-isolation");
         assert_eq!(t.verdicts()[0].count, 1);
@@ -526,15 +570,27 @@ mod tests {
         let mut t = FlowTable::default();
         t.add(
             "a",
-            &verdict(ProgramKind::FromContainer, FlowVerdict::Allow, VerdictReason::DefaultAllow),
+            &verdict(
+                ProgramKind::FromContainer,
+                FlowVerdict::Allow,
+                VerdictReason::DefaultAllow,
+            ),
             &s,
         );
-        t.add("a", &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"), &s);
+        t.add(
+            "a",
+            &tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2"),
+            &s,
+        );
         let kinds: Vec<_> = t.flows(&s)[0].steps.iter().map(|s| s.kind).collect();
         assert_eq!(kinds, ["sent", "policy", "from-container", "route"]);
         t.add(
             "a",
-            &verdict(ProgramKind::FromContainer, FlowVerdict::Drop, VerdictReason::DefaultDeny),
+            &verdict(
+                ProgramKind::FromContainer,
+                FlowVerdict::Drop,
+                VerdictReason::DefaultDeny,
+            ),
             &s,
         );
         let kinds: Vec<_> = t.flows(&s)[0].steps.iter().map(|s| s.kind).collect();

@@ -37,7 +37,7 @@ pub enum UiSource {
         /// The agent's API socket.
         socket: PathBuf,
         /// The agent's configuration, if given.
-        config: Option<agent::host_config::HostConfig>,
+        config: Option<Box<agent::host_config::HostConfig>>,
     },
 }
 
@@ -70,7 +70,6 @@ impl Default for UiOptions {
 
 /// A running dashboard; [`UiHandle::shutdown`] (or drop) stops it.
 pub struct UiHandle {
-    #[allow(dead_code)] // read through `addr()`
     addr: SocketAddr,
     url: String,
     stop_server: Option<tokio::sync::oneshot::Sender<()>>,
@@ -86,7 +85,6 @@ impl UiHandle {
     }
 
     /// The address served.
-    #[allow(dead_code)] // for callers such as `ilanet marketplace --ui`
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -359,12 +357,13 @@ pub fn run(args: &UiArgs) -> Result<ExitCode> {
         (None, Some(s)) => {
             let config = match &args.config {
                 Some(p) => {
-                    let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-                    Some(agent::host_config::parse(
+                    let text =
+                        std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                    Some(Box::new(agent::host_config::parse(
                         &p.display().to_string(),
                         &text,
                         "/proc/self/ns/net",
-                    )?)
+                    )?))
                 }
                 None => None,
             };
@@ -392,6 +391,12 @@ pub fn run(args: &UiArgs) -> Result<ExitCode> {
             title: None,
         },
     )?;
+    if !handle.addr().ip().is_loopback() {
+        eprintln!(
+            "warning: the dashboard listens on {}, beyond this machine; anyone with the token gets root shells in the containers (use --read-only, or keep the default 127.0.0.1)",
+            handle.addr()
+        );
+    }
     println!("ilanet dashboard: {}", handle.url());
     println!("(open it in a browser on this machine; Ctrl-C stops it)");
     handle.wait()?;

@@ -1,9 +1,11 @@
 //! A shell on a pseudo-terminal inside a container's namespaces: `nsenter` into the network
-//! namespace (and, for a runtime's container, its mount, UTS, IPC and PID namespaces too).
+//! namespace (and, for a runtime's container such as podman's, its mount, UTS, IPC and PID
+//! namespaces too).
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -36,16 +38,25 @@ fn netns_path(ns: &str) -> Result<std::path::PathBuf> {
     Ok(lab::netns::path(ns))
 }
 
-/// Pid of a running podman container, if podman knows it.
-fn podman_pid(id: &str) -> Option<u32> {
-    let out = Command::new("podman")
-        .args(["inspect", "--format", "{{.State.Pid}}", id])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    (out.status.success() && pid > 0).then_some(pid)
+/// A process of the container whose network namespace is `netns`: the lowest pid in that
+/// namespace with a mount namespace of its own (the runtime's init of the container). Found
+/// through /proc, so it works whatever runtime (and whatever podman storage root) made it.
+fn container_pid(netns: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(netns).ok()?;
+    let own_mnt = std::fs::metadata("/proc/self/ns/mnt").ok()?;
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids.into_iter().find(|pid| {
+        let same_net = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino());
+        let other_mnt = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .is_ok_and(|m| m.dev() != own_mnt.dev() || m.ino() != own_mnt.ino());
+        same_net && other_mnt
+    })
 }
 
 /// Starts a shell for `target` on a new terminal of `cols`×`rows`.
@@ -81,13 +92,28 @@ pub fn spawn(target: &Target, cols: u16, rows: u16) -> Result<Pty> {
     }
 
     let mut cmd = Command::new("nsenter");
-    match target.container_id.as_deref().and_then(podman_pid) {
+    let netns = netns_path(&target.netns)?;
+    // A runtime's container has its own file system, hostname and pids: enter those too. The
+    // lab's own endpoints are network namespaces only (they share the host's file system).
+    let pid = target
+        .container_id
+        .as_ref()
+        .and_then(|_| container_pid(&netns));
+    match pid {
         Some(pid) => {
-            cmd.args(["--target", &pid.to_string(), "--mount", "--uts", "--ipc", "--net", "--pid"]);
+            cmd.args([
+                "--target",
+                &pid.to_string(),
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--pid",
+            ]);
         }
         None => {
             let mut arg = OsString::from("--net=");
-            arg.push(netns_path(&target.netns)?);
+            arg.push(&netns);
             cmd.arg(arg);
         }
     }
@@ -104,10 +130,15 @@ pub fn spawn(target: &Target, cols: u16, rows: u16) -> Result<Pty> {
         .env("TERM", "xterm-256color")
         .env("LANG", "C.UTF-8")
         .env("HOME", "/root")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("PS1", format!("[{}] \\w # ", target.name));
     let io = |fd: &OwnedFd| -> Result<Stdio> { Ok(Stdio::from(fd.try_clone()?)) };
-    cmd.stdin(io(&slave)?).stdout(io(&slave)?).stderr(io(&slave)?);
+    cmd.stdin(io(&slave)?)
+        .stdout(io(&slave)?)
+        .stderr(io(&slave)?);
     // SAFETY: only async-signal-safe calls (setsid, ioctl) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {

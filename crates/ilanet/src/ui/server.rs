@@ -88,7 +88,7 @@ fn plain(status: StatusCode, text: &str) -> Response {
         .into_response()
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -130,7 +130,10 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
         ),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -173,7 +176,10 @@ async fn live_ws(
         return plain(StatusCode::FORBIDDEN, "403: WebSocket from another origin");
     }
     let Ok(permit) = app.sockets.clone().try_acquire_owned() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "503: too many open WebSockets");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503: too many open WebSockets",
+        );
     };
     let mut rx = app.live.clone();
     ws.max_message_size(MAX_WS_MESSAGE)
@@ -250,10 +256,16 @@ async fn term_ws(
         return plain(StatusCode::NOT_FOUND, "404: no such container");
     };
     let Ok(term_permit) = app.terminals.clone().try_acquire_owned() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "503: too many open terminals");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503: too many open terminals",
+        );
     };
     let Ok(sock_permit) = app.sockets.clone().try_acquire_owned() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "503: too many open WebSockets");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503: too many open WebSockets",
+        );
     };
     ws.max_message_size(MAX_WS_MESSAGE)
         .on_upgrade(move |socket| async move {
@@ -326,7 +338,11 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()
             // SAFETY: writing from a valid buffer to an owned descriptor.
             match guard.try_io(|inner| {
                 let n = unsafe {
-                    libc::write(inner.get_ref().as_raw_fd(), data.as_ptr().cast(), data.len())
+                    libc::write(
+                        inner.get_ref().as_raw_fd(),
+                        data.as_ptr().cast(),
+                        data.len(),
+                    )
                 };
                 if n < 0 {
                     Err(std::io::Error::last_os_error())
@@ -344,7 +360,11 @@ async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()
 }
 
 /// Pumps one terminal until the shell exits, the page closes it or it idles out; the reason.
-async fn run_terminal(app: &App, mut socket: WebSocket, target: &pty::Target) -> anyhow::Result<String> {
+async fn run_terminal(
+    app: &App,
+    mut socket: WebSocket,
+    target: &pty::Target,
+) -> anyhow::Result<String> {
     let pty::Pty { master, child } = pty::spawn(target, 80, 24)?;
     // The child is killed (with its session) and reaped when this guard drops.
     let _shell = ShellGuard(Some(child));

@@ -30,6 +30,9 @@ pub struct HostRef {
     pub pin_dir: Option<PathBuf>,
     /// Its place on the map.
     pub location: Option<Location>,
+    /// Names a lab gave its runtime's containers, by container id (the agent knows them by
+    /// endpoint names such as `cni-…`).
+    pub names: BTreeMap<String, String>,
 }
 
 /// The hosts of a source, resolved once at start.
@@ -47,6 +50,11 @@ pub fn hosts_of(source: &UiSource) -> Result<(String, Vec<HostRef>)> {
                     socket: lab::agents::socket_path(&plan.name, &h.name),
                     pin_dir: Some(lab::state::host_pin_dir(&plan.name, &h.name)),
                     location: Some(lab::state::site_location(&h.name, &h.display, i)),
+                    names: h
+                        .containers
+                        .iter()
+                        .filter_map(|c| Some((c.container_id.clone()?, c.name.clone())))
+                        .collect(),
                 })
                 .collect();
             Ok((format!("lab {}", plan.name), hosts))
@@ -73,6 +81,7 @@ pub fn hosts_of(source: &UiSource) -> Result<(String, Vec<HostRef>)> {
                     socket: socket.clone(),
                     pin_dir,
                     location,
+                    names: BTreeMap::new(),
                 }],
             ))
         }
@@ -93,8 +102,10 @@ pub struct TenantView {
 /// A container (endpoint) as the map lists it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ContainerView {
-    /// Name shown (the endpoint name).
+    /// Name shown (the lab's name for it, else the endpoint name).
     pub name: String,
+    /// The agent's endpoint name.
+    pub endpoint: String,
     /// Host it runs on.
     pub site: String,
     /// Its network namespace (name under /run/netns, or a path).
@@ -258,16 +269,20 @@ pub fn collect(title: &str, hosts: &[HostRef], read_only: bool) -> Snapshot {
                 site.containers = eps
                     .into_iter()
                     .map(|ep| {
-                        let tenant = status
-                            .tenants
-                            .iter()
-                            .find(|t| t.sir.contains(ep.sir_addr));
+                        let tenant = status.tenants.iter().find(|t| t.sir.contains(ep.sir_addr));
                         let ila_addr = rows
                             .iter()
                             .find(|r| r.sir_addr == ep.sir_addr)
                             .and_then(|r| r.ila_addr);
+                        let name = ep
+                            .container_id
+                            .as_ref()
+                            .and_then(|id| h.names.get(id))
+                            .cloned()
+                            .unwrap_or_else(|| ep.name.clone());
                         ContainerView {
-                            name: ep.name,
+                            name,
+                            endpoint: ep.name,
                             site: h.name.clone(),
                             netns: ep.netns,
                             container_id: ep.container_id,

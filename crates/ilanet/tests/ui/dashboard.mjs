@@ -44,7 +44,32 @@ try {
   out({ check: "cookie", cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })) });
   await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : "read-only.png") });
 
-  if (mode === "idle") {
+  if (mode === "podman") {
+    // A podman container: the shell runs in its file system and pid namespace.
+    const src = env("SRC");
+    await page.click(`.container[data-container="${src}"]`);
+    const text = async () => page.evaluate(() => {
+      const t = window.__ilanet.term?.term;
+      if (!t) return "";
+      const b = t.buffer.active;
+      const lines = [];
+      for (let i = 0; i < b.length; i++) lines.push(b.getLine(i)?.translateToString(true) ?? "");
+      return lines.join("\n");
+    });
+    const waitFor = async (re, ms) => {
+      const end = Date.now() + ms;
+      while (Date.now() < end) { const t = await text(); if (re.test(t)) return true; await page.waitForTimeout(100); }
+      return false;
+    };
+    const prompt = await waitFor(new RegExp(`\\[${src}\\]`), 10000);
+    await page.keyboard.type("echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline)\n");
+    const pid1 = await waitFor(/^pid1=\/bin\/busybox sleep/m, 5000);
+    await page.keyboard.type(`ping -6 -c 2 -i 0.3 ${env("DST_SIR")}\n`);
+    const ping = await waitFor(/2 packets transmitted, 2 (packets )?received/, 15000);
+    await page.screenshot({ path: join(artefacts, "podman-terminal.png") });
+    out({ check: "podman", prompt, pid1_is_the_container_init: pid1, ping_answered: ping,
+      tail: (await text()).split("\n").filter((l) => l.trim()).slice(-6) });
+  } else if (mode === "idle") {
     const src = env("SRC");
     await page.click(`.container[data-container="${src}"]`);
     const end = Date.now() + 15000;
