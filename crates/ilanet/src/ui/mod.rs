@@ -256,6 +256,7 @@ fn collect_loop(
     let mut last_refresh = Instant::now();
     let mut warned = vec![false; hosts.len()];
     while !stop.load(Ordering::SeqCst) {
+        let mut round = Vec::new();
         for (i, (host, slot)) in maps.iter_mut().enumerate() {
             if slot.is_none() {
                 if let Some(dir) = &hosts[i].pin_dir {
@@ -275,11 +276,7 @@ fn collect_loop(
             }
             if let Some(m) = slot {
                 match m.drain_flow_events() {
-                    Ok(evs) => {
-                        for ev in &evs {
-                            table.add(host, ev, &snap);
-                        }
-                    }
+                    Ok(evs) => round.extend(evs.into_iter().map(|e| (host.clone(), e))),
                     Err(e) => {
                         log::warn!("host {host}: reading flow events: {e}");
                         *slot = None;
@@ -287,9 +284,11 @@ fn collect_loop(
                 }
             }
         }
+        table.add_round(&round, &snap);
         if last_refresh.elapsed() >= REFRESH {
             snap = view::collect(title, hosts, read_only);
             last_refresh = Instant::now();
+            name_rules(hosts, &mut table);
         }
         let _ = tx.send(Arc::new(live_json(&snap, &table)));
         std::thread::sleep(TICK);
@@ -300,6 +299,31 @@ fn collect_loop(
                 log::warn!("host {host}: turning tracing off: {e}");
             }
         }
+    }
+}
+
+/// Asks the agents what the rules seen in verdicts are (`policy explain` on a packet each
+/// decided), so that the policy panel counts verdicts per policy. Once per rule: a failure is
+/// recorded as the bare rule id.
+fn name_rules(hosts: &[HostRef], table: &mut FlowTable) {
+    for ((host, id), sample) in table.unnamed_rules() {
+        let name = hosts
+            .iter()
+            .find(|h| h.name == host)
+            .and_then(|h| {
+                agent::api::Client::new(h.socket.clone())
+                    .with_timeout(Duration::from_secs(2))
+                    .explain(
+                        &sample.src.to_string(),
+                        &sample.dst.to_string(),
+                        sample.dport,
+                        &sample.proto,
+                    )
+                    .ok()
+            })
+            .and_then(|r| r.rule)
+            .unwrap_or_else(|| format!("rule {id}"));
+        table.name_rule((host, id), name);
     }
 }
 
