@@ -93,9 +93,10 @@ try {
     const offVisible = await page.isVisible("#term-off");
     out({ check: "read-only", buttons_disabled: disabled, terminal_visible: termVisible, notice_visible: offVisible });
   } else {
-    // Click a container: its terminal opens with a shell prompt.
+    // Choose a container with the keyboard (Tab focus + Enter): its terminal opens with a prompt.
     const src = env("SRC");
-    await page.click(`.container[data-container="${src}"]`);
+    await page.focus(`.container[data-container="${src}"]`);
+    await page.keyboard.press("Enter");
     const termText = () => page.evaluate(() => {
       const t = window.__ilanet.term?.term;
       if (!t) return "";
