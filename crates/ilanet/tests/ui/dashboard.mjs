@@ -42,7 +42,7 @@ try {
   out({ check: "map", sites: mapSites, containers: listed, land_path_chars: landPath });
   const cookies = await ctx.cookies();
   out({ check: "cookie", cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })) });
-  await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : "read-only.png") });
+  await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : `${mode}.png`) });
 
   if (mode === "podman") {
     // A podman container: the shell runs in its file system and pid namespace.
