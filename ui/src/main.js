@@ -57,6 +57,7 @@ function render(data) {
   document.title = `ilanet — ${snap.title}`;
   $("#mode").hidden = !snap.read_only;
   $("#term-off").hidden = !snap.read_only;
+  if (snap.read_only) $("#term-name").textContent = "— off (read-only)";
   $("#term-help").hidden = snap.read_only || !!state.term;
   const key = JSON.stringify(snap.sites.map((s) => [s.name, s.location, s.locator, s.agent_up, s.containers]));
   if (key !== state.sitesKey) {
