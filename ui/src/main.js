@@ -219,7 +219,9 @@ function openTerminal(c) {
   term.attachCustomKeyEventHandler((e) => {
     if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
     if (e.code === "KeyC") { const s = term.getSelection(); if (s) navigator.clipboard?.writeText(s); return false; }
-    if (e.code === "KeyV") { navigator.clipboard?.readText().then((s) => term.paste(s)).catch(() => {}); return false; }
+    // The browser's own paste (Ctrl+Shift+V is "paste" too) reaches xterm as a paste event;
+    // only keep xterm from sending ^V.
+    if (e.code === "KeyV") return false;
     return true;
   });
   t.resizeObserver = new ResizeObserver(() => sendSize());

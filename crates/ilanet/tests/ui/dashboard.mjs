@@ -152,6 +152,21 @@ try {
     const utf = await waitText(/^ünïcødé-✓$/m, 5000);
     out({ check: "utf8", echoed: utf !== null });
 
+    // Copy (Ctrl+Shift+C of the selection) and paste (Ctrl+Shift+V) through the clipboard.
+    await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(env("URL")).origin });
+    await page.evaluate(() => window.__ilanet.term.term.selectAll());
+    await page.keyboard.press("Control+Shift+C");
+    await page.waitForTimeout(200);
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    await page.evaluate(() => navigator.clipboard.writeText("echo pasted-$((6*7))"));
+    await page.keyboard.press("Control+Shift+V");
+    // The paste lands asynchronously (clipboard read): Enter only once it is on the line.
+    const onLine = await waitText(/# echo pasted-\$\(\(6\*7\)\)\s*$/m, 5000);
+    await page.keyboard.press("Enter");
+    const pasted = onLine !== null && (await waitText(/^pasted-42$/m, 5000)) !== null;
+    out({ check: "clipboard", copied_has_utf8_line: copied.includes("ünïcødé-✓"), pasted, tail: (await termText()).split("\n").filter((l) => l.trim()).slice(-3) });
+    await page.evaluate(() => window.__ilanet.term.term.clearSelection());
+
     // ping6 a container at another site.
     const dst = env("DST_SIR");
     await page.keyboard.type(`ping -6 -c 3 -i 0.3 ${dst}\n`);
