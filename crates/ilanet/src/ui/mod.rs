@@ -150,6 +150,10 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
         .open(&log_path)
         .with_context(|| format!("opening the session log {}", log_path.display()))?;
 
+    // Bound here, before anything starts: a taken port fails `serve` itself.
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    listener.set_nonblocking(true)?;
     let first = view::collect(&title, &hosts, opts.read_only);
     let (tx, rx) = watch::channel(Arc::new(live_json(&first, &FlowTable::default())));
     let stop_collector = Arc::new(AtomicBool::new(false));
@@ -164,14 +168,6 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
             .context("starting the collector thread")?
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(opts.listen))
-        .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App {
         origins: auth::Origins::for_addr(addr),
@@ -186,10 +182,18 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = server::router(app);
+    // The runtime lives on the server's own thread: `serve` may be called from inside another
+    // runtime (a command's async code) without blocking it.
     let server = std::thread::Builder::new()
         .name("ui-server".into())
         .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
                 axum::serve(
                     listener,
                     router.into_make_service_with_connect_info::<SocketAddr>(),
