@@ -297,13 +297,20 @@ function table(headers, rows) {
 }
 
 function drawTables(data) {
+  // Redrawn rows must not steal keyboard focus: remember which flow row had it.
+  const focused = document.activeElement?.dataset?.flowId;
+  drawTablesNow(data);
+  if (focused) document.querySelector(`tr.flow[data-flow-id="${CSS.escape(focused)}"]`)?.focus();
+}
+
+function drawTablesNow(data) {
   const snap = data.snapshot;
   const flows = data.flows || [];
   $("#tab-flows").replaceChildren(flows.length ? table(
     ["from", "to", "proto", "sent (SIR→ILA)", "received (ILA→SIR)", "dropped", "last verdict"],
     flows.map((f) => {
       const id = flowId(f);
-      const tr = el("tr", { class: `flow${id === state.selectedFlow ? " selected" : ""}`, tabindex: 0,
+      const tr = el("tr", { class: `flow${id === state.selectedFlow ? " selected" : ""}`, tabindex: 0, "data-flow-id": id,
         "aria-label": `Show the steps of ${f.src_name || f.src} to ${f.dst_name || f.dst}` },
         el("td", { class: "addr" }, who(f.src_name, f.src)), el("td", { class: "addr" }, who(f.dst_name, f.dst)),
         el("td", {}, f.proto_name), el("td", {}, f.sent), el("td", {}, f.received),

@@ -294,7 +294,15 @@ fn collect_loop(
             last_refresh = Instant::now();
             name_rules(hosts, &mut table);
         }
-        let _ = tx.send(Arc::new(live_json(&snap, &table)));
+        // Only a change is pushed: pages redraw (and keep keyboard focus) when something moved.
+        let next = live_json(&snap, &table);
+        tx.send_if_modified(|cur| {
+            if cur.json == next.json {
+                return false;
+            }
+            *cur = Arc::new(next);
+            true
+        });
         std::thread::sleep(TICK);
     }
     for (host, m) in maps.iter_mut() {
