@@ -57,6 +57,7 @@ function render(data) {
   document.title = `ilanet — ${snap.title}`;
   $("#mode").hidden = !snap.read_only;
   $("#term-off").hidden = !snap.read_only;
+  if (snap.read_only) $("#term-name").textContent = "— off (read-only)";
   $("#term-help").hidden = snap.read_only || !!state.term;
   const key = JSON.stringify(snap.sites.map((s) => [s.name, s.location, s.locator, s.agent_up, s.containers]));
   if (key !== state.sitesKey) {
@@ -218,7 +219,9 @@ function openTerminal(c) {
   term.attachCustomKeyEventHandler((e) => {
     if (e.type !== "keydown" || !e.ctrlKey || !e.shiftKey) return true;
     if (e.code === "KeyC") { const s = term.getSelection(); if (s) navigator.clipboard?.writeText(s); return false; }
-    if (e.code === "KeyV") { navigator.clipboard?.readText().then((s) => term.paste(s)).catch(() => {}); return false; }
+    // The browser's own paste (Ctrl+Shift+V is "paste" too) reaches xterm as a paste event;
+    // only keep xterm from sending ^V.
+    if (e.code === "KeyV") return false;
     return true;
   });
   t.resizeObserver = new ResizeObserver(() => sendSize());
@@ -294,13 +297,20 @@ function table(headers, rows) {
 }
 
 function drawTables(data) {
+  // Redrawn rows must not steal keyboard focus: remember which flow row had it.
+  const focused = document.activeElement?.dataset?.flowId;
+  drawTablesNow(data);
+  if (focused) document.querySelector(`tr.flow[data-flow-id="${CSS.escape(focused)}"]`)?.focus();
+}
+
+function drawTablesNow(data) {
   const snap = data.snapshot;
   const flows = data.flows || [];
   $("#tab-flows").replaceChildren(flows.length ? table(
     ["from", "to", "proto", "sent (SIR→ILA)", "received (ILA→SIR)", "dropped", "last verdict"],
     flows.map((f) => {
       const id = flowId(f);
-      const tr = el("tr", { class: `flow${id === state.selectedFlow ? " selected" : ""}`, tabindex: 0,
+      const tr = el("tr", { class: `flow${id === state.selectedFlow ? " selected" : ""}`, tabindex: 0, "data-flow-id": id,
         "aria-label": `Show the steps of ${f.src_name || f.src} to ${f.dst_name || f.dst}` },
         el("td", { class: "addr" }, who(f.src_name, f.src)), el("td", { class: "addr" }, who(f.dst_name, f.dst)),
         el("td", {}, f.proto_name), el("td", {}, f.sent), el("td", {}, f.received),
@@ -311,28 +321,30 @@ function drawTables(data) {
       return tr;
     })) : el("p", { class: "muted" }, "No flows yet."));
   const nHosts = snap.sites.length;
+  const verdicts = data.verdicts || [];
   $("#tab-mappings").replaceChildren(table(["endpoint", "host", "SIR address", "locator", "ILA address", "checksum", "in eBPF maps"],
     snap.mappings.map((m) => el("tr", {},
       el("td", {}, m.endpoint), el("td", {}, m.host), el("td", { class: "addr" }, m.sir_addr),
       el("td", { class: "addr" }, m.locator), el("td", { class: "addr" }, m.ila_addr || "—"), el("td", {}, m.mode),
       el("td", { class: m.installed_on.length === nHosts - 1 || m.installed_on.length === nHosts ? "ok" : "drop" },
         `${m.installed_on.length}/${nHosts}`)))));
-  const verdicts = data.verdicts || [];
+  const count = (name, verdict) => verdicts.filter((v) => v.policy === name && v.verdict === verdict).reduce((a, v) => a + v.count, 0);
   $("#tab-policies").replaceChildren(
-    snap.policies.length ? table(["policy", "tenant (VNID)", "specs"],
-      snap.policies.map((p) => el("tr", {}, el("td", {}, p.name), el("td", {}, p.tenant), el("td", {}, p.specs))))
+    snap.policies.length ? table(["policy", "tenant (VNID)", "specs", "new flows allowed", "packets dropped"],
+      snap.policies.map((p) => el("tr", { "data-policy": p.name }, el("td", {}, p.name), el("td", {}, p.tenant), el("td", {}, p.specs),
+        el("td", { class: "ok" }, count(p.name, "allow")), el("td", { class: "drop" }, count(p.name, "drop")))))
       : el("p", { class: "muted" }, "No policies: every endpoint is in default allow (tenants stay isolated)."),
     el("h3", {}, "Verdicts since the dashboard started"),
     verdicts.length ? table(["verdict", "reason", "rule", "direction", "count"],
       verdicts.map((v) => el("tr", {}, el("td", { class: v.verdict === "drop" ? "drop" : "ok" }, v.verdict),
-        el("td", {}, v.reason), el("td", {}, v.rule_id ?? "—"), el("td", {}, v.direction || "—"), el("td", {}, v.count))))
+        el("td", {}, v.reason), el("td", {}, v.rule || (v.rule_id ?? "—")), el("td", {}, v.direction || "—"), el("td", {}, v.count))))
       : el("p", { class: "muted" }, "None yet."));
   $("#tab-hosts").replaceChildren(table(["host", "place", "locator", "agent", "counters (non-zero)"],
     snap.sites.map((s) => el("tr", {}, el("td", {}, s.name), el("td", {}, s.location?.name || s.display),
       el("td", { class: "addr" }, s.locator || "—"),
       el("td", { class: s.agent_up ? "ok" : "drop" }, s.agent_up ? "up" : "down"),
       el("td", { class: "addr" }, s.counters.filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(" · ") || "—")))),
-    snap.errors.length ? el("p", { class: "drop" }, snap.errors.join("; ")) : null);
+    ...(snap.errors.length ? [el("p", { class: "drop" }, snap.errors.join("; "))] : []));
 }
 
 for (const b of document.querySelectorAll("[role=tab]")) {

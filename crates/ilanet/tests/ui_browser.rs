@@ -357,6 +357,9 @@ fn dashboard_in_a_real_browser() {
         "the shell knows the terminal's size: {size}"
     );
     assert_eq!(finding(&found, "utf8")["echoed"], true);
+    let clip = finding(&found, "clipboard");
+    assert_eq!(clip["copied_has_utf8_line"], true, "copy: {clip}");
+    assert_eq!(clip["pasted"], true, "paste: {clip}");
 
     let steps = finding(&found, "steps")["steps"]
         .as_array()

@@ -15,6 +15,8 @@ use super::view::Snapshot;
 
 /// Most flows kept; the least recently active goes first.
 pub const MAX_FLOWS: usize = 256;
+/// Most verdict buckets (and rule samples) kept; past it, rule verdicts count without their rule.
+pub const MAX_VERDICT_BUCKETS: usize = 4096;
 
 /// One step of a packet's way.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -89,6 +91,8 @@ enum Stage {
 struct Track {
     flow: Flow,
     stage: Stage,
+    /// The rule behind the last verdict (host, rule id), named when the agent has said.
+    verdict_rule: Option<(String, u32)>,
 }
 
 /// Verdict counts per deciding rule or reason, as the policy panel shows them.
@@ -100,6 +104,10 @@ pub struct VerdictCount {
     pub reason: String,
     /// Rule id when a rule decided.
     pub rule_id: Option<u32>,
+    /// The rule as the agent explains it (`policy NAME (tenant T) specs[0].ingress[0]`).
+    pub rule: Option<String>,
+    /// Policy name of that rule.
+    pub policy: Option<String>,
     /// Direction of the policy.
     pub direction: Option<String>,
     /// Events.
@@ -110,8 +118,36 @@ pub struct VerdictCount {
 #[derive(Default)]
 pub struct FlowTable {
     flows: HashMap<FlowKey, Track>,
-    verdicts: BTreeMap<(String, String, Option<u32>, Option<String>), u64>,
+    verdicts: BTreeMap<VerdictBucket, u64>,
+    /// A packet that a rule decided, per (host, rule id): what to ask the agent about.
+    samples: BTreeMap<(String, u32), RuleSample>,
+    /// What the agents said those rules are.
+    rule_names: BTreeMap<(String, u32), String>,
     seq: u64,
+}
+
+/// (verdict, reason, host and rule id when a rule decided, direction).
+type VerdictBucket = (String, String, Option<(String, u32)>, Option<String>);
+
+/// A packet decided by a rule, as `ilanet policy explain` takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSample {
+    /// Source address.
+    pub src: Ipv6Addr,
+    /// Destination address.
+    pub dst: Ipv6Addr,
+    /// Destination port.
+    pub dport: u16,
+    /// Protocol name.
+    pub proto: String,
+}
+
+/// Policy name in an explained rule (`policy NAME (tenant …) …`).
+fn policy_of(rule: &str) -> Option<String> {
+    rule.strip_prefix("policy ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
 }
 
 /// Protocol name of a number.
@@ -179,9 +215,26 @@ impl FlowTable {
                 steps: Vec::new(),
             },
             stage: Stage::Idle,
+            verdict_rule: None,
         });
         t.flow.last_seq = seq;
         t
+    }
+
+    /// Takes the events drained from every host in one round. Hosts are drained one after
+    /// another, so a packet's receiver may be read before its sender: the sending side's
+    /// events (from-container) go first, then the wire side's, each in ring order.
+    pub fn add_round(&mut self, events: &[(String, FlowEvent)], snap: &Snapshot) {
+        let sender_side = |ev: &FlowEvent| match ev {
+            FlowEvent::Translation(t) => t.direction == ProgramKind::FromContainer,
+            FlowEvent::Verdict(v) => v.program == ProgramKind::FromContainer,
+        };
+        for (host, ev) in events.iter().filter(|(_, e)| sender_side(e)) {
+            self.add(host, ev, snap);
+        }
+        for (host, ev) in events.iter().filter(|(_, e)| !sender_side(e)) {
+            self.add(host, ev, snap);
+        }
     }
 
     /// Takes one event reported by `host`.
@@ -228,10 +281,20 @@ impl FlowTable {
                     tr.stage = Stage::OnWire;
                 } else {
                     tr.flow.received += 1;
-                    if tr.stage != Stage::OnWire {
-                        // The sender's events were not seen (another host, or tracing started
-                        // mid-flow): show the receiver's side alone.
-                        tr.flow.steps.clear();
+                    match tr.stage {
+                        Stage::OnWire => {}
+                        // The next packet of a busy flow: same rewrite, shown once; keep the
+                        // sender's side and replace the receiver's.
+                        Stage::Received => {
+                            while tr.flow.steps.last().is_some_and(|s| {
+                                s.kind == "from-wire" || (s.kind == "policy" && s.host == host)
+                            }) {
+                                tr.flow.steps.pop();
+                            }
+                        }
+                        // The sender's events were not seen (a host not watched, or tracing
+                        // started mid-flow): show the receiver's side alone.
+                        Stage::Idle | Stage::Allowed => tr.flow.steps.clear(),
                     }
                     tr.flow.steps.push(Step {
                         kind: "from-wire",
@@ -254,15 +317,25 @@ impl FlowTable {
                 let verdict = kebab(&v.verdict);
                 let reason = kebab(&v.reason);
                 let direction = v.direction.map(|d| kebab(&d));
-                *self
-                    .verdicts
-                    .entry((
-                        verdict.clone(),
-                        reason.clone(),
-                        v.rule_id,
-                        direction.clone(),
-                    ))
-                    .or_insert(0) += 1;
+                let mut rule = v.rule_id.map(|id| (host.to_string(), id));
+                if self.samples.len() >= MAX_VERDICT_BUCKETS
+                    && rule.as_ref().is_some_and(|r| !self.samples.contains_key(r))
+                {
+                    rule = None;
+                }
+                if let Some(r) = &rule {
+                    self.samples.entry(r.clone()).or_insert_with(|| RuleSample {
+                        src: v.src,
+                        dst: v.dst,
+                        dport: v.dport,
+                        proto: proto_name(v.proto),
+                    });
+                }
+                let bucket = (verdict.clone(), reason.clone(), rule, direction.clone());
+                if self.verdicts.len() < MAX_VERDICT_BUCKETS || self.verdicts.contains_key(&bucket)
+                {
+                    *self.verdicts.entry(bucket).or_insert(0) += 1;
+                }
                 let key = FlowKey {
                     src: v.src,
                     dst: v.dst,
@@ -271,6 +344,7 @@ impl FlowTable {
                 let tr = self.track(key, snap);
                 let why = reason_text(v.reason, v.rule_id);
                 tr.flow.verdict = Some(format!("{verdict}: {why}"));
+                tr.verdict_rule = v.rule_id.map(|id| (host.to_string(), id));
                 let sender_side = v.program == ProgramKind::FromContainer;
                 if sender_side && tr.stage != Stage::Allowed {
                     tr.flow.steps = vec![sent_step(host, key, snap)];
@@ -314,6 +388,14 @@ impl FlowTable {
             .values()
             .map(|t| {
                 let mut f = t.flow.clone();
+                if let Some(name) = t.verdict_rule.as_ref().and_then(|r| self.rule_names.get(r)) {
+                    let verdict = f
+                        .verdict
+                        .as_deref()
+                        .and_then(|v| v.split(':').next())
+                        .unwrap_or("allow");
+                    f.verdict = Some(format!("{verdict}: {name}"));
+                }
                 if t.stage == Stage::Received {
                     if let Some(last) = f.steps.iter().rev().find(|s| s.kind == "from-wire") {
                         let host = last.host.clone();
@@ -339,20 +421,37 @@ impl FlowTable {
         v
     }
 
-    /// Verdict counts by rule/reason.
+    /// Verdict counts by rule/reason, with the rule's policy once the agent named it.
     pub fn verdicts(&self) -> Vec<VerdictCount> {
         self.verdicts
             .iter()
-            .map(
-                |((verdict, reason, rule_id, direction), count)| VerdictCount {
+            .map(|((verdict, reason, rule, direction), count)| {
+                let name = rule.as_ref().and_then(|r| self.rule_names.get(r)).cloned();
+                VerdictCount {
                     verdict: verdict.clone(),
                     reason: reason.clone(),
-                    rule_id: *rule_id,
+                    rule_id: rule.as_ref().map(|(_, id)| *id),
+                    policy: name.as_deref().and_then(policy_of),
+                    rule: name,
                     direction: direction.clone(),
                     count: *count,
-                },
-            )
+                }
+            })
             .collect()
+    }
+
+    /// Rules seen in verdicts that have no name yet: (host, rule id) and a packet it decided.
+    pub fn unnamed_rules(&self) -> Vec<((String, u32), RuleSample)> {
+        self.samples
+            .iter()
+            .filter(|(k, _)| !self.rule_names.contains_key(*k))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Records what the agent of `key.0` says rule `key.1` is.
+    pub fn name_rule(&mut self, key: (String, u32), name: String) {
+        self.rule_names.insert(key, name);
     }
 }
 
@@ -531,6 +630,25 @@ mod tests {
     }
 
     #[test]
+    fn a_round_read_receiver_first_and_a_busy_flow_still_show_one_whole_packet() {
+        let s = snap();
+        let mut t = FlowTable::default();
+        let out = tr(ProgramKind::FromContainer, "fd00::2", "2001:db8:2::2");
+        let inb = tr(ProgramKind::FromWire, "2001:db8:2::2", "fd00::2");
+        // Host b drained before host a, three packets each.
+        let mut round: Vec<(String, FlowEvent)> = vec![("b".into(), inb); 3];
+        round.extend(vec![("a".into(), out); 3]);
+        t.add_round(&round, &s);
+        let f = &t.flows(&s)[0];
+        let kinds: Vec<_> = f.steps.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            ["sent", "from-container", "route", "from-wire", "delivered"]
+        );
+        assert_eq!((f.sent, f.received), (3, 3));
+    }
+
+    #[test]
     fn a_drop_at_the_receiver_is_not_delivered() {
         let s = snap();
         let mut t = FlowTable::default();
@@ -595,6 +713,40 @@ mod tests {
         );
         let kinds: Vec<_> = t.flows(&s)[0].steps.iter().map(|s| s.kind).collect();
         assert_eq!(kinds, ["sent", "dropped"]);
+    }
+
+    #[test]
+    fn rules_are_named_once_and_counted_per_policy() {
+        let s = snap();
+        let mut t = FlowTable::default();
+        let mut ev = verdict(
+            ProgramKind::FromWire,
+            FlowVerdict::Allow,
+            VerdictReason::Rule,
+        );
+        if let FlowEvent::Verdict(v) = &mut ev {
+            v.rule_id = Some(7);
+            v.dport = 5201;
+            v.proto = 6;
+        }
+        t.add("b", &ev, &s);
+        t.add("b", &ev, &s);
+        let unnamed = t.unnamed_rules();
+        assert_eq!(unnamed.len(), 1);
+        assert_eq!(unnamed[0].0, ("b".to_string(), 7));
+        assert_eq!(
+            (unnamed[0].1.dport, unnamed[0].1.proto.as_str()),
+            (5201, "tcp")
+        );
+        t.name_rule(
+            ("b".into(), 7),
+            "policy correlate-ingress (tenant 1) specs[0].ingress[0]".into(),
+        );
+        assert!(t.unnamed_rules().is_empty());
+        let v = &t.verdicts()[0];
+        assert_eq!(v.count, 2);
+        assert_eq!(v.policy.as_deref(), Some("correlate-ingress"));
+        assert_eq!(v.rule_id, Some(7));
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
         .open(&log_path)
         .with_context(|| format!("opening the session log {}", log_path.display()))?;
 
+    // Bound here, before anything starts: a taken port fails `serve` itself.
+    let listener = std::net::TcpListener::bind(opts.listen)
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    listener.set_nonblocking(true)?;
     let first = view::collect(&title, &hosts, opts.read_only);
     let (tx, rx) = watch::channel(Arc::new(live_json(&first, &FlowTable::default())));
     let stop_collector = Arc::new(AtomicBool::new(false));
@@ -164,14 +168,6 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
             .context("starting the collector thread")?
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(opts.listen))
-        .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let app = Arc::new(App {
         origins: auth::Origins::for_addr(addr),
@@ -186,10 +182,18 @@ pub fn serve(source: UiSource, opts: UiOptions) -> Result<UiHandle> {
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = server::router(app);
+    // The runtime lives on the server's own thread: `serve` may be called from inside another
+    // runtime (a command's async code) without blocking it.
     let server = std::thread::Builder::new()
         .name("ui-server".into())
         .spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
             runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
                 axum::serve(
                     listener,
                     router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -256,6 +260,7 @@ fn collect_loop(
     let mut last_refresh = Instant::now();
     let mut warned = vec![false; hosts.len()];
     while !stop.load(Ordering::SeqCst) {
+        let mut round = Vec::new();
         for (i, (host, slot)) in maps.iter_mut().enumerate() {
             if slot.is_none() {
                 if let Some(dir) = &hosts[i].pin_dir {
@@ -275,11 +280,7 @@ fn collect_loop(
             }
             if let Some(m) = slot {
                 match m.drain_flow_events() {
-                    Ok(evs) => {
-                        for ev in &evs {
-                            table.add(host, ev, &snap);
-                        }
-                    }
+                    Ok(evs) => round.extend(evs.into_iter().map(|e| (host.clone(), e))),
                     Err(e) => {
                         log::warn!("host {host}: reading flow events: {e}");
                         *slot = None;
@@ -287,11 +288,21 @@ fn collect_loop(
                 }
             }
         }
+        table.add_round(&round, &snap);
         if last_refresh.elapsed() >= REFRESH {
             snap = view::collect(title, hosts, read_only);
             last_refresh = Instant::now();
+            name_rules(hosts, &mut table);
         }
-        let _ = tx.send(Arc::new(live_json(&snap, &table)));
+        // Only a change is pushed: pages redraw (and keep keyboard focus) when something moved.
+        let next = live_json(&snap, &table);
+        tx.send_if_modified(|cur| {
+            if cur.json == next.json {
+                return false;
+            }
+            *cur = Arc::new(next);
+            true
+        });
         std::thread::sleep(TICK);
     }
     for (host, m) in maps.iter_mut() {
@@ -300,6 +311,31 @@ fn collect_loop(
                 log::warn!("host {host}: turning tracing off: {e}");
             }
         }
+    }
+}
+
+/// Asks the agents what the rules seen in verdicts are (`policy explain` on a packet each
+/// decided), so that the policy panel counts verdicts per policy. Once per rule: a failure is
+/// recorded as the bare rule id.
+fn name_rules(hosts: &[HostRef], table: &mut FlowTable) {
+    for ((host, id), sample) in table.unnamed_rules() {
+        let name = hosts
+            .iter()
+            .find(|h| h.name == host)
+            .and_then(|h| {
+                agent::api::Client::new(h.socket.clone())
+                    .with_timeout(Duration::from_secs(2))
+                    .explain(
+                        &sample.src.to_string(),
+                        &sample.dst.to_string(),
+                        sample.dport,
+                        &sample.proto,
+                    )
+                    .ok()
+            })
+            .and_then(|r| r.rule)
+            .unwrap_or_else(|| format!("rule {id}"));
+        table.name_rule((host, id), name);
     }
 }
 

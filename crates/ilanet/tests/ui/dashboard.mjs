@@ -42,7 +42,7 @@ try {
   out({ check: "map", sites: mapSites, containers: listed, land_path_chars: landPath });
   const cookies = await ctx.cookies();
   out({ check: "cookie", cookies: cookies.map((c) => ({ name: c.name, httpOnly: c.httpOnly, sameSite: c.sameSite })) });
-  await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : "read-only.png") });
+  await page.screenshot({ path: join(artefacts, mode === "full" ? "map.png" : `${mode}.png`) });
 
   if (mode === "podman") {
     // A podman container: the shell runs in its file system and pid namespace.
@@ -93,9 +93,10 @@ try {
     const offVisible = await page.isVisible("#term-off");
     out({ check: "read-only", buttons_disabled: disabled, terminal_visible: termVisible, notice_visible: offVisible });
   } else {
-    // Click a container: its terminal opens with a shell prompt.
+    // Choose a container with the keyboard (Tab focus + Enter): its terminal opens with a prompt.
     const src = env("SRC");
-    await page.click(`.container[data-container="${src}"]`);
+    await page.focus(`.container[data-container="${src}"]`);
+    await page.keyboard.press("Enter");
     const termText = () => page.evaluate(() => {
       const t = window.__ilanet.term?.term;
       if (!t) return "";
@@ -150,6 +151,21 @@ try {
     await page.keyboard.type("echo ünïcødé-✓\n");
     const utf = await waitText(/^ünïcødé-✓$/m, 5000);
     out({ check: "utf8", echoed: utf !== null });
+
+    // Copy (Ctrl+Shift+C of the selection) and paste (Ctrl+Shift+V) through the clipboard.
+    await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: new URL(env("URL")).origin });
+    await page.evaluate(() => window.__ilanet.term.term.selectAll());
+    await page.keyboard.press("Control+Shift+C");
+    await page.waitForTimeout(200);
+    const copied = await page.evaluate(() => navigator.clipboard.readText());
+    await page.evaluate(() => navigator.clipboard.writeText("echo pasted-$((6*7))"));
+    await page.keyboard.press("Control+Shift+V");
+    // The paste lands asynchronously (clipboard read): Enter only once it is on the line.
+    const onLine = await waitText(/# echo pasted-\$\(\(6\*7\)\)\s*$/m, 5000);
+    await page.keyboard.press("Enter");
+    const pasted = onLine !== null && (await waitText(/^pasted-42$/m, 5000)) !== null;
+    out({ check: "clipboard", copied_has_utf8_line: copied.includes("ünïcødé-✓"), pasted, tail: (await termText()).split("\n").filter((l) => l.trim()).slice(-3) });
+    await page.evaluate(() => window.__ilanet.term.term.clearSelection());
 
     // ping6 a container at another site.
     const dst = env("DST_SIR");
