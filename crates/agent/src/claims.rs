@@ -66,6 +66,11 @@ impl Claims {
         }
     }
 
+    /// `host`'s mapping of `sir`, if it has one in the store.
+    pub fn get(&self, host: &str, sir: Ipv6Addr) -> Option<&MappingRecord> {
+        self.by_sir.get(&sir).and_then(|m| m.get(host))
+    }
+
     /// Whether `host` has a mapping of `sir` in the store.
     pub fn holds(&self, host: &str, sir: Ipv6Addr) -> bool {
         self.by_sir.get(&sir).is_some_and(|m| m.contains_key(host))

@@ -395,10 +395,13 @@ impl Core {
     /// reconciles its entries.
     fn settle(&mut self, sir: Ipv6Addr, out: &mut Output) {
         let me = &self.spec.host;
-        if self.claims.holds(me, sir)
-            && self.claims.claimed_by_another(me, sir)
-            && !self.endpoints.values().any(|e| e.sir_addr == sir)
-        {
+        let moved_away = self.claims.get(me, sir).is_some_and(|ours| {
+            // Not while the endpoint is here, or still being made (our own write comes back
+            // through the watch before the plumbing is done).
+            !self.creating.contains_key(&ours.endpoint)
+                && !self.endpoints.values().any(|e| e.sir_addr == sir)
+        });
+        if moved_away && self.claims.claimed_by_another(me, sir) {
             // The endpoint left with its mapping kept (a move) and the new host has published
             // its own: ours goes (until then both are claims, and neither is installed).
             out.publish.push(Publication::Withdraw(sir));
