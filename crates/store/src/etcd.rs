@@ -179,6 +179,14 @@ impl EtcdStore {
                         crate::ETCD_MAX_REQUEST_BYTES,
                         crate::MAX_VALUE_BYTES
                     ))
+                } else if s.message().contains("permission denied") {
+                    StoreError::Backend(format!(
+                        "{:?}: {} (with client certificates, the certificate's CN is the etcd \
+                         user; a host's role may write only /ilanet/v1/hosts/<its name>/ and \
+                         the shared identity and policy keys)",
+                        s.code(),
+                        s.message()
+                    ))
                 } else {
                     StoreError::Backend(format!("{:?}: {}", s.code(), s.message()))
                 }

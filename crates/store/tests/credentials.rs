@@ -278,6 +278,21 @@ async fn identities_allocated_by_two_hosts_agree() {
         labels.len(),
         "distinct label sets, distinct ids"
     );
+    // Forced collisions (both start at the same candidate) from the two hosts at once: the
+    // create-only transactions give each label set one id, different label sets different ids.
+    let first = 9_000_000;
+    let (x, y) = tokio::join!(
+        a.allocate_identity_from("app=collide-a", first),
+        b.allocate_identity_from("app=collide-b", first)
+    );
+    let (x, y) = (x.expect("a"), y.expect("b"));
+    assert_ne!(x, y);
+    assert!([first, first + 1].contains(&x) && [first, first + 1].contains(&y));
+    assert_eq!(
+        b.allocate_identity_from("app=collide-a", first).await.expect("again"),
+        x,
+        "site-b finds site-a's allocation"
+    );
     // The stored records say the same, read back by either host.
     let snap = b.snapshot().await.expect("snapshot");
     for (l, id) in labels.iter().zip(&ids_a) {
