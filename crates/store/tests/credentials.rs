@@ -241,6 +241,22 @@ async fn a_forged_record_under_a_hosts_prefix_is_skipped_by_key() {
     assert_eq!(snap.skipped[0].key, key);
 }
 
+/// Allocates, retrying while the 3-member cluster is briefly without a leader (a loaded
+/// machine right after start): a retried allocation is idempotent.
+async fn allocate(s: &Store, labels: &str) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match s.allocate_identity(labels).await {
+            Ok(id) => return id,
+            Err(e @ StoreError::Unavailable { .. }) if std::time::Instant::now() < deadline => {
+                eprintln!("allocating {labels}: retrying after {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("allocating {labels}: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_allocated_by_two_hosts_agree() {
     let lab = secure("ids", 3);
@@ -253,14 +269,14 @@ async fn identities_allocated_by_two_hosts_agree() {
         async {
             let mut v = Vec::new();
             for l in &labels {
-                v.push(a.allocate_identity(l).await.expect("a allocates"));
+                v.push(allocate(&a, l).await);
             }
             v
         },
         async {
             let mut v = Vec::new();
             for l in labels.iter().rev() {
-                v.push(b.allocate_identity(l).await.expect("b allocates"));
+                v.push(allocate(&b, l).await);
             }
             v.reverse();
             v
@@ -289,7 +305,9 @@ async fn identities_allocated_by_two_hosts_agree() {
     assert_ne!(x, y);
     assert!([first, first + 1].contains(&x) && [first, first + 1].contains(&y));
     assert_eq!(
-        b.allocate_identity_from("app=collide-a", first).await.expect("again"),
+        b.allocate_identity_from("app=collide-a", first)
+            .await
+            .expect("again"),
         x,
         "site-b finds site-a's allocation"
     );
