@@ -259,7 +259,7 @@ async fn allocate(s: &Store, labels: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_allocated_by_two_hosts_agree() {
-    let lab = secure("ids", 3);
+    let mut lab = secure("ids", 3);
     let (a, b) = (lab.as_user("site-a").await, lab.as_user("site-b").await);
     let labels: Vec<String> = (0..20)
         .map(|i| format!("app=x{i},io.ilanet.tenant=1"))
@@ -321,5 +321,27 @@ async fn identities_allocated_by_two_hosts_agree() {
             "{id} {l}"
         );
         assert_eq!(*id, store::identity_first_candidate(l), "no collision here");
+    }
+    // A member restarted (peer and client TLS from its flags) catches up, and a host's
+    // certificate reads the same from it alone.
+    lab.cluster.kill_member(0).expect("kill");
+    lab.cluster.restart_member(0).expect("restart with TLS");
+    let only = Store::connect(&StoreConfig::Etcd {
+        endpoints: vec![lab.cluster.member_endpoint(0).expect("member 0")],
+        connect_timeout: T,
+        tls: lab.cluster.info().client_tls("site-a"),
+    })
+    .await
+    .expect("connect to the restarted member");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match only.snapshot().await {
+            Ok(s) if s.identities.len() == snap.identities.len() => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "restarted member: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
