@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use store::{HostRecord, MappingRecord, PolicyRecord, Snapshot, StoreEvent};
 
 use crate::api::{CniAttachment, ExplainReply, MappingRow, PolicyRow};
+use crate::claims::Claims;
 use crate::policy_sync::{self, PolicyOps, PolicyView};
 use crate::reconcile::{self, Current, Desired, LocalEndpoint, Ops};
 use crate::AgentError;
@@ -121,13 +122,16 @@ impl MapOps {
     }
 }
 
-/// A record of ours the store must hold again.
+/// A record of ours the store must hold again (or let go).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Publication {
     /// Our host record.
     Host(HostRecord),
     /// The mapping of one of our endpoints.
     Mapping(MappingRecord),
+    /// Our mapping of an address that moved away (we have no endpoint there and another host
+    /// now claims it): delete it from under our prefix, so the new host's is in force.
+    Withdraw(Ipv6Addr),
 }
 
 /// What one input calls for.
@@ -187,8 +191,10 @@ pub struct Core {
     endpoints: BTreeMap<String, LocalEndpoint>,
     /// Endpoints being plumbed right now (recorded in the state file first).
     creating: BTreeMap<String, PendingEndpoint>,
-    /// The store's mappings, by SIR address.
+    /// The store's mappings in force, by SIR address (see [`crate::claims`]).
     view: BTreeMap<Ipv6Addr, MappingRecord>,
+    /// Every host's mappings as stored, and the host records they are checked against.
+    claims: Claims,
     /// Policies and identities, and their compilation.
     policy: PolicyView,
     /// Policy records as stored (to roll back a failed apply).
@@ -234,6 +240,7 @@ impl Core {
             endpoints,
             creating: BTreeMap::new(),
             view: BTreeMap::new(),
+            claims: Claims::default(),
             policy: PolicyView::default(),
             policy_records: BTreeMap::new(),
             allocators,
@@ -260,11 +267,17 @@ impl Core {
             out.warn(format!("skipping store record {}: {}", s.key, s.error));
         }
         self.host_lost = !snap.hosts.iter().any(|h| h.name == self.spec.host);
-        self.view = snap
-            .mappings
-            .into_iter()
-            .map(|r| (r.sir_address(), r))
-            .collect();
+        self.claims.reset(&snap.mappings, &snap.hosts);
+        self.view.clear();
+        for sir in self.claims.addresses() {
+            let f = self
+                .claims
+                .in_force(sir, &self.spec.host, self.spec.locator);
+            out.warnings.extend(f.warnings);
+            if let Some(rec) = f.mapping {
+                self.view.insert(sir, rec);
+            }
+        }
         for e in self.policy.reset(&snap.policies, &snap.identities) {
             out.warn(e);
         }
@@ -304,12 +317,12 @@ impl Core {
         match event {
             StoreEvent::PutMapping(rec) => {
                 let sir = rec.sir_address();
-                self.view.insert(sir, rec);
-                self.reconcile_key(sir, &mut out);
+                self.claims.put(rec);
+                self.settle(sir, &mut out);
             }
-            StoreEvent::DeleteMapping(sir) => {
-                self.view.remove(&sir);
-                self.reconcile_key(sir, &mut out);
+            StoreEvent::DeleteMapping { host, sir } => {
+                self.claims.delete(&host, sir);
+                self.settle(sir, &mut out);
                 lost = true;
             }
             StoreEvent::PutIdentity(rec) => {
@@ -337,10 +350,16 @@ impl Core {
                     self.host_lost = true;
                     lost = true;
                 }
+                for sir in self.claims.delete_host(&name) {
+                    self.settle(sir, &mut out);
+                }
             }
             StoreEvent::PutHost(h) => {
                 if h.name == self.spec.host {
                     self.host_lost = false;
+                }
+                for sir in self.claims.put_host(&h) {
+                    self.settle(sir, &mut out);
                 }
             }
             StoreEvent::Resync => {}
@@ -352,9 +371,8 @@ impl Core {
     }
 
     /// Records of ours the store lacks: our host record, and mappings of our endpoints that are
-    /// neither in the view nor being withdrawn on purpose. (A mapping another host now holds is
-    /// in the view: a move, left alone.) Each is reported once; a failed write ends the store
-    /// session, and the next resync finds it missing again.
+    /// neither under our prefix nor being withdrawn on purpose. Each is reported once; a failed
+    /// write ends the store session, and the next resync finds it missing again.
     fn missing(&mut self) -> Vec<Publication> {
         let mut p = Vec::new();
         if self.host_lost {
@@ -365,12 +383,38 @@ impl Core {
             self.endpoints
                 .values()
                 .filter(|ep| {
-                    !self.view.contains_key(&ep.sir_addr)
+                    !self.claims.holds(&self.spec.host, ep.sir_addr)
                         && !self.withdrawing.contains(&ep.sir_addr)
                 })
                 .map(|ep| Publication::Mapping(self.record_of(ep))),
         );
         p
+    }
+
+    /// Puts the mapping in force for `sir` into the view (warning about claims ignored), then
+    /// reconciles its entries.
+    fn settle(&mut self, sir: Ipv6Addr, out: &mut Output) {
+        let me = &self.spec.host;
+        let moved_away = self.claims.get(me, sir).is_some_and(|ours| {
+            // Not while the endpoint is here, or still being made (our own write comes back
+            // through the watch before the plumbing is done).
+            !self.creating.contains_key(&ours.endpoint)
+                && !self.endpoints.values().any(|e| e.sir_addr == sir)
+        });
+        if moved_away && self.claims.claimed_by_another(me, sir) {
+            // The endpoint left with its mapping kept (a move) and the new host has published
+            // its own: ours goes (until then both are claims, and neither is installed).
+            out.publish.push(Publication::Withdraw(sir));
+        }
+        let f = self
+            .claims
+            .in_force(sir, &self.spec.host, self.spec.locator);
+        out.warnings.extend(f.warnings);
+        match f.mapping {
+            Some(rec) => self.view.insert(sir, rec),
+            None => self.view.remove(&sir),
+        };
+        self.reconcile_key(sir, out);
     }
 
     /// The operations that bring the entries of one SIR address to what the view says, against
@@ -594,8 +638,8 @@ impl Core {
         }
         self.creating.remove(&ep.name);
         self.endpoints.insert(ep.name.clone(), ep);
-        self.view.insert(sir, rec);
-        self.reconcile_key(sir, &mut out);
+        self.claims.put(rec);
+        self.settle(sir, &mut out);
         out
     }
 
@@ -606,14 +650,11 @@ impl Core {
         })
     }
 
-    /// Starts withdrawing an endpoint's mapping: whether it is ours to delete from the store
-    /// (a mapping another host holds now is a move, and stays).
+    /// Starts withdrawing an endpoint's mapping from under our prefix (another host's mapping
+    /// of the address, a move, is another key and stays). Always ours to delete.
     pub fn begin_withdraw(&mut self, sir: Ipv6Addr) -> bool {
-        let ours = self.view.get(&sir).is_none_or(|r| r.host == self.spec.host);
-        if ours {
-            self.withdrawing.insert(sir);
-        }
-        ours
+        self.withdrawing.insert(sir);
+        true
     }
 
     /// The store refused the withdrawal: the mapping stays ours.
@@ -631,9 +672,9 @@ impl Core {
         self.withdrawing.remove(&ep.sir_addr);
         self.release_identifier(ep.identifier);
         if !keep_mapping {
-            self.view.remove(&ep.sir_addr);
+            self.claims.delete(&self.spec.host, ep.sir_addr);
         }
-        self.reconcile_key(ep.sir_addr, &mut out);
+        self.settle(ep.sir_addr, &mut out);
         out
     }
 

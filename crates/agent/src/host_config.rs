@@ -43,6 +43,10 @@ pub enum StoreSpec {
     Etcd {
         /// Client URLs.
         endpoints: Vec<String>,
+        /// The host's client certificate, its key and the CA of the members (`https://`
+        /// endpoints; the certificate's CN is the host's etcd user). `None` only with
+        /// `insecure: true` (or `--insecure-store`): no TLS, no credentials.
+        tls: Option<store::pki::ClientTls>,
     },
 }
 
@@ -206,6 +210,14 @@ enum RawStore {
         endpoints: Vec<String>,
         #[serde(default = "default_lease_ttl")]
         lease_ttl: u64,
+        #[serde(default)]
+        ca: Option<PathBuf>,
+        #[serde(default)]
+        cert: Option<PathBuf>,
+        #[serde(default)]
+        key: Option<PathBuf>,
+        #[serde(default)]
+        insecure: bool,
     },
 }
 
@@ -231,6 +243,17 @@ pub const DEFAULT_SOCKET: &str = "/run/ilanet/agent.sock";
 /// Parses and validates a configuration file's text. `host_netns` is the namespace the agent
 /// serves (the one it runs in).
 pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, ConfigError> {
+    parse_with(file, text, host_netns, false)
+}
+
+/// [`parse`], with `insecure_store` (`--insecure-store`): an etcd store section may then go
+/// without TLS credentials, as with `store.insecure: true`.
+pub fn parse_with(
+    file: &str,
+    text: &[u8],
+    host_netns: &str,
+    insecure_store: bool,
+) -> Result<HostConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError {
         file: file.to_string(),
         field: field.to_string(),
@@ -363,6 +386,10 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         RawStore::Etcd {
             endpoints,
             lease_ttl,
+            ca,
+            cert,
+            key,
+            insecure,
         } => {
             if endpoints.is_empty() {
                 return Err(err(
@@ -378,6 +405,24 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
                     ));
                 }
             }
+            let tls =
+                etcd_tls(ca, cert, key, insecure || insecure_store).map_err(|(f, r)| err(&f, r))?;
+            let want = if tls.is_some() { "https://" } else { "http://" };
+            for (i, e) in endpoints.iter().enumerate() {
+                if !e.starts_with(want) {
+                    return Err(err(
+                        &format!("store.endpoints[{i}]"),
+                        format!(
+                            "'{e}': {} needs {want} URLs",
+                            if tls.is_some() {
+                                "etcd with TLS credentials"
+                            } else {
+                                "etcd without TLS (insecure)"
+                            }
+                        ),
+                    ));
+                }
+            }
             if lease_ttl == 0 || lease_ttl > MAX_LEASE_TTL.as_secs() {
                 return Err(err(
                     "store.lease_ttl",
@@ -388,7 +433,7 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
                 ));
             }
             (
-                StoreSpec::Etcd { endpoints },
+                StoreSpec::Etcd { endpoints, tls },
                 Duration::from_secs(lease_ttl),
             )
         }
@@ -447,6 +492,47 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         bgp,
         location: raw.location,
     })
+}
+
+/// The store's TLS files: all three, or none when running insecure on purpose (errors: field,
+/// reason).
+fn etcd_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    insecure: bool,
+) -> Result<Option<store::pki::ClientTls>, (String, String)> {
+    match (ca, cert, key) {
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(store::pki::ClientTls { ca, cert, key })),
+        (None, None, None) if insecure => Ok(None),
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [
+                ("ca", ca.is_none()),
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(n, m)| m.then_some(n))
+            .collect();
+            let field = format!("store.{}", missing[0]);
+            Err((
+                field,
+                format!(
+                    "etcd needs TLS credentials: store.ca (the CA of the etcd members), \
+                     store.cert and store.key (this host's client certificate, CN = the host \
+                     name, and its key); missing: {}. To run without TLS and auth (anyone who \
+                     reaches etcd can then rewrite every mapping), set store.insecure: true or \
+                     start the agent with --insecure-store{}",
+                    missing.join(", "),
+                    if insecure {
+                        " (and give none of the three)"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+    }
 }
 
 /// The speaker's configuration from the `bgp` section (errors: field, reason).
@@ -542,7 +628,7 @@ fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, Strin
 mod tests {
     use super::*;
 
-    const GOOD: &str = "host: site1\nuplink: eth0\nlocator: 2001:db8:1::/64\nunderlay: 2001:db8:ffff:1::2\ntenants:\n  - name: research\n    vnid: 1\n    sir_prefix: fd00:dead:beef::/64\nstore:\n  kind: etcd\n  endpoints: [\"http://[2001:db8:ffff::10]:2379\"]\n  lease_ttl: 10\n";
+    const GOOD: &str = "host: site1\nuplink: eth0\nlocator: 2001:db8:1::/64\nunderlay: 2001:db8:ffff:1::2\ntenants:\n  - name: research\n    vnid: 1\n    sir_prefix: fd00:dead:beef::/64\nstore:\n  kind: etcd\n  endpoints: [\"https://[2001:db8:ffff::10]:2379\"]\n  ca: /etc/ilanet/ca.crt\n  cert: /etc/ilanet/site1.crt\n  key: /etc/ilanet/site1.key\n  lease_ttl: 10\n";
 
     fn parse_str(s: &str) -> Result<HostConfig, ConfigError> {
         parse("agent.yaml", s.as_bytes(), "/proc/self/ns/net")
@@ -572,7 +658,14 @@ mod tests {
         assert_eq!(c.agent.tenants.len(), 1);
         assert_eq!(c.agent.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert!(matches!(c.store, StoreSpec::Etcd { ref endpoints } if endpoints.len() == 1));
+        match &c.store {
+            StoreSpec::Etcd { endpoints, tls } => {
+                assert_eq!(endpoints.len(), 1);
+                let tls = tls.as_ref().expect("tls");
+                assert_eq!(tls.cert, PathBuf::from("/etc/ilanet/site1.crt"));
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(c.metrics, None, "metrics are off unless configured");
     }
 
@@ -707,6 +800,39 @@ mod tests {
             let e = parse_str(&format!("{GOOD}{bad}")).expect_err(field);
             assert!(e.field.starts_with(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn etcd_without_tls_needs_an_explicit_insecure() {
+        let plain = GOOD
+            .replace("https://", "http://")
+            .replace("  ca: /etc/ilanet/ca.crt\n", "")
+            .replace("  cert: /etc/ilanet/site1.crt\n", "")
+            .replace("  key: /etc/ilanet/site1.key\n", "");
+        let e = parse_str(&plain).expect_err("no credentials");
+        assert_eq!(e.field, "store.ca", "{e}");
+        assert!(
+            e.reason.contains("missing: ca, cert, key") && e.reason.contains("--insecure-store"),
+            "{e}"
+        );
+        // Explicitly insecure, in the file or by the flag: accepted, without TLS.
+        let insecure = plain.replace("  lease_ttl: 10\n", "  lease_ttl: 10\n  insecure: true\n");
+        for c in [
+            parse_str(&insecure).expect("insecure: true"),
+            parse_with("agent.yaml", plain.as_bytes(), "/proc/self/ns/net", true)
+                .expect("--insecure-store"),
+        ] {
+            assert!(matches!(c.store, StoreSpec::Etcd { tls: None, .. }));
+        }
+        // One file missing is named.
+        let e = parse_str(&GOOD.replace("  key: /etc/ilanet/site1.key\n", "")).expect_err("key");
+        assert_eq!(e.field, "store.key", "{e}");
+        assert!(e.reason.contains("missing: key"), "{e}");
+        // TLS credentials with http:// endpoints, and https:// without TLS, are refused.
+        let e = parse_str(&GOOD.replace("https://", "http://")).expect_err("http with tls");
+        assert_eq!(e.field, "store.endpoints[0]", "{e}");
+        let e = parse_str(&insecure.replace("http://", "https://")).expect_err("https, no tls");
+        assert_eq!(e.field, "store.endpoints[0]", "{e}");
     }
 
     #[test]

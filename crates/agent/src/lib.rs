@@ -12,6 +12,7 @@
 //! last known state; when it comes back the agent republishes its endpoints and resyncs.
 
 pub mod api;
+pub mod claims;
 pub mod core;
 pub mod endpoint;
 pub mod host_config;

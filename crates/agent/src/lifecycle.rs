@@ -236,13 +236,10 @@ impl Agent {
         }
     }
 
-    /// Takes back a mapping published for an endpoint whose plumbing then failed (a replaced
-    /// mapping of a move is left: its old host still serves it until the move is retried).
-    pub(crate) async fn unpublish(&self, sir: Ipv6Addr, replace: bool, store: &Store) {
-        if replace {
-            return;
-        }
-        if let Err(e) = store.delete_mapping(sir).await {
+    /// Takes back a mapping published for an endpoint whose plumbing then failed. It is under
+    /// our prefix only: the old host's mapping of a move is another key, and stays.
+    pub(crate) async fn unpublish(&self, sir: Ipv6Addr, _replace: bool, store: &Store) {
+        if let Err(e) = store.delete_mapping(&self.cfg.host, sir).await {
             log::error!(
                 "host {}: taking back the mapping of {sir}: {e} (its lease ends it)",
                 self.cfg.host
@@ -290,7 +287,7 @@ impl Agent {
             let (store, _) = self.wait_session().await?;
             let ours = lock(&self.core).begin_withdraw(ep.sir_addr);
             if ours {
-                if let Err(e) = store.delete_mapping(ep.sir_addr).await {
+                if let Err(e) = store.delete_mapping(&self.cfg.host, ep.sir_addr).await {
                     lock(&self.core).abort_withdraw(ep.sir_addr);
                     return Err(e.into());
                 }

@@ -39,6 +39,13 @@ impl Agent {
                         rec.sir_address()
                     );
                 }
+                Publication::Withdraw(sir) => {
+                    store.delete_mapping(&self.cfg.host, sir).await?;
+                    log::info!(
+                        "host {}: {sir} moved to another host; our mapping of it withdrawn",
+                        self.cfg.host
+                    );
+                }
             }
         }
         Ok(())

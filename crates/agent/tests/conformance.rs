@@ -108,6 +108,9 @@ enum Step {
     DeleteMapping {
         revision: i64,
         sir: Ipv6Addr,
+        /// Whose mapping (the prefix it is under); default: the one host holding `sir`.
+        #[serde(default)]
+        host: Option<String>,
     },
     PutHost {
         revision: i64,
@@ -138,7 +141,8 @@ enum Step {
 #[derive(Default)]
 struct StoreModel {
     revision: i64,
-    mappings: BTreeMap<Ipv6Addr, MappingRecord>,
+    /// By (host, address): every host writes its own keys.
+    mappings: BTreeMap<(String, Ipv6Addr), MappingRecord>,
     hosts: BTreeMap<String, HostRecord>,
     identities: BTreeMap<u32, IdentityRecord>,
     policies: BTreeMap<String, PolicyRecord>,
@@ -183,6 +187,7 @@ fn render(out: &Output, text: &mut String) {
     for p in &out.publish {
         let _ = match p {
             Publication::Host(h) => writeln!(text, "publish host {} {}", h.name, h.locator),
+            Publication::Withdraw(sir) => writeln!(text, "withdraw mapping {sir}"),
             Publication::Mapping(r) => {
                 writeln!(text, "publish mapping {} {}", r.sir_address(), r.endpoint)
             }
@@ -216,7 +221,7 @@ fn run_case(dir: &Path) -> String {
                     mappings: s
                         .mappings
                         .iter()
-                        .map(|r| (r.sir_address(), r.clone()))
+                        .map(|r| ((r.host.clone(), r.sir_address()), r.clone()))
                         .collect(),
                     hosts: s
                         .hosts
@@ -246,14 +251,34 @@ fn run_case(dir: &Path) -> String {
             Step::PutMapping { revision, record } => {
                 let _ = writeln!(text, "--- {n} put mapping {}", record.sir_address());
                 model.revision = revision;
-                model.mappings.insert(record.sir_address(), record.clone());
+                model
+                    .mappings
+                    .insert((record.host.clone(), record.sir_address()), record.clone());
                 Some(core.event(revision, StoreEvent::PutMapping(record)))
             }
-            Step::DeleteMapping { revision, sir } => {
+            Step::DeleteMapping {
+                revision,
+                sir,
+                host,
+            } => {
                 let _ = writeln!(text, "--- {n} delete mapping {sir}");
                 model.revision = revision;
-                model.mappings.remove(&sir);
-                Some(core.event(revision, StoreEvent::DeleteMapping(sir)))
+                let host = host.unwrap_or_else(|| {
+                    let holders: Vec<&String> = model
+                        .mappings
+                        .keys()
+                        .filter(|(_, a)| *a == sir)
+                        .map(|(h, _)| h)
+                        .collect();
+                    match holders.as_slice() {
+                        [one] => (*one).clone(),
+                        // A delete of what no one holds: whose it was does not matter.
+                        [] => core.spec().host.clone(),
+                        _ => panic!("case: delete of {sir} needs `host` ({holders:?} hold it)"),
+                    }
+                });
+                model.mappings.remove(&(host.clone(), sir));
+                Some(core.event(revision, StoreEvent::DeleteMapping { host, sir }))
             }
             Step::PutHost { revision, record } => {
                 let _ = writeln!(text, "--- {n} put host {}", record.name);
@@ -384,7 +409,9 @@ fn add_endpoint(
         }
     };
     let rec = core.record_of(&ep);
-    model.mappings.insert(rec.sir_address(), rec);
+    model
+        .mappings
+        .insert((rec.host.clone(), rec.sir_address()), rec);
     let _ = writeln!(text, "created {} {} identifier {id}", ep.name, ep.sir_addr);
     let out = core.endpoint_added(ep);
     render(&out, text);
@@ -400,7 +427,9 @@ fn del_endpoint(
 ) -> Result<Output, agent::AgentError> {
     let ep = core.endpoint(&d.name)?.clone();
     if !d.keep_mapping && core.begin_withdraw(ep.sir_addr) {
-        model.mappings.remove(&ep.sir_addr);
+        model
+            .mappings
+            .remove(&(core.spec().host.clone(), ep.sir_addr));
     }
     plumbing.destroy(&ep)?;
     Ok(core.endpoint_removed(&d.name, d.keep_mapping))

@@ -267,7 +267,7 @@ async fn records_deleted_behind_the_agents_back_are_written_again() {
     let ep = add(&h1, "owned").await;
     until(&h2, "the mapping", |m| m.out.contains_key(&ep.sir_addr)).await;
     store
-        .delete_raw(&store::mapping_key(ep.sir_addr))
+        .delete_raw(&store::mapping_key("h1", ep.sir_addr))
         .expect("delete");
     store.delete_raw(&store::host_key("h1")).expect("delete");
     for _ in 0..500 {

@@ -45,6 +45,11 @@ pub struct AgentArgs {
     /// address from its configuration's `metrics` instead.
     #[arg(long, value_name = "ADDR", conflicts_with = "config", value_parser = parse_metrics)]
     metrics: Option<std::net::SocketAddr>,
+    /// Allow etcd without TLS and auth (anyone who reaches it can rewrite every mapping): a
+    /// configuration's etcd section may then lack ca/cert/key, as with `insecure: true`; a lab's
+    /// agent may use a lab etcd without certificates.
+    #[arg(long)]
+    insecure_store: bool,
 }
 
 fn parse_metrics(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -156,13 +161,13 @@ impl AgentArgs {
 
 /// Runs the host agent of the machine (or namespace) this process is in, from its configuration
 /// file, until killed.
-fn run_host(path: &std::path::Path) -> Result<ExitCode> {
+fn run_host(path: &std::path::Path, insecure_store: bool) -> Result<ExitCode> {
     let file = path.display().to_string();
     let text = read_bounded(path, agent::host_config::MAX_CONFIG_BYTES)
         .with_context(|| format!("reading the agent configuration {file}"))?;
     let host_netns =
         lab::netns::current_path().context("finding this process's network namespace")?;
-    let cfg = agent::host_config::parse(&file, &text, &host_netns)?;
+    let cfg = agent::host_config::parse_with(&file, &text, &host_netns, insecure_store)?;
     crate::init_logging(&cfg.log_level);
     let served = cfg.agent.host_netns.clone();
     if !lab::netns::exists(&served) {
@@ -181,10 +186,19 @@ fn run_host(path: &std::path::Path) -> Result<ExitCode> {
             EmbeddedStore::open(data_dir)
                 .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?,
         ),
-        agent::host_config::StoreSpec::Etcd { endpoints } => StoreConfig::Etcd {
-            endpoints: endpoints.clone(),
-            connect_timeout: Duration::from_secs(3),
-        },
+        agent::host_config::StoreSpec::Etcd { endpoints, tls } => {
+            if tls.is_none() {
+                log::warn!(
+                    "{file}: etcd without TLS and auth (insecure): anyone who reaches {} can rewrite every mapping",
+                    endpoints.join(",")
+                );
+            }
+            StoreConfig::Etcd {
+                endpoints: endpoints.clone(),
+                connect_timeout: Duration::from_secs(3),
+                tls: tls.clone(),
+            }
+        }
     };
     let host = cfg.agent.host.clone();
     let agent = Agent::new(cfg.agent, store_cfg, None)
@@ -251,7 +265,7 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
         return status(t);
     }
     if let Some(path) = &args.config {
-        return run_host(path);
+        return run_host(path, args.insecure_store);
     }
     let plan = lab::plan_of(&args.lab)?;
     let hosts = hosts_of(&plan, args.host.as_deref())?;
@@ -276,15 +290,34 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
             StoreConfig::Etcd {
                 endpoints: args.etcd_endpoints.clone(),
                 connect_timeout: Duration::from_secs(3),
+                tls: None,
             }
         }
+    };
+    // A lab's etcd has a certificate per host (lab up made them): each host's agent uses its own.
+    let lab_etcd = match &store_cfg {
+        StoreConfig::Etcd { .. } => lab::state::LabState::load(&args.lab)?.and_then(|s| s.etcd),
+        StoreConfig::Embedded(_) => None,
     };
     let ttl = Duration::from_secs(args.lease_ttl);
     let mut list = Vec::new();
     for host in &hosts {
         let cfg = agents::agent_config(&plan, host, ttl);
+        let mut store_cfg = store_cfg.clone();
+        if let StoreConfig::Etcd { tls, endpoints, .. } = &mut store_cfg {
+            *tls = lab_etcd.as_ref().and_then(|e| e.client_tls(&host.name));
+            if tls.is_none() && !args.insecure_store {
+                bail!(
+                    "--store etcd: no TLS credentials for host '{}' (lab '{}' has no etcd \
+                     certificates); pass --insecure-store to use {} without TLS and auth",
+                    host.name,
+                    args.lab,
+                    endpoints.join(",")
+                );
+            }
+        }
         list.push(
-            Agent::new(cfg, store_cfg.clone(), None)
+            Agent::new(cfg, store_cfg, None)
                 .with_context(|| format!("starting the agent of host '{}'", host.name))?,
         );
     }

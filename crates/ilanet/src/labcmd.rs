@@ -78,6 +78,11 @@ pub struct UpArgs {
     /// Agents' lease time to live in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=agent::MAX_LEASE_TTL.as_secs()))]
     pub lease_ttl: u64,
+    /// With --store etcd: run etcd without TLS, client certificates and auth (anyone on this
+    /// machine can then rewrite every mapping with etcdctl). By default the lab makes a CA, a
+    /// certificate and an etcd user per host whose role may write only that host's keys.
+    #[arg(long)]
+    pub insecure_store: bool,
 }
 
 #[derive(Args)]
@@ -96,6 +101,7 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.csum_mode = args.csum_mode;
             spec.mode = args.mode;
             spec.store = args.store;
+            spec.insecure_store = args.insecure_store;
             spec.runtime = args.runtime;
             spec.routing = args.routing.unwrap_or(if args.mode == Mode::Ila {
                 RoutingMode::Bird

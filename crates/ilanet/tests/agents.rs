@@ -101,12 +101,12 @@ fn etcd_endpoints(lab: &str) -> String {
         .join(",")
 }
 
-/// Runs `etcdctl` (v3 API) against the lab's etcd cluster, behind the agents' back; its stdout.
+/// Runs `etcdctl` (v3 API) against the lab's etcd cluster as its administrator (the lab's
+/// `root` certificate), behind the agents' back; its stdout.
 fn etcdctl(lab: &str, args: &[&str]) -> String {
-    let endpoints = etcd_endpoints(lab);
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoints])
+        .args(agents::etcdctl_args(lab).expect("etcdctl args"))
         .args(args)
         .output()
         .expect("etcdctl");
@@ -388,7 +388,13 @@ fn an_agent_started_without_a_store_retries_and_says_why() {
     std::thread::sleep(Duration::from_millis(200));
     let pid = start_agent(
         &name,
-        &["--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:9"],
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:9",
+            "--insecure-store",
+        ],
     );
     wait_for("the agent's socket", Duration::from_secs(10), || {
         agents::call(&name, "site1", &Request::Status).is_ok()
@@ -414,7 +420,11 @@ fn malformed_store_records_are_skipped_by_key() {
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 2);
     etcdctl(
         &name,
-        &["put", "/ilanet/v1/mappings/not-an-address", "{garbage"],
+        &[
+            "put",
+            "/ilanet/v1/hosts/site2/mappings/not-an-address",
+            "{garbage",
+        ],
     );
     let ep = add(&name, "site2", "fine").expect("add");
     wait_for("the new mapping on site1", Duration::from_secs(5), || {
@@ -429,7 +439,7 @@ fn malformed_store_records_are_skipped_by_key() {
     let log =
         std::fs::read_to_string(agents::run_dir(&name).join("agent-site1.log")).unwrap_or_default();
     assert!(
-        log.contains("/ilanet/v1/mappings/not-an-address"),
+        log.contains("/ilanet/v1/hosts/site2/mappings/not-an-address"),
         "the key is named in the log: {log}"
     );
 }
@@ -819,16 +829,16 @@ fn records_deleted_behind_the_owners_back_are_written_again() {
     let (_c, plan) = up(&name, 2, 1, StoreKind::Etcd, 10);
     let etcdctl = |args: &[&str]| etcdctl(&name, args);
     let (a, b) = (&plan.hosts[0].containers[0], &plan.hosts[1].containers[0]);
-    let key = format!("/ilanet/v1/mappings/{}", b.sir_addr);
+    let key = format!("/ilanet/v1/hosts/site2/mappings/{}", b.sir_addr);
     etcdctl(&["del", &key]);
-    etcdctl(&["del", "/ilanet/v1/hosts/site2"]);
+    etcdctl(&["del", "/ilanet/v1/hosts/site2/host"]);
     wait_for(
         "the mapping back in the store",
         Duration::from_secs(5),
         || etcdctl(&["get", &key, "--print-value-only"]).contains("site2"),
     );
     wait_for("the host record back", Duration::from_secs(5), || {
-        etcdctl(&["get", "/ilanet/v1/hosts/site2", "--print-value-only"]).contains("site2")
+        etcdctl(&["get", "/ilanet/v1/hosts/site2/host", "--print-value-only"]).contains("site2")
     });
     wait_for(
         "site1 to hold the mapping again",

@@ -168,7 +168,7 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
                     source,
                 })?,
             };
-            agents::start(state, &binary, spec.lease_ttl)?;
+            agents::start(state, &binary, spec.lease_ttl, spec.insecure_store)?;
             match plan.runtime {
                 Runtime::Agent => agents::create_planned_endpoints(&plan)?,
                 Runtime::Podman => {

@@ -109,6 +109,11 @@ pub struct LabSpec {
     pub store: StoreKind,
     /// Lease time to live of the agents.
     pub lease_ttl: std::time::Duration,
+    /// With etcd: no TLS, no client certificates, no auth (`--insecure-store`). The default
+    /// (false) makes a CA and a certificate per host, and gives each host's agent a role that
+    /// may write only its own keys.
+    #[serde(default)]
+    pub insecure_store: bool,
     /// The `ilanet` binary that runs the agents (default: the running executable).
     pub agent_binary: Option<std::path::PathBuf>,
     /// What makes the containers (ILA mode).
@@ -223,6 +228,7 @@ impl LabSpec {
             mode: Mode::Ila,
             store: StoreKind::Embedded,
             lease_ttl: agent::DEFAULT_LEASE_TTL,
+            insecure_store: false,
             agent_binary: None,
             runtime: Runtime::Agent,
             cni_plugin: None,

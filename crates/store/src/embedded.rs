@@ -18,7 +18,7 @@ use crate::records::{
 };
 use crate::{
     HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
-    StoreEvent, WatchEvent, IDENTITY_PROBES, KEY_PREFIX,
+    StoreEvent, WatchEvent, HOSTS_PREFIX, IDENTITY_PROBES, KEY_PREFIX,
 };
 
 /// Default number of change events kept for watches from past revisions.
@@ -440,13 +440,20 @@ impl EmbeddedStore {
         rec: &MappingRecord,
         lease: &Lease,
     ) -> Result<i64, StoreError> {
-        let key = mapping_key(rec.sir_address());
-        let value = encode_mapping(rec);
+        let address = rec.sir_address();
+        let key = mapping_key(&rec.host, address);
+        let value = encode_mapping(rec)?;
         check_value_size(&key, &value)?;
         let mut st = self.locked();
-        if let Some(existing) = st.kv.get(&key) {
+        // Any host's mapping of the address: one lock, so this is exact here.
+        let existing = st
+            .kv
+            .range(HOSTS_PREFIX.to_string()..)
+            .take_while(|(k, _)| k.starts_with(HOSTS_PREFIX))
+            .find(|(k, _)| records::mapping_key_sir(k) == Some(address));
+        if let Some((_, existing)) = existing {
             return Err(StoreError::AddressInUse {
-                address: rec.sir_address(),
+                address,
                 owner_endpoint: records::owner_endpoint(&existing.value),
             });
         }
@@ -459,17 +466,21 @@ impl EmbeddedStore {
         rec: &MappingRecord,
         lease: &Lease,
     ) -> Result<i64, StoreError> {
-        let key = mapping_key(rec.sir_address());
-        let value = encode_mapping(rec);
+        let key = mapping_key(&rec.host, rec.sir_address());
+        let value = encode_mapping(rec)?;
         check_value_size(&key, &value)?;
         let mut st = self.locked();
         st.check_lease(lease.id)?;
         st.put(&self.shared, &key, value, lease.id)
     }
 
-    pub(crate) async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
+    pub(crate) async fn delete_mapping(
+        &self,
+        host: &str,
+        sir_address: Ipv6Addr,
+    ) -> Result<i64, StoreError> {
         let mut st = self.locked();
-        st.delete(&self.shared, &[mapping_key(sir_address)])
+        st.delete(&self.shared, &[mapping_key(host, sir_address)])
     }
 
     pub(crate) async fn allocate_identity(

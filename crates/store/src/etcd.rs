@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType, GetOptions,
-    PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Certificate, Client, CompactionOptions, Compare, CompareOp, ConnectOptions, EventType,
+    GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchStream,
 };
 
 use crate::records::{
@@ -19,7 +20,7 @@ use crate::records::{
 };
 use crate::{
     HostRecord, IdentityRecord, Lease, MappingRecord, PolicyRecord, Snapshot, StoreError,
-    StoreEvent, WatchEvent, IDENTITY_PROBES, KEY_PREFIX,
+    StoreEvent, WatchEvent, HOSTS_PREFIX, IDENTITY_PROBES, KEY_PREFIX,
 };
 
 /// Default bound on one request (also used by [`crate::Store::connect`]).
@@ -63,6 +64,17 @@ impl EtcdStore {
         endpoints: &[String],
         connect_timeout: Duration,
     ) -> Result<EtcdStore, StoreError> {
+        Self::connect_tls(endpoints, connect_timeout, None).await
+    }
+
+    /// [`EtcdStore::connect`] with a client certificate (etcd's `--client-cert-auth`: the
+    /// certificate's CN is the etcd user). Unreadable files are [`StoreError::InvalidArgument`]
+    /// naming the file.
+    pub async fn connect_tls(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        tls: Option<&crate::pki::ClientTls>,
+    ) -> Result<EtcdStore, StoreError> {
         let joined = endpoints.join(",");
         let unavailable = |reason: String| StoreError::Unavailable {
             endpoints: joined.clone(),
@@ -77,6 +89,10 @@ impl EtcdStore {
             // pings more frequent than --grpc-keepalive-min-time (5 s) with GOAWAY, and pings
             // without open streams: hence 10 s, and not while idle.
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT);
+        let opts = match tls {
+            None => opts,
+            Some(t) => opts.with_tls(tls_options(t)?),
+        };
         let client =
             match tokio::time::timeout(connect_timeout, Client::connect(endpoints, Some(opts)))
                 .await
@@ -162,6 +178,14 @@ impl EtcdStore {
                         s.message(),
                         crate::ETCD_MAX_REQUEST_BYTES,
                         crate::MAX_VALUE_BYTES
+                    ))
+                } else if s.message().contains("permission denied") {
+                    StoreError::Backend(format!(
+                        "{:?}: {} (with client certificates, the certificate's CN is the etcd \
+                         user; a host's role may write only /ilanet/v1/hosts/<its name>/ and \
+                         the shared identity and policy keys)",
+                        s.code(),
+                        s.message()
                     ))
                 } else {
                     StoreError::Backend(format!("{:?}: {}", s.code(), s.message()))
@@ -298,7 +322,8 @@ impl EtcdStore {
         rec: &MappingRecord,
         lease: &Lease,
     ) -> Result<i64, StoreError> {
-        self.put(mapping_key(rec.sir_address()), encode_mapping(rec), lease)
+        let value = encode_mapping(rec)?;
+        self.put(mapping_key(&rec.host, rec.sir_address()), value, lease)
             .await
     }
 
@@ -308,9 +333,43 @@ impl EtcdStore {
         lease: &Lease,
     ) -> Result<i64, StoreError> {
         let address = rec.sir_address();
-        let key = mapping_key(address);
-        let value = encode_mapping(rec);
+        let key = mapping_key(&rec.host, address);
+        let value = encode_mapping(rec)?;
         check_value_size(&key, &value)?;
+        // Another host's mapping of the address (keys only). Not atomic with the create below:
+        // two hosts creating the same address at once both succeed, and every agent then
+        // installs neither (an ambiguous address) until one lets go.
+        let others = self
+            .call(None, |mut c| async move {
+                c.get(
+                    HOSTS_PREFIX,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            })
+            .await?;
+        if let Some(kv) = others.kvs().iter().find(|kv| {
+            records::key_str(kv.key())
+                .ok()
+                .and_then(records::mapping_key_sir)
+                == Some(address)
+        }) {
+            let other_key = kv.key().to_vec();
+            let owner = self
+                .call(None, |mut c| {
+                    let k = other_key.clone();
+                    async move { c.get(k, None).await }
+                })
+                .await?;
+            return Err(StoreError::AddressInUse {
+                address,
+                owner_endpoint: owner
+                    .kvs()
+                    .first()
+                    .map(|kv| records::owner_endpoint(kv.value()))
+                    .unwrap_or_else(|| "<deleted meanwhile>".to_string()),
+            });
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -347,8 +406,12 @@ impl EtcdStore {
         })
     }
 
-    pub(crate) async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
-        let key = mapping_key(sir_address);
+    pub(crate) async fn delete_mapping(
+        &self,
+        host: &str,
+        sir_address: Ipv6Addr,
+    ) -> Result<i64, StoreError> {
+        let key = mapping_key(host, sir_address);
         let resp = self
             .call(None, |mut c| {
                 let key = key.clone();
@@ -544,6 +607,21 @@ impl EtcdStore {
             done: false,
         })
     }
+}
+
+/// The client TLS configuration of certificate files.
+fn tls_options(t: &crate::pki::ClientTls) -> Result<TlsOptions, StoreError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::InvalidArgument(format!("etcd {what} {}: {e}", path.display()))
+        })
+    };
+    let ca = read(&t.ca, "CA certificate")?;
+    let cert = read(&t.cert, "client certificate")?;
+    let key = read(&t.key, "client key")?;
+    Ok(TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key)))
 }
 
 /// Errors that mean the request never reached a member (safe to retry on another one).

@@ -16,6 +16,14 @@
 //!   [`EtcdClusterInfo`], which [`stop_detached`] uses later (e.g. `lab down`).
 //!
 //! Neither removes `data_dir`: the caller owns it.
+//!
+//! **Secure clusters** ([`EtcdClusterOptions::secure_hosts`], [`EtcdCluster::start_secure`]):
+//! a fresh CA and certificates in `<data_dir>/pki/` ([`crate::pki`]); members serve clients on
+//! `https://` with `--client-cert-auth` and talk to each other over peer TLS with
+//! `--peer-client-cert-auth`; once healthy, etcd auth is enabled with a `root` user and one user
+//! per host with the role [`crate::access::host_role`] grants ([`crate::access::enable_auth`]).
+//! Health is probed on a plain-HTTP `--listen-metrics-urls` listener on loopback (it serves
+//! `/health` and `/metrics` only, no keys).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -108,6 +116,9 @@ pub struct EtcdClusterOptions {
     pub startup_timeout: Duration,
     /// Whether the processes outlive the caller (own process group; not killed on drop).
     pub detached: bool,
+    /// `Some(hosts)`: TLS with client certificates and etcd auth, a user (and certificate) per
+    /// host plus `root`. `None`: plain HTTP without auth (`--insecure-store`).
+    pub secure_hosts: Option<Vec<String>>,
 }
 
 impl EtcdClusterOptions {
@@ -119,6 +130,7 @@ impl EtcdClusterOptions {
             etcd_bin: PathBuf::from(DEFAULT_ETCD_BIN),
             startup_timeout: DEFAULT_STARTUP_TIMEOUT,
             detached: false,
+            secure_hosts: None,
         }
     }
 }
@@ -134,10 +146,13 @@ pub struct EtcdMemberInfo {
     pub data_dir: PathBuf,
     /// The member's log file.
     pub log: PathBuf,
-    /// Client URL (`http://127.0.0.1:<port>`).
+    /// Client URL (`http://127.0.0.1:<port>`, `https://` when secure).
     pub client_url: String,
     /// Peer URL.
     pub peer_url: String,
+    /// Plain-HTTP listener for `/health` and `/metrics` (no keys), if any.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
 }
 
 /// A cluster as recorded for later (serializable; see [`stop_detached`]).
@@ -153,12 +168,32 @@ pub struct EtcdClusterInfo {
     pub token: String,
     /// The members.
     pub members: Vec<EtcdMemberInfo>,
+    /// The PKI directory of a secure cluster (`None`: plain HTTP, no auth).
+    #[serde(default)]
+    pub pki: Option<PathBuf>,
 }
 
 impl EtcdClusterInfo {
     /// The client URLs of all members.
     pub fn client_endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// The certificate files of the etcd user `cn` (`root` or a host name) of a secure cluster.
+    pub fn client_tls(&self, cn: &str) -> Option<crate::pki::ClientTls> {
+        self.pki
+            .as_ref()
+            .map(|dir| crate::pki::Pki::open(dir).client(cn))
+    }
+
+    /// How to reach this cluster as the etcd user `cn` (`root` or a host name; ignored for a
+    /// cluster without TLS).
+    pub fn store_config(&self, cn: &str, connect_timeout: Duration) -> crate::StoreConfig {
+        crate::StoreConfig::Etcd {
+            endpoints: self.client_endpoints(),
+            connect_timeout,
+            tls: self.client_tls(cn),
+        }
     }
 }
 
@@ -176,10 +211,24 @@ impl EtcdCluster {
         Self::start_with(&EtcdClusterOptions::new(members, data_dir))
     }
 
+    /// Starts a secure cluster (TLS, client certificates, auth; see the module docs) with a
+    /// user for each of `hosts`.
+    pub fn start_secure(members: usize, data_dir: &Path, hosts: &[String]) -> Result<EtcdCluster> {
+        let mut opts = EtcdClusterOptions::new(members, data_dir);
+        opts.secure_hosts = Some(hosts.to_vec());
+        Self::start_with(&opts)
+    }
+
     /// Starts a cluster that outlives the caller and returns its record (for [`stop_detached`]).
-    pub fn start_detached(members: usize, data_dir: &Path) -> Result<EtcdClusterInfo> {
+    /// `secure_hosts`: as [`EtcdClusterOptions::secure_hosts`].
+    pub fn start_detached(
+        members: usize,
+        data_dir: &Path,
+        secure_hosts: Option<Vec<String>>,
+    ) -> Result<EtcdClusterInfo> {
         let mut opts = EtcdClusterOptions::new(members, data_dir);
         opts.detached = true;
+        opts.secure_hosts = secure_hosts;
         Ok(Self::start_with(&opts)?.detach())
     }
 
@@ -206,7 +255,19 @@ impl EtcdCluster {
     }
 
     fn try_start(opts: &EtcdClusterOptions, attempt: u32) -> Result<EtcdCluster> {
-        let ports = free_ports(2 * opts.members).map_err(io_err("finding free ports"))?;
+        let ports = free_ports(3 * opts.members).map_err(io_err("finding free ports"))?;
+        let pki = match &opts.secure_hosts {
+            None => None,
+            Some(hosts) => {
+                let dir = opts.data_dir.join("pki");
+                let names: Vec<String> = (0..opts.members).map(|i| format!("m{i}")).collect();
+                crate::pki::Pki::generate(&dir, &names, &[], hosts).map_err(|e| {
+                    ClusterError::Invalid(format!("generating the cluster's certificates: {e}"))
+                })?;
+                Some(dir)
+            }
+        };
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -218,8 +279,9 @@ impl EtcdCluster {
                 EtcdMemberInfo {
                     data_dir: opts.data_dir.join(&name),
                     log: opts.data_dir.join(format!("{name}.log")),
-                    client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
-                    peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+                    client_url: format!("{scheme}://127.0.0.1:{}", ports[3 * i]),
+                    peer_url: format!("{scheme}://127.0.0.1:{}", ports[3 * i + 1]),
+                    metrics_url: Some(format!("http://127.0.0.1:{}", ports[3 * i + 2])),
                     pid: None,
                     name,
                 }
@@ -237,6 +299,7 @@ impl EtcdCluster {
                 initial_cluster,
                 token,
                 members,
+                pki,
             },
             children: (0..opts.members).map(|_| None).collect(),
             detached: opts.detached,
@@ -251,6 +314,9 @@ impl EtcdCluster {
         }
         // On error, `cluster` is dropped here and kills what it started.
         cluster.wait_healthy(&(0..opts.members).collect::<Vec<_>>(), opts.startup_timeout)?;
+        if let Some(hosts) = &opts.secure_hosts {
+            cluster.enable_auth(hosts)?;
+        }
         Ok(cluster)
     }
 
@@ -297,8 +363,29 @@ impl EtcdCluster {
             .arg("--logger")
             .arg("zap")
             .arg("--log-outputs")
-            .arg("stderr")
-            .stdin(Stdio::null())
+            .arg("stderr");
+        if let Some(url) = &m.metrics_url {
+            cmd.arg("--listen-metrics-urls").arg(url);
+        }
+        if let Some(dir) = &info.pki {
+            let pki = crate::pki::Pki::open(dir);
+            let (cert, key) = pki.member(&m.name);
+            cmd.arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(pki.ca())
+                .arg("--cert-file")
+                .arg(&cert)
+                .arg("--key-file")
+                .arg(&key)
+                .arg("--peer-client-cert-auth")
+                .arg("--peer-trusted-ca-file")
+                .arg(pki.ca())
+                .arg("--peer-cert-file")
+                .arg(&cert)
+                .arg("--peer-key-file")
+                .arg(&key);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));
         // etcd reads ETCD_* variables as flags and refuses conflicts with the command line.
@@ -331,6 +418,29 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Creates the users and roles and enables auth (as `root`, from a thread of its own: the
+    /// caller may be inside an async runtime).
+    fn enable_auth(&self, hosts: &[String]) -> Result<()> {
+        let cfg = self
+            .info
+            .store_config(crate::pki::ROOT_USER, DEFAULT_STARTUP_TIMEOUT);
+        let hosts = hosts.to_vec();
+        let run = move || -> std::result::Result<(), crate::StoreError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| crate::StoreError::Backend(format!("tokio runtime: {e}")))?;
+            rt.block_on(async {
+                let store = crate::Store::connect(&cfg).await?;
+                crate::access::enable_auth(&store, &hosts).await
+            })
+        };
+        std::thread::spawn(run)
+            .join()
+            .map_err(|_| ClusterError::Invalid("enabling etcd auth panicked".into()))?
+            .map_err(|e| ClusterError::Invalid(format!("enabling etcd auth: {e}")))
+    }
+
     fn wait_healthy(&mut self, members: &[usize], timeout: Duration) -> Result<()> {
         let start = Instant::now();
         let mut pending: Vec<usize> = members.to_vec();
@@ -350,7 +460,8 @@ impl EtcdCluster {
                         });
                     }
                 }
-                if !member_healthy(&self.info.members[i].client_url) {
+                let m = &self.info.members[i];
+                if !member_healthy(m.metrics_url.as_deref().unwrap_or(&m.client_url)) {
                     still.push(i);
                 }
             }

@@ -43,16 +43,20 @@
 //!
 //! | key | value | lease |
 //! |---|---|---|
-//! | `/ilanet/v1/mappings/<sir-address>` | [`MappingRecord`] | the owning agent's lease |
-//! | `/ilanet/v1/hosts/<host-name>` | [`HostRecord`] | the owning agent's lease |
+//! | `/ilanet/v1/hosts/<host-name>/host` | [`HostRecord`] | the owning agent's lease |
+//! | `/ilanet/v1/hosts/<host-name>/mappings/<sir-address>` | [`MappingRecord`] | the owning agent's lease |
 //! | `/ilanet/v1/identities/<id>` | [`IdentityRecord`] | none (global) |
 //! | `/ilanet/v1/identity-labels/<escaped labels>` | the id, a JSON number | none (global) |
 //! | `/ilanet/v1/policies/<name>` | [`PolicyRecord`] | none (global) |
 //!
-//! `<sir-address>` is the canonical (RFC 5952, as `Ipv6Addr`'s `Display` prints it) text form of
-//! the SIR address, e.g. `/ilanet/v1/mappings/2001:db8:ff::3000:1:0:2`. A record whose key does
-//! not match its body (another address, another host name, a non-canonical address) is treated as
-//! malformed. Example values:
+//! Everything one host writes is under its own prefix `/ilanet/v1/hosts/<host-name>/`
+//! ([`host_prefix`]), so that etcd's key-range permissions can give each host write access to
+//! its own records only (see *Security* below). `<sir-address>` is the canonical (RFC 5952, as
+//! `Ipv6Addr`'s `Display` prints it) text form of the SIR address, e.g.
+//! `/ilanet/v1/hosts/site-a/mappings/2001:db8:ff::3000:1:0:2`. A record whose key does not
+//! match its body (another address, **another host name than the prefix's**, a non-canonical
+//! address) is treated as malformed, so a mapping found under host B's prefix is always B's.
+//! Example values:
 //!
 //! ```json
 //! {"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2",
@@ -61,6 +65,21 @@
 //! {"id":4242,"labels":"app=web,io.ilanet.tenant=1"}
 //! {"name":"allow-web","document":"{\"ingress\":[]}"}
 //! ```
+//!
+//! **Migration from the layout before per-host prefixes** (`/ilanet/v1/mappings/<sir>` and
+//! `/ilanet/v1/hosts/<host-name>`): records at the old keys are skipped with a warning naming
+//! the key ([`Snapshot::skipped`]), never used. They hold no state of their own: every agent
+//! publishes its host record and mappings again under its prefix when it (re)connects, and the
+//! old keys go with the old leases (an etcd of your own: `etcdctl del --prefix
+//! /ilanet/v1/mappings/` once every agent runs the new release). Identities and policies keep
+//! their keys.
+//!
+//! **The same address from two hosts.** Each host writes only its own keys, so two hosts can
+//! hold a mapping of the same SIR address (a move in progress, a race, or a host claiming an
+//! address that is not its own). [`Store::create_mapping`] refuses an address that any host
+//! holds ([`StoreError::AddressInUse`]; not atomic across hosts on etcd), and an agent that
+//! sees two hosts claim one address installs neither (it names both keys in its log) until one
+//! lets go: no host can take over another host's live address.
 //!
 //! A mapping's `identity` is the endpoint's security identity (0 = unknown; records written
 //! before identities existed decode with 0).
@@ -84,6 +103,34 @@
 //! one lease; when the agent (host) dies, the lease expires and etcd deletes its mappings and its
 //! host record, which watchers see as delete events.
 //!
+//! # Security (etcd)
+//!
+//! The default with etcd is TLS with client certificates and etcd auth ([`etcd_cluster`]
+//! starts such clusters, [`pki`] makes the certificates, [`access`] defines the roles): the
+//! certificate's CN is the etcd user; host `H` may write `/ilanet/v1/hosts/H/` and the shared
+//! identity and policy prefixes, and read all of `/ilanet/v1/`. Threat model, briefly:
+//!
+//! * **Anyone without a certificate of the cluster's CA** (another local user, a process on the
+//!   network) cannot connect at all: no reads, no writes.
+//! * **A compromised host** cannot write, delete or revoke the lease of another host's host
+//!   record or mappings (etcd refuses with `permission denied`), so it cannot redirect traffic
+//!   meant for another host's endpoints. A mapping it writes under its own prefix must name it
+//!   as the host (else every agent skips it by key); agents also skip a mapping whose locator
+//!   is not the one its host's record announces, and install no address two hosts claim.
+//!   What it can still do, and what limits it: claim free addresses for itself (it runs
+//!   containers; that is its job); make an address it also claims unusable (a denial of
+//!   service, logged by key at every agent); write identities and policies (shared prefixes):
+//!   identity keys are only ever created by ilanet (create-only transactions guarded by
+//!   `create_revision == 0`, so allocation stays consistent among honest hosts — etcd roles
+//!   cannot enforce create-only, so a compromised host could rewrite an identity record or a
+//!   policy; **policies and identities are trusted, cluster-wide data**, and a deployment that
+//!   does not trust its hosts with them must write policies with an administrator's
+//!   credentials and give hosts read-only access to `/ilanet/v1/policies/`); compact the history
+//!   (etcd 3.4 lets any user compact; watchers then list again).
+//! * **`root`** (the lab's administrator certificate) may do everything.
+//!
+//! Without TLS and auth (`--insecure-store`), anyone who reaches etcd may write anything.
+//!
 //! # Malformed records
 //!
 //! Malformed records are never fatal. [`Store::snapshot`] skips them and names them in
@@ -101,10 +148,12 @@
 
 #![deny(missing_docs)]
 
+pub mod access;
 mod embedded;
 mod etcd;
 pub mod etcd_cluster;
 mod persist;
+pub mod pki;
 mod records;
 
 use std::net::Ipv6Addr;
@@ -119,10 +168,10 @@ pub use embedded::{
 };
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{
-    host_key, identity_first_candidate, identity_key, identity_labels_key, mapping_key, policy_key,
-    ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX, IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX,
-    IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, MAPPINGS_PREFIX, MAX_LABELS_LEN,
-    MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES, MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
+    host_key, host_prefix, identity_first_candidate, identity_key, identity_labels_key,
+    mapping_key, policy_key, ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX, IDENTITIES_PREFIX,
+    IDENTITY_LABELS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, LEGACY_MAPPINGS_PREFIX,
+    MAX_LABELS_LEN, MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES, MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
 };
 
 /// Where a container's SIR address is reachable: published by the agent of the host that runs it.
@@ -204,8 +253,14 @@ pub struct Lease {
 pub enum StoreEvent {
     /// A mapping was created or overwritten.
     PutMapping(MappingRecord),
-    /// The mapping of this SIR address was deleted (explicitly or by lease expiry).
-    DeleteMapping(Ipv6Addr),
+    /// The mapping of this SIR address that `host` published was deleted (explicitly or by
+    /// lease expiry). Another host's mapping of the same address, if any, stays.
+    DeleteMapping {
+        /// The host whose record it was (the prefix it was stored under).
+        host: String,
+        /// The SIR address.
+        sir: Ipv6Addr,
+    },
     /// A host record was created or overwritten.
     PutHost(HostRecord),
     /// The host record of this name was deleted.
@@ -365,6 +420,9 @@ pub enum StoreConfig {
         endpoints: Vec<String>,
         /// Bound on connecting (and on the first request that checks the connection).
         connect_timeout: Duration,
+        /// Client certificate, key and CA (`https://` endpoints); `None`: no TLS, no
+        /// credentials (an etcd without auth: anyone who reaches it may write anything).
+        tls: Option<pki::ClientTls>,
     },
 }
 
@@ -395,8 +453,9 @@ impl Store {
             StoreConfig::Etcd {
                 endpoints,
                 connect_timeout,
+                tls,
             } => Ok(Store::Etcd(
-                EtcdStore::connect(endpoints, *connect_timeout).await?,
+                EtcdStore::connect_tls(endpoints, *connect_timeout, tls.as_ref()).await?,
             )),
         }
     }
@@ -451,10 +510,14 @@ impl Store {
         dispatch!(self, s => s.put_mapping(rec, lease).await)
     }
 
-    /// Deletes the mapping of a SIR address. Returns the revision (the current one if there was
-    /// nothing to delete).
-    pub async fn delete_mapping(&self, sir_address: Ipv6Addr) -> Result<i64, StoreError> {
-        dispatch!(self, s => s.delete_mapping(sir_address).await)
+    /// Deletes `host`'s mapping of a SIR address. Returns the revision (the current one if
+    /// there was nothing to delete).
+    pub async fn delete_mapping(
+        &self,
+        host: &str,
+        sir_address: Ipv6Addr,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.delete_mapping(host, sir_address).await)
     }
 
     /// The identity of a label set (the canonical sorted label string): the existing one, or a

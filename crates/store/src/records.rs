@@ -9,10 +9,17 @@ use crate::{
 
 /// Prefix of every ilanet key (the watch range).
 pub const KEY_PREFIX: &str = "/ilanet/v1/";
-/// Prefix of mapping keys: `/ilanet/v1/mappings/<sir-address>`.
-pub const MAPPINGS_PREFIX: &str = "/ilanet/v1/mappings/";
-/// Prefix of host keys: `/ilanet/v1/hosts/<host-name>`.
+/// Prefix of the per-host key ranges: `/ilanet/v1/hosts/<host-name>/` holds everything one host
+/// writes (its host record, its mappings): see [`host_prefix`].
 pub const HOSTS_PREFIX: &str = "/ilanet/v1/hosts/";
+/// Where mappings lived before per-host prefixes (`/ilanet/v1/mappings/<sir-address>`, any
+/// host could overwrite any mapping). Records still found there are skipped with a warning
+/// naming the key; their owners publish them again under their own prefix.
+pub const LEGACY_MAPPINGS_PREFIX: &str = "/ilanet/v1/mappings/";
+/// The name of the host record under a host's prefix: `/ilanet/v1/hosts/<host-name>/host`.
+const HOST_RECORD: &str = "host";
+/// The mappings under a host's prefix: `/ilanet/v1/hosts/<host-name>/mappings/<sir-address>`.
+const HOST_MAPPINGS: &str = "mappings/";
 
 /// Prefix of identity keys: `/ilanet/v1/identities/<id>` (decimal) → [`IdentityRecord`].
 pub const IDENTITIES_PREFIX: &str = "/ilanet/v1/identities/";
@@ -57,14 +64,28 @@ pub(crate) fn check_value_size(key: &str, value: &[u8]) -> Result<(), StoreError
     Ok(())
 }
 
-/// The key of the mapping of a SIR address.
-pub fn mapping_key(sir_address: Ipv6Addr) -> String {
-    format!("{MAPPINGS_PREFIX}{sir_address}")
+/// The key range one host writes (and, with etcd auth, the only one it may write besides the
+/// shared identity keys): `/ilanet/v1/hosts/<host-name>/`.
+pub fn host_prefix(host: &str) -> String {
+    format!("{HOSTS_PREFIX}{host}/")
 }
 
-/// The key of a host record.
+/// The key of the mapping of a SIR address published by `host`:
+/// `/ilanet/v1/hosts/<host>/mappings/<sir-address>`.
+pub fn mapping_key(host: &str, sir_address: Ipv6Addr) -> String {
+    format!("{HOSTS_PREFIX}{host}/{HOST_MAPPINGS}{sir_address}")
+}
+
+/// The key of a host record: `/ilanet/v1/hosts/<host-name>/host`.
 pub fn host_key(name: &str) -> String {
-    format!("{HOSTS_PREFIX}{name}")
+    format!("{HOSTS_PREFIX}{name}/{HOST_RECORD}")
+}
+
+/// The SIR address of a mapping key of any host (`None`: not a well-formed mapping key).
+pub(crate) fn mapping_key_sir(key: &str) -> Option<Ipv6Addr> {
+    let rest = key.strip_prefix(HOSTS_PREFIX)?;
+    let (_, rest) = rest.split_once('/')?;
+    rest.strip_prefix(HOST_MAPPINGS)?.parse().ok()
 }
 
 /// The key of an identity record.
@@ -182,8 +203,9 @@ pub(crate) fn check_host_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub(crate) fn encode_mapping(rec: &MappingRecord) -> Vec<u8> {
-    serde_json::to_vec(rec).expect("MappingRecord serializes")
+pub(crate) fn encode_mapping(rec: &MappingRecord) -> Result<Vec<u8>, StoreError> {
+    check_host_name(&rec.host)?;
+    Ok(serde_json::to_vec(rec).expect("MappingRecord serializes"))
 }
 
 pub(crate) fn encode_host(rec: &HostRecord) -> Result<Vec<u8>, StoreError> {
@@ -216,18 +238,66 @@ fn parse_mapping_key(key: &str, rest: &str) -> Result<Ipv6Addr, StoreError> {
     Ok(addr)
 }
 
-fn parse_host_key(key: &str, rest: &str) -> Result<String, StoreError> {
-    check_host_name(rest).map_err(|e| malformed(key, e.to_string()))?;
-    Ok(rest.to_string())
+/// What a key under [`HOSTS_PREFIX`] names.
+enum HostKey<'a> {
+    /// `<host>/host`.
+    Record(&'a str),
+    /// `<host>/mappings/<sir>`.
+    Mapping(&'a str, Ipv6Addr),
+    /// Another key under a host's prefix (reserved for later record kinds: ignored).
+    Other,
+}
+
+fn parse_host_key<'a>(key: &str, rest: &'a str) -> Result<HostKey<'a>, StoreError> {
+    let Some((host, what)) = rest.split_once('/') else {
+        return Err(malformed(
+            key,
+            format!(
+                "a host record in the layout before per-host prefixes (now \
+                 {HOSTS_PREFIX}<host>/{HOST_RECORD}): ignored; its owner writes it again"
+            ),
+        ));
+    };
+    check_host_name(host).map_err(|e| malformed(key, e.to_string()))?;
+    if what == HOST_RECORD {
+        Ok(HostKey::Record(host))
+    } else if let Some(sir) = what.strip_prefix(HOST_MAPPINGS) {
+        Ok(HostKey::Mapping(host, parse_mapping_key(key, sir)?))
+    } else {
+        Ok(HostKey::Other)
+    }
+}
+
+fn legacy_mapping(key: &str) -> StoreError {
+    malformed(
+        key,
+        format!(
+            "a mapping in the layout before per-host prefixes (now \
+             {HOSTS_PREFIX}<host>/{HOST_MAPPINGS}<sir-address>): ignored; its owner writes it \
+             again"
+        ),
+    )
 }
 
 pub(crate) fn decode_mapping(
     key: &str,
+    host: &str,
     addr: Ipv6Addr,
     value: &[u8],
 ) -> Result<MappingRecord, StoreError> {
     let rec: MappingRecord = serde_json::from_slice(value)
         .map_err(|e| malformed(key, format!("not a mapping record: {e}")))?;
+    if rec.host != host {
+        // Only host `host` (or an administrator) can write here: a record naming another
+        // host is a forgery or a mistake, never a mapping of that other host.
+        return Err(malformed(
+            key,
+            format!(
+                "record claims host {:?} but is stored under the prefix of host {host:?}",
+                rec.host
+            ),
+        ));
+    }
     if rec.sir_address() != addr {
         return Err(malformed(
             key,
@@ -352,12 +422,18 @@ fn decode_policy(key: &str, name: &str, value: &[u8]) -> Result<PolicyRecord, St
 /// Decodes a put. `Ok(None)`: a key outside our record kinds (ignored).
 pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>, StoreError> {
     let key = key_str(key).map_err(|k| malformed(&k, "key is not UTF-8"))?;
-    if let Some(rest) = key.strip_prefix(MAPPINGS_PREFIX) {
-        let addr = parse_mapping_key(key, rest)?;
-        decode_mapping(key, addr, value).map(|r| Some(StoreEvent::PutMapping(r)))
+    if key.starts_with(LEGACY_MAPPINGS_PREFIX) {
+        Err(legacy_mapping(key))
     } else if let Some(rest) = key.strip_prefix(HOSTS_PREFIX) {
-        let name = parse_host_key(key, rest)?;
-        decode_host(key, &name, value).map(|r| Some(StoreEvent::PutHost(r)))
+        match parse_host_key(key, rest)? {
+            HostKey::Record(name) => {
+                decode_host(key, name, value).map(|r| Some(StoreEvent::PutHost(r)))
+            }
+            HostKey::Mapping(host, addr) => {
+                decode_mapping(key, host, addr, value).map(|r| Some(StoreEvent::PutMapping(r)))
+            }
+            HostKey::Other => Ok(None),
+        }
     } else if let Some(rest) = key.strip_prefix(IDENTITIES_PREFIX) {
         let id = parse_identity_key(key, rest)?;
         decode_identity(key, id, value).map(|r| Some(StoreEvent::PutIdentity(r)))
@@ -376,10 +452,21 @@ pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>,
 /// Decodes a delete. `Ok(None)`: a key outside our record kinds (ignored).
 pub(crate) fn decode_delete(key: &[u8]) -> Result<Option<StoreEvent>, StoreError> {
     let key = key_str(key).map_err(|k| malformed(&k, "key is not UTF-8"))?;
-    if let Some(rest) = key.strip_prefix(MAPPINGS_PREFIX) {
-        parse_mapping_key(key, rest).map(|a| Some(StoreEvent::DeleteMapping(a)))
+    if key.starts_with(LEGACY_MAPPINGS_PREFIX) {
+        // A legacy record going away (its lease expired): nothing was taken from it.
+        Ok(None)
     } else if let Some(rest) = key.strip_prefix(HOSTS_PREFIX) {
-        parse_host_key(key, rest).map(|n| Some(StoreEvent::DeleteHost(n)))
+        match parse_host_key(key, rest) {
+            Ok(HostKey::Record(name)) => Ok(Some(StoreEvent::DeleteHost(name.to_string()))),
+            Ok(HostKey::Mapping(host, sir)) => Ok(Some(StoreEvent::DeleteMapping {
+                host: host.to_string(),
+                sir,
+            })),
+            Ok(HostKey::Other) => Ok(None),
+            // A legacy host record going away.
+            Err(_) if !rest.contains('/') => Ok(None),
+            Err(e) => Err(e),
+        }
     } else if let Some(rest) = key.strip_prefix(IDENTITIES_PREFIX) {
         // Identities are never deleted by ilanet (no GC yet): a deletion is not reported.
         parse_identity_key(key, rest).map(|_| None)
@@ -444,24 +531,30 @@ mod tests {
     fn layout_and_json_are_documented_form() {
         let r = rec();
         assert_eq!(
-            mapping_key(r.sir_address()),
-            "/ilanet/v1/mappings/2001:db8:ff:0:3000:1:0:2"
+            mapping_key("site-a", r.sir_address()),
+            "/ilanet/v1/hosts/site-a/mappings/2001:db8:ff:0:3000:1:0:2"
         );
-        assert_eq!(host_key("site-a"), "/ilanet/v1/hosts/site-a");
-        let json = String::from_utf8(encode_mapping(&r)).unwrap();
+        assert_eq!(host_key("site-a"), "/ilanet/v1/hosts/site-a/host");
+        assert_eq!(host_prefix("site-a"), "/ilanet/v1/hosts/site-a/");
+        let json = String::from_utf8(encode_mapping(&r).unwrap()).unwrap();
         assert_eq!(
             json,
             r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","mode":"neutral-map","identity":4242}"#
         );
-        let key = mapping_key(r.sir_address());
+        let key = mapping_key("site-a", r.sir_address());
         assert_eq!(
             decode_put(key.as_bytes(), json.as_bytes()).unwrap(),
             Some(StoreEvent::PutMapping(r.clone()))
         );
         assert_eq!(
             decode_delete(key.as_bytes()).unwrap(),
-            Some(StoreEvent::DeleteMapping(r.sir_address()))
+            Some(StoreEvent::DeleteMapping {
+                host: "site-a".into(),
+                sir: r.sir_address()
+            })
         );
+        assert_eq!(mapping_key_sir(&key), Some(r.sir_address()));
+        assert_eq!(mapping_key_sir(&host_key("site-a")), None);
         // `mode` and `identity` may be left out (records written before they existed: default
         // neutral-map, identity 0 = unknown); unknown fields are tolerated.
         let short = r#"{"endpoint":"web-1","host":"site-a","sir":"2001:db8:ff::/64","identifier":"3000:1:0:2","locator":"2001:db8:1:1::/64","extra":1}"#;
@@ -473,12 +566,18 @@ mod tests {
 
     #[test]
     fn malformed_and_foreign_keys() {
-        let v = encode_mapping(&rec());
+        let v = encode_mapping(&rec()).unwrap();
         for key in [
-            "/ilanet/v1/mappings/nope",
-            "/ilanet/v1/mappings/2001:0db8:ff:0:3000:1:0:2",
-            "/ilanet/v1/mappings/2001:db8::1",
+            "/ilanet/v1/hosts/site-a/mappings/nope",
+            "/ilanet/v1/hosts/site-a/mappings/2001:0db8:ff:0:3000:1:0:2",
+            "/ilanet/v1/hosts/site-a/mappings/2001:db8::1",
+            // Stored under another host's prefix than the one it names.
+            "/ilanet/v1/hosts/site-b/mappings/2001:db8:ff:0:3000:1:0:2",
             "/ilanet/v1/hosts/",
+            "/ilanet/v1/hosts//host",
+            // The layout before per-host prefixes.
+            "/ilanet/v1/mappings/2001:db8:ff:0:3000:1:0:2",
+            "/ilanet/v1/hosts/site-a",
         ] {
             assert!(
                 matches!(
@@ -489,9 +588,29 @@ mod tests {
             );
         }
         assert!(matches!(
-            decode_put(b"/ilanet/v1/mappings/\xff", &v),
+            decode_put(b"/ilanet/v1/hosts/site-a/mappings/\xff", &v),
             Err(StoreError::Malformed { .. })
         ));
+        match decode_put(
+            b"/ilanet/v1/hosts/site-b/mappings/2001:db8:ff:0:3000:1:0:2",
+            &v,
+        ) {
+            Err(StoreError::Malformed { reason, .. }) => assert!(
+                reason.contains("claims host \"site-a\"") && reason.contains("\"site-b\""),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Legacy records going away, and reserved kinds under a host's prefix: ignored.
+        assert_eq!(
+            decode_delete(b"/ilanet/v1/mappings/2001:db8::1").unwrap(),
+            None
+        );
+        assert_eq!(decode_delete(b"/ilanet/v1/hosts/site-a").unwrap(), None);
+        assert_eq!(
+            decode_put(b"/ilanet/v1/hosts/site-a/later/x", b"?").unwrap(),
+            None
+        );
         assert_eq!(decode_put(b"/ilanet/v1/future-kind/x", b"?").unwrap(), None);
         assert_eq!(decode_delete(b"/ilanet/v1/future-kind/x").unwrap(), None);
         assert_eq!(owner_endpoint(b"garbage"), "<malformed record>");

@@ -15,7 +15,7 @@ use store::{
     identity_first_candidate, identity_key, identity_labels_key, policy_key, EmbeddedStore,
     EtcdStore, HostRecord, IdentityRecord, MappingRecord, PolicyRecord, Store, StoreConfig,
     StoreError, StoreEvent, Watch, WatchEvent, HOSTS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES,
-    KEY_PREFIX, MAPPINGS_PREFIX, MIN_ALLOCATED_IDENTITY,
+    KEY_PREFIX, LEGACY_MAPPINGS_PREFIX, MIN_ALLOCATED_IDENTITY,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +159,7 @@ impl Harness {
                 Store::connect(&StoreConfig::Etcd {
                     endpoints: self.endpoints(),
                     connect_timeout: Duration::from_secs(2),
+                    tls: None,
                 })
                 .await
                 .unwrap()
@@ -200,6 +201,7 @@ impl Harness {
         match store {
             Store::Embedded(_) => store.clone(),
             Store::Etcd(_) => Store::connect(&StoreConfig::Etcd {
+                tls: None,
                 endpoints: self.endpoints(),
                 connect_timeout: Duration::from_secs(2),
             })
@@ -298,7 +300,7 @@ async fn create_duplicate_is_address_in_use(h: &Harness) {
     assert!(snap.skipped.is_empty());
 
     // After deletion the address is free again.
-    s.delete_mapping(a.sir_address()).await.unwrap();
+    s.delete_mapping("site-a", a.sir_address()).await.unwrap();
     s.create_mapping(&dup, &lease).await.unwrap();
     s.revoke(&lease).await.unwrap();
 }
@@ -335,10 +337,10 @@ async fn put_delete_snapshot_and_mobility(h: &Harness) {
     assert_eq!(moved.mapping().locator, LOC_B);
     assert_eq!(moved.mapping().sir_address(), m1.sir_address());
 
-    let r5 = s.delete_mapping(m2.sir_address()).await.unwrap();
+    let r5 = s.delete_mapping("site-a", m2.sir_address()).await.unwrap();
     assert!(r5 > r4);
     // Deleting what does not exist is not an error and does not advance the revision.
-    let r6 = s.delete_mapping(m2.sir_address()).await.unwrap();
+    let r6 = s.delete_mapping("site-a", m2.sir_address()).await.unwrap();
     assert_eq!(r6, r5);
 
     // site-a dies: its host record goes, the mapping that moved to site-b stays.
@@ -372,14 +374,22 @@ async fn watch_from_snapshot_sees_changes_in_order(h: &Harness) {
     let r2 = s.create_mapping(&m1, &la).await.unwrap();
     let r3 = s.create_mapping(&m2, &la).await.unwrap();
     let r4 = s.put_mapping(&moved, &lb).await.unwrap();
-    let r5 = s.delete_mapping(m2.sir_address()).await.unwrap();
-    s.revoke(&la).await.unwrap(); // deletes the host record
+    let r5 = s.delete_mapping("site-a", m2.sir_address()).await.unwrap();
+    // Deletes the host record and site-a's own mapping of the address that moved (per-host
+    // keys: site-b's mapping of it is another key, and stays).
+    s.revoke(&la).await.unwrap();
     let expected = vec![
         (r1, StoreEvent::PutHost(ha.clone())),
         (r2, StoreEvent::PutMapping(m1.clone())),
         (r3, StoreEvent::PutMapping(m2.clone())),
         (r4, StoreEvent::PutMapping(moved.clone())),
-        (r5, StoreEvent::DeleteMapping(m2.sir_address())),
+        (
+            r5,
+            StoreEvent::DeleteMapping {
+                host: "site-a".into(),
+                sir: m2.sir_address(),
+            },
+        ),
     ];
     let mut got = Vec::new();
     for _ in 0..expected.len() {
@@ -387,9 +397,24 @@ async fn watch_from_snapshot_sees_changes_in_order(h: &Harness) {
         got.push((ev.revision, ev.event));
     }
     assert_eq!(got, expected);
-    let last = next_event(&mut w).await;
-    assert_eq!(last.event, StoreEvent::DeleteHost("site-a".into()));
-    assert!(last.revision > r5);
+    let (x, y) = (next_event(&mut w).await, next_event(&mut w).await);
+    assert_eq!(x.revision, y.revision, "one revocation, one revision");
+    assert!(x.revision > r5);
+    let got: BTreeSet<String> = [x.event, y.event]
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let want: BTreeSet<String> = [
+        StoreEvent::DeleteHost("site-a".into()),
+        StoreEvent::DeleteMapping {
+            host: "site-a".into(),
+            sir: m1.sir_address(),
+        },
+    ]
+    .iter()
+    .map(|e| format!("{e:?}"))
+    .collect();
+    assert_eq!(got, want);
 
     // History: a watch from an older revision replays the same changes.
     let mut replay = s.watch(r2).await.unwrap();
@@ -457,7 +482,10 @@ async fn lease_expiry_deletes_and_keep_alive_keeps(h: &Harness) {
         .collect();
     let want: BTreeSet<String> = [
         StoreEvent::DeleteHost("site-a".into()),
-        StoreEvent::DeleteMapping(m1.sir_address()),
+        StoreEvent::DeleteMapping {
+            host: "site-a".into(),
+            sir: m1.sir_address(),
+        },
     ]
     .iter()
     .map(|e| format!("{e:?}"))
@@ -493,7 +521,13 @@ async fn lease_expiry_deletes_and_keep_alive_keeps(h: &Harness) {
     keeper.await.unwrap();
     s.revoke(&kept).await.unwrap();
     let ev = next_event(&mut w).await;
-    assert_eq!(ev.event, StoreEvent::DeleteMapping(m2.sir_address()));
+    assert_eq!(
+        ev.event,
+        StoreEvent::DeleteMapping {
+            host: "site-b".into(),
+            sir: m2.sir_address()
+        }
+    );
 }
 
 async fn malformed_records_are_skipped_and_reported(h: &Harness) {
@@ -501,15 +535,31 @@ async fn malformed_records_are_skipped_and_reported(h: &Harness) {
     let lease = s.grant_lease(TTL).await.unwrap();
     let m1 = mapping("ok-1", "site-a", 1, LOC_A);
     s.create_mapping(&m1, &lease).await.unwrap();
-    let garbage = format!("{MAPPINGS_PREFIX}garbage");
-    let wrong_key = format!("{MAPPINGS_PREFIX}2001:db8:ff::dead");
-    let not_canonical = format!("{MAPPINGS_PREFIX}2001:0db8:00ff:0::1");
-    let bad_host = format!("{HOSTS_PREFIX}broken");
+    let mappings_of_a = format!("{}mappings/", store::host_prefix("site-a"));
+    let garbage = format!("{mappings_of_a}garbage");
+    let wrong_key = format!("{mappings_of_a}2001:db8:ff::dead");
+    let not_canonical = format!("{mappings_of_a}2001:0db8:00ff:0::1");
+    let bad_host = store::host_key("broken");
+    // site-a's record under site-b's prefix: a forgery (only site-b may write there).
+    let forged = store::mapping_key("site-b", m1.sir_address());
+    // The layout before per-host prefixes.
+    let legacy = format!("{LEGACY_MAPPINGS_PREFIX}{}", m1.sir_address());
+    let legacy_host = format!("{HOSTS_PREFIX}site-a");
     h.put_raw(&s, &garbage, b"\x00not json").await;
     h.put_raw(&s, &wrong_key, &serde_json::to_vec(&m1).unwrap())
         .await;
     h.put_raw(&s, &not_canonical, b"{}").await;
     h.put_raw(&s, &bad_host, br#"{"name":"broken"}"#).await;
+    h.put_raw(&s, &forged, &serde_json::to_vec(&m1).unwrap())
+        .await;
+    h.put_raw(&s, &legacy, &serde_json::to_vec(&m1).unwrap())
+        .await;
+    h.put_raw(
+        &s,
+        &legacy_host,
+        &serde_json::to_vec(&host("site-a", LOC_A)).unwrap(),
+    )
+    .await;
     h.put_raw(&s, &format!("{KEY_PREFIX}future-kind/x"), b"whatever")
         .await; // ignored
 
@@ -517,10 +567,18 @@ async fn malformed_records_are_skipped_and_reported(h: &Harness) {
     assert_eq!(snap.mappings, vec![m1.clone()]);
     assert!(snap.hosts.is_empty());
     let skipped: BTreeSet<&str> = snap.skipped.iter().map(|r| r.key.as_str()).collect();
-    let want: BTreeSet<&str> = [&garbage, &wrong_key, &not_canonical, &bad_host]
-        .into_iter()
-        .map(String::as_str)
-        .collect();
+    let want: BTreeSet<&str> = [
+        &garbage,
+        &wrong_key,
+        &not_canonical,
+        &bad_host,
+        &forged,
+        &legacy,
+        &legacy_host,
+    ]
+    .into_iter()
+    .map(String::as_str)
+    .collect();
     assert_eq!(skipped, want, "{:?}", snap.skipped);
     assert!(snap.skipped.iter().all(|r| !r.error.is_empty()));
 
@@ -534,7 +592,7 @@ async fn malformed_records_are_skipped_and_reported(h: &Harness) {
         next_event(&mut w).await.event,
         StoreEvent::PutMapping(m1.clone())
     );
-    let bad2 = format!("{MAPPINGS_PREFIX}2001:db8:ff::bad");
+    let bad2 = format!("{mappings_of_a}2001:db8:ff::bad");
     h.put_raw(&s, &bad2, b"[1,2,3]").await;
     h.delete_raw(&s, &garbage).await;
     h.put_raw(&s, &format!("{KEY_PREFIX}future-kind/y"), b"ignored")
@@ -592,7 +650,7 @@ async fn compacted_history_yields_resync(h: &Harness) {
         .await
         .unwrap();
     let r3 = s
-        .delete_mapping(mapping("c-1", "h", 1, LOC_A).sir_address())
+        .delete_mapping("h", mapping("c-1", "h", 1, LOC_A).sir_address())
         .await
         .unwrap();
     s.compact(r3).await.unwrap();
@@ -992,7 +1050,7 @@ async fn malformed_identities_and_policies_are_skipped(h: &Harness) {
     legacy_json.as_object_mut().unwrap().remove("identity");
     h.put_raw(
         &s,
-        &store::mapping_key(legacy.sir_address()),
+        &store::mapping_key("site-a", legacy.sir_address()),
         legacy_json.to_string().as_bytes(),
     )
     .await;
@@ -1172,6 +1230,7 @@ async fn failover(h: &mut Harness) {
     // The killed member comes back and catches up.
     h.cluster.as_mut().unwrap().restart_member(leader).unwrap();
     let only = Store::connect(&StoreConfig::Etcd {
+        tls: None,
         endpoints: vec![h.endpoints()[leader].clone()],
         connect_timeout: Duration::from_secs(2),
     })
@@ -1208,6 +1267,7 @@ async fn etcd_unreachable_is_unavailable_fast() {
         .collect();
     let t = Instant::now();
     let err = Store::connect(&StoreConfig::Etcd {
+        tls: None,
         endpoints: dead.clone(),
         connect_timeout: Duration::from_millis(500),
     })
@@ -1232,7 +1292,7 @@ async fn etcd_unreachable_is_unavailable_fast() {
 #[test]
 fn etcd_detached_cluster_outlives_its_handle_and_stops() {
     let dir = TempDir::new("detached");
-    let info = EtcdCluster::start_detached(1, dir.path()).expect("detached cluster starts");
+    let info = EtcdCluster::start_detached(1, dir.path(), None).expect("detached cluster starts");
     let json = serde_json::to_string(&info).unwrap();
     let info: EtcdClusterInfo = serde_json::from_str(&json).unwrap();
     let pid = info.members[0].pid.expect("a pid");
@@ -1251,6 +1311,7 @@ fn etcd_detached_cluster_outlives_its_handle_and_stops() {
         .build()
         .unwrap();
     let cfg = StoreConfig::Etcd {
+        tls: None,
         endpoints: info.client_endpoints(),
         connect_timeout: Duration::from_secs(2),
     };
@@ -1266,6 +1327,7 @@ fn etcd_detached_cluster_outlives_its_handle_and_stops() {
         "etcd {pid} still running: {stat}"
     );
     let cfg = StoreConfig::Etcd {
+        tls: None,
         endpoints: info.client_endpoints(),
         connect_timeout: Duration::from_millis(300),
     };

@@ -199,7 +199,7 @@ async fn reopen_restores_everything_at_the_same_revision() {
         s.create_mapping(&mapping("web-2", 2), &lease)
             .await
             .unwrap();
-        s.delete_mapping(mapping("web-2", 2).sir_address())
+        s.delete_mapping("site-a", mapping("web-2", 2).sir_address())
             .await
             .unwrap();
         let web = s.allocate_identity("app=web").await.unwrap();
@@ -449,7 +449,13 @@ async fn leases_come_back_with_a_fresh_ttl_then_expire() {
     // One TTL after the load, the old lease expires with what only it still held.
     let ev = next_event(&mut w).await;
     let waited = t0.elapsed();
-    assert_eq!(ev.event, StoreEvent::DeleteMapping(dropped.sir_address()));
+    assert_eq!(
+        ev.event,
+        StoreEvent::DeleteMapping {
+            host: dropped.host.clone(),
+            sir: dropped.sir_address()
+        }
+    );
     assert!(
         waited >= ttl - Duration::from_millis(100),
         "the TTL counts from the load: expired after {waited:?}"
@@ -629,6 +635,7 @@ async fn value_limit_etcd() {
     // Dropped before `dir` (declared after it): the process dies before its directory goes.
     let cluster = EtcdCluster::start(1, dir.path()).expect("etcd starts");
     let s = Store::connect(&StoreConfig::Etcd {
+        tls: None,
         endpoints: cluster.client_endpoints(),
         connect_timeout: Duration::from_secs(3),
     })
