@@ -119,9 +119,9 @@ pub use embedded::{
 };
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{
-    host_key, identity_first_candidate, identity_key, identity_labels_key, mapping_key, policy_key,
+    decode_record, host_key, identity_first_candidate, identity_key, identity_labels_key, mapping_key, policy_key,
     ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX, IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX,
-    IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, MAPPINGS_PREFIX, MAX_LABELS_LEN,
+    IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, MAPPINGS_PREFIX, MAX_KEY_BYTES, MAX_LABELS_LEN,
     MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES, MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
 };
 
