@@ -14,6 +14,7 @@ pub mod ebpf;
 pub mod fuzz_api;
 pub mod fuzz_bgp;
 pub mod fuzz_cni;
+pub mod fuzz_datapath;
 pub mod fuzz_harness;
 pub mod fuzz_policy;
 pub mod fuzz_store;

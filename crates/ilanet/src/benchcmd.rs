@@ -399,6 +399,9 @@ pub enum FuzzTarget {
     Store(FuzzArgs),
     /// The CNI plugin: CNI_* environment, stdin configuration and agent replies.
     Cni(FuzzArgs),
+    /// IPv6 packets through both eBPF programs (BPF_PROG_TEST_RUN, root) with random
+    /// endpoints and policies; every verdict must equal the pure reference's.
+    Datapath(FuzzArgs),
 }
 
 /// Options of `bench fuzz policy|api|store|cni|datapath`.
@@ -440,6 +443,7 @@ pub fn fuzz(target: &FuzzTarget) -> Result<ExitCode> {
         FuzzTarget::Api(a) => (a, bench::fuzz_api::run),
         FuzzTarget::Store(a) => (a, bench::fuzz_store::run),
         FuzzTarget::Cni(a) => (a, bench::fuzz_cni::run),
+        FuzzTarget::Datapath(a) => (a, bench::fuzz_datapath::run),
     };
     let quiet = args.json || !std::io::stderr().is_terminal();
     let total = args.count;
