@@ -138,6 +138,14 @@ fn conf(rng: &mut Rng) -> Value {
 fn env_value(rng: &mut Rng, name: &str) -> Vec<u8> {
     let base: &str = match name {
         "CNI_COMMAND" => *rng.pick(&COMMANDS),
+        _ if !rng.one_in(5) => match name {
+            "CNI_CONTAINERID" => "9418753044cb",
+            "CNI_NETNS" => "/run/netns/blue",
+            "CNI_IFNAME" => "eth0",
+            "CNI_COMMAND" => *rng.pick(&COMMANDS[..6]),
+            "CNI_PATH" => "/opt/cni/bin",
+            _ => "IgnoreUnknown=1;K8S_POD_NAME=search-1",
+        },
         "CNI_CONTAINERID" => *rng.pick(&["9418753044cb", "", "a/b", "x y", "-x"]),
         "CNI_NETNS" => *rng.pick(&["/run/netns/blue", "", "relative", "/proc/1/ns/net"]),
         "CNI_IFNAME" => *rng.pick(&["eth0", "", "0123456789abcdef", "a/b", ".."]),
@@ -152,7 +160,7 @@ fn env_value(rng: &mut Rng, name: &str) -> Vec<u8> {
         ]),
     };
     let mut v = base.as_bytes().to_vec();
-    if rng.one_in(4) {
+    if rng.one_in(16) {
         v = mutate_bytes(rng, &v, &PIECES);
     }
     if rng.one_in(200) {
@@ -176,7 +184,7 @@ fn generate(rng: &mut Rng) -> Generated<CniInput> {
         "CNI_PATH",
         "CNI_ARGS",
     ] {
-        if !rng.one_in(16) {
+        if !rng.one_in(40) {
             env.push((name.to_string(), env_value(rng, name)));
         }
     }
@@ -204,17 +212,22 @@ fn generate(rng: &mut Rng) -> Generated<CniInput> {
             b.resize(cni::config::MAX_STDIN + 1 + rng.below(4096), b' ');
             ("huge-stdin", b)
         }
-        _ => {
+        95 => {
+            // Many attachments (GC): up to the stdin limit's worth, rarely.
             let mut c = conf(rng);
-            let n = 1000 + rng.below(200_000);
+            let n = if rng.one_in(100) {
+                10_000 + rng.below(30_000)
+            } else {
+                100 + rng.below(400)
+            };
             c["cni.dev/valid-attachments"] = Value::Array(
                 (0..n)
                     .map(|i| json!({"containerID": format!("{i}"), "ifname": "eth0"}))
-                    .take(if rng.one_in(50) { n } else { n.min(2000) })
                     .collect(),
             );
             ("many-attachments", serde_json::to_vec(&c).unwrap_or_default())
         }
+        _ => ("valid-conf", serde_json::to_vec(&conf(rng)).unwrap_or_default()),
     };
     let reply = if rng.one_in(100) { 255 } else { rng.byte() };
     let reply_bytes = mutate_bytes(

@@ -265,7 +265,7 @@ fn generate(rng: &mut Rng) -> Generated<PolicyInput> {
     let (kind, input) = match rng.below(1000) {
         // Hostile inputs cost up to a second (a 4-Mi-value bomb is counted to its limit), so
         // they are a small share of a run.
-        0..=1 => {
+        0..=9 => {
             let (k, i) = hostile(rng);
             if matches!(k, "alias-bomb" | "over-file-size" | "many-documents" | "huge-string")
                 && !rng.one_in(8)
@@ -315,7 +315,8 @@ fn generate(rng: &mut Rng) -> Generated<PolicyInput> {
         _ => {
             let (name, text) = *rng.pick(&SEEDS);
             let mut bytes = text.as_bytes().to_vec();
-            for _ in 0..1 + rng.below(3) {
+            let rounds = if rng.one_in(4) { 2 + rng.below(2) } else { 1 };
+            for _ in 0..rounds {
                 bytes = mutate_bytes(rng, &bytes, &PIECES);
             }
             (
