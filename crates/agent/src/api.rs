@@ -155,7 +155,10 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     }
     for (k, v) in labels {
         check_field("labels (key)", k)?;
-        check_field(&format!("labels.{}", k.chars().take(64).collect::<String>()), v)?;
+        check_field(
+            &format!("labels.{}", k.chars().take(64).collect::<String>()),
+            v,
+        )?;
     }
     Ok(())
 }
@@ -697,7 +700,10 @@ mod tests {
         })
         .expect("json");
         let e = decode_request(&line).expect_err("too many labels");
-        assert!(e.contains("labels") && e.contains("MAX_REQUEST_LABELS"), "{e}");
+        assert!(
+            e.contains("labels") && e.contains("MAX_REQUEST_LABELS"),
+            "{e}"
+        );
         let line = format!(
             r#"{{"op":"endpoint_del","name":"{}"}}"#,
             "x".repeat(MAX_REQUEST_FIELD + 1)

@@ -28,7 +28,16 @@ enum Expect {
     Limit(&'static str),
 }
 
-const WORDS: [&str; 8] = ["web", "db-1", "", "eth0", "/run/netns/a", "tcp", "é\u{0}", "x.y_z"];
+const WORDS: [&str; 8] = [
+    "web",
+    "db-1",
+    "",
+    "eth0",
+    "/run/netns/a",
+    "tcp",
+    "é\u{0}",
+    "x.y_z",
+];
 const PIECES: [&[u8]; 10] = [
     b"\"op\":",
     b"\"status\"",
@@ -60,9 +69,7 @@ fn request(rng: &mut Rng) -> Request {
             Request::EndpointAdd {
                 name: word(rng),
                 tenant: rng.one_in(2).then(|| word(rng)),
-                identifier: rng
-                    .one_in(2)
-                    .then(|| ila::Identifier(rng.next_u64())),
+                identifier: rng.one_in(2).then(|| ila::Identifier(rng.next_u64())),
                 replace: rng.one_in(2),
                 labels: labels(rng, n),
             }
@@ -252,7 +259,9 @@ pub fn feed(i: &ApiInput) -> Verdict {
     let _ = serde_json::from_slice::<Response>(&i.line);
     let got = decode_request(&i.line);
     match (&i.expect, got) {
-        (Expect::Same(want), Ok(req)) if **want == req => Verdict::ok(format!("request:{}", op(&req))),
+        (Expect::Same(want), Ok(req)) if **want == req => {
+            Verdict::ok(format!("request:{}", op(&req)))
+        }
         (Expect::Same(want), other) => Verdict::Violation(
             "round-trip".into(),
             format!("encoded {want:?}, decoded {other:?}"),

@@ -135,6 +135,8 @@ fn conf(rng: &mut Rng) -> Value {
     c
 }
 
+// The explicit derefs fix the arms' type to `&str` (without them inference picks `str`).
+#[allow(clippy::explicit_auto_deref)]
 fn env_value(rng: &mut Rng, name: &str) -> Vec<u8> {
     let base: &str = match name {
         "CNI_COMMAND" => *rng.pick(&COMMANDS),
@@ -189,7 +191,10 @@ fn generate(rng: &mut Rng) -> Generated<CniInput> {
         }
     }
     let (kind, stdin) = match rng.below(100) {
-        0..=29 => ("valid-conf", serde_json::to_vec(&conf(rng)).unwrap_or_default()),
+        0..=29 => (
+            "valid-conf",
+            serde_json::to_vec(&conf(rng)).unwrap_or_default(),
+        ),
         30..=84 => {
             let mut b = serde_json::to_vec(&conf(rng)).unwrap_or_default();
             for _ in 0..1 + rng.below(3) {
@@ -225,9 +230,15 @@ fn generate(rng: &mut Rng) -> Generated<CniInput> {
                     .map(|i| json!({"containerID": format!("{i}"), "ifname": "eth0"}))
                     .collect(),
             );
-            ("many-attachments", serde_json::to_vec(&c).unwrap_or_default())
+            (
+                "many-attachments",
+                serde_json::to_vec(&c).unwrap_or_default(),
+            )
         }
-        _ => ("valid-conf", serde_json::to_vec(&conf(rng)).unwrap_or_default()),
+        _ => (
+            "valid-conf",
+            serde_json::to_vec(&conf(rng)).unwrap_or_default(),
+        ),
     };
     let reply = if rng.one_in(100) { 255 } else { rng.byte() };
     let reply_bytes = mutate_bytes(
@@ -253,7 +264,11 @@ fn generate(rng: &mut Rng) -> Generated<CniInput> {
 pub fn feed(i: &CniInput) -> Verdict {
     let mut host = Fake {
         input: i,
-        env: i.env.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect(),
+        env: i
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect(),
     };
     let o = cni::run(&mut host);
     match o.exit_code {

@@ -260,7 +260,13 @@ pub mod reference {
     /// The normalised key of a flow and whether the source became side b. The order is the
     /// programs' (addresses compared as two little-endian 64-bit words, then the ports as
     /// stored), so that "side b" means the same here and there.
-    pub fn ct_key(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> (CtKey, bool) {
+    pub fn ct_key(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> (CtKey, bool) {
         let w = |a: Ipv6Addr, i: usize| {
             let o = a.octets();
             u64::from_le_bytes(o[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
@@ -290,8 +296,7 @@ pub mod reference {
             let v = *self.0.get(key)?;
             if f.proto == 58 && f.related.is_none() {
                 let opened_by_src = (v.0 & ORIG_B != 0) == src_is_b;
-                if (f.icmp_type == 128 && !opened_by_src) || (f.icmp_type == 129 && opened_by_src)
-                {
+                if (f.icmp_type == 128 && !opened_by_src) || (f.icmp_type == 129 && opened_by_src) {
                     return None;
                 }
             }
@@ -305,7 +310,14 @@ pub mod reference {
         }
 
         /// Records a new flow.
-        pub fn create(&mut self, key: CtKey, orig_b: bool, flags: u32, ifindex: u32, local_b: bool) {
+        pub fn create(
+            &mut self,
+            key: CtKey,
+            orig_b: bool,
+            flags: u32,
+            ifindex: u32,
+            local_b: bool,
+        ) {
             let f = flags | if orig_b { ORIG_B } else { 0 } | if local_b { LOCAL_B } else { 0 };
             self.0.insert(key, (f, ifindex));
         }
@@ -348,7 +360,10 @@ pub mod reference {
                 rest.extend(tcp(80));
                 let p = parse(&frame(if n == 0 { 6 } else { 60 }, &rest));
                 if n <= MAX_EXT_HDRS {
-                    assert!(matches!(p, Parsed::Flow(f) if f.proto == 6 && f.policy_port == 80), "{n}: {p:?}");
+                    assert!(
+                        matches!(p, Parsed::Flow(f) if f.proto == 6 && f.policy_port == 80),
+                        "{n}: {p:?}"
+                    );
                 } else {
                     assert_eq!(p, Parsed::Unclassified, "{n}");
                 }
@@ -366,7 +381,11 @@ pub mod reference {
             assert!(matches!(parse(&frame(44, &rest)), Parsed::Flow(f) if f.dport == 80));
             // TCP header cut at every length below 20: unclassified.
             for cut in 0..20 {
-                assert_eq!(parse(&frame(6, &tcp(80)[..cut])), Parsed::Unclassified, "{cut}");
+                assert_eq!(
+                    parse(&frame(6, &tcp(80)[..cut])),
+                    Parsed::Unclassified,
+                    "{cut}"
+                );
             }
             // Payload length beyond the frame: malformed.
             let mut f = frame(6, &tcp(80));
@@ -492,7 +511,9 @@ fn selector(rng: &mut Rng) -> Value {
         1 | 2 => json!({"matchLabels": {"app": app}}),
         3 => json!({"matchLabels": {"app": app, (policy::TENANT_LABEL): *rng.pick(&["1", "2"])}}),
         4 => json!({"matchLabels": {"role": "x"}}),
-        _ => json!({"matchExpressions": [{"key": "app", "operator": *rng.pick(&["In", "NotIn"]), "values": [app]}]}),
+        _ => {
+            json!({"matchExpressions": [{"key": "app", "operator": *rng.pick(&["In", "NotIn"]), "values": [app]}]})
+        }
     }
 }
 
@@ -521,16 +542,30 @@ fn rule(rng: &mut Rng, ingress: bool) -> Value {
     match rng.below(6) {
         0 | 1 => {
             let n = 1 + rng.below(2);
-            r.insert(eps.into(), Value::Array((0..n).map(|_| selector(rng)).collect()));
+            r.insert(
+                eps.into(),
+                Value::Array((0..n).map(|_| selector(rng)).collect()),
+            );
         }
         2 => {
             r.insert(ents.into(), json!([*rng.pick(&["host", "world", "all"])]));
         }
         3 => {
-            r.insert(cidr.into(), json!([*rng.pick(&["2001:db8:ee::/48", "2001:db8::/32", "::/0", "2001:db8:77::1/128"])]));
+            r.insert(
+                cidr.into(),
+                json!([*rng.pick(&[
+                    "2001:db8:ee::/48",
+                    "2001:db8::/32",
+                    "::/0",
+                    "2001:db8:77::1/128"
+                ])]),
+            );
         }
         4 => {
-            r.insert(cidrset.into(), json!([{"cidr": "2001:db8:ee::/48", "except": ["2001:db8:ee:1::/64"]}]));
+            r.insert(
+                cidrset.into(),
+                json!([{"cidr": "2001:db8:ee::/48", "except": ["2001:db8:ee:1::/64"]}]),
+            );
         }
         _ => {}
     }
@@ -590,8 +625,8 @@ fn make_world(rng: &mut Rng) -> Result<World, BenchError> {
         if rng.one_in(3) {
             labels.push_str(",role=x");
         }
-        let labels = LabelSet::parse(&labels)
-            .map_err(|e| BenchError::Invalid(format!("labels: {e}")))?;
+        let labels =
+            LabelSet::parse(&labels).map_err(|e| BenchError::Invalid(format!("labels: {e}")))?;
         let ep = Endpoint {
             id: EndpointId(id),
             tenant: vnid(tenant),
@@ -602,8 +637,11 @@ fn make_world(rng: &mut Rng) -> Result<World, BenchError> {
             .map_err(|e| BenchError::Invalid(format!("identity: {e}")))?
             .0;
         let host = rng.below(2);
-        let identifier =
-            Identifier::new_vnid(IdentifierType::VnidIpv6, vnid(tenant), 0x0a00_0000 + id as u32 * 0x11);
+        let identifier = Identifier::new_vnid(
+            IdentifierType::VnidIpv6,
+            vnid(tenant),
+            0x0a00_0000 + id as u32 * 0x11,
+        );
         eps.push(Ep {
             ep,
             host,
@@ -640,7 +678,11 @@ fn make_world(rng: &mut Rng) -> Result<World, BenchError> {
                 e.ep.labels,
                 e.host,
                 e.sir(),
-                if e.missing { " (no endpoint entry)" } else { "" }
+                if e.missing {
+                    " (no endpoint entry)"
+                } else {
+                    ""
+                }
             ))
             .collect::<Vec<_>>(),
         serde_json::to_string(&docs)?
@@ -748,7 +790,12 @@ pub struct DpInput {
 }
 
 /// A verdict event as compared: (verdict, reason, direction, rule).
-type Ev = (FlowVerdict, VerdictReason, Option<PolicyDirection>, Option<u32>);
+type Ev = (
+    FlowVerdict,
+    VerdictReason,
+    Option<PolicyDirection>,
+    Option<u32>,
+);
 
 /// What the reference expects of one program run.
 #[derive(Debug)]
@@ -846,12 +893,21 @@ fn expect_out(
         let ct_hit = matches!(entry, Some((flags, ifi)) if flags & reference::BOTH_LOCAL == 0
             && ifi == ifindex && (flags & reference::LOCAL_B != 0) == orig_b);
         if !ct_hit {
-            let Some(sep) = w.endpoint(host, src).filter(|e| e.ifindex == ifindex).cloned() else {
+            let Some(sep) = w
+                .endpoint(host, src)
+                .filter(|e| e.ifindex == ifindex)
+                .cloned()
+            else {
                 return shot(vec![drop_ev(VerdictReason::Spoofed, None)]);
             };
             let related = f.related.is_some_and(|q| ct.related(&q));
-            let both_local = matches!(entry, Some((flags, _)) if flags & reference::BOTH_LOCAL != 0);
-            how = if related { "related" } else { "conntrack-local" };
+            let both_local =
+                matches!(entry, Some((flags, _)) if flags & reference::BOTH_LOCAL != 0);
+            how = if related {
+                "related"
+            } else {
+                "conntrack-local"
+            };
             if !(related || both_local) {
                 how = "policy";
                 match new_flow_out(w, eval, host, &f, &sep, dst, out, &mut events) {
@@ -899,7 +955,10 @@ fn new_flow_out(
         None
     };
     if local && dep.is_none() {
-        return Err(drop_ev(VerdictReason::NoEndpoint, Some(PolicyDirection::Ingress)));
+        return Err(drop_ev(
+            VerdictReason::NoEndpoint,
+            Some(PolicyDirection::Ingress),
+        ));
     }
     let to = w.peer_of(dst);
     let d = eval.decide(sep.ep.id, Direction::Egress, &to, f.proto, f.policy_port);
@@ -962,12 +1021,16 @@ fn expect_in(
             how = "conntrack";
             let (key, orig_b) = reference::ct_key(src, dst_sir, f.sport, f.dport, f.proto);
             let entry = ct.find(&key, &f, orig_b);
-            let hit = matches!(entry, Some((flags, _)) if (flags & reference::LOCAL_B != 0) == !orig_b);
+            let hit =
+                matches!(entry, Some((flags, _)) if (flags & reference::LOCAL_B != 0) != orig_b);
             if !hit {
                 how = "policy";
                 let from = w.peer_of(src);
                 let Some(dep) = dep.or_else(|| w.endpoint(host, dst_sir).cloned()) else {
-                    return shot(vec![drop_ev(VerdictReason::NoEndpoint, Some(PolicyDirection::Ingress))]);
+                    return shot(vec![drop_ev(
+                        VerdictReason::NoEndpoint,
+                        Some(PolicyDirection::Ingress),
+                    )]);
                 };
                 let d = eval.decide(dep.ep.id, Direction::Ingress, &from, f.proto, f.policy_port);
                 match decided(&d, PolicyDirection::Ingress) {
@@ -1020,7 +1083,9 @@ fn l4(rng: &mut Rng, w: &World, proto: u8, sport: u16, dport: u16) -> Vec<u8> {
         17 => vec![0u8; 8],
         132 => vec![0u8; 12],
         58 => {
-            let t = *rng.pick(&[128u8, 129, 128, 129, 1, 2, 3, 4, 1, 133, 135, 136, 143, 130, 200, 0]);
+            let t = *rng.pick(&[
+                128u8, 129, 128, 129, 1, 2, 3, 4, 1, 133, 135, 136, 143, 130, 200, 0,
+            ]);
             let mut h = vec![t, 0, 0, 0, 0, 0, 0, 0];
             if t == 128 || t == 129 {
                 h[4..6].copy_from_slice(&sport.to_be_bytes());
@@ -1050,7 +1115,16 @@ fn quote(rng: &mut Rng, w: &World) -> Vec<u8> {
         let f = rng.pick(&w.recent);
         f.get(14..).unwrap_or_default().to_vec()
     } else {
-        let mut q = vec![0x60, 0, 0, 0, 0, 8, *rng.pick(&[6u8, 17, 58, 132, 60, 50]), 64];
+        let mut q = vec![
+            0x60,
+            0,
+            0,
+            0,
+            0,
+            8,
+            *rng.pick(&[6u8, 17, 58, 132, 60, 50]),
+            64,
+        ];
         for _ in 0..2 {
             q.extend(pick_addr(rng, w).octets());
         }
@@ -1087,13 +1161,19 @@ fn chain(rng: &mut Rng, proto: u8, l4: Vec<u8>) -> (u8, Vec<u8>) {
         7 => 4 + rng.below(4),
         _ => 7 + rng.below(5),
     };
-    let types: Vec<u8> = (0..n).map(|_| *rng.pick(&[0u8, 60, 60, 43, 44, 51])).collect();
+    let types: Vec<u8> = (0..n)
+        .map(|_| *rng.pick(&[0u8, 60, 60, 43, 44, 51]))
+        .collect();
     let mut rest = Vec::new();
     for (i, &t) in types.iter().enumerate() {
         let next = types.get(i + 1).copied().unwrap_or(proto);
         match t {
             44 => {
-                let offset: u16 = if rng.one_in(4) { 1 + rng.below(200) as u16 } else { 0 };
+                let offset: u16 = if rng.one_in(4) {
+                    1 + rng.below(200) as u16
+                } else {
+                    0
+                };
                 let more = rng.one_in(2);
                 rest.extend([next, 0]);
                 rest.extend(((offset << 3) | u16::from(more)).to_be_bytes());
@@ -1217,7 +1297,11 @@ fn generate(st: &RefCell<State>, rng: &mut Rng) -> Result<DpInput, BenchError> {
             (_, Some(orig)) => (
                 Hop::In { host: orig.host },
                 odst,
-                if rng.one_in(3) { orig.sir() } else { orig.ila() },
+                if rng.one_in(3) {
+                    orig.sir()
+                } else {
+                    orig.ila()
+                },
             ),
             _ => (Hop::In { host: rng.below(2) }, odst, osrc),
         }
@@ -1227,7 +1311,11 @@ fn generate(st: &RefCell<State>, rng: &mut Rng) -> Result<DpInput, BenchError> {
         } else {
             ep.ifindex
         };
-        let src = if rng.one_in(12) { pick_addr(rng, w) } else { ep.sir() };
+        let src = if rng.one_in(12) {
+            pick_addr(rng, w)
+        } else {
+            ep.sir()
+        };
         (
             Hop::Out {
                 host: ep.host,
@@ -1251,12 +1339,16 @@ fn generate(st: &RefCell<State>, rng: &mut Rng) -> Result<DpInput, BenchError> {
     Ok(DpInput { hop, frame })
 }
 
+/// One program run: `Ok(Some((host, frame)))` when the packet goes on to that host's
+/// from-wire, `Err` a mismatch with the reference.
+type RunResult = Result<Option<(usize, Vec<u8>)>, String>;
+
 fn run_one(
     s: &mut State,
     hop: Hop,
     frame: &[u8],
     outcomes: &mut Vec<String>,
-) -> Result<Result<Option<(usize, Vec<u8>)>, String>, BenchError> {
+) -> Result<RunResult, BenchError> {
     let State { dps, world, .. } = s;
     let (host, kind, ifindex) = match hop {
         Hop::Out { host, ifindex } => (host, ProgramKind::FromContainer, ifindex),
@@ -1277,8 +1369,7 @@ fn run_one(
             outcomes.push(format!("{kind}:not-testable:short-l3-header"));
             return Ok(Ok(None));
         }
-        Err(e) => Err(e)
-        .map_err(|e| BenchError::Step {
+        Err(e) => Err(e).map_err(|e| BenchError::Step {
             what: format!("{hop:?}: {} bytes {}", frame.len(), hex(frame)),
             source: Box::new(e),
         })?,
@@ -1351,7 +1442,10 @@ fn hex(b: &[u8]) -> String {
 pub fn run(cfg: &FuzzConfig, progress: &mut dyn FnMut(u64)) -> Result<FuzzReport, BenchError> {
     let mut rng = Rng(cfg.seed ^ 0xda7a_0000);
     let world = make_world(&mut rng)?;
-    let mut dps = [HostDataplane::load_unpinned()?, HostDataplane::load_unpinned()?];
+    let mut dps = [
+        HostDataplane::load_unpinned()?,
+        HostDataplane::load_unpinned()?,
+    ];
     let empty = World {
         eps: Vec::new(),
         policies: Vec::new(),
@@ -1415,16 +1509,14 @@ pub fn run(cfg: &FuzzConfig, progress: &mut dyn FnMut(u64)) -> Result<FuzzReport
                         s.packets_in_world = WORLD_PACKETS;
                     }
                     Err(e) => {
-                        let chain: Vec<String> = std::iter::successors(
-                            Some(&e as &dyn std::error::Error),
-                            |e| e.source(),
-                        )
-                        .map(|e| e.to_string())
-                        .collect();
-                        verdict = Some(Verdict::Violation(
-                            "harness-error".into(),
-                            chain.join(": "),
-                        ));
+                        let chain: Vec<String> =
+                            std::iter::successors(Some(&e as &dyn std::error::Error), |e| {
+                                e.source()
+                            })
+                            .map(|e| e.to_string())
+                            .collect();
+                        verdict =
+                            Some(Verdict::Violation("harness-error".into(), chain.join(": ")));
                     }
                 }
             }

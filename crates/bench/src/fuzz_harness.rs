@@ -325,7 +325,6 @@ fn save(
     Some(shown)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

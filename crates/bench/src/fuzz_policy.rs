@@ -267,8 +267,10 @@ fn generate(rng: &mut Rng) -> Generated<PolicyInput> {
         // they are a small share of a run.
         0..=9 => {
             let (k, i) = hostile(rng);
-            if matches!(k, "alias-bomb" | "over-file-size" | "many-documents" | "huge-string")
-                && !rng.one_in(8)
+            if matches!(
+                k,
+                "alias-bomb" | "over-file-size" | "many-documents" | "huge-string"
+            ) && !rng.one_in(8)
             {
                 // Keep the expensive ones rarer still.
                 let (name, text) = *rng.pick(&SEEDS);
@@ -284,7 +286,7 @@ fn generate(rng: &mut Rng) -> Generated<PolicyInput> {
                 (k, i)
             }
         }
-        2..=49 => {
+        10..=49 => {
             let (name, text) = *rng.pick(&SEEDS);
             (
                 "seed",
@@ -363,7 +365,10 @@ pub fn feed(input: &PolicyInput) -> Verdict {
             if let Expect::Limit(limit) = input.expect {
                 return Verdict::Violation(
                     "accepted-over-limit".into(),
-                    format!("built to exceed {limit}, but {} policies parsed", policies.len()),
+                    format!(
+                        "built to exceed {limit}, but {} policies parsed",
+                        policies.len()
+                    ),
                 );
             }
             let compiled = policy::compile(&policies, &identities(), &CompileLimits::default());

@@ -270,7 +270,13 @@ mod tests {
         )
         .expect("run");
         assert_eq!((r.panics, r.violations), (0, 0), "{:#?}", r.findings);
-        for k in ["put:mapping", "put:host", "put:identity", "put:policy", "malformed"] {
+        for k in [
+            "put:mapping",
+            "put:host",
+            "put:identity",
+            "put:policy",
+            "malformed",
+        ] {
             assert!(r.outcomes.contains_key(k), "{k}: {:?}", r.outcomes);
         }
     }

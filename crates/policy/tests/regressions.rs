@@ -11,7 +11,11 @@ fn every_regression_case_is_refused_naming_its_limit() {
     let mut cases = 0;
     for entry in std::fs::read_dir(&dir).expect("regressions dir") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
         let Some((limit, _)) = name.split_once("--") else {
             continue;
         };
@@ -27,11 +31,17 @@ fn every_regression_case_is_refused_naming_its_limit() {
         match (limit, result) {
             ("ok", Ok(_)) => {}
             ("ok", Err(e)) => panic!("{name} must parse: {e}"),
-            (limit, Ok(p)) => panic!("{name} must be refused by {limit}, parsed {} policies", p.len()),
+            (limit, Ok(p)) => panic!(
+                "{name} must be refused by {limit}, parsed {} policies",
+                p.len()
+            ),
             (limit, Err(e)) => {
                 let shown = e.to_string();
                 assert!(shown.starts_with(&name), "{name}: {shown}");
-                assert!(shown.contains(limit), "{name}: `{shown}` does not name {limit}");
+                assert!(
+                    shown.contains(limit),
+                    "{name}: `{shown}` does not name {limit}"
+                );
             }
         }
         cases += 1;
