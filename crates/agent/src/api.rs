@@ -115,6 +115,139 @@ pub enum Request {
     },
 }
 
+/// Most labels in one request (`endpoint_add`, `cni_add`): as many as a selector may name.
+pub const MAX_REQUEST_LABELS: usize = policy::MAX_LABELS_PER_SELECTOR;
+/// Longest string field of a request (names, ids, paths, label keys and values), bytes.
+/// Policy documents are bounded by the line and by the policy parser instead.
+pub const MAX_REQUEST_FIELD: usize = 4096;
+/// Most policy records in one `policy_apply` (one file's policies).
+pub const MAX_REQUEST_POLICIES: usize = policy::MAX_POLICIES_PER_FILE;
+/// Most attachments in one `cni_gc` (what the CNI plugin forwards at most).
+pub const MAX_REQUEST_ATTACHMENTS: usize = 100_000;
+
+/// Decodes one request line (without its newline) and checks its bounds: every string field
+/// at most [`MAX_REQUEST_FIELD`] bytes, at most [`MAX_REQUEST_LABELS`] labels,
+/// [`MAX_REQUEST_POLICIES`] policy records and [`MAX_REQUEST_ATTACHMENTS`] attachments. The
+/// error names the field and the limit. (Nesting is bounded by serde_json's recursion limit,
+/// the line by the server's `MAX_LINE`.)
+pub fn decode_request(line: &[u8]) -> Result<Request, String> {
+    let req: Request = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    check_bounds(&req)?;
+    Ok(req)
+}
+
+fn check_field(field: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_REQUEST_FIELD {
+        return Err(format!(
+            "{field}: {} bytes; at most {MAX_REQUEST_FIELD} are allowed (limit MAX_REQUEST_FIELD)",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > MAX_REQUEST_LABELS {
+        return Err(format!(
+            "labels: {} labels; at most {MAX_REQUEST_LABELS} are allowed (limit MAX_REQUEST_LABELS)",
+            labels.len()
+        ));
+    }
+    for (k, v) in labels {
+        check_field("labels (key)", k)?;
+        check_field(
+            &format!("labels.{}", k.chars().take(64).collect::<String>()),
+            v,
+        )?;
+    }
+    Ok(())
+}
+
+fn check_bounds(req: &Request) -> Result<(), String> {
+    match req {
+        Request::Status
+        | Request::EndpointList
+        | Request::Mappings
+        | Request::PolicyList
+        | Request::BgpStatus
+        | Request::BgpRoutes => Ok(()),
+        Request::EndpointAdd {
+            name,
+            tenant,
+            labels,
+            ..
+        } => {
+            check_field("name", name)?;
+            check_field("tenant", tenant.as_deref().unwrap_or_default())?;
+            check_labels(labels)
+        }
+        Request::EndpointDel { name, .. } | Request::PolicyDelete { name } => {
+            check_field("name", name)
+        }
+        Request::PolicyApply { records } => {
+            if records.len() > MAX_REQUEST_POLICIES {
+                return Err(format!(
+                    "records: {} policies; at most {MAX_REQUEST_POLICIES} are allowed (limit MAX_REQUEST_POLICIES)",
+                    records.len()
+                ));
+            }
+            for (i, r) in records.iter().enumerate() {
+                check_field(&format!("records[{i}].name"), &r.name)?;
+            }
+            Ok(())
+        }
+        Request::CniAdd {
+            container_id,
+            netns,
+            ifname,
+            tenant,
+            labels,
+        } => {
+            check_field("container_id", container_id)?;
+            check_field("netns", netns)?;
+            check_field("ifname", ifname)?;
+            check_field("tenant", tenant.as_deref().unwrap_or_default())?;
+            check_labels(labels)
+        }
+        Request::CniDel {
+            container_id,
+            ifname,
+        } => {
+            check_field("container_id", container_id)?;
+            check_field("ifname", ifname)
+        }
+        Request::CniCheck {
+            container_id,
+            ifname,
+            netns,
+        } => {
+            check_field("container_id", container_id)?;
+            check_field("ifname", ifname)?;
+            check_field("netns", netns)
+        }
+        Request::CniGc { valid } => {
+            if valid.len() > MAX_REQUEST_ATTACHMENTS {
+                return Err(format!(
+                    "valid: {} attachments; at most {MAX_REQUEST_ATTACHMENTS} are allowed (limit MAX_REQUEST_ATTACHMENTS)",
+                    valid.len()
+                ));
+            }
+            for (i, a) in valid.iter().enumerate() {
+                check_field(&format!("valid[{i}].containerID"), &a.container_id)?;
+                check_field(&format!("valid[{i}].ifname"), &a.ifname)?;
+            }
+            Ok(())
+        }
+        Request::PolicyExplain {
+            from, to, proto, ..
+        } => {
+            check_field("from", from)?;
+            check_field("to", to)?;
+            check_field("proto", proto)
+        }
+    }
+}
+
 /// Names one CNI attachment: a container's interface.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(deny_unknown_fields)]
@@ -551,6 +684,36 @@ mod tests {
         assert!(err.to_string().contains("force"), "{err}");
         let err = serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).expect_err("unknown op");
         assert!(err.to_string().contains("reboot"), "{err}");
+    }
+
+    #[test]
+    fn decode_bounds_name_field_and_limit() {
+        let labels: BTreeMap<String, String> = (0..=MAX_REQUEST_LABELS)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        let line = serde_json::to_vec(&Request::CniAdd {
+            container_id: "c".into(),
+            netns: "/run/netns/x".into(),
+            ifname: "eth0".into(),
+            tenant: None,
+            labels,
+        })
+        .expect("json");
+        let e = decode_request(&line).expect_err("too many labels");
+        assert!(
+            e.contains("labels") && e.contains("MAX_REQUEST_LABELS"),
+            "{e}"
+        );
+        let line = format!(
+            r#"{{"op":"endpoint_del","name":"{}"}}"#,
+            "x".repeat(MAX_REQUEST_FIELD + 1)
+        );
+        let e = decode_request(line.as_bytes()).expect_err("long name");
+        assert!(e.contains("name") && e.contains("MAX_REQUEST_FIELD"), "{e}");
+        assert_eq!(
+            decode_request(br#"{"op":"status"}"#).expect("ok"),
+            Request::Status
+        );
     }
 
     #[test]

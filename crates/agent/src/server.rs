@@ -181,7 +181,7 @@ async fn handle(
                 return reply(&mut conn, &Response::error(kind, msg)).await;
             }
         };
-        let parsed = serde_json::from_slice::<Request>(line.trim_ascii_end());
+        let parsed = crate::api::decode_request(line.trim_ascii_end());
         drop(line);
         drop(permits);
         let response = match parsed {

@@ -390,12 +390,42 @@ pub fn bgp(args: &BgpArgs) -> Result<ExitCode> {
 pub enum FuzzTarget {
     /// The BGP decoder and session state machine, seeded from crates/bgp/tests/corpus.
     Bgp(FuzzBgpArgs),
+    /// Policy files, JSON and YAML (alias bombs, deep nesting, huge strings and lists): the
+    /// parser and the compiler; hostile inputs must be refused naming their limit.
+    Policy(FuzzArgs),
+    /// Agent API request lines: the decoder the agent's socket uses, with its bounds.
+    Api(FuzzArgs),
+    /// Store records (keys and values of puts and deletes): the decoder both backends use.
+    Store(FuzzArgs),
+    /// The CNI plugin: CNI_* environment, stdin configuration and agent replies.
+    Cni(FuzzArgs),
+    /// IPv6 packets through both eBPF programs (BPF_PROG_TEST_RUN, root) with random
+    /// endpoints and policies; every verdict must equal the pure reference's.
+    Datapath(FuzzArgs),
+}
+
+/// Options of `bench fuzz policy|api|store|cni|datapath`.
+#[derive(Args)]
+pub struct FuzzArgs {
+    /// Inputs to feed.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// PRNG seed (the same seed feeds the same inputs).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for inputs that panic, contradict the oracle or are slow (created on the
+    /// first one).
+    #[arg(long, default_value = "fuzz-findings")]
+    save_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct FuzzBgpArgs {
     /// Messages to generate.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, alias = "count", default_value_t = 1_000_000)]
     messages: u64,
     /// PRNG seed (the same seed feeds the same messages).
     #[arg(long, default_value_t = 1)]
@@ -407,7 +437,77 @@ pub struct FuzzBgpArgs {
 
 /// `ilanet bench fuzz …`.
 pub fn fuzz(target: &FuzzTarget) -> Result<ExitCode> {
-    let FuzzTarget::Bgp(args) = target;
+    let (args, run): (&FuzzArgs, FuzzRun) = match target {
+        FuzzTarget::Bgp(args) => return fuzz_bgp(args),
+        FuzzTarget::Policy(a) => (a, bench::fuzz_policy::run),
+        FuzzTarget::Api(a) => (a, bench::fuzz_api::run),
+        FuzzTarget::Store(a) => (a, bench::fuzz_store::run),
+        FuzzTarget::Cni(a) => (a, bench::fuzz_cni::run),
+        FuzzTarget::Datapath(a) => (a, bench::fuzz_datapath::run),
+    };
+    let quiet = args.json || !std::io::stderr().is_terminal();
+    let total = args.count;
+    let cfg = bench::fuzz_harness::FuzzConfig {
+        count: args.count,
+        seed: args.seed,
+        save_dir: Some(args.save_dir.clone()),
+    };
+    let r = run(&cfg, &mut |done| {
+        if !quiet {
+            eprint!("\r{done}/{total} inputs");
+        }
+    })?;
+    if !quiet {
+        eprintln!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print_fuzz_report(&r);
+    }
+    Ok(if r.panics == 0 && r.violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A surface's runner.
+type FuzzRun = fn(
+    &bench::fuzz_harness::FuzzConfig,
+    &mut dyn FnMut(u64),
+) -> Result<bench::fuzz_harness::FuzzReport, bench::BenchError>;
+
+fn print_fuzz_report(r: &bench::fuzz_harness::FuzzReport) {
+    println!(
+        "{} fuzz: {} inputs (seed {}) in {:.1} s = {:.0} inputs/s; panics: {}; oracle violations: {}; peak RSS {}; slowest input {:.1} ms; largest {} bytes",
+        r.surface,
+        r.inputs,
+        r.seed,
+        r.seconds,
+        r.inputs_per_sec,
+        r.panics,
+        r.violations,
+        r.peak_rss_kib
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "unknown".into()),
+        r.slowest_input_ms,
+        r.max_input_bytes
+    );
+    let show = |title: &str, m: &std::collections::BTreeMap<String, u64>| {
+        println!("  {title}:");
+        for (k, v) in m {
+            println!("    {k:<40} {v}");
+        }
+    };
+    show("generated", &r.generators);
+    show("outcomes", &r.outcomes);
+    for f in &r.findings {
+        println!("  FINDING {f}");
+    }
+}
+
+fn fuzz_bgp(args: &FuzzBgpArgs) -> Result<ExitCode> {
     let quiet = args.json || !std::io::stderr().is_terminal();
     let total = args.messages;
     let r = bench::fuzz_bgp::run(
@@ -447,6 +547,9 @@ pub fn fuzz(target: &FuzzTarget) -> Result<ExitCode> {
         );
         for p in &r.panic_samples {
             println!("  PANIC on {p}");
+        }
+        if let Some(k) = bench::fuzz_harness::peak_rss_kib() {
+            println!("  peak RSS {:.1} MiB", k as f64 / 1024.0);
         }
     }
     Ok(if r.panics == 0 {

@@ -168,10 +168,11 @@ pub use embedded::{
 };
 pub use etcd::{EtcdStore, DEFAULT_REQUEST_TIMEOUT};
 pub use records::{
-    host_key, host_prefix, identity_first_candidate, identity_key, identity_labels_key,
-    mapping_key, policy_key, ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX, IDENTITIES_PREFIX,
-    IDENTITY_LABELS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX, LEGACY_MAPPINGS_PREFIX,
-    MAX_LABELS_LEN, MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES, MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
+    decode_record, host_key, host_prefix, identity_first_candidate, identity_key,
+    identity_labels_key, mapping_key, policy_key, ETCD_MAX_REQUEST_BYTES, HOSTS_PREFIX,
+    IDENTITIES_PREFIX, IDENTITY_LABELS_PREFIX, IDENTITY_LIMIT, IDENTITY_PROBES, KEY_PREFIX,
+    LEGACY_MAPPINGS_PREFIX, MAX_KEY_BYTES, MAX_LABELS_LEN, MAX_POLICY_NAME_LEN, MAX_VALUE_BYTES,
+    MIN_ALLOCATED_IDENTITY, POLICIES_PREFIX,
 };
 
 /// Where a container's SIR address is reachable: published by the agent of the host that runs it.

@@ -419,8 +419,48 @@ fn decode_policy(key: &str, name: &str, value: &[u8]) -> Result<PolicyRecord, St
     Ok(rec)
 }
 
+/// Longest key decoded, bytes: the longest key ilanet writes is an identity index key of
+/// [`MAX_LABELS_LEN`] labels, each byte escaped to 3.
+pub const MAX_KEY_BYTES: usize = IDENTITY_LABELS_PREFIX.len() + 3 * MAX_LABELS_LEN;
+
+/// Decodes a record as the agents see it in a listing or a watch: a put (`value` given) or a
+/// delete. `Ok(None)`: a key outside ilanet's record kinds (ignored). Errors name the key.
+pub fn decode_record(key: &[u8], value: Option<&[u8]>) -> Result<Option<StoreEvent>, StoreError> {
+    match value {
+        Some(v) => decode_put(key, v),
+        None => decode_delete(key),
+    }
+}
+
+/// Refuses keys and values beyond what ilanet writes ([`MAX_KEY_BYTES`], [`MAX_VALUE_BYTES`])
+/// before parsing them: a record written by hand (etcd's own limit is configurable) must not
+/// cost the agents more than their own records do.
+fn check_decode_size(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    if key.len() > MAX_KEY_BYTES {
+        let shown: String = String::from_utf8_lossy(&key[..256]).into_owned();
+        return Err(malformed(
+            &format!("{shown}..."),
+            format!(
+                "key of {} bytes; at most {MAX_KEY_BYTES} are allowed (limit MAX_KEY_BYTES)",
+                key.len()
+            ),
+        ));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(malformed(
+            &String::from_utf8_lossy(key),
+            format!(
+                "value of {} bytes; at most {MAX_VALUE_BYTES} are allowed (limit MAX_VALUE_BYTES)",
+                value.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Decodes a put. `Ok(None)`: a key outside our record kinds (ignored).
 pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>, StoreError> {
+    check_decode_size(key, value)?;
     let key = key_str(key).map_err(|k| malformed(&k, "key is not UTF-8"))?;
     if key.starts_with(LEGACY_MAPPINGS_PREFIX) {
         Err(legacy_mapping(key))
@@ -451,6 +491,7 @@ pub(crate) fn decode_put(key: &[u8], value: &[u8]) -> Result<Option<StoreEvent>,
 
 /// Decodes a delete. `Ok(None)`: a key outside our record kinds (ignored).
 pub(crate) fn decode_delete(key: &[u8]) -> Result<Option<StoreEvent>, StoreError> {
+    check_decode_size(key, b"")?;
     let key = key_str(key).map_err(|k| malformed(&k, "key is not UTF-8"))?;
     if key.starts_with(LEGACY_MAPPINGS_PREFIX) {
         // A legacy record going away (its lease expired): nothing was taken from it.
@@ -614,6 +655,37 @@ mod tests {
         assert_eq!(decode_put(b"/ilanet/v1/future-kind/x", b"?").unwrap(), None);
         assert_eq!(decode_delete(b"/ilanet/v1/future-kind/x").unwrap(), None);
         assert_eq!(owner_endpoint(b"garbage"), "<malformed record>");
+    }
+
+    #[test]
+    fn oversized_keys_and_values_are_refused_naming_the_limit() {
+        let big = vec![b' '; MAX_VALUE_BYTES + 1];
+        let key = mapping_key("site-a", rec().sir_address());
+        match decode_put(key.as_bytes(), &big) {
+            Err(StoreError::Malformed { key: k, reason }) => {
+                assert_eq!(k, key);
+                assert!(reason.contains("MAX_VALUE_BYTES"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let long = format!("{HOSTS_PREFIX}{}", "h".repeat(MAX_KEY_BYTES));
+        for r in [
+            decode_put(long.as_bytes(), b"{}"),
+            decode_delete(long.as_bytes()),
+        ] {
+            match r {
+                Err(StoreError::Malformed { key, reason }) => {
+                    assert!(key.starts_with(HOSTS_PREFIX), "{key}");
+                    assert!(reason.contains("MAX_KEY_BYTES"), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The longest key ilanet writes still decodes.
+        let labels = "%".repeat(MAX_LABELS_LEN);
+        let ikey = identity_labels_key(&labels);
+        assert!(ikey.len() <= MAX_KEY_BYTES);
+        assert_eq!(decode_put(ikey.as_bytes(), b"4242").unwrap(), None);
     }
 
     #[test]
