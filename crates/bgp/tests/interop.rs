@@ -210,6 +210,7 @@ fn our_cfg(net: &Net, hold: u16, passive: bool) -> SpeakerConfig {
         }],
         graceful_restart_time: Some(120),
         connect_retry_secs: 1,
+        families: vec![bgp::Family::Ipv6Unicast],
     }
 }
 

@@ -30,6 +30,7 @@ fn speaker_cfg(me: &str, port: u16, asn: u32, id: u8, peers: Vec<PeerConfig>) ->
         peers,
         graceful_restart_time: Some(30),
         connect_retry_secs: 1,
+        families: vec![bgp::Family::Ipv6Unicast],
     }
 }
 
