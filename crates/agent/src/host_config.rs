@@ -498,6 +498,7 @@ fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, Strin
         peers,
         graceful_restart_time: (b.graceful_restart > 0).then_some(b.graceful_restart),
         connect_retry_secs: b.connect_retry,
+        families: vec![bgp::Family::Ipv6Unicast],
     })
 }
 

@@ -14,6 +14,7 @@
 pub mod api;
 pub mod core;
 pub mod endpoint;
+pub mod evpn;
 pub mod host_config;
 pub mod io;
 mod lifecycle;

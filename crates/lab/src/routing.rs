@@ -93,6 +93,7 @@ pub fn speaker_config(plan: &Plan, host: &HostPlan) -> Option<SpeakerConfig> {
         peers,
         graceful_restart_time: (plan.bgp.graceful_restart > 0).then_some(plan.bgp.graceful_restart),
         connect_retry_secs: 1,
+        families: vec![bgp::Family::Ipv6Unicast],
     })
 }
 
