@@ -527,3 +527,17 @@ impl Netlink {
         Ok(out)
     }
 }
+
+impl Netlink {
+    /// Sets the MTU of link `name`.
+    pub fn set_mtu(&self, ns: &str, name: &str, mtu: u32) -> Result<(), NetError> {
+        let index = self.evpn_index(ns, name)?;
+        self.within(ns, |h| async move {
+            h.link()
+                .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+                .execute()
+                .await
+                .map_err(nl_err(format!("setting the MTU of {name} in '{ns}' to {mtu}")))
+        })
+    }
+}
