@@ -1,0 +1,338 @@
+//! EVPN mode end to end, with real parts: kernel VXLAN + bridges, our speaker, gobgpd (and FRR
+//! bgpd) on the router. Kernel state is read back with iproute2 (`bridge -j fdb`, `ip -j
+//! neigh`), routes are injected and read with gobgp's own CLI, packets counted with tshark.
+//! Tenants t1 and t2 share one prefix, so the same address exists in both (on VNI 1 and 2).
+//! Needs root.
+
+mod common;
+
+use std::net::Ipv6Addr;
+use std::process::Command;
+use std::time::Duration;
+
+use agent::api::Request;
+use agent::evpn_host::EvpnEndpoint;
+use common::wait_for;
+use lab::plan::{overlapping_tenants, ContainerPlan, HostPlan, Mode, Plan, RoutingMode};
+use lab::LabSpec;
+use serde_json::Value;
+
+/// Removes the lab when the test ends, also when it fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = lab::down(&self.0);
+    }
+}
+
+fn up(tag: &str, sites: usize, containers: usize, routing: RoutingMode) -> (Plan, Cleanup) {
+    let name = format!("e{}-{tag}", std::process::id());
+    let cleanup = Cleanup(name.clone());
+    let mut spec = LabSpec::generic(&name, sites, containers);
+    spec.agent_binary = Some(env!("CARGO_BIN_EXE_ilanet").into());
+    spec.mode = Mode::Evpn;
+    spec.routing = routing;
+    spec.tenants = overlapping_tenants(2);
+    let plan = lab::up(&spec).unwrap_or_else(|e| panic!("lab up ({routing}): {e}"));
+    (plan, cleanup)
+}
+
+fn json(ns: &str, args: &[&str]) -> Value {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .expect("iproute2");
+    assert!(out.status.success(), "{args:?}: {}", common::text(&out));
+    if out.stdout.iter().all(|b| b.is_ascii_whitespace()) {
+        return Value::Array(vec![]);
+    }
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// `bridge -j fdb show dev vx<vni>` in a host.
+fn fdb(host: &HostPlan, vni: u32) -> Vec<Value> {
+    json(
+        &host.netns,
+        &["bridge", "-j", "fdb", "show", "dev", &format!("vx{vni}")],
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+}
+
+/// The VTEP the VXLAN device of `vni` sends `mac` to (its `self` entry).
+fn vtep_of(host: &HostPlan, vni: u32, mac: &str) -> Option<String> {
+    fdb(host, vni)
+        .iter()
+        .find(|r| r["mac"] == mac && r["dst"].is_string())
+        .and_then(|r| r["dst"].as_str().map(str::to_string))
+}
+
+fn flood_list(host: &HostPlan, vni: u32) -> Vec<String> {
+    let mut v: Vec<String> = fdb(host, vni)
+        .iter()
+        .filter(|r| r["mac"] == "00:00:00:00:00:00")
+        .filter_map(|r| r["dst"].as_str().map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The permanent neighbour entry of `ip` on the bridge of `vni`.
+fn neigh_of(host: &HostPlan, vni: u32, ip: &str) -> Option<String> {
+    json(
+        &host.netns,
+        &["ip", "-j", "-6", "neigh", "show", "dev", &format!("evbr{vni}")],
+    )
+    .as_array()
+    .cloned()
+    .unwrap_or_default()
+    .iter()
+    .find(|n| n["dst"] == ip)
+    .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
+fn ping(ns: &str, addr: Ipv6Addr) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q"])
+        .arg(addr.to_string())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn mac(c: &ContainerPlan) -> String {
+    c.mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn vni(plan: &Plan, c: &ContainerPlan) -> u32 {
+    plan.tenants
+        .iter()
+        .find(|t| t.name == c.tenant)
+        .map(|t| t.vnid.get())
+        .expect("tenant")
+}
+
+fn gobgp(plan: &Plan, args: &[&str]) -> String {
+    let o = lab::routing::gobgp_cli(plan, args).expect("gobgp");
+    assert!(o.status.success(), "gobgp {args:?}: {}", common::text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Within a tenant every pair reaches each other; across tenants never, also where both
+/// tenants use the same address (the answer comes from the sender's own tenant).
+fn check_reachability(plan: &Plan) {
+    let all: Vec<(&HostPlan, &ContainerPlan)> = plan
+        .hosts
+        .iter()
+        .flat_map(|h| h.containers.iter().map(move |c| (h, c)))
+        .collect();
+    for (_, a) in &all {
+        for (_, b) in &all {
+            if a.name == b.name {
+                continue;
+            }
+            let same_tenant = a.tenant == b.tenant;
+            let reused = all
+                .iter()
+                .any(|(_, x)| x.tenant == a.tenant && x.sir_addr == b.sir_addr);
+            if same_tenant {
+                assert!(ping(&a.netns, b.sir_addr), "{} → {} ({})", a.name, b.name, b.sir_addr);
+                // The neighbour the sender resolved is b's MAC: its own tenant's container.
+                let n = json(&a.netns, &["ip", "-j", "-6", "neigh", "show", "dev", "eth0"]);
+                let resolved = n
+                    .as_array()
+                    .and_then(|v| v.iter().find(|e| e["dst"] == b.sir_addr.to_string()))
+                    .and_then(|e| e["lladdr"].as_str().map(str::to_string));
+                assert_eq!(resolved.as_deref(), Some(mac(b).as_str()), "{} → {}", a.name, b.name);
+            } else if !reused {
+                assert!(
+                    !ping(&a.netns, b.sir_addr),
+                    "{} ({}) reached {} ({}) across tenants",
+                    a.name,
+                    a.tenant,
+                    b.name,
+                    b.tenant
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root: builds an EVPN lab with network namespaces, VXLAN and gobgpd"]
+fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
+    let (plan, _cleanup) = up("g", 3, 3, RoutingMode::Gobgp);
+    let (h1, h2, h3) = (&plan.hosts[0], &plan.hosts[1], &plan.hosts[2]);
+    // Overlap: the first container of t1 and of t2 on each host have the same address.
+    assert_eq!(h1.containers[0].sir_addr, h1.containers[1].sir_addr);
+    assert_ne!(h1.containers[0].tenant, h1.containers[1].tenant);
+
+    // Type-3 routes: each host floods to every other VTEP, per tenant.
+    for h in &plan.hosts {
+        for vni in [1, 2] {
+            let mut want: Vec<String> = plan
+                .hosts
+                .iter()
+                .filter(|o| o.name != h.name)
+                .map(|o| o.uplink_addr.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(flood_list(h, vni), want, "{} VNI {vni}", h.name);
+        }
+    }
+    check_reachability(&plan);
+
+    // No neighbour solicitation for a suppressed (known) address crosses the VXLAN; one for
+    // an unknown address is replicated to every VTEP (the check can fail).
+    let a = &h1.containers[0];
+    let b = &h2.containers[0];
+    Command::new("ip")
+        .args(["netns", "exec", &a.netns, "ip", "-6", "neigh", "flush", "dev", "eth0"])
+        .status()
+        .expect("flush");
+    let capture = Command::new("ip")
+        .args(["netns", "exec", &h1.netns, "timeout", "6", "tshark", "-i", "uplink"])
+        .args(["-f", "udp port 4789", "-Y", "icmpv6.type == 135"])
+        .args(["-T", "fields", "-e", "icmpv6.nd.ns.target_address"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tshark (package tshark)");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(ping(&a.netns, b.sir_addr));
+    let unknown: Ipv6Addr = "fd00:dead:beef::77:77".parse().unwrap();
+    assert!(!ping(&a.netns, unknown));
+    let out = capture.wait_with_output().expect("tshark");
+    let targets = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !targets.lines().any(|l| l.trim() == b.sir_addr.to_string()),
+        "an NS for the suppressed {} crossed the VXLAN: {targets}",
+        b.sir_addr
+    );
+    let flooded = targets.lines().filter(|l| l.trim() == unknown.to_string()).count();
+    assert!(flooded >= 2, "the unknown address's NS was not replicated: {targets:?}");
+
+    // A Type-2 route injected into gobgpd: FDB and neighbour entries on every host.
+    let vtep9 = "2001:db8:ffff:99::2";
+    let route = [
+        "macadv", "02:aa:bb:cc:dd:01", "fd00:dead:beef::99", "etag", "0", "label", "1", "rd",
+        "10.255.9.9:1",
+    ];
+    let attrs = ["rt", "65000:1", "encap", "vxlan", "nexthop", vtep9];
+    let add: Vec<&str> = ["global", "rib", "add", "-a", "evpn"]
+        .iter()
+        .chain(&route)
+        .chain(&attrs)
+        .copied()
+        .collect();
+    gobgp(&plan, &add);
+    // And one of a tenant nobody has (RT 65000:9, VNI 9): installed nowhere.
+    gobgp(
+        &plan,
+        &[
+            "global", "rib", "add", "-a", "evpn", "macadv", "02:aa:bb:cc:dd:09", "fd00:dead:beef::9",
+            "etag", "0", "label", "9", "rd", "10.255.9.9:9", "rt", "65000:9", "encap", "vxlan",
+            "nexthop", vtep9,
+        ],
+    );
+    for h in &plan.hosts {
+        wait_for(&format!("the injected MAC on {}", h.name), Duration::from_secs(3), || {
+            vtep_of(h, 1, "02:aa:bb:cc:dd:01").as_deref() == Some(vtep9)
+                && neigh_of(h, 1, "fd00:dead:beef::99").as_deref() == Some("02:aa:bb:cc:dd:01")
+        });
+        assert!(fdb(h, 2).iter().all(|r| r["mac"] != "02:aa:bb:cc:dd:01"), "VNI 2 has it");
+        for vni in [1, 2] {
+            assert!(fdb(h, vni).iter().all(|r| r["mac"] != "02:aa:bb:cc:dd:09"));
+        }
+    }
+    // Withdrawn: gone within 3 s.
+    let del: Vec<&str> = ["global", "rib", "del", "-a", "evpn"]
+        .iter()
+        .chain(&route)
+        .copied()
+        .collect();
+    gobgp(&plan, &del);
+    for h in &plan.hosts {
+        wait_for(&format!("the withdrawn MAC gone on {}", h.name), Duration::from_secs(3), || {
+            vtep_of(h, 1, "02:aa:bb:cc:dd:01").is_none()
+                && neigh_of(h, 1, "fd00:dead:beef::99").is_none()
+        });
+    }
+    // A Type-3 route injected: the new VTEP joins every host's flood list of VNI 1 only.
+    gobgp(
+        &plan,
+        &[
+            "global", "rib", "add", "-a", "evpn", "multicast", vtep9, "etag", "0", "rd",
+            "10.255.9.9:1", "rt", "65000:1", "encap", "vxlan", "pmsi", "ingress-repl", "1", vtep9,
+            "nexthop", vtep9,
+        ],
+    );
+    for h in &plan.hosts {
+        wait_for(&format!("flood entry to {vtep9} on {}", h.name), Duration::from_secs(3), || {
+            flood_list(h, 1).contains(&vtep9.to_string())
+        });
+        assert!(!flood_list(h, 2).contains(&vtep9.to_string()));
+    }
+
+    // A move: h2's first container appears on h3 (same MAC, address, tenant): sequence 1,
+    // every host points the MAC at h3; once h2 removes its endpoint nothing points at h2.
+    let moving = &h2.containers[0];
+    let v = vni(&plan, moving);
+    let before = gobgp(&plan, &["global", "rib", "-a", "evpn", "-j"]);
+    assert!(!before.contains("\"sequence_num\":1"), "{before}");
+    let reply = lab::agents::call(
+        &plan.name,
+        &h3.name,
+        &Request::EvpnEndpointAdd {
+            name: format!("{}-moved", moving.name),
+            tenant: Some(moving.tenant.clone()),
+            addr: moving.sir_addr,
+            mac: Some(mac(moving)),
+        },
+    )
+    .expect("add on h3");
+    let ep: EvpnEndpoint = serde_json::from_value(reply).expect("endpoint");
+    assert_eq!(ep.seq, 1, "MAC mobility sequence after the move");
+    let h3_vtep = h3.uplink_addr.to_string();
+    wait_for("h1 points the moved MAC at h3", Duration::from_secs(3), || {
+        vtep_of(h1, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
+    });
+    // gobgpd's own view: h3's route carries MAC mobility sequence 1.
+    let rib = gobgp(&plan, &["global", "rib", "-a", "evpn"]);
+    assert!(
+        rib.lines().any(|l| l.contains(&mac(moving)) && l.contains("10.255.0.3") && l.contains("1")),
+        "{rib}"
+    );
+    lab::agents::call(
+        &plan.name,
+        &h2.name,
+        &Request::EndpointDel { name: moving.name.clone(), keep_mapping: false },
+    )
+    .expect("del on h2");
+    let h2_vtep = h2.uplink_addr.to_string();
+    for h in [h1, h2] {
+        wait_for(&format!("{} has the MAC at h3 only", h.name), Duration::from_secs(3), || {
+            vtep_of(h, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
+                && !fdb(h, v)
+                    .iter()
+                    .any(|r| r["mac"] == mac(moving) && r["dst"] == h2_vtep.as_str())
+        });
+    }
+    let moved_ns = format!("{}-{}-moved", plan.name, moving.name);
+    assert!(ping(&h1.containers[2].netns, moving.sir_addr), "moved endpoint unreachable");
+    assert!(lab::netns::exists(&moved_ns));
+}
+
+#[test]
+#[ignore = "needs root: builds an EVPN lab with network namespaces, VXLAN and FRR bgpd"]
+fn frr_lab_reaches_within_tenants_only() {
+    let (plan, _cleanup) = up("f", 2, 3, RoutingMode::Frr);
+    check_reachability(&plan);
+}
