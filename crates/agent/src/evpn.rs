@@ -34,6 +34,11 @@ pub struct EvpnSite {
     pub vtep: IpAddr,
     /// VNIs of the tenants this host serves.
     pub vnis: BTreeSet<u32>,
+    /// Whether Type-3 routes are exchanged. FRR 8.4 cannot parse a Type-3 NLRI with an IPv6
+    /// originator ("unsupported IP address length 128") and resets the session, so behind it
+    /// hosts announce none and build each flood list from the VTEPs of the segment's Type-2
+    /// routes instead (every VTEP with an endpoint in the segment).
+    pub type3: bool,
 }
 
 /// A local endpoint as EVPN announces it.
@@ -125,7 +130,15 @@ pub fn segment_of(site: &EvpnSite, route: &EvpnRoute) -> Option<u32> {
     }
     let vni = match route.nlri {
         EvpnNlri::MacIp { vni, .. } => vni,
-        EvpnNlri::Inclusive { .. } => route.pmsi_vni?,
+        EvpnNlri::Inclusive { .. } => match route.pmsi_vni {
+            Some(vni) => vni,
+            // Without PMSI: the VNI its route target names.
+            None => route
+                .route_targets
+                .iter()
+                .find(|rt| rt.asn == site.asn && site.vnis.contains(&rt.value))?
+                .value,
+        },
     };
     (site.vnis.contains(&vni)
         && route
@@ -141,7 +154,7 @@ pub fn local_routes<'a>(
     remote: &[BestEvpnRoute],
 ) -> BTreeMap<EvpnNlri, EvpnRoute> {
     let mut out = BTreeMap::new();
-    for &vni in &site.vnis {
+    for &vni in site.vnis.iter().filter(|_| site.type3) {
         let route = EvpnRoute {
             nlri: EvpnNlri::Inclusive {
                 rd: route_distinguisher(site, vni),
@@ -227,6 +240,9 @@ pub fn desired<'a>(
                 flood.insert((vni, r.next_hop));
             }
             EvpnNlri::MacIp { mac, .. } => {
+                if !site.type3 {
+                    flood.insert((vni, r.next_hop));
+                }
                 if local_macs.contains(&(vni, mac)) {
                     continue;
                 }
@@ -384,6 +400,7 @@ mod tests {
             asn: ASN,
             vtep: vtep(n),
             vnis: BTreeSet::from([1, 2]),
+            type3: true,
         }
     }
 
@@ -547,6 +564,30 @@ mod tests {
         assert!(desired(&b, &on_c, &b_local).fdb.is_empty());
         // A second move goes to 2.
         assert_eq!(mobility_seq(&b, &on_c, 1, mac(5)), 2);
+    }
+
+    #[test]
+    fn without_type3_flood_lists_come_from_type2_vteps() {
+        let (mut a, mut b) = (site(1), site(2));
+        a.type3 = false;
+        b.type3 = false;
+        let remote = received(&b, &[lm(1, 1, 0x10, 0)]);
+        assert!(remote.iter().all(|r| r.route.nlri.route_type() == 2));
+        let want = desired(&a, &remote, &[]);
+        assert_eq!(want.flood, BTreeSet::from([(1, b.vtep)]));
+        // With Type-3 expected, a Type-2 alone floods nowhere.
+        assert!(desired(&site(1), &remote, &[]).flood.is_empty());
+    }
+
+    #[test]
+    fn type3_without_pmsi_takes_the_vni_from_its_route_target() {
+        let a = site(1);
+        let mut remote = received(&site(2), &[]);
+        for r in &mut remote {
+            r.route.pmsi_vni = None;
+        }
+        let want = desired(&a, &remote, &[]);
+        assert_eq!(want.flood, BTreeSet::from([(1, vtep(2)), (2, vtep(2))]));
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct EvpnConfig {
     pub underlay_mtu: u32,
     /// The BGP speaker (its families are set to L2VPN EVPN).
     pub speaker: SpeakerConfig,
+    /// Whether Type-3 routes are exchanged (see [`EvpnSite::type3`]).
+    pub type3: bool,
 }
 
 /// One endpoint of an EVPN host.
@@ -237,6 +239,7 @@ impl EvpnHost {
             asn: cfg.speaker.local_as,
             vtep: IpAddr::V6(cfg.underlay),
             vnis,
+            type3: cfg.type3,
         };
         let nl = Netlink::new()?;
         let mtu = cfg.underlay_mtu - VXLAN6_OVERHEAD;

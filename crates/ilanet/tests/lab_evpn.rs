@@ -332,7 +332,13 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
 
 #[test]
 #[ignore = "needs root: builds an EVPN lab with network namespaces, VXLAN and FRR bgpd"]
+/// FRR 8.4 takes no Type-3 route with an IPv6 VTEP: flood lists come from Type-2 next hops.
 fn frr_lab_reaches_within_tenants_only() {
     let (plan, _cleanup) = up("f", 2, 3, RoutingMode::Frr);
+    // FRR's own table holds every container's Type-2 route.
+    let table = lab::routing::daemon_show(&plan).expect("vtysh");
+    for c in plan.hosts.iter().flat_map(|h| &h.containers) {
+        assert!(table.contains(&mac(c)), "FRR lacks {}: {table}", mac(c));
+    }
     check_reachability(&plan);
 }

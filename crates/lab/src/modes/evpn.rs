@@ -14,7 +14,7 @@ use agent::evpn_host::{EvpnConfig, EvpnHost, EvpnView};
 use hostnet::link::Netlink;
 
 use crate::agents::{self, run_dir};
-use crate::plan::{HostPlan, Plan, UPLINK_IFNAME};
+use crate::plan::{HostPlan, Plan, RoutingMode, UPLINK_IFNAME};
 use crate::state::LabState;
 use crate::{build_underlay, routing, LabError};
 
@@ -49,6 +49,10 @@ pub fn host_config(plan: &Plan, host: &HostPlan) -> Result<EvpnConfig, LabError>
         netns_prefix: plan.name.clone(),
         underlay_mtu: UNDERLAY_MTU,
         speaker,
+        // FRR 8.4 parses neither a Type-3 NLRI with an IPv6 originator nor a PMSI tunnel
+        // attribute with an IPv6 endpoint, and resets the session on either: behind FRR,
+        // flood lists come from Type-2 next hops (see agent::evpn::EvpnSite::type3).
+        type3: plan.routing != RoutingMode::Frr,
     })
 }
 
@@ -167,10 +171,13 @@ pub fn missing(plan: &Plan, host: &HostPlan, v: &EvpnView) -> Vec<String> {
             .map(|t| t.vnid.get())
     };
     let mut missing = Vec::new();
+    let type3 = plan.routing != RoutingMode::Frr;
     for other in plan.hosts.iter().filter(|o| o.name != host.name) {
         let vtep = IpAddr::V6(other.uplink_addr);
         for t in &plan.tenants {
-            if !v.flood.contains(&(t.vnid.get(), vtep)) {
+            // Without Type-3 routes a host floods a segment only to hosts with endpoints in it.
+            let expected = type3 || other.containers.iter().any(|c| c.tenant == t.name);
+            if expected && !v.flood.contains(&(t.vnid.get(), vtep)) {
                 missing.push(format!("flood VNI {} → {vtep}", t.vnid.get()));
             }
         }
