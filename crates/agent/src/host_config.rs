@@ -58,13 +58,47 @@ pub struct HostConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); `None`: not served.
     pub metrics: Option<SocketAddr>,
     /// The BGP speaker that announces the host's locator; `None`: locator routes are static.
+    /// In EVPN mode: the speaker of the EVPN routes (required).
     pub bgp: Option<bgp::SpeakerConfig>,
+    /// How the host joins the network.
+    pub mode: HostMode,
+}
+
+/// How a host joins the network (`mode:` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostMode {
+    /// ILA in eBPF (the default).
+    #[default]
+    Ila,
+    /// VXLAN per tenant, MP-BGP EVPN (see [`crate::evpn_host`]); no eBPF, no mapping store.
+    Evpn,
 }
 
 impl HostConfig {
     /// The uplink interface (the caller checks that it exists).
     pub fn uplink(&self) -> &str {
         &self.agent.uplink
+    }
+
+    /// The EVPN agent's configuration, in EVPN mode.
+    pub fn evpn(&self) -> Option<crate::evpn_host::EvpnConfig> {
+        if self.mode != HostMode::Evpn {
+            return None;
+        }
+        let a = &self.agent;
+        Some(crate::evpn_host::EvpnConfig {
+            host: a.host.clone(),
+            host_netns: a.host_netns.clone(),
+            uplink: a.uplink.clone(),
+            underlay: a.underlay,
+            tenants: a.tenants.clone(),
+            socket: a.socket.clone(),
+            state_file: a.state_file.with_file_name("evpn-endpoints.json"),
+            netns_prefix: a.netns_prefix.clone(),
+            underlay_mtu: 1500,
+            speaker: self.bgp.clone()?,
+            type3: true,
+        })
     }
 }
 
@@ -95,6 +129,8 @@ struct RawConfig {
     metrics: Option<RawListen>,
     #[serde(default)]
     bgp: Option<RawBgp>,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +423,38 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         None => None,
         Some(b) => Some(parse_bgp(&raw.host, b).map_err(|(f, r)| err(&f, r))?),
     };
+    let mode = match raw.mode.as_deref() {
+        None | Some("ila") => HostMode::Ila,
+        Some("evpn") => HostMode::Evpn,
+        Some(other) => {
+            return Err(err(
+                "mode",
+                format!("'{other}' is not a mode: expected ila or evpn"),
+            ))
+        }
+    };
+    if mode == HostMode::Evpn {
+        if bgp.is_none() {
+            return Err(err(
+                "bgp",
+                "mode evpn needs a bgp section (its speaker carries the EVPN routes)".into(),
+            ));
+        }
+        if let Some((i, t)) = tenants
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.vnid.get() > crate::evpn::MAX_VNI)
+        {
+            return Err(err(
+                &format!("tenants[{i}].vnid"),
+                format!(
+                    "{} does not fit the 24-bit VXLAN VNI of mode evpn (at most {})",
+                    t.vnid.get(),
+                    crate::evpn::MAX_VNI
+                ),
+            ));
+        }
+    }
     let agent = AgentConfig {
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
@@ -409,6 +477,7 @@ pub fn parse(file: &str, text: &[u8], host_netns: &str) -> Result<HostConfig, Co
         log_level: raw.log_level,
         metrics,
         bgp,
+        mode,
     })
 }
 
@@ -521,6 +590,25 @@ mod tests {
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
         assert!(matches!(c.store, StoreSpec::Etcd { ref endpoints } if endpoints.len() == 1));
         assert_eq!(c.metrics, None, "metrics are off unless configured");
+    }
+
+    #[test]
+    fn mode_evpn_needs_bgp_and_24_bit_vnis() {
+        let bgp = "bgp:\n  asn: 65000\n  peers:\n    - address: 2001:db8:ffff:1::1\n";
+        let c = parse_str(&format!("{GOOD}mode: evpn\n{bgp}")).expect("evpn");
+        assert_eq!(c.mode, HostMode::Evpn);
+        let e = c.evpn().expect("evpn config");
+        assert_eq!(e.underlay, c.agent.underlay);
+        assert_eq!(e.speaker.local_as, 65000);
+        assert_eq!(parse_str(GOOD).expect("ila").mode, HostMode::Ila);
+        assert!(parse_str(GOOD).expect("ila").evpn().is_none());
+        let err = parse_str(&format!("{GOOD}mode: evpn\n")).unwrap_err();
+        assert_eq!(err.field, "bgp", "{err}");
+        let err = parse_str(&format!("{GOOD}mode: vxlan\n")).unwrap_err();
+        assert_eq!(err.field, "mode", "{err}");
+        let big = GOOD.replace("vnid: 1", "vnid: 16777216");
+        let err = parse_str(&format!("{big}mode: evpn\n{bgp}")).unwrap_err();
+        assert_eq!(err.field, "tenants[0].vnid", "{err}");
     }
 
     #[test]
