@@ -69,6 +69,11 @@ pub struct PeerConfig {
     /// (Cease/Maximum Number of Prefixes Reached beyond).
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: usize,
+    /// The neighbour is a transparent route server (RFC 7947, e.g. gobgpd with
+    /// route-server-client): its routes start with the originator's AS, not its own, so the
+    /// eBGP first-AS check is skipped for it.
+    #[serde(default)]
+    pub route_server: bool,
 }
 
 /// The speaker's configuration.
@@ -275,6 +280,7 @@ impl Speaker {
             sc.graceful_restart_time = cfg.graceful_restart_time;
             sc.max_prefixes = p.max_prefixes;
             sc.families = cfg.families.clone();
+            sc.route_server = p.route_server;
             let session = Session::new(sc);
             lock(&shared).status.push((session.status(now), now));
             let (tx, rx) = mpsc::channel(CMD_QUEUE);

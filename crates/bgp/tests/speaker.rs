@@ -42,6 +42,7 @@ fn peer(addr: &str, port: u16, asn: u32, passive: bool) -> PeerConfig {
         hold_time: 9,
         port,
         max_prefixes: 100,
+        route_server: false,
     }
 }
 
