@@ -1070,8 +1070,7 @@ impl Session {
         let mut reject = None;
         if attrs.contains_as(self.cfg.local_as) {
             reject = Some("AS path contains our AS (loop)".to_string());
-        } else if !ibgp && !self.cfg.route_server && attrs.first_as() != Some(self.cfg.remote_as)
-        {
+        } else if !ibgp && !self.cfg.route_server && attrs.first_as() != Some(self.cfg.remote_as) {
             // RFC 7606 §7.2 (from RFC 4271 §6.3): treat-as-withdraw.
             reject = Some(format!(
                 "AS path does not start with the peer's AS {}",

@@ -6,10 +6,10 @@
 //! timers; reads are at most [`READ_CHUNK`] bytes at a time.
 
 use crate::codec;
+use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
 use crate::fsm::{
     resolve_collision, Collision, Input, Output, Session, SessionConfig, SessionStatus, State,
 };
-use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
 use crate::message::{Family, Notification};
 use crate::rib::{BestChange, BestRoute, LocRib, PeerKey};
 use ipnet::Ipv6Net;
@@ -367,7 +367,11 @@ impl Speaker {
 
     /// Our announced EVPN routes.
     pub fn announced_evpn(&self) -> Vec<EvpnRoute> {
-        lock(&self.shared).announced_evpn.values().cloned().collect()
+        lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The stream of best EVPN route changes; `Some` once. Changes are queued only from the
@@ -549,8 +553,11 @@ impl PeerTask {
                 .handle(Input::Announce { prefix, next_hop }, now);
             self.apply(o).await;
         }
-        let announced_evpn: Vec<EvpnRoute> =
-            lock(&self.shared).announced_evpn.values().cloned().collect();
+        let announced_evpn: Vec<EvpnRoute> = lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect();
         for r in announced_evpn {
             let o = self.session.handle(Input::AnnounceEvpn(r), now);
             self.apply(o).await;

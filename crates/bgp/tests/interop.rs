@@ -12,8 +12,8 @@
 
 mod common;
 
-use bgp::message::{Capabilities, Family, GracefulRestart, Open};
 use bgp::evpn::parse_mac;
+use bgp::message::{Capabilities, Family, GracefulRestart, Open};
 use bgp::{
     codec, BestChange, EvpnNlri, EvpnRoute, Mac, PeerConfig, RouteDistinguisher, RouteTarget,
     Speaker, SpeakerConfig, State,
@@ -819,7 +819,14 @@ fn our_mac_route(nlri: EvpnNlri, vtep: Ipv6Addr, seq: Option<u32>) -> EvpnRoute 
 fn adj_in(g: &Gobgp, net: &Net, client: Ipv6Addr) -> serde_json::Value {
     let o = g.cli(
         net,
-        &["neighbor", &client.to_string(), "adj-in", "-a", "evpn", "-j"],
+        &[
+            "neighbor",
+            &client.to_string(),
+            "adj-in",
+            "-a",
+            "evpn",
+            "-j",
+        ],
     );
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
 }
@@ -860,7 +867,11 @@ fn gobgp_del(g: &Gobgp, net: &Net, args: &[&str]) {
     let mut v = vec!["global", "rib", "del", "-a", "evpn"];
     v.extend_from_slice(args);
     let o = g.cli(net, &v);
-    assert!(o.status.success(), "gobgp {v:?}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "gobgp {v:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -911,18 +922,36 @@ async fn gobgp_evpn_route_server() {
         &inj,
         &net,
         &[
-            "multicast", &vtep_rs, "etag", "0", "rd", &rs_rd, "rt", &rt, "encap", "vxlan", "pmsi",
-            "ingress-repl", &vni, &vtep_rs,
+            "multicast",
+            &vtep_rs,
+            "etag",
+            "0",
+            "rd",
+            &rs_rd,
+            "rt",
+            &rt,
+            "encap",
+            "vxlan",
+            "pmsi",
+            "ingress-repl",
+            &vni,
+            &vtep_rs,
         ],
     );
-    wait_for("gobgp-evpn: injected routes at the route server", 30, || {
-        let rib = adj_in(&g, &net, inj_addr);
-        !paths_matching(&rib, mac1).is_empty() && !paths_matching(&rib, "multicast").is_empty()
-    })
+    wait_for(
+        "gobgp-evpn: injected routes at the route server",
+        30,
+        || {
+            let rib = adj_in(&g, &net, inj_addr);
+            !paths_matching(&rib, mac1).is_empty() && !paths_matching(&rib, "multicast").is_empty()
+        },
+    )
     .await;
     capture_as(&net, "gobgp-evpn", &[Family::L2vpnEvpn]).await;
 
-    let (mut a, _a_v6) = Speaker::start(evpn_cfg(net.ours, 1, OUR_AS, rs)).await.unwrap();
+    let (mut a, _a_v6) = Speaker::start(evpn_cfg(net.ours, 1, OUR_AS, rs))
+        .await
+        .unwrap();
     let mut a_evpn = a.evpn_changes().unwrap();
     let (b, _b_v6) = Speaker::start(evpn_cfg(ours2, 2, B_AS, rs)).await.unwrap();
     let up = wait_for("gobgp-evpn: both Established", 60, || {
@@ -957,7 +986,11 @@ async fn gobgp_evpn_route_server() {
                 })
                 .collect();
             let out = g.cli(&net, &args);
-            println!("{args:?}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            println!(
+                "{args:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         println!("{}", net.log());
     }
@@ -971,11 +1004,20 @@ async fn gobgp_evpn_route_server() {
         .iter()
         .find(|r| r.route.nlri.route_key() == m1.route_key())
         .unwrap_or_else(|| panic!("no {m1} in {routes:#?}"));
-    assert_eq!(got.route.nlri, m1, "MAC, IP, RD and VNI (label) as injected");
-    assert_eq!(got.route.route_targets, vec![RouteTarget::for_vni(OUR_AS, VNI)]);
+    assert_eq!(
+        got.route.nlri, m1,
+        "MAC, IP, RD and VNI (label) as injected"
+    );
+    assert_eq!(
+        got.route.route_targets,
+        vec![RouteTarget::for_vni(OUR_AS, VNI)]
+    );
     assert!(got.route.encapsulation_vxlan);
     assert_eq!(got.route.mac_mobility, None);
-    println!("gobgp-evpn: A learned {} via {}", got.route.nlri, got.route.next_hop);
+    println!(
+        "gobgp-evpn: A learned {} via {}",
+        got.route.nlri, got.route.next_hop
+    );
     let inc = routes
         .iter()
         .find(|r| matches!(r.route.nlri, EvpnNlri::Inclusive { .. }))
@@ -988,14 +1030,22 @@ async fn gobgp_evpn_route_server() {
             originator: inj_addr.into()
         }
     );
-    assert_eq!(inc.route.pmsi_vni, Some(VNI), "PMSI ingress replication label");
+    assert_eq!(
+        inc.route.pmsi_vni,
+        Some(VNI),
+        "PMSI ingress replication label"
+    );
     assert!(inc.route.encapsulation_vxlan);
     println!(
         "gobgp-evpn: A learned {} pmsi {:?} via {}",
         inc.route.nlri, inc.route.pmsi_vni, inc.route.next_hop
     );
     // The route server passes the injected routes unchanged: next hop = the injector.
-    assert_eq!(got.route.next_hop, std::net::IpAddr::from(inj_addr), "next hop");
+    assert_eq!(
+        got.route.next_hop,
+        std::net::IpAddr::from(inj_addr),
+        "next hop"
+    );
 
     // (b) B announces a MAC/IP (with MAC mobility) and its inclusive multicast route.
     let b_rd = RouteDistinguisher::type1(Ipv4Addr::new(10, 255, 1, 2), VNI as u16);
@@ -1032,15 +1082,18 @@ async fn gobgp_evpn_route_server() {
     let ecs = attr_of(p, 16).unwrap_or_else(|| panic!("no ext communities: {p}"));
     let ecs = ecs["value"].as_array().unwrap();
     assert!(
-        ecs.iter().any(|e| e["type"] == 0 && e["subtype"] == 2 && e["value"] == rt),
+        ecs.iter()
+            .any(|e| e["type"] == 0 && e["subtype"] == 2 && e["value"] == rt),
         "route target: {p}"
     );
     assert!(
-        ecs.iter().any(|e| e["type"] == 3 && e["subtype"] == 12 && e["tunnel_type"] == 8),
+        ecs.iter()
+            .any(|e| e["type"] == 3 && e["subtype"] == 12 && e["tunnel_type"] == 8),
         "encapsulation VXLAN: {p}"
     );
     assert!(
-        ecs.iter().any(|e| e["type"] == 6 && e["subtype"] == 0 && e["sequence"] == 3),
+        ecs.iter()
+            .any(|e| e["type"] == 6 && e["subtype"] == 0 && e["sequence"] == 3),
         "MAC mobility seq 3: {p}"
     );
     assert_eq!(attr_of(p, 14).unwrap()["nexthop"], ours2.to_string(), "{p}");
@@ -1082,7 +1135,9 @@ async fn gobgp_evpn_route_server() {
         ],
     );
     wait_for("gobgp-evpn: injected withdraw at A", 3, || {
-        !a.evpn_routes().iter().any(|r| r.route.key() == m1.route_key())
+        !a.evpn_routes()
+            .iter()
+            .any(|r| r.route.key() == m1.route_key())
     })
     .await;
 
