@@ -55,6 +55,8 @@ struct Net {
     theirs: Ipv6Addr,
     daemon: Option<Child>,
     extra_pids: Vec<u32>,
+    /// More daemons of the test, killed and reaped on drop.
+    extra: Vec<Child>,
 }
 
 impl Net {
@@ -76,6 +78,7 @@ impl Net {
             theirs,
             daemon: None,
             extra_pids: vec![],
+            extra: vec![],
         };
         std::fs::create_dir_all(&dir).unwrap();
         must(&["ip", "netns", "add", &ns]);
@@ -155,6 +158,10 @@ impl Drop for Net {
         if let Some(c) = self.daemon.as_mut() {
             // SAFETY: signals to our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &mut self.extra {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -768,7 +775,7 @@ fn start_gobgp_injector(net: &mut Net, addr: Ipv6Addr) -> Gobgp {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    net.extra_pids.push(child.id());
+    net.extra.push(child);
     Gobgp { api }
 }
 
