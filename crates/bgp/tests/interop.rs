@@ -1198,3 +1198,272 @@ async fn gobgp_evpn_route_server() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+// ---- L2VPN EVPN with FRR (zebra + bgpd, advertise-all-vni over a real VXLAN device) ----
+
+/// IPv4 addresses on the veth (FRR 8.4's EVPN wants an IPv4 VTEP), unique per run.
+fn add_v4(net: &Net) -> (Ipv4Addr, Ipv4Addr) {
+    let n = RUN.load(Ordering::SeqCst) as u8;
+    let p = (std::process::id() % 250) as u8;
+    let ours = Ipv4Addr::new(10, 200u8.wrapping_add(n % 50), p, 1);
+    let theirs = Ipv4Addr::new(10, 200u8.wrapping_add(n % 50), p, 2);
+    must(&["ip", "addr", "add", &format!("{ours}/24"), "dev", &net.veth]);
+    let peer_if = format!("{}p", net.veth);
+    net.exec_must(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{theirs}/24"),
+        "dev",
+        &peer_if,
+    ]);
+    (ours, theirs)
+}
+
+const FRR_MAC: &str = "02:00:00:00:aa:01";
+
+fn frr_evpn_json(f: &Frr, net: &Net) -> String {
+    String::from_utf8_lossy(&f.vtysh(net, &["show bgp l2vpn evpn json"]).stdout).into_owned()
+}
+
+fn vxlan_fdb(net: &Net) -> String {
+    String::from_utf8_lossy(
+        &net.exec(&["bridge", "fdb", "show", "dev", "vxlan100"])
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: network namespaces, VXLAN device, frr zebra + bgpd"]
+async fn frr_evpn_exchange() {
+    let mut net = Net::new("fevpn");
+    let (ours4, theirs4) = add_v4(&net);
+    // VNI 100 in FRR's namespace: bridge, VXLAN device (learning off) and a port with a MAC.
+    for cmd in [
+        "ip link add br100 type bridge".to_string(),
+        "ip link set br100 up".into(),
+        format!("ip link add vxlan100 type vxlan id {VNI} local {theirs4} dstport 4789 nolearning"),
+        "ip link set vxlan100 master br100".into(),
+        "ip link set vxlan100 up".into(),
+        "ip link add port1 type veth peer name port1p".into(),
+        "ip link set port1 master br100".into(),
+        "ip link set port1 up".into(),
+        "ip link set port1p up".into(),
+        format!("bridge fdb add {FRR_MAC} dev port1 master static"),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        net.exec_must(&args);
+    }
+    // FRR's daemons drop to the frr user: let them write their sockets here.
+    std::fs::set_permissions(
+        &net.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let d = net.dir.display().to_string();
+    std::fs::write(net.dir.join("zebra.conf"), "hostname z\n").unwrap();
+    let conf = format!(
+        "hostname frr-{ns}\nrouter bgp {THEIR_AS}\n bgp router-id 10.255.0.4\n no bgp ebgp-requires-policy\n\
+         \x20no bgp default ipv4-unicast\n neighbor {ours4} remote-as {OUR_AS}\n neighbor {ours4} timers 3 9\n\
+         \x20neighbor {ours4} timers connect 1\n address-family l2vpn evpn\n  neighbor {ours4} activate\n\
+         \x20 advertise-all-vni\n exit-address-family\n",
+        ns = net.ns
+    );
+    std::fs::write(net.dir.join("bgpd.conf"), conf).unwrap();
+    let zlog = std::fs::File::create(net.dir.join("zebra.log")).unwrap();
+    let zebra = Command::new("ip")
+        .args(["netns", "exec", &net.ns, "/usr/lib/frr/zebra", "-f"])
+        .arg(format!("{d}/zebra.conf"))
+        .args([
+            "-i",
+            &format!("{d}/zebra.pid"),
+            "-z",
+            &format!("{d}/zserv.api"),
+        ])
+        .args(["--vty_socket", &d, "--log", "stdout", "-P", "0"])
+        .stdout(zlog.try_clone().unwrap())
+        .stderr(zlog)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.extra.push(zebra);
+    let f = Frr { vty: d.clone() };
+    wait_up(&net, "zebra", || {
+        net.exec(&[
+            "vtysh",
+            "--vty_socket",
+            &d,
+            "-d",
+            "zebra",
+            "-c",
+            "show evpn vni",
+        ])
+        .status
+        .success()
+    });
+    let listen = theirs4.to_string();
+    net.spawn(&[
+        "/usr/lib/frr/bgpd",
+        "-f",
+        &format!("{d}/bgpd.conf"),
+        "-i",
+        &format!("{d}/bgpd.pid"),
+        "-z",
+        &format!("{d}/zserv.api"),
+        "--vty_socket",
+        &d,
+        "-l",
+        &listen,
+        "-p",
+        "179",
+        "--log",
+        "stdout",
+        "-P",
+        "0",
+    ]);
+    wait_up(&net, "bgpd", || {
+        f.vtysh(&net, &["show bgp summary"]).status.success()
+    });
+
+    let cfg = SpeakerConfig {
+        local_as: OUR_AS,
+        router_id: Ipv4Addr::new(10, 255, 0, 1),
+        listen: None,
+        local_address: Some(ours4.into()),
+        peers: vec![PeerConfig {
+            address: theirs4.into(),
+            remote_as: THEIR_AS,
+            passive: false,
+            hold_time: 9,
+            port: 179,
+            max_prefixes: 1000,
+            route_server: false,
+        }],
+        graceful_restart_time: Some(120),
+        connect_retry_secs: 1,
+        families: vec![Family::L2vpnEvpn],
+    };
+    let (sp, _v6) = Speaker::start(cfg).await.unwrap();
+    let up = wait_for("frr-evpn: Established", 60, || {
+        sp.status().peers[0].state == State::Established
+    })
+    .await;
+    println!("frr-evpn: established in {up:?}");
+
+    // FRR → us: its local MAC (type 2) and its VTEP (type 3 with PMSI), VNI 100.
+    let frr_mac = parse_mac(FRR_MAC).unwrap();
+    let t = wait_for("frr-evpn: FRR's routes", 30, || {
+        let r = sp.evpn_routes();
+        r.iter()
+            .any(|b| matches!(b.route.nlri, EvpnNlri::MacIp { mac, .. } if mac == frr_mac))
+            && r.iter()
+                .any(|b| matches!(b.route.nlri, EvpnNlri::Inclusive { .. }))
+    })
+    .await;
+    let routes = sp.evpn_routes();
+    println!(
+        "frr-evpn: FRR's routes arrived in {t:?}: {} routes",
+        routes.len()
+    );
+    let m = routes
+        .iter()
+        .find(|b| matches!(b.route.nlri, EvpnNlri::MacIp { mac, .. } if mac == frr_mac))
+        .unwrap();
+    let EvpnNlri::MacIp {
+        rd,
+        vni,
+        ethernet_tag,
+        ..
+    } = m.route.nlri
+    else {
+        unreachable!()
+    };
+    assert_eq!(vni, VNI, "{m:?}");
+    assert_eq!(ethernet_tag, 0);
+    assert_eq!(
+        rd.to_string().split(':').next(),
+        Some("10.255.0.4"),
+        "FRR's auto RD"
+    );
+    assert_eq!(m.route.next_hop, std::net::IpAddr::from(theirs4));
+    assert!(m.route.encapsulation_vxlan, "{m:?}");
+    assert_eq!(
+        m.route.route_targets,
+        vec![RouteTarget::for_vni(THEIR_AS, VNI)]
+    );
+    let inc = routes
+        .iter()
+        .find(|b| matches!(b.route.nlri, EvpnNlri::Inclusive { .. }))
+        .unwrap();
+    assert_eq!(
+        inc.route.nlri,
+        EvpnNlri::Inclusive {
+            rd,
+            ethernet_tag: 0,
+            originator: theirs4.into()
+        }
+    );
+    assert_eq!(inc.route.pmsi_vni, Some(VNI), "{inc:?}");
+    println!("frr-evpn: learned {} and {}", m.route.nlri, inc.route.nlri);
+
+    // us → FRR: a MAC/IP and our VTEP, with FRR's route target so FRR imports them into VNI
+    // 100; zebra then programs the VXLAN device's FDB.
+    let our_rd = RouteDistinguisher::type1(Ipv4Addr::new(10, 255, 0, 1), VNI as u16);
+    let our_mac: Mac = [2, 0, 0, 0, 0xbb, 1];
+    let rt = RouteTarget::for_vni(THEIR_AS, VNI);
+    let mac_route = EvpnRoute {
+        nlri: EvpnNlri::MacIp {
+            rd: our_rd,
+            ethernet_tag: 0,
+            mac: our_mac,
+            ip: Some("192.0.2.50".parse().unwrap()),
+            vni: VNI,
+        },
+        next_hop: ours4.into(),
+        route_targets: vec![rt],
+        encapsulation_vxlan: true,
+        mac_mobility: Some(0),
+        pmsi_vni: None,
+    };
+    let inc_route = EvpnRoute {
+        nlri: EvpnNlri::Inclusive {
+            rd: our_rd,
+            ethernet_tag: 0,
+            originator: ours4.into(),
+        },
+        next_hop: ours4.into(),
+        route_targets: vec![rt],
+        encapsulation_vxlan: true,
+        mac_mobility: None,
+        pmsi_vni: Some(VNI),
+    };
+    sp.announce_evpn(mac_route.clone()).await;
+    sp.announce_evpn(inc_route.clone()).await;
+    let t = wait_for("frr-evpn: our routes in FRR's table", 20, || {
+        let j = frr_evpn_json(&f, &net);
+        j.contains("02:00:00:00:bb:01") && j.contains(&format!("[3]:[0]:[32]:[{ours4}]"))
+    })
+    .await;
+    println!("frr-evpn: our routes in `show bgp l2vpn evpn json` after {t:?}");
+    let t = wait_for("frr-evpn: FDB on vxlan100", 20, || {
+        let fdb = vxlan_fdb(&net);
+        fdb.contains(&format!("02:00:00:00:bb:01 dst {ours4}"))
+            && fdb.contains(&format!("00:00:00:00:00:00 dst {ours4}"))
+    })
+    .await;
+    println!(
+        "frr-evpn: zebra programmed vxlan100 after {t:?}:\n{}",
+        vxlan_fdb(&net)
+    );
+
+    // Withdraw: gone from FRR's table and the FDB within 3 s.
+    sp.withdraw_evpn(mac_route.nlri).await;
+    let t = wait_for("frr-evpn: withdraw", 3, || {
+        !frr_evpn_json(&f, &net).contains("02:00:00:00:bb:01")
+            && !vxlan_fdb(&net).contains("02:00:00:00:bb:01")
+    })
+    .await;
+    println!("frr-evpn: withdrawal effective in FRR after {t:?}");
+    sp.shutdown().await;
+}
