@@ -19,7 +19,13 @@ use std::path::Path;
 /// <vtep> … encap vxlan pmsi ingress-repl 100 <vtep>`), from `BGP_CAPTURE=1` of the
 /// gobgp_evpn_route_server interop test.
 fn captured() -> Vec<Vec<u8>> {
-    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/capture-gobgp-evpn-valid.hex");
+    captured_from("gobgp-evpn")
+}
+
+/// The UPDATEs of `tests/corpus/capture-<name>-valid.hex`.
+fn captured_from(name: &str) -> Vec<Vec<u8>> {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/corpus/capture-{name}-valid.hex"));
     std::fs::read_to_string(f)
         .unwrap()
         .lines()
@@ -463,4 +469,48 @@ fn graceful_restart_keeps_evpn_routes_stale_until_evpn_end_of_rib() {
     assert_eq!(withdrawn_evpn(&pr.b_events), vec![mac_route(2, None).nlri]);
     assert_eq!(pr.b.status(pr.now).evpn_stale, 0);
     assert_eq!(pr.b.status(pr.now).evpn_received, 1);
+}
+
+/// FRR 8.4 with `advertise-all-vni` (VNI 100 on a kernel VXLAN device, one bridge port with
+/// MAC 02:00:00:00:aa:01), captured by the frr_evpn_exchange interop test.
+#[test]
+fn frr_routes_decode() {
+    let mut macs = Vec::new();
+    let mut inclusive = Vec::new();
+    let mut eor = false;
+    for m in captured_from("frr-evpn") {
+        let (u, report) = decode_update(&m);
+        assert_eq!(report, codec::UpdateReport::default());
+        eor |= u.end_of_rib == Some(Family::L2vpnEvpn);
+        if let Some((routes, attrs)) = u.evpn_reach {
+            assert_eq!(attrs.first_as(), Some(65002));
+            for r in routes {
+                assert_eq!(
+                    r.route_targets,
+                    vec![RouteTarget::for_vni(65002, 100)],
+                    "{r:?}"
+                );
+                assert!(r.encapsulation_vxlan, "{r:?}");
+                assert!(r.next_hop.is_ipv4(), "{r:?}");
+                assert_eq!(r.nlri.rd().rd_type(), 1, "router-id:n auto RD");
+                match r.nlri {
+                    EvpnNlri::MacIp { mac, vni, ip, .. } => {
+                        assert_eq!((vni, ip), (100, None), "{r:?}");
+                        macs.push(mac);
+                    }
+                    EvpnNlri::Inclusive { originator, .. } => {
+                        assert_eq!(originator, r.next_hop);
+                        assert_eq!(r.pmsi_vni, Some(100));
+                        inclusive.push(r);
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        macs.contains(&parse_mac("02:00:00:00:aa:01").unwrap()),
+        "{macs:02x?}"
+    );
+    assert_eq!(inclusive.len(), 1);
+    assert!(eor, "EVPN End-of-RIB");
 }

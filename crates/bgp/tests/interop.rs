@@ -355,14 +355,29 @@ async fn capture(net: &Net, d: &dyn Daemon) {
 
 /// [`capture`] offering `families`, into `tests/corpus/capture-<name>-valid.hex`.
 async fn capture_as(net: &Net, name: &str, families: &[Family]) {
+    capture_from(net.ours.into(), net.theirs.into(), name, families).await
+}
+
+/// [`capture_as`] between any two addresses.
+async fn capture_from(
+    ours: std::net::IpAddr,
+    theirs: std::net::IpAddr,
+    name: &str,
+    families: &[Family],
+) {
     if std::env::var_os("BGP_CAPTURE").is_none() {
         return;
     }
-    let sock = tokio::net::TcpSocket::new_v6().unwrap();
-    sock.bind(SocketAddr::new(net.ours.into(), 0)).unwrap();
+    let sock = if ours.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()
+    } else {
+        tokio::net::TcpSocket::new_v4()
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(ours, 0)).unwrap();
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(10),
-        sock.connect(SocketAddr::new(net.theirs.into(), 179)),
+        sock.connect(SocketAddr::new(theirs, 179)),
     )
     .await
     else {
@@ -1326,6 +1341,20 @@ async fn frr_evpn_exchange() {
         f.vtysh(&net, &["show bgp summary"]).status.success()
     });
 
+    if std::env::var_os("BGP_CAPTURE").is_some() {
+        // Let zebra hand the VNI and the MAC to bgpd before recording what it sends.
+        wait_for("frr-evpn: FRR's own routes", 20, || {
+            frr_evpn_json(&f, &net).contains(FRR_MAC)
+        })
+        .await;
+    }
+    capture_from(
+        ours4.into(),
+        theirs4.into(),
+        "frr-evpn",
+        &[Family::L2vpnEvpn],
+    )
+    .await;
     let cfg = SpeakerConfig {
         local_as: OUR_AS,
         router_id: Ipv4Addr::new(10, 255, 0, 1),
