@@ -967,8 +967,7 @@ impl EvpnAttrs {
                     self.vxlan |= u16::from_be_bytes([value[4], value[5]]) == TUNNEL_VXLAN;
                 }
                 ExtendedCommunity::Evpn(EvpnExtendedCommunity::MacMobility { seq_no, .. }) => {
-                    // RFC 7432 §7.7: more than one → the highest counts... a sender must send
-                    // one; take the highest to be safe.
+                    // A sender puts one (RFC 7432 §7.7); of several, the highest counts.
                     self.mac_mobility = Some(self.mac_mobility.map_or(*seq_no, |s| s.max(*seq_no)));
                 }
                 _ => {}

@@ -990,32 +990,6 @@ async fn gobgp_evpn_route_server() {
         parse_mac(mac1).unwrap(),
         Some(ip1.parse().unwrap()),
     );
-    if std::env::var_os("EVPN_DEBUG").is_some() {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        for args in [
-            vec!["neighbor"],
-            vec!["neighbor", "OURS", "local", "-a", "evpn"],
-            vec!["neighbor", "OURS", "adj-out", "-a", "evpn"],
-            vec!["neighbor", "INJ", "adj-in", "-a", "evpn"],
-        ] {
-            let (o, i) = (ours.to_string(), inj_addr.to_string());
-            let args: Vec<&str> = args
-                .iter()
-                .map(|a| match *a {
-                    "OURS" => o.as_str(),
-                    "INJ" => i.as_str(),
-                    x => x,
-                })
-                .collect();
-            let out = g.cli(&net, &args);
-            println!(
-                "{args:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        println!("{}", net.log());
-    }
     let t = wait_for("gobgp-evpn: injected routes at A", 20, || {
         a.evpn_routes().len() >= 2
     })
