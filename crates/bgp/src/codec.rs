@@ -17,11 +17,11 @@ use netgauze_bgp_pkt::capabilities::{
     BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
     MultiProtocolExtensionsCapability,
 };
-use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
 use netgauze_bgp_pkt::community::{
     EvpnExtendedCommunity, ExtendedCommunity, TransitiveFourOctetExtendedCommunity,
     TransitiveOpaqueExtendedCommunity, TransitiveTwoOctetExtendedCommunity,
 };
+use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
 use netgauze_bgp_pkt::nlri::{
     EthernetSegmentIdentifier, EthernetTag, InclusiveMulticastEthernetTagRoute, Ipv6Unicast,
     Ipv6UnicastAddress, L2EvpnAddress, L2EvpnRoute, MacAddress, MacIpAdvertisement, MplsLabel,
@@ -967,8 +967,7 @@ impl EvpnAttrs {
                     self.vxlan |= u16::from_be_bytes([value[4], value[5]]) == TUNNEL_VXLAN;
                 }
                 ExtendedCommunity::Evpn(EvpnExtendedCommunity::MacMobility { seq_no, .. }) => {
-                    // RFC 7432 §7.7: more than one → the highest counts... a sender must send
-                    // one; take the highest to be safe.
+                    // A sender puts one (RFC 7432 §7.7); of several, the highest counts.
                     self.mac_mobility = Some(self.mac_mobility.map_or(*seq_no, |s| s.max(*seq_no)));
                 }
                 _ => {}
@@ -993,8 +992,9 @@ impl EvpnAttrs {
 /// tunnel type; `Err` when too short.
 fn decode_pmsi(v: &[u8]) -> Result<Option<u32>, String> {
     match v {
-        [_flags, kind, l0, l1, l2, ..] => Ok((*kind == PMSI_INGRESS_REPLICATION)
-            .then(|| u32::from_be_bytes([0, *l0, *l1, *l2]))),
+        [_flags, kind, l0, l1, l2, ..] => {
+            Ok((*kind == PMSI_INGRESS_REPLICATION).then(|| u32::from_be_bytes([0, *l0, *l1, *l2])))
+        }
         _ => Err(format!(
             "PMSI tunnel attribute is {} bytes, less than 5",
             v.len()
@@ -1022,10 +1022,15 @@ fn decode_evpn_reach(rec: &RawAttr<'_>) -> Result<EvpnReach, DecodeError> {
         .ok_or_else(|| reset(rec, "MP_REACH (EVPN) truncated before the next hop".into()))?
         as usize;
     let nh = v.get(4..4 + nh_len).ok_or_else(|| {
-        reset(rec, format!("MP_REACH (EVPN) next hop length {nh_len} overruns the attribute"))
+        reset(
+            rec,
+            format!("MP_REACH (EVPN) next hop length {nh_len} overruns the attribute"),
+        )
     })?;
     let next_hop = match nh_len {
-        4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(nh).unwrap_or_default())),
+        4 => Some(std::net::IpAddr::from(
+            <[u8; 4]>::try_from(nh).unwrap_or_default(),
+        )),
         16 | 32 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&nh[..16]);
@@ -1034,7 +1039,10 @@ fn decode_evpn_reach(rec: &RawAttr<'_>) -> Result<EvpnReach, DecodeError> {
         _ => None,
     };
     let nlri = v.get(5 + nh_len..).ok_or_else(|| {
-        reset(rec, "MP_REACH (EVPN) truncated before the reserved octet".into())
+        reset(
+            rec,
+            "MP_REACH (EVPN) truncated before the reserved octet".into(),
+        )
     })?;
     let (routes, malformed) = split_evpn_nlri(nlri, "MP_REACH").map_err(|w| reset(rec, w))?;
     Ok(EvpnReach {
@@ -1060,10 +1068,7 @@ fn decode_evpn_unreach(
 /// Splits EVPN NLRI (route type, length, value): `Err` when a length overruns (session reset),
 /// else the routes of types 2 and 3, and the first reason one of them was malformed. Other
 /// route types are skipped (RFC 7606 §5.4).
-fn split_evpn_nlri(
-    mut buf: &[u8],
-    what: &str,
-) -> Result<(Vec<EvpnNlri>, Option<String>), String> {
+fn split_evpn_nlri(mut buf: &[u8], what: &str) -> Result<(Vec<EvpnNlri>, Option<String>), String> {
     let mut routes = Vec::new();
     let mut malformed = None;
     while !buf.is_empty() {
@@ -1251,10 +1256,12 @@ pub fn encode_evpn_announce(r: &EvpnRoute, attrs: &PathAttributes) -> Result<Vec
     }
     let is_mac = matches!(r.nlri, EvpnNlri::MacIp { .. });
     if let Some(seq) = r.mac_mobility.filter(|_| is_mac) {
-        ecs.push(ExtendedCommunity::Evpn(EvpnExtendedCommunity::MacMobility {
-            flags: 0,
-            seq_no: seq,
-        }));
+        ecs.push(ExtendedCommunity::Evpn(
+            EvpnExtendedCommunity::MacMobility {
+                flags: 0,
+                seq_no: seq,
+            },
+        ));
     }
     if !ecs.is_empty() {
         list.push(attr(

@@ -49,6 +49,9 @@ pub struct SessionConfig {
     /// Families we offer (multiprotocol capability); routes are exchanged only for those the
     /// peer offers too.
     pub families: Vec<Family>,
+    /// The peer is a transparent route server (RFC 7947): it does not put its AS first in
+    /// the AS_PATH, so the eBGP first-AS check (RFC 4271 §6.3, a MAY) is skipped.
+    pub route_server: bool,
 }
 
 impl SessionConfig {
@@ -67,6 +70,7 @@ impl SessionConfig {
             stale_path_time: Duration::from_secs(360),
             max_prefixes: 10_000,
             families: vec![Family::Ipv6Unicast],
+            route_server: false,
         }
     }
 
@@ -1066,7 +1070,7 @@ impl Session {
         let mut reject = None;
         if attrs.contains_as(self.cfg.local_as) {
             reject = Some("AS path contains our AS (loop)".to_string());
-        } else if !ibgp && attrs.first_as() != Some(self.cfg.remote_as) {
+        } else if !ibgp && !self.cfg.route_server && attrs.first_as() != Some(self.cfg.remote_as) {
             // RFC 7606 §7.2 (from RFC 4271 §6.3): treat-as-withdraw.
             reject = Some(format!(
                 "AS path does not start with the peer's AS {}",

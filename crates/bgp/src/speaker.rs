@@ -6,10 +6,10 @@
 //! timers; reads are at most [`READ_CHUNK`] bytes at a time.
 
 use crate::codec;
+use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
 use crate::fsm::{
     resolve_collision, Collision, Input, Output, Session, SessionConfig, SessionStatus, State,
 };
-use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
 use crate::message::{Family, Notification};
 use crate::rib::{BestChange, BestRoute, LocRib, PeerKey};
 use ipnet::Ipv6Net;
@@ -69,6 +69,11 @@ pub struct PeerConfig {
     /// (Cease/Maximum Number of Prefixes Reached beyond).
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: usize,
+    /// The neighbour is a transparent route server (RFC 7947, e.g. gobgpd with
+    /// route-server-client): its routes start with the originator's AS, not its own, so the
+    /// eBGP first-AS check is skipped for it.
+    #[serde(default)]
+    pub route_server: bool,
 }
 
 /// The speaker's configuration.
@@ -169,8 +174,9 @@ struct Shared {
     announced: BTreeMap<Ipv6Net, Ipv6Addr>,
     /// Our EVPN routes by route key.
     announced_evpn: BTreeMap<EvpnNlri, EvpnRoute>,
-    /// Someone took the EVPN change stream: only then are changes queued (nobody would read
-    /// them otherwise, and a full queue would stall the peers).
+    /// Someone took the EVPN change stream: only then do peers wait for room in its queue
+    /// (before, changes beyond [`CHANGES_QUEUE`] are dropped, so a speaker whose stream
+    /// nobody takes never stalls).
     evpn_listening: bool,
     status: Vec<(SessionStatus, Instant)>,
 }
@@ -275,6 +281,7 @@ impl Speaker {
             sc.graceful_restart_time = cfg.graceful_restart_time;
             sc.max_prefixes = p.max_prefixes;
             sc.families = cfg.families.clone();
+            sc.route_server = p.route_server;
             let session = Session::new(sc);
             lock(&shared).status.push((session.status(now), now));
             let (tx, rx) = mpsc::channel(CMD_QUEUE);
@@ -361,12 +368,17 @@ impl Speaker {
 
     /// Our announced EVPN routes.
     pub fn announced_evpn(&self) -> Vec<EvpnRoute> {
-        lock(&self.shared).announced_evpn.values().cloned().collect()
+        lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect()
     }
 
-    /// The stream of best EVPN route changes; `Some` once. Changes are queued only from the
-    /// moment it is taken (take it right after start; [`Speaker::evpn_routes`] has the
-    /// state), and peer tasks wait when [`CHANGES_QUEUE`] of them are unread.
+    /// The stream of best EVPN route changes; `Some` once. Until it is taken, changes queue
+    /// up to [`CHANGES_QUEUE`] and later ones are dropped ([`Speaker::evpn_routes`] has the
+    /// state); once taken, peer tasks wait when that many are unread. Take it right after
+    /// start.
     pub fn evpn_changes(&mut self) -> Option<mpsc::Receiver<EvpnChange>> {
         let rx = self.evpn_rx.take()?;
         lock(&self.shared).evpn_listening = true;
@@ -412,13 +424,21 @@ impl Speaker {
         }
     }
 
-    /// Stops every session with Cease/Administrative Shutdown, then ends the tasks.
-    pub async fn shutdown(self) {
+    /// Stops every session with Cease/Administrative Shutdown, then ends the tasks; when it
+    /// returns, the listen socket is closed (the address can be bound again).
+    pub async fn shutdown(mut self) {
         for (_, tx) in &self.peers {
             let _ = tx.send(Cmd::Stop).await;
         }
         // Give the writers a moment to flush the NOTIFICATIONs before the tasks are aborted.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 }
 
@@ -543,8 +563,11 @@ impl PeerTask {
                 .handle(Input::Announce { prefix, next_hop }, now);
             self.apply(o).await;
         }
-        let announced_evpn: Vec<EvpnRoute> =
-            lock(&self.shared).announced_evpn.values().cloned().collect();
+        let announced_evpn: Vec<EvpnRoute> = lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect();
         for r in announced_evpn {
             let o = self.session.handle(Input::AnnounceEvpn(r), now);
             self.apply(o).await;
@@ -778,10 +801,16 @@ impl PeerTask {
                 // Nobody listens any more; the routes stay queryable through routes().
             }
         }
-        if !changes.evpn.is_empty() && lock(&self.shared).evpn_listening {
+        if !changes.evpn.is_empty() {
+            let listening = lock(&self.shared).evpn_listening;
             for c in changes.evpn {
-                if self.evpn_changes.send(c).await.is_err() {
-                    break;
+                if listening {
+                    if self.evpn_changes.send(c).await.is_err() {
+                        break;
+                    }
+                } else {
+                    // Not taken (yet): queue what fits, never wait.
+                    let _ = self.evpn_changes.try_send(c);
                 }
             }
         }
