@@ -57,6 +57,9 @@ pub struct EvpnConfig {
     pub speaker: SpeakerConfig,
     /// Whether Type-3 routes are exchanged (see [`EvpnSite::type3`]).
     pub type3: bool,
+    /// AS of the route targets (ASN:VNI); `None`: the speaker's own AS. Hosts in ASes of
+    /// their own behind a route server share the network's.
+    pub route_target_asn: Option<u32>,
 }
 
 /// One endpoint of an EVPN host.
@@ -236,7 +239,7 @@ impl EvpnHost {
         cfg.speaker.families = vec![bgp::Family::L2vpnEvpn];
         let site = EvpnSite {
             router_id: cfg.speaker.router_id,
-            asn: cfg.speaker.local_as,
+            asn: cfg.route_target_asn.unwrap_or(cfg.speaker.local_as),
             vtep: IpAddr::V6(cfg.underlay),
             vnis,
             type3: cfg.type3,

@@ -98,6 +98,7 @@ impl HostConfig {
             underlay_mtu: 1500,
             speaker: self.bgp.clone()?,
             type3: true,
+            route_target_asn: None,
         })
     }
 }
@@ -162,6 +163,8 @@ struct RawPeer {
     port: u16,
     #[serde(default = "default_max_prefixes")]
     max_prefixes: usize,
+    #[serde(default)]
+    route_server: bool,
 }
 
 fn default_graceful_restart() -> u16 {
@@ -551,6 +554,7 @@ fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, Strin
             hold_time: p.hold_time,
             port: p.port,
             max_prefixes: p.max_prefixes,
+            route_server: p.route_server,
         });
     }
     if b.connect_retry == 0 || b.connect_retry > 3600 {

@@ -119,10 +119,92 @@ fn vni(plan: &Plan, c: &ContainerPlan) -> u32 {
         .expect("tenant")
 }
 
-fn gobgp(plan: &Plan, args: &[&str]) -> String {
-    let o = lab::routing::gobgp_cli(plan, args).expect("gobgp");
-    assert!(o.status.success(), "gobgp {args:?}: {}", common::text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// The injector's address, on a link of its own to the router.
+const INJECTOR_ADDR: &str = "2001:db8:ffff:99::2";
+const INJECTOR_ASN: &str = "65199";
+
+/// gobgpd as a remote VTEP's daemon: its own namespace, linked to the router, added to the
+/// lab's route server as a route-server client. Killed and removed when dropped.
+struct Injector {
+    netns: String,
+    daemon: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Injector {
+    fn start(plan: &Plan) -> Self {
+        let netns = format!("{}-inj", plan.name);
+        lab::netns::create(&netns).expect("injector netns");
+        let dir = std::env::temp_dir().join(&netns);
+        std::fs::create_dir_all(&dir).expect("injector dir");
+        let sh = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("ip");
+            assert!(o.status.success(), "ip {args:?}: {}", common::text(&o));
+        };
+        let rtr = plan.router_netns.as_str();
+        sh(&["link", "add", "to-inj", "netns", rtr, "type", "veth", "peer", "name", "uplink", "netns", &netns]);
+        sh(&["-n", rtr, "addr", "add", "2001:db8:ffff:99::1/64", "dev", "to-inj", "nodad"]);
+        sh(&["-n", &netns, "addr", "add", &format!("{INJECTOR_ADDR}/64"), "dev", "uplink", "nodad"]);
+        for (ns, dev) in [(rtr, "to-inj"), (netns.as_str(), "uplink"), (netns.as_str(), "lo")] {
+            sh(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        let conf = dir.join("gobgpd.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "[global.config]\n  as = {INJECTOR_ASN}\n  router-id = \"10.255.9.9\"\n  port = -1\n\
+                 [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"2001:db8:ffff:99::1\"\n    peer-as = 65000\n\
+                 \x20 [neighbors.transport.config]\n    local-address = \"{INJECTOR_ADDR}\"\n\
+                 \x20 [neighbors.timers.config]\n    connect-retry = 1\n\
+                 \x20 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"l2vpn-evpn\"\n"
+            ),
+        )
+        .expect("injector config");
+        let daemon = Command::new("ip")
+            .args(["netns", "exec", &netns, "gobgpd", "-f"])
+            .arg(&conf)
+            .args(["--api-hosts", "127.0.0.1:50051"])
+            .stdout(std::fs::File::create(dir.join("gobgpd.log")).expect("log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gobgpd");
+        let inj = Injector { netns, daemon, dir };
+        let o = lab::routing::gobgp_cli(
+            plan,
+            &["neighbor", "add", INJECTOR_ADDR, "as", INJECTOR_ASN, "family", "l2vpn-evpn", "route-server-client"],
+        )
+        .expect("gobgp");
+        assert!(o.status.success(), "{}", common::text(&o));
+        wait_for("the injector's session", Duration::from_secs(10), || {
+            inj.try_gobgp(&["neighbor"]).is_some_and(|t| t.contains("Establ"))
+        });
+        inj
+    }
+
+    fn try_gobgp(&self, args: &[&str]) -> Option<String> {
+        let o = Command::new("timeout")
+            .args(["3", "ip", "netns", "exec", &self.netns, "gobgp"])
+            .args(args)
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    fn gobgp(&self, args: &[&str]) -> String {
+        self.try_gobgp(args)
+            .unwrap_or_else(|| panic!("gobgp {args:?} in the injector failed"))
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        let _ = lab::netns::delete(&self.netns);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Within a tenant every pair reaches each other; across tenants never, also where both
@@ -219,8 +301,10 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     let flooded = targets.lines().filter(|l| l.trim() == unknown.to_string()).count();
     assert!(flooded >= 2, "the unknown address's NS was not replicated: {targets:?}");
 
-    // A Type-2 route injected into gobgpd: FDB and neighbour entries on every host.
-    let vtep9 = "2001:db8:ffff:99::2";
+    // A remote VTEP's BGP daemon: gobgpd in a namespace of its own, a route-server client of
+    // the lab's gobgpd like the hosts; routes injected into it reach every host.
+    let inj = Injector::start(&plan);
+    let vtep9 = INJECTOR_ADDR;
     let route = [
         "macadv", "02:aa:bb:cc:dd:01", "fd00:dead:beef::99", "etag", "0", "label", "1", "rd",
         "10.255.9.9:1",
@@ -232,18 +316,15 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
         .chain(&attrs)
         .copied()
         .collect();
-    gobgp(&plan, &add);
+    inj.gobgp(&add);
     // And one of a tenant nobody has (RT 65000:9, VNI 9): installed nowhere.
-    gobgp(
-        &plan,
-        &[
-            "global", "rib", "add", "-a", "evpn", "macadv", "02:aa:bb:cc:dd:09", "fd00:dead:beef::9",
-            "etag", "0", "label", "9", "rd", "10.255.9.9:9", "rt", "65000:9", "encap", "vxlan",
-            "nexthop", vtep9,
-        ],
-    );
+    inj.gobgp(&[
+        "global", "rib", "add", "-a", "evpn", "macadv", "02:aa:bb:cc:dd:09", "fd00:dead:beef::9",
+        "etag", "0", "label", "9", "rd", "10.255.9.9:9", "rt", "65000:9", "encap", "vxlan",
+        "nexthop", vtep9,
+    ]);
     for h in &plan.hosts {
-        wait_for(&format!("the injected MAC on {}", h.name), Duration::from_secs(3), || {
+        wait_for(&format!("the injected MAC on {}", h.name), Duration::from_secs(5), || {
             vtep_of(h, 1, "02:aa:bb:cc:dd:01").as_deref() == Some(vtep9)
                 && neigh_of(h, 1, "fd00:dead:beef::99").as_deref() == Some("02:aa:bb:cc:dd:01")
         });
@@ -258,7 +339,7 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
         .chain(&route)
         .copied()
         .collect();
-    gobgp(&plan, &del);
+    inj.gobgp(&del);
     for h in &plan.hosts {
         wait_for(&format!("the withdrawn MAC gone on {}", h.name), Duration::from_secs(3), || {
             vtep_of(h, 1, "02:aa:bb:cc:dd:01").is_none()
@@ -266,14 +347,11 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
         });
     }
     // A Type-3 route injected: the new VTEP joins every host's flood list of VNI 1 only.
-    gobgp(
-        &plan,
-        &[
-            "global", "rib", "add", "-a", "evpn", "multicast", vtep9, "etag", "0", "rd",
-            "10.255.9.9:1", "rt", "65000:1", "encap", "vxlan", "pmsi", "ingress-repl", "1", vtep9,
-            "nexthop", vtep9,
-        ],
-    );
+    inj.gobgp(&[
+        "global", "rib", "add", "-a", "evpn", "multicast", vtep9, "etag", "0", "rd",
+        "10.255.9.9:1", "rt", "65000:1", "encap", "vxlan", "pmsi", "ingress-repl", "1", vtep9,
+        "nexthop", vtep9,
+    ]);
     for h in &plan.hosts {
         wait_for(&format!("flood entry to {vtep9} on {}", h.name), Duration::from_secs(3), || {
             flood_list(h, 1).contains(&vtep9.to_string())
@@ -285,8 +363,8 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     // every host points the MAC at h3; once h2 removes its endpoint nothing points at h2.
     let moving = &h2.containers[0];
     let v = vni(&plan, moving);
-    let before = gobgp(&plan, &["global", "rib", "-a", "evpn", "-j"]);
-    assert!(!before.contains("\"sequence_num\":1"), "{before}");
+    let before = inj.gobgp(&["global", "rib", "-a", "evpn"]);
+    assert!(!before.contains("mac-mobility"), "{before}");
     let reply = lab::agents::call(
         &plan.name,
         &h3.name,
@@ -304,12 +382,15 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     wait_for("h1 points the moved MAC at h3", Duration::from_secs(3), || {
         vtep_of(h1, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
     });
-    // gobgpd's own view: h3's route carries MAC mobility sequence 1.
-    let rib = gobgp(&plan, &["global", "rib", "-a", "evpn"]);
-    assert!(
-        rib.lines().any(|l| l.contains(&mac(moving)) && l.contains("10.255.0.3") && l.contains("1")),
-        "{rib}"
-    );
+    // As another VTEP's gobgpd sees it: h3's route carries MAC mobility sequence 1, and h2,
+    // beaten by the higher sequence, has withdrawn its own (RFC 7432 §15.1).
+    wait_for("h3's route with mac-mobility 1 alone", Duration::from_secs(3), || {
+        let rib = inj.gobgp(&["global", "rib", "-a", "evpn"]);
+        let lines: Vec<&str> = rib.lines().filter(|l| l.contains(&mac(moving))).collect();
+        lines.len() == 1
+            && lines[0].contains("[mac-mobility: 1]")
+            && lines[0].contains(&h3.uplink_addr.to_string())
+    });
     lab::agents::call(
         &plan.name,
         &h2.name,

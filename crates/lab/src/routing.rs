@@ -59,8 +59,22 @@ pub fn host_router_id(plan: &Plan, host: &HostPlan) -> Ipv4Addr {
     Ipv4Addr::new(10, 255, (n >> 8) as u8, (n & 0xff) as u8)
 }
 
+/// A host's own AS behind the EVPN route server: 65100 + n for the n-th host (private
+/// 2-octet ASNs; a lab has at most 200 hosts).
+pub fn host_asn(plan: &Plan, host: &HostPlan) -> u32 {
+    let n = plan
+        .hosts
+        .iter()
+        .position(|h| h.name == host.name)
+        .unwrap_or(0) as u32
+        + 1;
+    65100 + n
+}
+
 /// The speaker configuration of a host's agent, `None` with static routing.
 pub fn speaker_config(plan: &Plan, host: &HostPlan) -> Option<SpeakerConfig> {
+    // EVPN behind gobgpd: eBGP to a transparent route server (see gobgp_evpn_conf).
+    let route_server = plan.mode == Mode::Evpn && plan.routing == RoutingMode::Gobgp;
     let peer = |address: Ipv6Addr| PeerConfig {
         address: IpAddr::V6(address),
         remote_as: LAB_ASN,
@@ -68,6 +82,7 @@ pub fn speaker_config(plan: &Plan, host: &HostPlan) -> Option<SpeakerConfig> {
         hold_time: plan.bgp.hold_time,
         port: 179,
         max_prefixes: 10_000,
+        route_server,
     };
     // The router's daemon is passive: the agents connect to it.
     let mut peers = vec![peer(host.router_addr)];
@@ -86,7 +101,11 @@ pub fn speaker_config(plan: &Plan, host: &HostPlan) -> Option<SpeakerConfig> {
         }
     }
     Some(SpeakerConfig {
-        local_as: LAB_ASN,
+        local_as: if route_server {
+            host_asn(plan, host)
+        } else {
+            LAB_ASN
+        },
         router_id: host_router_id(plan, host),
         listen,
         local_address: Some(IpAddr::V6(host.uplink_addr)),
@@ -220,12 +239,13 @@ fn frr_conf(plan: &Plan) -> String {
     c
 }
 
-/// gobgpd as the EVPN route server of the paper's Fig. 8: L2VPN EVPN only, routes passed on
-/// unchanged (next hop = the originating VTEP). The sessions are iBGP, as Listing 3 shows
-/// (LOCAL_PREF, empty AS_PATH). gobgpd applies iBGP split horizon to `route-server-client`
-/// neighbours too (so no host would hear of another) and refuses a neighbour that is both, so
-/// every host is a route-reflector client: the same function (one session per host, every
-/// route to every other host, next hop untouched) with RFC 4456 attributes added.
+/// gobgpd as the EVPN route server of the paper's Fig. 8: every host a route-server client
+/// (RFC 7947: transparent, next hop and AS path untouched), L2VPN EVPN only. The sessions are
+/// eBGP, each host in an AS of its own ([`host_asn`]): gobgpd applies iBGP split horizon to
+/// route-server clients too (with iBGP, as in the paper's Listing 3, no host would hear of
+/// another), and refuses a neighbour that is both route-server and route-reflector client.
+/// The hosts skip the first-AS check for it (`PeerConfig::route_server`); route targets stay
+/// the lab's AS ([`LAB_ASN`]):VNI.
 fn gobgp_evpn_conf(plan: &Plan) -> String {
     use std::fmt::Write;
     let hold = plan.bgp.hold_time;
@@ -238,12 +258,13 @@ fn gobgp_evpn_conf(plan: &Plan) -> String {
     for h in &plan.hosts {
         let _ = writeln!(
             c,
-            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {LAB_ASN}\n\
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}\n\
              \x20 [neighbors.timers.config]\n    hold-time = {hold}\n    keepalive-interval = {}\n    connect-retry = 1\n\
              \x20 [neighbors.transport.config]\n    passive-mode = true\n    local-address = \"{}\"\n\
-             \x20 [neighbors.route-reflector.config]\n    route-reflector-client = true\n    route-reflector-cluster-id = \"{ROUTER_ID}\"\n\
+             \x20 [neighbors.route-server.config]\n    route-server-client = true\n\
              \x20 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"l2vpn-evpn\"",
             h.uplink_addr,
+            host_asn(plan, h),
             keepalive(hold),
             h.router_addr
         );

@@ -53,6 +53,7 @@ pub fn host_config(plan: &Plan, host: &HostPlan) -> Result<EvpnConfig, LabError>
         // attribute with an IPv6 endpoint, and resets the session on either: behind FRR,
         // flood lists come from Type-2 next hops (see agent::evpn::EvpnSite::type3).
         type3: plan.routing != RoutingMode::Frr,
+        route_target_asn: Some(routing::LAB_ASN),
     })
 }
 
