@@ -133,11 +133,13 @@ pub fn segment_of(site: &EvpnSite, route: &EvpnRoute) -> Option<u32> {
         EvpnNlri::Inclusive { .. } => match route.pmsi_vni {
             Some(vni) => vni,
             // Without PMSI: the VNI its route target names.
-            None => route
-                .route_targets
-                .iter()
-                .find(|rt| rt.asn == site.asn && site.vnis.contains(&rt.value))?
-                .value,
+            None => {
+                route
+                    .route_targets
+                    .iter()
+                    .find(|rt| rt.asn == site.asn && site.vnis.contains(&rt.value))?
+                    .value
+            }
         },
     };
     (site.vnis.contains(&vni)

@@ -256,10 +256,12 @@ impl EvpnHost {
             // The netlink driver blocks on a runtime of its own: off the async threads.
             tokio::task::block_in_place(|| nl.ensure_segment(&cfg.host_netns, &seg, &cfg.uplink))?;
         }
-        let (mut speaker, ipv6) =
-            Speaker::start_with(cfg.speaker.clone(), crate::routing::sockets_in(&cfg.host_netns))
-                .await
-                .map_err(|e| AgentError::Invalid(format!("host '{}': {e}", cfg.host)))?;
+        let (mut speaker, ipv6) = Speaker::start_with(
+            cfg.speaker.clone(),
+            crate::routing::sockets_in(&cfg.host_netns),
+        )
+        .await
+        .map_err(|e| AgentError::Invalid(format!("host '{}': {e}", cfg.host)))?;
         let mut changes = speaker.evpn_changes().ok_or_else(|| {
             AgentError::Internal(format!("host '{}': EVPN change stream taken", cfg.host))
         })?;
@@ -389,8 +391,9 @@ impl EvpnHost {
         let file = StateFile {
             endpoints: st.endpoints.values().cloned().collect(),
         };
-        let json = serde_json::to_vec_pretty(&file)
-            .map_err(|e| io_err(format!("encoding {}", path.display()))(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| {
+            io_err(format!("encoding {}", path.display()))(std::io::Error::other(e))
+        })?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, json)
             .and_then(|()| std::fs::rename(&tmp, path))
@@ -409,18 +412,23 @@ impl EvpnHost {
         endpoint::validate_name(name)?;
         let t = match tenant {
             None => &self.cfg.tenants[0],
-            Some(n) => self.cfg.tenants.iter().find(|t| t.name == n).ok_or_else(|| {
-                AgentError::Invalid(format!(
-                    "tenant '{n}' is not configured on host '{}' (it has: {})",
-                    self.cfg.host,
-                    self.cfg
-                        .tenants
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?,
+            Some(n) => self
+                .cfg
+                .tenants
+                .iter()
+                .find(|t| t.name == n)
+                .ok_or_else(|| {
+                    AgentError::Invalid(format!(
+                        "tenant '{n}' is not configured on host '{}' (it has: {})",
+                        self.cfg.host,
+                        self.cfg
+                            .tenants
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
         };
         let vni = t.vnid.get();
         if ila::SirPrefix::from_addr(addr) != t.sir {
@@ -542,10 +550,7 @@ impl EvpnHost {
         let ep = {
             let mut st = self.state.lock().await;
             let ep = st.endpoints.remove(name).ok_or_else(|| {
-                AgentError::NotFound(format!(
-                    "no endpoint '{name}' on host '{}'",
-                    self.cfg.host
-                ))
+                AgentError::NotFound(format!("no endpoint '{name}' on host '{}'", self.cfg.host))
             })?;
             self.save(&st)?;
             ep
@@ -558,7 +563,13 @@ impl EvpnHost {
 
     /// Local endpoints.
     pub async fn endpoints(&self) -> Vec<EvpnEndpoint> {
-        self.state.lock().await.endpoints.values().cloned().collect()
+        self.state
+            .lock()
+            .await
+            .endpoints
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// The whole EVPN state.

@@ -537,7 +537,9 @@ impl Netlink {
                 .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
                 .execute()
                 .await
-                .map_err(nl_err(format!("setting the MTU of {name} in '{ns}' to {mtu}")))
+                .map_err(nl_err(format!(
+                    "setting the MTU of {name} in '{ns}' to {mtu}"
+                )))
         })
     }
 }

@@ -183,7 +183,10 @@ fn run_host(path: &std::path::Path) -> Result<ExitCode> {
             let h = agent::evpn_host::EvpnHost::start(evpn)
                 .await
                 .with_context(|| format!("{file}: starting the EVPN agent of host '{host}'"))?;
-            log::info!("host {host}: EVPN agent serving {}", h.config().socket.display());
+            log::info!(
+                "host {host}: EVPN agent serving {}",
+                h.config().socket.display()
+            );
             h.serve().await.map_err(|e| anyhow!(e))?;
             Ok(ExitCode::SUCCESS)
         });

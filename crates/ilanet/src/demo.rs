@@ -572,7 +572,10 @@ fn run_evpn(args: &DemoArgs) -> Result<ExitCode> {
             .find(|t| t.name == c.tenant)
             .map_or(0, |t| t.vnid.get())
     };
-    println!("\n{:<10} {:<10} {:>4}  {:<24} {}", "container", "tenant", "VNI", "address", "MAC");
+    println!(
+        "\n{:<10} {:<10} {:>4}  {:<24} MAC",
+        "container", "tenant", "VNI", "address"
+    );
     for h in &plan.hosts {
         for c in &h.containers {
             let mac: Vec<String> = c.mac.iter().map(|b| format!("{b:02x}")).collect();

@@ -84,7 +84,15 @@ fn flood_list(host: &HostPlan, vni: u32) -> Vec<String> {
 fn neigh_of(host: &HostPlan, vni: u32, ip: &str) -> Option<String> {
     json(
         &host.netns,
-        &["ip", "-j", "-6", "neigh", "show", "dev", &format!("evbr{vni}")],
+        &[
+            "ip",
+            "-j",
+            "-6",
+            "neigh",
+            "show",
+            "dev",
+            &format!("evbr{vni}"),
+        ],
     )
     .as_array()
     .cloned()
@@ -142,10 +150,35 @@ impl Injector {
             assert!(o.status.success(), "ip {args:?}: {}", common::text(&o));
         };
         let rtr = plan.router_netns.as_str();
-        sh(&["link", "add", "to-inj", "netns", rtr, "type", "veth", "peer", "name", "uplink", "netns", &netns]);
-        sh(&["-n", rtr, "addr", "add", "2001:db8:ffff:99::1/64", "dev", "to-inj", "nodad"]);
-        sh(&["-n", &netns, "addr", "add", &format!("{INJECTOR_ADDR}/64"), "dev", "uplink", "nodad"]);
-        for (ns, dev) in [(rtr, "to-inj"), (netns.as_str(), "uplink"), (netns.as_str(), "lo")] {
+        sh(&[
+            "link", "add", "to-inj", "netns", rtr, "type", "veth", "peer", "name", "uplink",
+            "netns", &netns,
+        ]);
+        sh(&[
+            "-n",
+            rtr,
+            "addr",
+            "add",
+            "2001:db8:ffff:99::1/64",
+            "dev",
+            "to-inj",
+            "nodad",
+        ]);
+        sh(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{INJECTOR_ADDR}/64"),
+            "dev",
+            "uplink",
+            "nodad",
+        ]);
+        for (ns, dev) in [
+            (rtr, "to-inj"),
+            (netns.as_str(), "uplink"),
+            (netns.as_str(), "lo"),
+        ] {
             sh(&["-n", ns, "link", "set", dev, "up"]);
         }
         let conf = dir.join("gobgpd.toml");
@@ -171,12 +204,22 @@ impl Injector {
         let inj = Injector { netns, daemon, dir };
         let o = lab::routing::gobgp_cli(
             plan,
-            &["neighbor", "add", INJECTOR_ADDR, "as", INJECTOR_ASN, "family", "l2vpn-evpn", "route-server-client"],
+            &[
+                "neighbor",
+                "add",
+                INJECTOR_ADDR,
+                "as",
+                INJECTOR_ASN,
+                "family",
+                "l2vpn-evpn",
+                "route-server-client",
+            ],
         )
         .expect("gobgp");
         assert!(o.status.success(), "{}", common::text(&o));
         wait_for("the injector's session", Duration::from_secs(10), || {
-            inj.try_gobgp(&["neighbor"]).is_some_and(|t| t.contains("Establ"))
+            inj.try_gobgp(&["neighbor"])
+                .is_some_and(|t| t.contains("Establ"))
         });
         inj
     }
@@ -225,14 +268,29 @@ fn check_reachability(plan: &Plan) {
                 .iter()
                 .any(|(_, x)| x.tenant == a.tenant && x.sir_addr == b.sir_addr);
             if same_tenant {
-                assert!(ping(&a.netns, b.sir_addr), "{} → {} ({})", a.name, b.name, b.sir_addr);
+                assert!(
+                    ping(&a.netns, b.sir_addr),
+                    "{} → {} ({})",
+                    a.name,
+                    b.name,
+                    b.sir_addr
+                );
                 // The neighbour the sender resolved is b's MAC: its own tenant's container.
-                let n = json(&a.netns, &["ip", "-j", "-6", "neigh", "show", "dev", "eth0"]);
+                let n = json(
+                    &a.netns,
+                    &["ip", "-j", "-6", "neigh", "show", "dev", "eth0"],
+                );
                 let resolved = n
                     .as_array()
                     .and_then(|v| v.iter().find(|e| e["dst"] == b.sir_addr.to_string()))
                     .and_then(|e| e["lladdr"].as_str().map(str::to_string));
-                assert_eq!(resolved.as_deref(), Some(mac(b).as_str()), "{} → {}", a.name, b.name);
+                assert_eq!(
+                    resolved.as_deref(),
+                    Some(mac(b).as_str()),
+                    "{} → {}",
+                    a.name,
+                    b.name
+                );
             } else if !reused {
                 assert!(
                     !ping(&a.netns, b.sir_addr),
@@ -276,11 +334,15 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     let a = &h1.containers[0];
     let b = &h2.containers[0];
     Command::new("ip")
-        .args(["netns", "exec", &a.netns, "ip", "-6", "neigh", "flush", "dev", "eth0"])
+        .args([
+            "netns", "exec", &a.netns, "ip", "-6", "neigh", "flush", "dev", "eth0",
+        ])
         .status()
         .expect("flush");
     let capture = Command::new("ip")
-        .args(["netns", "exec", &h1.netns, "timeout", "6", "tshark", "-i", "uplink"])
+        .args([
+            "netns", "exec", &h1.netns, "timeout", "6", "tshark", "-i", "uplink",
+        ])
         .args(["-f", "udp port 4789", "-Y", "icmpv6.type == 135"])
         .args(["-T", "fields", "-e", "icmpv6.nd.ns.target_address"])
         .stdout(std::process::Stdio::piped())
@@ -298,15 +360,28 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
         "an NS for the suppressed {} crossed the VXLAN: {targets}",
         b.sir_addr
     );
-    let flooded = targets.lines().filter(|l| l.trim() == unknown.to_string()).count();
-    assert!(flooded >= 2, "the unknown address's NS was not replicated: {targets:?}");
+    let flooded = targets
+        .lines()
+        .filter(|l| l.trim() == unknown.to_string())
+        .count();
+    assert!(
+        flooded >= 2,
+        "the unknown address's NS was not replicated: {targets:?}"
+    );
 
     // A remote VTEP's BGP daemon: gobgpd in a namespace of its own, a route-server client of
     // the lab's gobgpd like the hosts; routes injected into it reach every host.
     let inj = Injector::start(&plan);
     let vtep9 = INJECTOR_ADDR;
     let route = [
-        "macadv", "02:aa:bb:cc:dd:01", "fd00:dead:beef::99", "etag", "0", "label", "1", "rd",
+        "macadv",
+        "02:aa:bb:cc:dd:01",
+        "fd00:dead:beef::99",
+        "etag",
+        "0",
+        "label",
+        "1",
+        "rd",
         "10.255.9.9:1",
     ];
     let attrs = ["rt", "65000:1", "encap", "vxlan", "nexthop", vtep9];
@@ -319,16 +394,40 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     inj.gobgp(&add);
     // And one of a tenant nobody has (RT 65000:9, VNI 9): installed nowhere.
     inj.gobgp(&[
-        "global", "rib", "add", "-a", "evpn", "macadv", "02:aa:bb:cc:dd:09", "fd00:dead:beef::9",
-        "etag", "0", "label", "9", "rd", "10.255.9.9:9", "rt", "65000:9", "encap", "vxlan",
-        "nexthop", vtep9,
+        "global",
+        "rib",
+        "add",
+        "-a",
+        "evpn",
+        "macadv",
+        "02:aa:bb:cc:dd:09",
+        "fd00:dead:beef::9",
+        "etag",
+        "0",
+        "label",
+        "9",
+        "rd",
+        "10.255.9.9:9",
+        "rt",
+        "65000:9",
+        "encap",
+        "vxlan",
+        "nexthop",
+        vtep9,
     ]);
     for h in &plan.hosts {
-        wait_for(&format!("the injected MAC on {}", h.name), Duration::from_secs(5), || {
-            vtep_of(h, 1, "02:aa:bb:cc:dd:01").as_deref() == Some(vtep9)
-                && neigh_of(h, 1, "fd00:dead:beef::99").as_deref() == Some("02:aa:bb:cc:dd:01")
-        });
-        assert!(fdb(h, 2).iter().all(|r| r["mac"] != "02:aa:bb:cc:dd:01"), "VNI 2 has it");
+        wait_for(
+            &format!("the injected MAC on {}", h.name),
+            Duration::from_secs(5),
+            || {
+                vtep_of(h, 1, "02:aa:bb:cc:dd:01").as_deref() == Some(vtep9)
+                    && neigh_of(h, 1, "fd00:dead:beef::99").as_deref() == Some("02:aa:bb:cc:dd:01")
+            },
+        );
+        assert!(
+            fdb(h, 2).iter().all(|r| r["mac"] != "02:aa:bb:cc:dd:01"),
+            "VNI 2 has it"
+        );
         for vni in [1, 2] {
             assert!(fdb(h, vni).iter().all(|r| r["mac"] != "02:aa:bb:cc:dd:09"));
         }
@@ -341,21 +440,45 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
         .collect();
     inj.gobgp(&del);
     for h in &plan.hosts {
-        wait_for(&format!("the withdrawn MAC gone on {}", h.name), Duration::from_secs(3), || {
-            vtep_of(h, 1, "02:aa:bb:cc:dd:01").is_none()
-                && neigh_of(h, 1, "fd00:dead:beef::99").is_none()
-        });
+        wait_for(
+            &format!("the withdrawn MAC gone on {}", h.name),
+            Duration::from_secs(3),
+            || {
+                vtep_of(h, 1, "02:aa:bb:cc:dd:01").is_none()
+                    && neigh_of(h, 1, "fd00:dead:beef::99").is_none()
+            },
+        );
     }
     // A Type-3 route injected: the new VTEP joins every host's flood list of VNI 1 only.
     inj.gobgp(&[
-        "global", "rib", "add", "-a", "evpn", "multicast", vtep9, "etag", "0", "rd",
-        "10.255.9.9:1", "rt", "65000:1", "encap", "vxlan", "pmsi", "ingress-repl", "1", vtep9,
-        "nexthop", vtep9,
+        "global",
+        "rib",
+        "add",
+        "-a",
+        "evpn",
+        "multicast",
+        vtep9,
+        "etag",
+        "0",
+        "rd",
+        "10.255.9.9:1",
+        "rt",
+        "65000:1",
+        "encap",
+        "vxlan",
+        "pmsi",
+        "ingress-repl",
+        "1",
+        vtep9,
+        "nexthop",
+        vtep9,
     ]);
     for h in &plan.hosts {
-        wait_for(&format!("flood entry to {vtep9} on {}", h.name), Duration::from_secs(3), || {
-            flood_list(h, 1).contains(&vtep9.to_string())
-        });
+        wait_for(
+            &format!("flood entry to {vtep9} on {}", h.name),
+            Duration::from_secs(3),
+            || flood_list(h, 1).contains(&vtep9.to_string()),
+        );
         assert!(!flood_list(h, 2).contains(&vtep9.to_string()));
     }
 
@@ -379,35 +502,51 @@ fn gobgp_lab_reaches_within_tenants_programs_routes_and_moves_macs() {
     let ep: EvpnEndpoint = serde_json::from_value(reply).expect("endpoint");
     assert_eq!(ep.seq, 1, "MAC mobility sequence after the move");
     let h3_vtep = h3.uplink_addr.to_string();
-    wait_for("h1 points the moved MAC at h3", Duration::from_secs(3), || {
-        vtep_of(h1, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
-    });
+    wait_for(
+        "h1 points the moved MAC at h3",
+        Duration::from_secs(3),
+        || vtep_of(h1, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str()),
+    );
     // As another VTEP's gobgpd sees it: h3's route carries MAC mobility sequence 1, and h2,
     // beaten by the higher sequence, has withdrawn its own (RFC 7432 §15.1).
-    wait_for("h3's route with mac-mobility 1 alone", Duration::from_secs(3), || {
-        let rib = inj.gobgp(&["global", "rib", "-a", "evpn"]);
-        let lines: Vec<&str> = rib.lines().filter(|l| l.contains(&mac(moving))).collect();
-        lines.len() == 1
-            && lines[0].contains("[mac-mobility: 1]")
-            && lines[0].contains(&h3.uplink_addr.to_string())
-    });
+    wait_for(
+        "h3's route with mac-mobility 1 alone",
+        Duration::from_secs(3),
+        || {
+            let rib = inj.gobgp(&["global", "rib", "-a", "evpn"]);
+            let lines: Vec<&str> = rib.lines().filter(|l| l.contains(&mac(moving))).collect();
+            lines.len() == 1
+                && lines[0].contains("[mac-mobility: 1]")
+                && lines[0].contains(&h3.uplink_addr.to_string())
+        },
+    );
     lab::agents::call(
         &plan.name,
         &h2.name,
-        &Request::EndpointDel { name: moving.name.clone(), keep_mapping: false },
+        &Request::EndpointDel {
+            name: moving.name.clone(),
+            keep_mapping: false,
+        },
     )
     .expect("del on h2");
     let h2_vtep = h2.uplink_addr.to_string();
     for h in [h1, h2] {
-        wait_for(&format!("{} has the MAC at h3 only", h.name), Duration::from_secs(3), || {
-            vtep_of(h, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
-                && !fdb(h, v)
-                    .iter()
-                    .any(|r| r["mac"] == mac(moving) && r["dst"] == h2_vtep.as_str())
-        });
+        wait_for(
+            &format!("{} has the MAC at h3 only", h.name),
+            Duration::from_secs(3),
+            || {
+                vtep_of(h, v, &mac(moving)).as_deref() == Some(h3_vtep.as_str())
+                    && !fdb(h, v)
+                        .iter()
+                        .any(|r| r["mac"] == mac(moving) && r["dst"] == h2_vtep.as_str())
+            },
+        );
     }
     let moved_ns = format!("{}-{}-moved", plan.name, moving.name);
-    assert!(ping(&h1.containers[2].netns, moving.sir_addr), "moved endpoint unreachable");
+    assert!(
+        ping(&h1.containers[2].netns, moving.sir_addr),
+        "moved endpoint unreachable"
+    );
     assert!(lab::netns::exists(&moved_ns));
 }
 

@@ -407,8 +407,7 @@ impl Plan {
                 spec.mode
             )));
         }
-        if spec.mode == Mode::Evpn
-            && !matches!(spec.routing, RoutingMode::Gobgp | RoutingMode::Frr)
+        if spec.mode == Mode::Evpn && !matches!(spec.routing, RoutingMode::Gobgp | RoutingMode::Frr)
         {
             return Err(LabError::Invalid(format!(
                 "--mode evpn needs a route server: --routing gobgp (the default) or frr, not {}",
@@ -660,6 +659,43 @@ mod tests {
             let ila = m.ila_address().expect("translatable");
             assert_eq!(Locator::from_addr(ila), host.locator);
         }
+    }
+
+    #[test]
+    fn evpn_tenants_reuse_addresses_and_need_a_route_server() {
+        let mut spec = LabSpec::generic("t", 2, 3);
+        spec.mode = Mode::Evpn;
+        spec.tenants = overlapping_tenants(2);
+        let err = Plan::new(&spec).unwrap_err();
+        assert!(err.to_string().contains("route server"), "{err}");
+        spec.routing = RoutingMode::Gobgp;
+        let plan = Plan::new(&spec).expect("plan");
+        let h1 = &plan.hosts[0].containers;
+        // t1, t2, t1: the first of each tenant is ::1:1, the second of t1 ::1:2.
+        assert_eq!(
+            h1[0].sir_addr,
+            "fd00:dead:beef::1:1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(h1[1].sir_addr, h1[0].sir_addr);
+        assert_ne!(h1[1].tenant, h1[0].tenant);
+        assert_eq!(
+            h1[2].sir_addr,
+            "fd00:dead:beef::1:2".parse::<Ipv6Addr>().unwrap()
+        );
+        let mut macs: Vec<_> = plan
+            .hosts
+            .iter()
+            .flat_map(|h| &h.containers)
+            .map(|c| c.mac)
+            .collect();
+        macs.sort();
+        macs.dedup();
+        assert_eq!(macs.len(), 6, "MACs stay unique");
+        // The agents make the containers' namespaces, as in ILA mode.
+        assert_eq!(plan.lab_netns().len(), 3);
+        spec.tenants[1].vnid = Vnid::new(1 << 24).expect("28-bit VNID");
+        let err = Plan::new(&spec).unwrap_err();
+        assert!(err.to_string().contains("24-bit"), "{err}");
     }
 
     #[test]

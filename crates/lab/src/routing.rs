@@ -741,7 +741,11 @@ pub fn daemon_show(plan: &Plan) -> Result<String, LabError> {
             ],
         ),
         RoutingMode::Gobgp => {
-            let family = if plan.mode == Mode::Evpn { "evpn" } else { "ipv6" };
+            let family = if plan.mode == Mode::Evpn {
+                "evpn"
+            } else {
+                "ipv6"
+            };
             let o = gobgp_cli(plan, &["global", "rib", "-a", family])?;
             return Ok(String::from_utf8_lossy(&o.stdout).into_owned());
         }

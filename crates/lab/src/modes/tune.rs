@@ -50,8 +50,14 @@ pub fn set_mtu(lab: &str, mtu: u32) -> Result<(), LabError> {
             if plan.mode == Mode::Evpn {
                 for t in &plan.tenants {
                     let vni = t.vnid.get();
-                    l.push(format!("link set {} mtu {m}", hostnet::evpn::vxlan_ifname(vni)));
-                    l.push(format!("link set {} mtu {m}", hostnet::evpn::bridge_ifname(vni)));
+                    l.push(format!(
+                        "link set {} mtu {m}",
+                        hostnet::evpn::vxlan_ifname(vni)
+                    ));
+                    l.push(format!(
+                        "link set {} mtu {m}",
+                        hostnet::evpn::bridge_ifname(vni)
+                    ));
                 }
             }
             l
