@@ -256,6 +256,41 @@ impl EvpnHost {
             // The netlink driver blocks on a runtime of its own: off the async threads.
             tokio::task::block_in_place(|| nl.ensure_segment(&cfg.host_netns, &seg, &cfg.uplink))?;
         }
+        // Endpoints recorded before a restart: kept (re-attached, announced again) where their
+        // namespace and veth survived, otherwise their leftovers removed.
+        let mut recovered = BTreeMap::new();
+        if let Ok(bytes) = std::fs::read(&cfg.state_file) {
+            let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| {
+                AgentError::Invalid(format!(
+                    "EVPN state {} is unreadable: {e}",
+                    cfg.state_file.display()
+                ))
+            })?;
+            for ep in file.endpoints {
+                let alive = netns::exists(&ep.netns)
+                    && site.vnis.contains(&ep.vni)
+                    && tokio::task::block_in_place(|| {
+                        nl.link_index(&cfg.host_netns, &ep.host_ifname)
+                            .ok()
+                            .flatten()
+                            .is_some()
+                            && nl
+                                .attach_port(&cfg.host_netns, &ep.host_ifname, ep.vni, mtu)
+                                .is_ok()
+                    });
+                if alive && recovered.len() < MAX_ENDPOINTS {
+                    log::info!("host {}: endpoint {} recovered", cfg.host, ep.name);
+                    recovered.insert(ep.name.clone(), ep);
+                } else {
+                    log::warn!(
+                        "host {}: endpoint {} recorded before the restart is gone; removing what is left",
+                        cfg.host,
+                        ep.name
+                    );
+                    let _ = tokio::task::block_in_place(|| netns::delete(&ep.netns));
+                }
+            }
+        }
         let (mut speaker, ipv6) = Speaker::start_with(
             cfg.speaker.clone(),
             crate::routing::sockets_in(&cfg.host_netns),
@@ -270,8 +305,12 @@ impl EvpnHost {
             site,
             speaker,
             nl: Mutex::new(nl),
-            state: tokio::sync::Mutex::new(State::default()),
+            state: tokio::sync::Mutex::new(State {
+                endpoints: recovered,
+                ..State::default()
+            }),
         });
+        host.save(&*host.state.lock().await)?;
         // Whatever arrived before the stream was taken.
         {
             let mut st = host.state.lock().await;

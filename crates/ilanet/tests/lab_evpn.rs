@@ -561,4 +561,41 @@ fn frr_lab_reaches_within_tenants_only() {
         assert!(table.contains(&mac(c)), "FRR lacks {}: {table}", mac(c));
     }
     check_reachability(&plan);
+
+    // The agents crash and start again: they recover their endpoints from their records,
+    // announce them again, and the lab converges as before.
+    let state = lab::state::LabState::load(&plan.name)
+        .expect("state")
+        .expect("up");
+    let pid = *state.agents.first().expect("agent pid");
+    // SAFETY: kill(2) on the pid of the agent process this test's lab started.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    // SAFETY: waitpid on that pid (a child of this process: lab up ran in it).
+    unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+    let args: Vec<String> = [
+        env!("CARGO_BIN_EXE_ilanet"),
+        "lab",
+        "evpn-agents",
+        "--name",
+        &plan.name,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    lab::agents::respawn_agent(&plan.name, "all", &args).expect("respawn");
+    wait_for("the agents answer again", Duration::from_secs(10), || {
+        plan.hosts.iter().all(|h| lab::evpn::view(&plan, h).is_ok())
+    });
+    for h in &plan.hosts {
+        let v = lab::evpn::view(&plan, h).expect("view");
+        assert_eq!(
+            v.endpoints.len(),
+            h.containers.len(),
+            "{}: {:?}",
+            h.name,
+            v.endpoints
+        );
+    }
+    lab::evpn::wait_converged(&plan, Duration::from_secs(30)).expect("converged again");
+    check_reachability(&plan);
 }
