@@ -599,3 +599,29 @@ fn frr_lab_reaches_within_tenants_only() {
     lab::evpn::wait_converged(&plan, Duration::from_secs(30)).expect("converged again");
     check_reachability(&plan);
 }
+
+#[test]
+#[ignore = "needs root: runs the EVPN demo (network namespaces, VXLAN, gobgpd)"]
+fn demo_in_evpn_mode_shows_overlapping_tenants_isolated() {
+    let name = format!("e{}-d", std::process::id());
+    let _cleanup = Cleanup(name.clone());
+    let out = Command::new(env!("CARGO_BIN_EXE_ilanet"))
+        .args([
+            "demo", "--mode", "evpn", "--name", &name, "--bytes", "65536",
+        ])
+        .output()
+        .expect("run ilanet demo");
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    // Four sites × two tenants: every address appears twice, once per VNI.
+    assert!(text.contains("fd00:dead:beef::1:1"), "{text}");
+    assert!(
+        text.contains("24 same-tenant pairs passed")
+            && text.contains("24 cross-tenant pairs never reached"),
+        "{text}"
+    );
+    assert!(
+        !lab::netns::exists(&format!("{name}-nola")),
+        "the demo lab stayed up"
+    );
+}
