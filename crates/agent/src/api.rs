@@ -113,6 +113,24 @@ pub enum Request {
         /// `tcp`, `udp`, `icmpv6` or a protocol number.
         proto: String,
     },
+    /// EVPN mode: create an endpoint with the address its tenant gave it (tenants may reuse
+    /// addresses; the VNI keeps them apart), bridged into the tenant's segment and announced as
+    /// a Type-2 route.
+    EvpnEndpointAdd {
+        /// Name, unique on this host.
+        name: String,
+        /// Tenant network (default: the host's first).
+        #[serde(default)]
+        tenant: Option<String>,
+        /// The endpoint's address (inside its tenant's prefix).
+        addr: std::net::Ipv6Addr,
+        /// MAC of its interface (`02:…`; default: derived from host, tenant and address).
+        #[serde(default)]
+        mac: Option<String>,
+    },
+    /// EVPN mode: endpoints, announced and learned routes and the installed FDB, flood-list and
+    /// neighbour entries.
+    EvpnState,
 }
 
 /// Most labels in one request (`endpoint_add`, `cni_add`): as many as a selector may name.

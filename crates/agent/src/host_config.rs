@@ -62,9 +62,12 @@ pub struct HostConfig {
     /// Where Prometheus metrics are served (`GET /metrics`); `None`: not served.
     pub metrics: Option<SocketAddr>,
     /// The BGP speaker that announces the host's locator; `None`: locator routes are static.
+    /// In EVPN mode: the speaker of the EVPN routes (required).
     pub bgp: Option<bgp::SpeakerConfig>,
     /// Where the host stands (the dashboard's map); `None`: not placed.
     pub location: Option<Location>,
+    /// How the host joins the network.
+    pub mode: HostMode,
 }
 
 /// A site's place on the map: WGS 84 degrees and a display name.
@@ -95,10 +98,42 @@ impl Location {
     }
 }
 
+/// How a host joins the network (`mode:` in the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostMode {
+    /// ILA in eBPF (the default).
+    #[default]
+    Ila,
+    /// VXLAN per tenant, MP-BGP EVPN (see [`crate::evpn_host`]); no eBPF, no mapping store.
+    Evpn,
+}
+
 impl HostConfig {
     /// The uplink interface (the caller checks that it exists).
     pub fn uplink(&self) -> &str {
         &self.agent.uplink
+    }
+
+    /// The EVPN agent's configuration, in EVPN mode.
+    pub fn evpn(&self) -> Option<crate::evpn_host::EvpnConfig> {
+        if self.mode != HostMode::Evpn {
+            return None;
+        }
+        let a = &self.agent;
+        Some(crate::evpn_host::EvpnConfig {
+            host: a.host.clone(),
+            host_netns: a.host_netns.clone(),
+            uplink: a.uplink.clone(),
+            underlay: a.underlay,
+            tenants: a.tenants.clone(),
+            socket: a.socket.clone(),
+            state_file: a.state_file.with_file_name("evpn-endpoints.json"),
+            netns_prefix: a.netns_prefix.clone(),
+            underlay_mtu: 1500,
+            speaker: self.bgp.clone()?,
+            type3: true,
+            route_target_asn: None,
+        })
     }
 }
 
@@ -131,6 +166,7 @@ struct RawConfig {
     bgp: Option<RawBgp>,
     #[serde(default)]
     location: Option<Location>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +198,8 @@ struct RawPeer {
     port: u16,
     #[serde(default = "default_max_prefixes")]
     max_prefixes: usize,
+    #[serde(default)]
+    route_server: bool,
 }
 
 fn default_graceful_restart() -> u16 {
@@ -468,6 +506,38 @@ pub fn parse_with(
         l.validate()
             .map_err(|(f, r)| err(&format!("location.{f}"), r))?;
     }
+    let mode = match raw.mode.as_deref() {
+        None | Some("ila") => HostMode::Ila,
+        Some("evpn") => HostMode::Evpn,
+        Some(other) => {
+            return Err(err(
+                "mode",
+                format!("'{other}' is not a mode: expected ila or evpn"),
+            ))
+        }
+    };
+    if mode == HostMode::Evpn {
+        if bgp.is_none() {
+            return Err(err(
+                "bgp",
+                "mode evpn needs a bgp section (its speaker carries the EVPN routes)".into(),
+            ));
+        }
+        if let Some((i, t)) = tenants
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.vnid.get() > crate::evpn::MAX_VNI)
+        {
+            return Err(err(
+                &format!("tenants[{i}].vnid"),
+                format!(
+                    "{} does not fit the 24-bit VXLAN VNI of mode evpn (at most {})",
+                    t.vnid.get(),
+                    crate::evpn::MAX_VNI
+                ),
+            ));
+        }
+    }
     let agent = AgentConfig {
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
@@ -491,6 +561,7 @@ pub fn parse_with(
         metrics,
         bgp,
         location: raw.location,
+        mode,
     })
 }
 
@@ -605,6 +676,7 @@ fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, Strin
             hold_time: p.hold_time,
             port: p.port,
             max_prefixes: p.max_prefixes,
+            route_server: p.route_server,
         });
     }
     if b.connect_retry == 0 || b.connect_retry > 3600 {
@@ -621,6 +693,7 @@ fn parse_bgp(host: &str, b: RawBgp) -> Result<bgp::SpeakerConfig, (String, Strin
         peers,
         graceful_restart_time: (b.graceful_restart > 0).then_some(b.graceful_restart),
         connect_retry_secs: b.connect_retry,
+        families: vec![bgp::Family::Ipv6Unicast],
     })
 }
 
@@ -667,6 +740,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(c.metrics, None, "metrics are off unless configured");
+    }
+
+    #[test]
+    fn mode_evpn_needs_bgp_and_24_bit_vnis() {
+        let bgp = "bgp:\n  asn: 65000\n  peers:\n    - address: 2001:db8:ffff:1::1\n";
+        let c = parse_str(&format!("{GOOD}mode: evpn\n{bgp}")).expect("evpn");
+        assert_eq!(c.mode, HostMode::Evpn);
+        let e = c.evpn().expect("evpn config");
+        assert_eq!(e.underlay, c.agent.underlay);
+        assert_eq!(e.speaker.local_as, 65000);
+        assert_eq!(parse_str(GOOD).expect("ila").mode, HostMode::Ila);
+        assert!(parse_str(GOOD).expect("ila").evpn().is_none());
+        let err = parse_str(&format!("{GOOD}mode: evpn\n")).unwrap_err();
+        assert_eq!(err.field, "bgp", "{err}");
+        let err = parse_str(&format!("{GOOD}mode: vxlan\n")).unwrap_err();
+        assert_eq!(err.field, "mode", "{err}");
+        let big = GOOD.replace("vnid: 1", "vnid: 16777216");
+        let err = parse_str(&format!("{big}mode: evpn\n{bgp}")).unwrap_err();
+        assert_eq!(err.field, "tenants[0].vnid", "{err}");
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub mod api;
 pub mod claims;
 pub mod core;
 pub mod endpoint;
+pub mod evpn;
+pub mod evpn_host;
 pub mod host_config;
 pub mod io;
 mod lifecycle;

@@ -172,7 +172,7 @@ impl Routing {
 
 /// A socket factory for the speaker that makes each socket inside namespace `netns` (the
 /// thread switches in and back at once; the socket stays in the namespace it was made in).
-fn sockets_in(netns: &str) -> bgp::SocketFactory {
+pub(crate) fn sockets_in(netns: &str) -> bgp::SocketFactory {
     let netns = netns.to_string();
     Arc::new(move |v6| {
         hostnet::netns::run_in(&netns, || {

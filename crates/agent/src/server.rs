@@ -263,6 +263,10 @@ async fn dispatch(agent: &Arc<Agent>, req: Request) -> Response {
             .del_endpoint(&name, keep_mapping)
             .await
             .map(|()| ok(())),
+        Request::EvpnEndpointAdd { .. } | Request::EvpnState => Err(AgentError::Invalid(format!(
+            "host '{}' runs in ila mode; EVPN requests need an agent in evpn mode",
+            agent.config().host
+        ))),
     };
     if let Some(verb) = cni {
         let ok = matches!(result, Ok(Response::Ok(_)));

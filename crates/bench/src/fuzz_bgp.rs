@@ -2,7 +2,8 @@
 //! session state machine, each under `catch_unwind`; the target is zero panics.
 //!
 //! Seeds are the regression corpus of `crates/bgp/tests/corpus/` (captures of BIRD, FRR and
-//! gobgpd, and hand-made malformed messages), built in at compile time. Each message goes to
+//! gobgpd, IPv6 unicast and L2VPN EVPN, and hand-made malformed messages), built in at compile
+//! time; the sessions negotiate both families. Each message goes to
 //! the decoder (`frame_len`, `decode`), to a fresh Established session and a fresh OpenSent
 //! session (clones of templates), and to one long-lived session that accumulates state (routes,
 //! stale flags) and is re-established whenever an input ends it.
@@ -19,7 +20,7 @@ use serde::Serialize;
 use crate::BenchError;
 
 /// The corpus, as hex lines (`#` comments).
-const CORPUS: [(&str, &str); 5] = [
+const CORPUS: [(&str, &str); 8] = [
     (
         "capture-bird-valid",
         include_str!("../../bgp/tests/corpus/capture-bird-valid.hex"),
@@ -29,8 +30,20 @@ const CORPUS: [(&str, &str); 5] = [
         include_str!("../../bgp/tests/corpus/capture-frr-valid.hex"),
     ),
     (
+        "capture-frr-evpn-valid",
+        include_str!("../../bgp/tests/corpus/capture-frr-evpn-valid.hex"),
+    ),
+    (
         "capture-gobgp-valid",
         include_str!("../../bgp/tests/corpus/capture-gobgp-valid.hex"),
+    ),
+    (
+        "capture-gobgp-evpn-valid",
+        include_str!("../../bgp/tests/corpus/capture-gobgp-evpn-valid.hex"),
+    ),
+    (
+        "handmade-malformed-evpn",
+        include_str!("../../bgp/tests/corpus/handmade-malformed-evpn.hex"),
     ),
     (
         "handmade-malformed",
@@ -222,6 +235,8 @@ fn config(local_as: u32, id: u8, remote_as: u32, remote: &str) -> SessionConfig 
     let addr: IpAddr = remote.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let mut c = SessionConfig::new(local_as, Ipv4Addr::new(10, 0, 0, id), remote_as, addr);
     c.graceful_restart_time = Some(120);
+    // Both families, so EVPN UPDATEs reach the Adj-RIB-In too.
+    c.families = vec![bgp::Family::Ipv6Unicast, bgp::Family::L2vpnEvpn];
     c
 }
 

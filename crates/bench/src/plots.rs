@@ -72,6 +72,8 @@ pub mod palette {
     pub const IPTABLES: RGBColor = RGBColor(0xD5, 0x5E, 0x00);
     /// eBPF curve
     pub const EBPF: RGBColor = RGBColor(0x00, 0x9E, 0x73);
+    /// EVPN (VXLAN per tenant, MP-BGP EVPN).
+    pub const EVPN: RGBColor = RGBColor(0xCC, 0x79, 0xA7);
 }
 
 const SIZE: (u32, u32) = (1100, 650);

@@ -95,11 +95,15 @@ impl Testbed {
         let planned = if mode == Mode::Ila { 0 } else { 1 };
         let mut spec = LabSpec::generic(name, 2, planned);
         spec.mode = mode;
+        if mode == Mode::Evpn {
+            // The paper's EVPN: gobgpd as route server.
+            spec.routing = lab::plan::RoutingMode::Gobgp;
+        }
         let plan = lab::up(&spec)?;
         labs.0.push(name.to_string());
         let endpoints = match mode {
             Mode::Ila => Some(Endpoints::create(&plan)?),
-            Mode::Native | Mode::Swarm => None,
+            Mode::Native | Mode::Swarm | Mode::Evpn => None,
         };
         lab::set_mtu(name, s.mtu)?;
         if let Some(ep) = &endpoints {

@@ -104,6 +104,14 @@ pub fn paper_scenarios() -> Vec<Scenario> {
             mode: Mode::Swarm,
             setup: Setup::Iptables(SwarmRules::Listing9 { extra: 0 }),
         },
+        Scenario {
+            name: "evpn",
+            tag: "evp",
+            description: "VXLAN per tenant, MP-BGP EVPN via gobgpd, ND suppression (no policy: \
+                          EVPN mode has no eBPF)",
+            mode: Mode::Evpn,
+            setup: Setup::Plain,
+        },
     ]
 }
 

@@ -7,6 +7,7 @@
 //! that a malformed attribute can be judged by its type code: treat-as-withdraw, attribute
 //! discard, or session reset.
 
+use crate::evpn::{EvpnNlri, EvpnRoute, RouteDistinguisher, RouteTarget, MAX_VNI};
 use crate::message::{
     AsSegment, Capabilities, Family, GracefulRestart, Message, Notification, Open, Origin,
     PathAttributes, Reach, Update,
@@ -16,8 +17,16 @@ use netgauze_bgp_pkt::capabilities::{
     BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
     MultiProtocolExtensionsCapability,
 };
+use netgauze_bgp_pkt::community::{
+    EvpnExtendedCommunity, ExtendedCommunity, TransitiveFourOctetExtendedCommunity,
+    TransitiveOpaqueExtendedCommunity, TransitiveTwoOctetExtendedCommunity,
+};
 use netgauze_bgp_pkt::iana::RouteRefreshSubcode;
-use netgauze_bgp_pkt::nlri::{Ipv6Unicast, Ipv6UnicastAddress};
+use netgauze_bgp_pkt::nlri::{
+    EthernetSegmentIdentifier, EthernetTag, InclusiveMulticastEthernetTagRoute, Ipv6Unicast,
+    Ipv6UnicastAddress, L2EvpnAddress, L2EvpnRoute, MacAddress, MacIpAdvertisement, MplsLabel,
+    RouteDistinguisher as NgRd,
+};
 use netgauze_bgp_pkt::notification::{
     BgpNotificationMessage as NgNotification, CeaseError, FiniteStateMachineError,
     HoldTimerExpiredError, MessageHeaderError, OpenMessageError, RouteRefreshError,
@@ -25,8 +34,9 @@ use netgauze_bgp_pkt::notification::{
 };
 use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
 use netgauze_bgp_pkt::path_attribute::{
-    As4PathSegment, AsPath, AsPathSegmentType, LocalPreference, MpReach, MpUnreach,
-    MultiExitDiscriminator, Origin as NgOrigin, PathAttribute, PathAttributeValue,
+    As4PathSegment, AsPath, AsPathSegmentType, ExtendedCommunities, LocalPreference, MpReach,
+    MpUnreach, MultiExitDiscriminator, Origin as NgOrigin, PathAttribute, PathAttributeValue,
+    UnknownAttribute,
 };
 use netgauze_bgp_pkt::route_refresh::BgpRouteRefreshMessage;
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
@@ -45,6 +55,16 @@ pub const HEADER_LEN: usize = 19;
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Prefixes per UPDATE we send: 200 × 17 bytes stays well below [`MAX_MESSAGE_LEN`].
 const PREFIXES_PER_UPDATE: usize = 200;
+/// EVPN NLRI per withdrawing UPDATE: 60 × 54 bytes (the largest type 2) stays below it too.
+const EVPN_PER_UPDATE: usize = 60;
+/// PMSI_TUNNEL attribute (RFC 6514 §5), which netgauze keeps as an unknown attribute.
+const PMSI_TUNNEL: u8 = 22;
+/// PMSI tunnel type ingress replication (RFC 6514 §5).
+const PMSI_INGRESS_REPLICATION: u8 = 6;
+/// Transitive opaque extended community sub-type "encapsulation" (RFC 9012 §4.1).
+const ENCAPSULATION_SUBTYPE: u8 = 0x0c;
+/// Tunnel type VXLAN (RFC 8365 §5.1.3).
+const TUNNEL_VXLAN: u16 = 8;
 
 /// A received message that must end the session: the NOTIFICATION to send and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -168,9 +188,9 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
             match BgpMessage::parse(&mut cur, &mut ctx) {
                 Ok(BgpMessage::Open(open)) => Some(Message::Open(from_ng_open(&open))),
                 Ok(BgpMessage::KeepAlive) => Some(Message::Keepalive),
-                Ok(BgpMessage::RouteRefresh(rr)) => (rr.address_type() == AddressType::Ipv6Unicast
-                    && rr.operation_type() == RouteRefreshSubcode::NormalRequest)
-                    .then_some(Message::RouteRefresh(Family::Ipv6Unicast)),
+                Ok(BgpMessage::RouteRefresh(rr)) => family_of(rr.address_type())
+                    .filter(|_| rr.operation_type() == RouteRefreshSubcode::NormalRequest)
+                    .map(Message::RouteRefresh),
                 Ok(_) => return Err(fatal(1, 3, [kind], "message type mismatch")),
                 Err(e) => return Err(open_error(kind, body, &e)),
             }
@@ -210,6 +230,7 @@ fn open_error(
 fn family_of(at: AddressType) -> Option<Family> {
     match at {
         AddressType::Ipv6Unicast => Some(Family::Ipv6Unicast),
+        AddressType::L2VpnBgpEvpn => Some(Family::L2vpnEvpn),
         _ => None,
     }
 }
@@ -373,6 +394,14 @@ struct RawAttr<'a> {
     code: u8,
     /// The whole record (flags, type, length, value), as netgauze parses it.
     record: &'a [u8],
+    /// Header length (3, or 4 with the extended-length flag).
+    hdr: usize,
+}
+
+impl RawAttr<'_> {
+    fn value(&self) -> &[u8] {
+        &self.record[self.hdr..]
+    }
 }
 
 /// Splits the attribute list into records; `Err` when a length overruns the list (RFC 7606
@@ -421,6 +450,7 @@ fn split_attributes(mut list: &[u8]) -> Result<Vec<RawAttr<'_>>, DecodeError> {
         out.push(RawAttr {
             code,
             record: &list[..hdr + len],
+            hdr,
         });
         list = &list[hdr + len..];
     }
@@ -463,6 +493,9 @@ fn decode_update(body: &[u8], report: &mut UpdateReport) -> Result<Update, Decod
     let mut local_pref = None;
     let mut reach: Option<Reach> = None;
     let mut unreach: Option<Vec<Ipv6Net>> = None;
+    let mut evpn_reach: Option<EvpnReach> = None;
+    let mut evpn_unreach: Option<Vec<EvpnNlri>> = None;
+    let mut ext = EvpnAttrs::default();
     for rec in &records {
         if seen[rec.code as usize] {
             if matches!(rec.code, 14 | 15) {
@@ -480,6 +513,23 @@ fn decode_update(body: &[u8], report: &mut UpdateReport) -> Result<Update, Decod
             continue;
         }
         seen[rec.code as usize] = true;
+        // EVPN MP_REACH / MP_UNREACH are split here, NLRI by NLRI, so that one malformed route
+        // does not hide where the others are (RFC 7606 §5.3, §5.4).
+        if matches!(rec.code, 14 | 15) && rec.value().get(..3) == Some(&[0, 25, 70]) {
+            if rec.code == 14 {
+                evpn_reach = Some(decode_evpn_reach(rec)?);
+            } else {
+                evpn_unreach = Some(decode_evpn_unreach(rec, report)?);
+            }
+            continue;
+        }
+        if rec.code == PMSI_TUNNEL {
+            match decode_pmsi(rec.value()) {
+                Ok(v) => ext.pmsi_vni = v,
+                Err(why) => report.discarded.push((rec.code, why)),
+            }
+            continue;
+        }
         let mut cur = SliceReader::new(rec.record);
         let parsed = PathAttribute::parse(&mut cur, &mut ctx);
         let parsed = match parsed {
@@ -541,6 +591,7 @@ fn decode_update(body: &[u8], report: &mut UpdateReport) -> Result<Update, Decod
             PathAttributeValue::MpUnreach(MpUnreach::Ipv6Unicast { nlri }) => {
                 unreach = Some(nlri.iter().map(|a| a.network().address()).collect())
             }
+            PathAttributeValue::ExtendedCommunities(ec) => ext.read(ec.communities()),
             // Families we did not negotiate are ignored (RFC 4760 §7).
             PathAttributeValue::MpReach(_) => {}
             PathAttributeValue::MpUnreach(_) => {}
@@ -562,20 +613,64 @@ fn decode_update(body: &[u8], report: &mut UpdateReport) -> Result<Update, Decod
 
     let mut update = Update {
         withdrawn: unreach.clone().unwrap_or_default(),
+        evpn_withdrawn: evpn_unreach.clone().unwrap_or_default(),
         ..Update::default()
     };
     // End-of-RIB: an UPDATE whose only attribute is an empty MP_UNREACH (RFC 4724 §2).
-    if records.len() == 1 && unreach.as_ref().is_some_and(|u| u.is_empty()) && reach.is_none() {
+    if records.len() == 1 && unreach.as_ref().is_some_and(|u| u.is_empty()) {
         update.end_of_rib = Some(Family::Ipv6Unicast);
         return Ok(update);
+    }
+    if records.len() == 1 && evpn_unreach.as_ref().is_some_and(|u| u.is_empty()) {
+        update.end_of_rib = Some(Family::L2vpnEvpn);
+        return Ok(update);
+    }
+    if let Some(er) = evpn_reach {
+        let mut why = report.treat_as_withdraw.clone().or(er.malformed);
+        let nh = er.next_hop;
+        if why.is_none() {
+            why = match nh {
+                None => Some("MP_REACH (EVPN) next hop length is not 4, 16 or 32".into()),
+                Some(nh) if !unicast(nh) => Some(format!(
+                    "MP_REACH (EVPN) next hop {nh} is not a unicast address"
+                )),
+                Some(_) => None,
+            };
+        }
+        if why.is_none() && !er.routes.is_empty() && (origin.is_none() || as_path.is_none()) {
+            why = Some("ORIGIN or AS_PATH missing from an UPDATE with NLRI".to_string());
+        }
+        match (why, nh) {
+            (None, Some(nh)) => {
+                let routes: Vec<EvpnRoute> = er
+                    .routes
+                    .into_iter()
+                    .map(|nlri| ext.route(nlri, nh))
+                    .collect();
+                if !routes.is_empty() {
+                    let attrs = PathAttributes {
+                        origin: origin.unwrap_or(Origin::Incomplete),
+                        as_path: as_path.clone().unwrap_or_default(),
+                        med,
+                        local_pref,
+                    };
+                    update.evpn_reach = Some((routes, attrs));
+                }
+            }
+            (why, _) => {
+                if report.treat_as_withdraw.is_none() {
+                    report.treat_as_withdraw = why;
+                }
+                update.evpn_withdrawn.extend(er.routes);
+            }
+        }
     }
     if let Some(r) = reach {
         if r.prefixes.is_empty() {
             return Ok(update);
         }
         let nh = r.next_hop;
-        let nh_bad = nh.is_unspecified() || nh.is_multicast() || nh.is_loopback();
-        if nh_bad && report.treat_as_withdraw.is_none() {
+        if !unicast(nh.into()) && report.treat_as_withdraw.is_none() {
             report.treat_as_withdraw =
                 Some(format!("MP_REACH next hop {nh} is not a unicast address"));
         }
@@ -619,6 +714,7 @@ fn write(msg: &BgpMessage, what: &'static str) -> Result<Vec<u8>, EncodeError> {
 fn ng_family(f: Family) -> AddressType {
     match f {
         Family::Ipv6Unicast => AddressType::Ipv6Unicast,
+        Family::L2vpnEvpn => AddressType::L2VpnBgpEvpn,
     }
 }
 
@@ -718,8 +814,8 @@ fn attr(
     })
 }
 
-/// Encodes announcements of `prefixes` (split over as many UPDATEs as needed).
-pub fn encode_announce(reach: &Reach, attrs: &PathAttributes) -> Result<Vec<Vec<u8>>, EncodeError> {
+/// ORIGIN, AS_PATH, MED and LOCAL_PREF as netgauze attributes.
+fn base_attrs(attrs: &PathAttributes) -> Result<Vec<PathAttribute>, EncodeError> {
     // Empty segments are malformed on the wire (RFC 7606 §7.2): leave them out.
     let segs: Vec<As4PathSegment> = attrs
         .as_path
@@ -730,50 +826,50 @@ pub fn encode_announce(reach: &Reach, attrs: &PathAttributes) -> Result<Vec<Vec<
             AsSegment::Set(v) => As4PathSegment::new(AsPathSegmentType::AsSet, v.clone()),
         })
         .collect();
-    let path_bytes: usize = attrs
-        .as_path
-        .iter()
-        .map(|s| match s {
-            AsSegment::Sequence(v) | AsSegment::Set(v) if v.is_empty() => 0,
-            AsSegment::Sequence(v) | AsSegment::Set(v) => 2 + 4 * v.len(),
-        })
-        .sum();
+    let path_bytes: usize = segs.iter().map(|s| 2 + 4 * s.as_numbers().len()).sum();
+    let mut list = vec![
+        attr(
+            false,
+            true,
+            false,
+            PathAttributeValue::Origin(match attrs.origin {
+                Origin::Igp => NgOrigin::IGP,
+                Origin::Egp => NgOrigin::EGP,
+                Origin::Incomplete => NgOrigin::Incomplete,
+            }),
+        )?,
+        attr(
+            false,
+            true,
+            path_bytes > 255,
+            PathAttributeValue::AsPath(AsPath::As4PathSegments(segs.into())),
+        )?,
+    ];
+    if let Some(m) = attrs.med {
+        list.push(attr(
+            true,
+            false,
+            false,
+            PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(m)),
+        )?);
+    }
+    if let Some(l) = attrs.local_pref {
+        list.push(attr(
+            false,
+            true,
+            false,
+            PathAttributeValue::LocalPreference(LocalPreference::new(l)),
+        )?);
+    }
+    Ok(list)
+}
+
+/// Encodes announcements of `prefixes` (split over as many UPDATEs as needed).
+pub fn encode_announce(reach: &Reach, attrs: &PathAttributes) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let base = base_attrs(attrs)?;
     let mut out = Vec::new();
     for chunk in reach.prefixes.chunks(PREFIXES_PER_UPDATE) {
-        let mut list = vec![
-            attr(
-                false,
-                true,
-                false,
-                PathAttributeValue::Origin(match attrs.origin {
-                    Origin::Igp => NgOrigin::IGP,
-                    Origin::Egp => NgOrigin::EGP,
-                    Origin::Incomplete => NgOrigin::Incomplete,
-                }),
-            )?,
-            attr(
-                false,
-                true,
-                path_bytes > 255,
-                PathAttributeValue::AsPath(AsPath::As4PathSegments(segs.clone().into())),
-            )?,
-        ];
-        if let Some(m) = attrs.med {
-            list.push(attr(
-                true,
-                false,
-                false,
-                PathAttributeValue::MultiExitDiscriminator(MultiExitDiscriminator::new(m)),
-            )?);
-        }
-        if let Some(l) = attrs.local_pref {
-            list.push(attr(
-                false,
-                true,
-                false,
-                PathAttributeValue::LocalPreference(LocalPreference::new(l)),
-            )?);
-        }
+        let mut list = base.clone();
         list.push(attr(
             true,
             false,
@@ -815,9 +911,420 @@ pub fn encode_withdraw(prefixes: &[Ipv6Net]) -> Result<Vec<Vec<u8>>, EncodeError
 }
 
 /// Encodes the End-of-RIB marker for a family.
-pub fn encode_end_of_rib(_f: Family) -> Result<Vec<u8>, EncodeError> {
-    encode_withdraw(&[])?.pop().ok_or(EncodeError {
+pub fn encode_end_of_rib(f: Family) -> Result<Vec<u8>, EncodeError> {
+    let msgs = match f {
+        Family::Ipv6Unicast => encode_withdraw(&[])?,
+        Family::L2vpnEvpn => encode_evpn_withdraw(&[])?,
+    };
+    msgs.into_iter().next().ok_or(EncodeError {
         what: "UPDATE",
         detail: "no End-of-RIB produced".into(),
     })
+}
+
+// ---- L2VPN EVPN (RFC 7432, RFC 8365) ----
+
+fn unicast(ip: std::net::IpAddr) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast() || ip.is_loopback())
+        && ip != std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
+
+/// The EVPN attributes of one UPDATE, applied to each of its routes.
+#[derive(Debug, Default)]
+struct EvpnAttrs {
+    route_targets: Vec<RouteTarget>,
+    vxlan: bool,
+    mac_mobility: Option<u32>,
+    pmsi_vni: Option<u32>,
+}
+
+impl EvpnAttrs {
+    fn read(&mut self, communities: &[ExtendedCommunity]) {
+        for c in communities {
+            match c {
+                ExtendedCommunity::TransitiveTwoOctet(
+                    TransitiveTwoOctetExtendedCommunity::RouteTarget {
+                        global_admin,
+                        local_admin,
+                    },
+                ) => self.route_targets.push(RouteTarget {
+                    asn: u32::from(*global_admin),
+                    value: *local_admin,
+                }),
+                ExtendedCommunity::TransitiveFourOctet(
+                    TransitiveFourOctetExtendedCommunity::RouteTarget {
+                        global_admin,
+                        local_admin,
+                    },
+                ) => self.route_targets.push(RouteTarget {
+                    asn: *global_admin,
+                    value: u32::from(*local_admin),
+                }),
+                ExtendedCommunity::TransitiveOpaque(
+                    TransitiveOpaqueExtendedCommunity::Unassigned { sub_type, value },
+                ) if *sub_type == ENCAPSULATION_SUBTYPE => {
+                    // Value: 4 reserved octets, then the 2-octet tunnel type (RFC 9012 §4.1).
+                    self.vxlan |= u16::from_be_bytes([value[4], value[5]]) == TUNNEL_VXLAN;
+                }
+                ExtendedCommunity::Evpn(EvpnExtendedCommunity::MacMobility { seq_no, .. }) => {
+                    // A sender puts one (RFC 7432 §7.7); of several, the highest counts.
+                    self.mac_mobility = Some(self.mac_mobility.map_or(*seq_no, |s| s.max(*seq_no)));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn route(&self, nlri: EvpnNlri, next_hop: std::net::IpAddr) -> EvpnRoute {
+        let mac = matches!(nlri, EvpnNlri::MacIp { .. });
+        EvpnRoute {
+            nlri,
+            next_hop,
+            route_targets: self.route_targets.clone(),
+            encapsulation_vxlan: self.vxlan,
+            mac_mobility: self.mac_mobility.filter(|_| mac),
+            pmsi_vni: self.pmsi_vni.filter(|_| !mac),
+        }
+    }
+}
+
+/// The PMSI tunnel attribute: `Some(label)` for ingress replication, `None` for another
+/// tunnel type; `Err` when too short.
+fn decode_pmsi(v: &[u8]) -> Result<Option<u32>, String> {
+    match v {
+        [_flags, kind, l0, l1, l2, ..] => {
+            Ok((*kind == PMSI_INGRESS_REPLICATION).then(|| u32::from_be_bytes([0, *l0, *l1, *l2])))
+        }
+        _ => Err(format!(
+            "PMSI tunnel attribute is {} bytes, less than 5",
+            v.len()
+        )),
+    }
+}
+
+/// What an EVPN MP_REACH held: next hop (`None`: bad length), routes of types 2 and 3, and
+/// why some NLRI were malformed.
+struct EvpnReach {
+    next_hop: Option<std::net::IpAddr>,
+    routes: Vec<EvpnNlri>,
+    malformed: Option<String>,
+}
+
+fn reset(rec: &RawAttr<'_>, why: String) -> DecodeError {
+    // RFC 7606 §5.3: the NLRI cannot be located → session reset.
+    fatal(3, 9, rec.record.to_vec(), why)
+}
+
+fn decode_evpn_reach(rec: &RawAttr<'_>) -> Result<EvpnReach, DecodeError> {
+    let v = rec.value();
+    let nh_len = *v
+        .get(3)
+        .ok_or_else(|| reset(rec, "MP_REACH (EVPN) truncated before the next hop".into()))?
+        as usize;
+    let nh = v.get(4..4 + nh_len).ok_or_else(|| {
+        reset(
+            rec,
+            format!("MP_REACH (EVPN) next hop length {nh_len} overruns the attribute"),
+        )
+    })?;
+    let next_hop = match nh_len {
+        4 => Some(std::net::IpAddr::from(
+            <[u8; 4]>::try_from(nh).unwrap_or_default(),
+        )),
+        16 | 32 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&nh[..16]);
+            Some(std::net::IpAddr::from(a))
+        }
+        _ => None,
+    };
+    let nlri = v.get(5 + nh_len..).ok_or_else(|| {
+        reset(
+            rec,
+            "MP_REACH (EVPN) truncated before the reserved octet".into(),
+        )
+    })?;
+    let (routes, malformed) = split_evpn_nlri(nlri, "MP_REACH").map_err(|w| reset(rec, w))?;
+    Ok(EvpnReach {
+        next_hop,
+        routes,
+        malformed,
+    })
+}
+
+fn decode_evpn_unreach(
+    rec: &RawAttr<'_>,
+    report: &mut UpdateReport,
+) -> Result<Vec<EvpnNlri>, DecodeError> {
+    let nlri = &rec.value()[3..];
+    let (routes, malformed) = split_evpn_nlri(nlri, "MP_UNREACH").map_err(|w| reset(rec, w))?;
+    if let Some(why) = malformed {
+        // A withdrawal that cannot be parsed cannot name a route; the others still apply.
+        report.discarded.push((rec.code, why));
+    }
+    Ok(routes)
+}
+
+/// Splits EVPN NLRI (route type, length, value): `Err` when a length overruns (session reset),
+/// else the routes of types 2 and 3, and the first reason one of them was malformed. Other
+/// route types are skipped (RFC 7606 §5.4).
+fn split_evpn_nlri(mut buf: &[u8], what: &str) -> Result<(Vec<EvpnNlri>, Option<String>), String> {
+    let mut routes = Vec::new();
+    let mut malformed = None;
+    while !buf.is_empty() {
+        let (kind, len) = match buf {
+            [k, l, ..] => (*k, *l as usize),
+            _ => return Err(format!("{what} (EVPN): NLRI header truncated")),
+        };
+        let Some(one) = buf.get(..2 + len) else {
+            return Err(format!(
+                "{what} (EVPN): route type {kind} length {len} overruns the attribute"
+            ));
+        };
+        buf = &buf[2 + len..];
+        if !matches!(kind, 2 | 3) {
+            continue;
+        }
+        match parse_evpn_route(one) {
+            Ok(n) => routes.push(n),
+            Err(why) => {
+                malformed.get_or_insert(format!("{what} (EVPN) route type {kind}: {why}"));
+            }
+        }
+    }
+    Ok((routes, malformed))
+}
+
+fn rd_from_ng(rd: NgRd) -> RouteDistinguisher {
+    RouteDistinguisher(u64::from(rd).to_be_bytes())
+}
+
+fn rd_to_ng(rd: &RouteDistinguisher) -> Result<NgRd, EncodeError> {
+    let b = rd.0;
+    let u16at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+    let u32at = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    Ok(match rd.rd_type() {
+        0 => NgRd::As2Administrator {
+            asn2: u16at(2),
+            number: u32at(4),
+        },
+        1 => NgRd::Ipv4Administrator {
+            ip: std::net::Ipv4Addr::new(b[2], b[3], b[4], b[5]),
+            number: u16at(6),
+        },
+        2 => NgRd::As4Administrator {
+            asn4: u32at(2),
+            number: u16at(6),
+        },
+        t => {
+            return Err(EncodeError {
+                what: "UPDATE",
+                detail: format!("route distinguisher type {t} is not 0, 1 or 2"),
+            })
+        }
+    })
+}
+
+fn label_value(l: &MplsLabel) -> u32 {
+    let v = l.value();
+    u32::from_be_bytes([0, v[0], v[1], v[2]])
+}
+
+fn label_of(vni: u32) -> Result<MplsLabel, EncodeError> {
+    if vni > MAX_VNI {
+        return Err(EncodeError {
+            what: "UPDATE",
+            detail: format!("VNI {vni} does not fit 24 bits"),
+        });
+    }
+    let b = vni.to_be_bytes();
+    Ok(MplsLabel::new([b[1], b[2], b[3]]))
+}
+
+/// One NLRI (type, length, value) of type 2 or 3, through netgauze.
+fn parse_evpn_route(one: &[u8]) -> Result<EvpnNlri, String> {
+    let mut cur = SliceReader::new(one);
+    let route = L2EvpnRoute::parse(&mut cur).map_err(|e| e.to_string())?;
+    let (nlri, expect) = match &route {
+        L2EvpnRoute::MacIpAdvertisement(m) => {
+            let ip_len = match m.ip() {
+                None => 0,
+                Some(std::net::IpAddr::V4(_)) => 4,
+                Some(std::net::IpAddr::V6(_)) => 16,
+            };
+            let l2 = if m.mpls_label2().is_some() { 3 } else { 0 };
+            let n = EvpnNlri::MacIp {
+                rd: rd_from_ng(m.rd()),
+                ethernet_tag: m.tag().value(),
+                mac: *m.mac().value(),
+                ip: m.ip(),
+                vni: label_value(m.mpls_label1()),
+            };
+            (n, 33 + ip_len + l2)
+        }
+        L2EvpnRoute::InclusiveMulticastEthernetTagRoute(r) => {
+            let n = EvpnNlri::Inclusive {
+                rd: rd_from_ng(r.rd()),
+                ethernet_tag: r.tag().value(),
+                originator: r.ip(),
+            };
+            (n, if r.ip().is_ipv4() { 17 } else { 29 })
+        }
+        _ => return Err("unexpected route type".into()),
+    };
+    if one.len() != 2 + expect {
+        return Err(format!(
+            "length {} does not match its fields ({expect})",
+            one.len() - 2
+        ));
+    }
+    Ok(nlri)
+}
+
+fn evpn_to_ng(n: &EvpnNlri) -> Result<L2EvpnAddress, EncodeError> {
+    let route = match n {
+        EvpnNlri::MacIp {
+            rd,
+            ethernet_tag,
+            mac,
+            ip,
+            vni,
+        } => L2EvpnRoute::MacIpAdvertisement(MacIpAdvertisement::new(
+            rd_to_ng(rd)?,
+            EthernetSegmentIdentifier::new([0; 10]),
+            EthernetTag::new(*ethernet_tag),
+            MacAddress::new(*mac),
+            *ip,
+            label_of(*vni)?,
+            None,
+        )),
+        EvpnNlri::Inclusive {
+            rd,
+            ethernet_tag,
+            originator,
+        } => L2EvpnRoute::InclusiveMulticastEthernetTagRoute(
+            InclusiveMulticastEthernetTagRoute::new(
+                rd_to_ng(rd)?,
+                EthernetTag::new(*ethernet_tag),
+                *originator,
+            ),
+        ),
+    };
+    Ok(L2EvpnAddress::new(None, route))
+}
+
+fn route_target(rt: &RouteTarget) -> Result<ExtendedCommunity, EncodeError> {
+    if let Ok(asn) = u16::try_from(rt.asn) {
+        return Ok(ExtendedCommunity::TransitiveTwoOctet(
+            TransitiveTwoOctetExtendedCommunity::RouteTarget {
+                global_admin: asn,
+                local_admin: rt.value,
+            },
+        ));
+    }
+    let value = u16::try_from(rt.value).map_err(|_| EncodeError {
+        what: "UPDATE",
+        detail: format!(
+            "route target {rt}: a 4-octet AS leaves 16 bits for the value (see RouteTarget::for_vni)"
+        ),
+    })?;
+    Ok(ExtendedCommunity::TransitiveFourOctet(
+        TransitiveFourOctetExtendedCommunity::RouteTarget {
+            global_admin: rt.asn,
+            local_admin: value,
+        },
+    ))
+}
+
+/// Encodes one EVPN route (MP_REACH AFI 25 / SAFI 70) with route targets, the VXLAN
+/// encapsulation community, MAC mobility (type 2) and the PMSI tunnel attribute (type 3).
+pub fn encode_evpn_announce(r: &EvpnRoute, attrs: &PathAttributes) -> Result<Vec<u8>, EncodeError> {
+    let mut list = base_attrs(attrs)?;
+    let mut ecs = r
+        .route_targets
+        .iter()
+        .map(route_target)
+        .collect::<Result<Vec<_>, _>>()?;
+    if r.encapsulation_vxlan {
+        let t = TUNNEL_VXLAN.to_be_bytes();
+        ecs.push(ExtendedCommunity::TransitiveOpaque(
+            TransitiveOpaqueExtendedCommunity::Unassigned {
+                sub_type: ENCAPSULATION_SUBTYPE,
+                value: [0, 0, 0, 0, t[0], t[1]],
+            },
+        ));
+    }
+    let is_mac = matches!(r.nlri, EvpnNlri::MacIp { .. });
+    if let Some(seq) = r.mac_mobility.filter(|_| is_mac) {
+        ecs.push(ExtendedCommunity::Evpn(
+            EvpnExtendedCommunity::MacMobility {
+                flags: 0,
+                seq_no: seq,
+            },
+        ));
+    }
+    if !ecs.is_empty() {
+        list.push(attr(
+            true,
+            true,
+            ecs.len() * 8 > 255,
+            PathAttributeValue::ExtendedCommunities(ExtendedCommunities::new(ecs)),
+        )?);
+    }
+    if let (EvpnNlri::Inclusive { originator, .. }, Some(vni)) = (&r.nlri, r.pmsi_vni) {
+        // Flags 0, ingress replication, label = VNI, tunnel id = the originator (RFC 8365).
+        let mut v = vec![0, PMSI_INGRESS_REPLICATION];
+        v.extend_from_slice(label_of(vni)?.value());
+        match originator {
+            std::net::IpAddr::V4(a) => v.extend_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => v.extend_from_slice(&a.octets()),
+        }
+        list.push(attr(
+            true,
+            true,
+            false,
+            PathAttributeValue::UnknownAttribute(UnknownAttribute::new(PMSI_TUNNEL, v)),
+        )?);
+    }
+    list.push(attr(
+        true,
+        false,
+        true,
+        PathAttributeValue::MpReach(MpReach::L2Evpn {
+            next_hop: r.next_hop,
+            nlri: vec![evpn_to_ng(&r.nlri)?].into(),
+        }),
+    )?);
+    write(
+        &BgpMessage::Update(BgpUpdateMessage::new(vec![], list, vec![])),
+        "UPDATE",
+    )
+}
+
+/// Encodes EVPN withdrawals (an empty list gives the EVPN End-of-RIB marker).
+pub fn encode_evpn_withdraw(nlri: &[EvpnNlri]) -> Result<Vec<Vec<u8>>, EncodeError> {
+    let chunks: Vec<&[EvpnNlri]> = if nlri.is_empty() {
+        vec![&[]]
+    } else {
+        nlri.chunks(EVPN_PER_UPDATE).collect()
+    };
+    chunks
+        .into_iter()
+        .map(|chunk| {
+            let nlri = chunk
+                .iter()
+                .map(evpn_to_ng)
+                .collect::<Result<Vec<_>, _>>()?;
+            let a = attr(
+                true,
+                false,
+                true,
+                PathAttributeValue::MpUnreach(MpUnreach::L2Evpn { nlri: nlri.into() }),
+            )?;
+            write(
+                &BgpMessage::Update(BgpUpdateMessage::new(vec![], vec![a], vec![])),
+                "UPDATE",
+            )
+        })
+        .collect()
 }

@@ -7,11 +7,12 @@
 //! Adj-RIB-In (with graceful-restart stale state) and the routes we announce to it.
 
 use crate::codec::{self, DecodeError, MAX_MESSAGE_LEN};
+use crate::evpn::{EvpnNlri, EvpnRoute};
 use crate::message::{
     AsSegment, Capabilities, Family, GracefulRestart, Message, Notification, Open, Origin,
     PathAttributes, Reach, Update,
 };
-use crate::rib::{AdjRibIn, Insert, Route};
+use crate::rib::{AdjRibIn, Insert, RibKey, Route};
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,8 +43,15 @@ pub struct SessionConfig {
     pub graceful_restart_time: Option<u16>,
     /// How long a restarted peer's stale routes are kept waiting for its End-of-RIB.
     pub stale_path_time: Duration,
-    /// Most prefixes accepted from this peer before Cease/Maximum Number of Prefixes Reached.
+    /// Most routes (IPv6 prefixes and EVPN routes together) accepted from this peer before
+    /// Cease/Maximum Number of Prefixes Reached.
     pub max_prefixes: usize,
+    /// Families we offer (multiprotocol capability); routes are exchanged only for those the
+    /// peer offers too.
+    pub families: Vec<Family>,
+    /// The peer is a transparent route server (RFC 7947): it does not put its AS first in
+    /// the AS_PATH, so the eBGP first-AS check (RFC 4271 §6.3, a MAY) is skipped.
+    pub route_server: bool,
 }
 
 impl SessionConfig {
@@ -61,6 +69,8 @@ impl SessionConfig {
             graceful_restart_time: Some(120),
             stale_path_time: Duration::from_secs(360),
             max_prefixes: 10_000,
+            families: vec![Family::Ipv6Unicast],
+            route_server: false,
         }
     }
 
@@ -111,6 +121,10 @@ pub enum Input<'a> {
     },
     /// Withdraw our route for the prefix.
     Withdraw(Ipv6Net),
+    /// Announce our EVPN route (replaces one with the same route key).
+    AnnounceEvpn(EvpnRoute),
+    /// Withdraw our EVPN route with this route key.
+    WithdrawEvpn(EvpnNlri),
     /// Ask the peer to resend its routes (ROUTE-REFRESH, if it supports it).
     RequestRefresh,
 }
@@ -160,6 +174,10 @@ pub enum Output {
     Learned(Route),
     /// The peer's route for this prefix is gone (withdrawn, flushed, or stale and swept).
     Withdrawn(Ipv6Net),
+    /// An EVPN route was learned from the peer, or changed, with the UPDATE's attributes.
+    LearnedEvpn(EvpnRoute, PathAttributes),
+    /// The peer's EVPN route is gone (the NLRI as it was announced).
+    WithdrawnEvpn(EvpnNlri),
     /// The peer's End-of-RIB arrived.
     EndOfRib(Family),
     /// The session failed (it is Idle or Active afterwards).
@@ -178,10 +196,12 @@ struct Conn {
     keepalive_at: Option<Instant>,
     hold: u16,
     peer: Option<Open>,
-    /// The peer preserves IPv6 forwarding across its restart (GR capability with the family).
-    peer_gr: bool,
+    /// Negotiated families whose forwarding the peer preserves across its restart (GR
+    /// capability with the F bit).
+    peer_gr: Vec<Family>,
     peer_restart_time: u16,
-    peer_ipv6: bool,
+    /// Families both sides offered.
+    families: Vec<Family>,
     peer_route_refresh: bool,
     established_at: Option<Instant>,
 }
@@ -209,6 +229,18 @@ pub struct SessionStatus {
     pub prefixes_stale: usize,
     /// Our routes announced to the peer (when established).
     pub prefixes_sent: usize,
+    /// Families negotiated on the current connection.
+    #[serde(default)]
+    pub families: Vec<Family>,
+    /// EVPN routes in the Adj-RIB-In (stale included).
+    #[serde(default)]
+    pub evpn_received: usize,
+    /// Of those, stale after the peer's restart.
+    #[serde(default)]
+    pub evpn_stale: usize,
+    /// Our EVPN routes announced to the peer (when established).
+    #[serde(default)]
+    pub evpn_sent: usize,
     /// UPDATE messages received (all sessions).
     pub updates_received: u64,
     /// ROUTE-REFRESH requests received (all sessions).
@@ -228,6 +260,8 @@ pub struct Session {
     rib_in: AdjRibIn,
     /// Our routes: prefix → next hop.
     rib_out: BTreeMap<Ipv6Net, Ipv6Addr>,
+    /// Our EVPN routes by route key.
+    rib_out_evpn: BTreeMap<EvpnNlri, EvpnRoute>,
     /// ConnectRetry timer (also the automatic-restart delay in Idle).
     retry_at: Option<Instant>,
     /// Deadline for the peer's stale routes (restart time, then stale-path time).
@@ -268,6 +302,7 @@ impl Session {
             conn: Conn::default(),
             rib_in: AdjRibIn::default(),
             rib_out: BTreeMap::new(),
+            rib_out_evpn: BTreeMap::new(),
             retry_at: None,
             stale_until: None,
             last_error: None,
@@ -310,11 +345,19 @@ impl Session {
                 .map(|t| now.saturating_duration_since(t).as_secs()),
             remote_router_id: self.conn.peer.as_ref().map(|o| o.router_id),
             hold_time: self.conn.peer.as_ref().map(|_| self.conn.hold),
-            graceful_restart: self.conn.peer_gr,
-            prefixes_received: self.rib_in.len(),
-            prefixes_stale: self.rib_in.stale_count(),
-            prefixes_sent: if est && self.conn.peer_ipv6 {
+            graceful_restart: !self.conn.peer_gr.is_empty(),
+            prefixes_received: self.rib_in.len_of(Family::Ipv6Unicast),
+            prefixes_stale: self.rib_in.stale_of(Family::Ipv6Unicast),
+            prefixes_sent: if est && self.negotiated(Family::Ipv6Unicast) {
                 self.rib_out.len()
+            } else {
+                0
+            },
+            families: self.conn.families.clone(),
+            evpn_received: self.rib_in.len_of(Family::L2vpnEvpn),
+            evpn_stale: self.rib_in.stale_of(Family::L2vpnEvpn),
+            evpn_sent: if est && self.negotiated(Family::L2vpnEvpn) {
+                self.rib_out_evpn.len()
             } else {
                 0
             },
@@ -373,23 +416,44 @@ impl Session {
             Input::Bytes(b) => self.bytes(b, now, &mut out),
             Input::Announce { prefix, next_hop } => {
                 let prefix = prefix.trunc();
-                if self.rib_out.insert(prefix, next_hop) != Some(next_hop) && self.sending() {
+                if self.rib_out.insert(prefix, next_hop) != Some(next_hop)
+                    && self.sending(Family::Ipv6Unicast)
+                {
                     self.send_announce(&[prefix], next_hop, &mut out);
                 }
             }
             Input::Withdraw(prefix) => {
                 let prefix = prefix.trunc();
-                if self.rib_out.remove(&prefix).is_some() && self.sending() {
+                if self.rib_out.remove(&prefix).is_some() && self.sending(Family::Ipv6Unicast) {
                     match codec::encode_withdraw(&[prefix]) {
                         Ok(msgs) => out.extend(msgs.into_iter().map(Output::Send)),
                         Err(e) => self.record(SessionError::Encode(e.to_string()), &mut out),
                     }
                 }
             }
+            Input::AnnounceEvpn(route) => {
+                let key = route.key();
+                let old = self.rib_out_evpn.insert(key, route.clone());
+                if old.as_ref() != Some(&route) && self.sending(Family::L2vpnEvpn) {
+                    self.send_evpn(&[route], &mut out);
+                }
+            }
+            Input::WithdrawEvpn(nlri) => {
+                if let Some(old) = self.rib_out_evpn.remove(&nlri.route_key()) {
+                    if self.sending(Family::L2vpnEvpn) {
+                        match codec::encode_evpn_withdraw(&[old.nlri]) {
+                            Ok(msgs) => out.extend(msgs.into_iter().map(Output::Send)),
+                            Err(e) => self.record(SessionError::Encode(e.to_string()), &mut out),
+                        }
+                    }
+                }
+            }
             Input::RequestRefresh => {
                 if self.state == State::Established && self.conn.peer_route_refresh {
-                    if let Ok(m) = codec::encode_route_refresh(Family::Ipv6Unicast) {
-                        out.push(Output::Send(m));
+                    for f in self.conn.families.clone() {
+                        if let Ok(m) = codec::encode_route_refresh(f) {
+                            out.push(Output::Send(m));
+                        }
                     }
                 }
             }
@@ -410,9 +474,8 @@ impl Session {
                     self.cfg.remote_address
                 )));
             }
-            for p in self.rib_in.sweep_stale() {
-                out.push(Output::Withdrawn(p));
-            }
+            let gone = self.rib_in.sweep_stale();
+            emit_gone(gone, &mut out);
         }
         if due(self.conn.hold_at) {
             self.fail(
@@ -502,8 +565,12 @@ impl Session {
         out.push(Output::Error(e));
     }
 
-    fn sending(&self) -> bool {
-        self.state == State::Established && self.conn.peer_ipv6
+    fn negotiated(&self, f: Family) -> bool {
+        self.conn.families.contains(&f)
+    }
+
+    fn sending(&self, f: Family) -> bool {
+        self.state == State::Established && self.negotiated(f)
     }
 
     fn keepalive_interval(&self) -> Duration {
@@ -537,9 +604,7 @@ impl Session {
         self.conn = Conn::default();
         self.retry_at = None;
         self.stale_until = None;
-        for p in self.rib_in.clear() {
-            out.push(Output::Withdrawn(p));
-        }
+        emit_gone(self.rib_in.clear(), out);
         let _ = now;
         self.goto(State::Idle, out);
     }
@@ -557,14 +622,14 @@ impl Session {
             hold_time: self.cfg.hold_time,
             router_id: self.cfg.router_id,
             capabilities: Capabilities {
-                families: vec![Family::Ipv6Unicast],
+                families: self.cfg.families.clone(),
                 four_octet_as: Some(self.cfg.local_as),
                 route_refresh: true,
                 graceful_restart: self.cfg.graceful_restart_time.map(|t| GracefulRestart {
                     restarting: false,
                     restart_time: t,
-                    // F bit: the agent's kernel routes outlive the speaker.
-                    families: vec![(Family::Ipv6Unicast, true)],
+                    // F bit: the agent's kernel routes and FDB entries outlive the speaker.
+                    families: self.cfg.families.iter().map(|f| (*f, true)).collect(),
                 }),
             },
         };
@@ -600,9 +665,7 @@ impl Session {
 
     fn flush_all(&mut self, out: &mut Vec<Output>) {
         self.stale_until = None;
-        for p in self.rib_in.clear() {
-            out.push(Output::Withdrawn(p));
-        }
+        emit_gone(self.rib_in.clear(), out);
     }
 
     /// Connection gone: Idle with automatic restart, or Active for a passive session.
@@ -620,10 +683,19 @@ impl Session {
     fn lost(&mut self, now: Instant, out: &mut Vec<Output>) {
         self.record(SessionError::ConnectionLost(self.state), out);
         out.push(Output::Close);
-        if self.state == State::Established && self.conn.peer_gr && self.conn.peer_restart_time > 0
+        if self.state == State::Established
+            && !self.conn.peer_gr.is_empty()
+            && self.conn.peer_restart_time > 0
         {
-            // RFC 4724 §4.2: keep the peer's routes, stale, for its restart time.
-            self.rib_in.mark_all_stale();
+            // RFC 4724 §4.2: keep the peer's routes, stale, for its restart time — only of the
+            // families whose forwarding it preserves; the others go now.
+            for f in [Family::Ipv6Unicast, Family::L2vpnEvpn] {
+                if self.conn.peer_gr.contains(&f) {
+                    self.rib_in.mark_stale(f);
+                } else {
+                    emit_gone(self.rib_in.clear_of(f), out);
+                }
+            }
             self.stale_until =
                 Some(now + Duration::from_secs(u64::from(self.conn.peer_restart_time)));
             out.push(Output::Warning(format!(
@@ -720,10 +792,12 @@ impl Session {
                 self.updates_received += 1;
                 self.update(u, now, out);
             }
-            (State::Established, Message::RouteRefresh(Family::Ipv6Unicast)) => {
+            (State::Established, Message::RouteRefresh(f)) => {
                 self.restart_hold(now);
                 self.refreshes_received += 1;
-                self.send_all(out);
+                if self.negotiated(f) {
+                    self.send_family(f, out);
+                }
             }
             (state, m) => {
                 let sub = match state {
@@ -783,14 +857,22 @@ impl Session {
         }
         let hold = self.cfg.hold_time.min(open.hold_time);
         self.conn.hold = hold;
+        self.conn.families = self
+            .cfg
+            .families
+            .iter()
+            .copied()
+            .filter(|f| open.capabilities.families.contains(f))
+            .collect();
         let gr = open.capabilities.graceful_restart.as_ref();
-        self.conn.peer_gr = gr.is_some_and(|g| {
-            g.families
-                .iter()
-                .any(|(f, fwd)| *f == Family::Ipv6Unicast && *fwd)
-        });
+        self.conn.peer_gr = self
+            .conn
+            .families
+            .iter()
+            .copied()
+            .filter(|f| gr.is_some_and(|g| g.families.contains(&(*f, true))))
+            .collect();
         self.conn.peer_restart_time = gr.map(|g| g.restart_time).unwrap_or(0);
-        self.conn.peer_ipv6 = open.capabilities.families.contains(&Family::Ipv6Unicast);
         self.conn.peer_route_refresh = open.capabilities.route_refresh;
         self.conn.peer = Some(open);
         self.after_open_stale(now, out);
@@ -811,14 +893,12 @@ impl Session {
         if self.rib_in.stale_count() == 0 {
             return;
         }
-        if self.conn.peer_gr {
-            self.stale_until = Some(now + self.cfg.stale_path_time);
-        } else {
-            self.stale_until = None;
-            for p in self.rib_in.sweep_stale() {
-                out.push(Output::Withdrawn(p));
+        for f in [Family::Ipv6Unicast, Family::L2vpnEvpn] {
+            if !self.conn.peer_gr.contains(&f) {
+                emit_gone(self.rib_in.sweep_stale_of(f), out);
             }
         }
+        self.stale_until = (self.rib_in.stale_count() > 0).then(|| now + self.cfg.stale_path_time);
     }
 
     fn on_established(&mut self, now: Instant, out: &mut Vec<Output>) {
@@ -827,9 +907,23 @@ impl Session {
         self.send_all(out);
     }
 
-    /// All our routes, then End-of-RIB (RFC 4724 §2; harmless for peers without GR).
+    /// All our routes of every negotiated family, each followed by its End-of-RIB.
     fn send_all(&mut self, out: &mut Vec<Output>) {
-        if !self.conn.peer_ipv6 {
+        for f in self.conn.families.clone() {
+            self.send_family(f, out);
+        }
+    }
+
+    /// All our routes of one family, then End-of-RIB (RFC 4724 §2; harmless for peers
+    /// without GR).
+    fn send_family(&mut self, f: Family, out: &mut Vec<Output>) {
+        if f == Family::L2vpnEvpn {
+            let routes: Vec<EvpnRoute> = self.rib_out_evpn.values().cloned().collect();
+            self.send_evpn(&routes, out);
+            match codec::encode_end_of_rib(f) {
+                Ok(m) => out.push(Output::Send(m)),
+                Err(e) => self.record(SessionError::Encode(e.to_string()), out),
+            }
             return;
         }
         let mut by_nh: BTreeMap<Ipv6Addr, Vec<Ipv6Net>> = BTreeMap::new();
@@ -845,9 +939,10 @@ impl Session {
         }
     }
 
-    fn send_announce(&mut self, prefixes: &[Ipv6Net], next_hop: Ipv6Addr, out: &mut Vec<Output>) {
+    /// The attributes of everything we originate.
+    fn our_attrs(&self) -> PathAttributes {
         let ibgp = self.cfg.is_ibgp();
-        let attrs = PathAttributes {
+        PathAttributes {
             origin: Origin::Igp,
             // eBGP: prepend our AS (RFC 4271 §5.1.2); iBGP: we originate, so the path is empty.
             as_path: if ibgp {
@@ -857,7 +952,21 @@ impl Session {
             },
             med: None,
             local_pref: ibgp.then_some(crate::rib::DEFAULT_LOCAL_PREF),
-        };
+        }
+    }
+
+    fn send_evpn(&mut self, routes: &[EvpnRoute], out: &mut Vec<Output>) {
+        let attrs = self.our_attrs();
+        for r in routes {
+            match codec::encode_evpn_announce(r, &attrs) {
+                Ok(m) => out.push(Output::Send(m)),
+                Err(e) => self.record(SessionError::Encode(e.to_string()), out),
+            }
+        }
+    }
+
+    fn send_announce(&mut self, prefixes: &[Ipv6Net], next_hop: Ipv6Addr, out: &mut Vec<Output>) {
+        let attrs = self.our_attrs();
         let reach = Reach {
             next_hop,
             next_hop_local: None,
@@ -870,33 +979,98 @@ impl Session {
     }
 
     fn update(&mut self, u: Update, now: Instant, out: &mut Vec<Output>) {
-        for p in &u.withdrawn {
-            if self.rib_in.remove(p) {
-                out.push(Output::Withdrawn(*p));
+        // Routes of families not negotiated are ignored (RFC 4760 §7).
+        let ipv6 = self.negotiated(Family::Ipv6Unicast);
+        let evpn = self.negotiated(Family::L2vpnEvpn);
+        if ipv6 {
+            for p in &u.withdrawn {
+                if self.rib_in.remove(p) {
+                    out.push(Output::Withdrawn(*p));
+                }
+            }
+        }
+        if evpn {
+            for n in &u.evpn_withdrawn {
+                if let Some(stored) = self.rib_in.remove_evpn(n) {
+                    out.push(Output::WithdrawnEvpn(stored));
+                }
             }
         }
         if let Some(f) = u.end_of_rib {
-            let swept = self.rib_in.sweep_stale();
+            if !self.negotiated(f) {
+                return;
+            }
+            let swept = self.rib_in.sweep_stale_of(f);
             if !swept.is_empty() {
                 out.push(Output::Warning(format!(
-                    "End-of-RIB from {}: {} stale routes removed",
+                    "End-of-RIB ({f:?}) from {}: {} stale routes removed",
                     self.cfg.remote_address,
                     swept.len()
                 )));
             }
-            self.stale_until = None;
-            out.extend(swept.into_iter().map(Output::Withdrawn));
+            if self.rib_in.stale_count() == 0 {
+                self.stale_until = None;
+            }
+            emit_gone(swept, out);
             out.push(Output::EndOfRib(f));
             return;
         }
-        let Some((reach, mut attrs)) = u.reach else {
-            return;
-        };
+        if let Some((reach, attrs)) = u.reach.filter(|_| ipv6) {
+            let Some(attrs) = self.accept_path(attrs, out) else {
+                for p in reach.prefixes {
+                    if self.rib_in.remove(&p) {
+                        out.push(Output::Withdrawn(p));
+                    }
+                }
+                return;
+            };
+            for p in reach.prefixes {
+                let route = Route {
+                    prefix: p,
+                    next_hop: reach.next_hop,
+                    attrs: attrs.clone(),
+                };
+                match self.rib_in.insert(route.clone(), self.cfg.max_prefixes) {
+                    Insert::Changed => out.push(Output::Learned(route)),
+                    Insert::Unchanged => {}
+                    Insert::LimitExceeded => return self.too_many(Family::Ipv6Unicast, now, out),
+                }
+            }
+        }
+        if let Some((routes, attrs)) = u.evpn_reach.filter(|_| evpn) {
+            let Some(attrs) = self.accept_path(attrs, out) else {
+                for r in routes {
+                    if let Some(stored) = self.rib_in.remove_evpn(&r.nlri) {
+                        out.push(Output::WithdrawnEvpn(stored));
+                    }
+                }
+                return;
+            };
+            for r in routes {
+                match self
+                    .rib_in
+                    .insert_evpn(r.clone(), attrs.clone(), self.cfg.max_prefixes)
+                {
+                    Insert::Changed => out.push(Output::LearnedEvpn(r, attrs.clone())),
+                    Insert::Unchanged => {}
+                    Insert::LimitExceeded => return self.too_many(Family::L2vpnEvpn, now, out),
+                }
+            }
+        }
+    }
+
+    /// AS-path checks of a received path; `None` (with a warning) when its routes are to be
+    /// treated as withdrawn.
+    fn accept_path(
+        &mut self,
+        mut attrs: PathAttributes,
+        out: &mut Vec<Output>,
+    ) -> Option<PathAttributes> {
         let ibgp = self.cfg.is_ibgp();
         let mut reject = None;
         if attrs.contains_as(self.cfg.local_as) {
             reject = Some("AS path contains our AS (loop)".to_string());
-        } else if !ibgp && attrs.first_as() != Some(self.cfg.remote_as) {
+        } else if !ibgp && !self.cfg.route_server && attrs.first_as() != Some(self.cfg.remote_as) {
             // RFC 7606 §7.2 (from RFC 4271 §6.3): treat-as-withdraw.
             reject = Some(format!(
                 "AS path does not start with the peer's AS {}",
@@ -911,36 +1085,34 @@ impl Session {
             out.push(Output::Warning(format!(
                 "UPDATE treated as withdraw: {why}"
             )));
-            for p in reach.prefixes {
-                if self.rib_in.remove(&p) {
-                    out.push(Output::Withdrawn(p));
-                }
-            }
-            return;
+            return None;
         }
-        for p in reach.prefixes {
-            let route = Route {
-                prefix: p,
-                next_hop: reach.next_hop,
-                attrs: attrs.clone(),
-            };
-            match self.rib_in.insert(route.clone(), self.cfg.max_prefixes) {
-                Insert::Changed => out.push(Output::Learned(route)),
-                Insert::Unchanged => {}
-                Insert::LimitExceeded => {
-                    // RFC 4486 §4: AFI, SAFI, upper bound.
-                    let mut data = Vec::with_capacity(7);
-                    data.extend_from_slice(&2u16.to_be_bytes());
-                    data.push(1);
-                    data.extend_from_slice(&(self.cfg.max_prefixes as u32).to_be_bytes());
-                    return self.fail(
-                        Notification::with_data(6, 1, data),
-                        format!("peer sent more than {} prefixes", self.cfg.max_prefixes),
-                        now,
-                        out,
-                    );
-                }
-            }
-        }
+        Some(attrs)
     }
+
+    fn too_many(&mut self, f: Family, now: Instant, out: &mut Vec<Output>) {
+        // RFC 4486 §4: AFI, SAFI, upper bound.
+        let (afi, safi) = f.afi_safi();
+        let mut data = Vec::with_capacity(7);
+        data.extend_from_slice(&afi.to_be_bytes());
+        data.push(safi);
+        data.extend_from_slice(&(self.cfg.max_prefixes as u32).to_be_bytes());
+        self.fail(
+            Notification::with_data(6, 1, data),
+            format!(
+                "peer sent more than {} routes (IPv6 and EVPN together)",
+                self.cfg.max_prefixes
+            ),
+            now,
+            out,
+        );
+    }
+}
+
+/// Turns RIB removals into Withdrawn / WithdrawnEvpn outputs.
+fn emit_gone(gone: Vec<RibKey>, out: &mut Vec<Output>) {
+    out.extend(gone.into_iter().map(|k| match k {
+        RibKey::Ipv6(p) => Output::Withdrawn(p),
+        RibKey::Evpn(n) => Output::WithdrawnEvpn(n),
+    }));
 }

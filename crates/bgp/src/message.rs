@@ -4,6 +4,7 @@
 //! RIB do not depend on netgauze's large enums, and so that more address families (L2VPN EVPN,
 //! issue 12) can be added as new [`Family`] variants and [`Nlri`] kinds without touching the FSM.
 
+use crate::evpn::{EvpnNlri, EvpnRoute};
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -14,6 +15,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 pub enum Family {
     /// AFI 2 / SAFI 1 (RFC 4760).
     Ipv6Unicast,
+    /// AFI 25 / SAFI 70: L2VPN EVPN (RFC 7432).
+    L2vpnEvpn,
 }
 
 impl Family {
@@ -21,6 +24,16 @@ impl Family {
     pub const fn afi_safi(self) -> (u16, u8) {
         match self {
             Family::Ipv6Unicast => (2, 1),
+            Family::L2vpnEvpn => (25, 70),
+        }
+    }
+
+    /// The family with these numbers, if known.
+    pub const fn from_afi_safi(afi: u16, safi: u8) -> Option<Family> {
+        match (afi, safi) {
+            (2, 1) => Some(Family::Ipv6Unicast),
+            (25, 70) => Some(Family::L2vpnEvpn),
+            _ => None,
         }
     }
 }
@@ -145,6 +158,11 @@ pub struct Update {
     pub reach: Option<(Reach, PathAttributes)>,
     /// This UPDATE is an End-of-RIB marker for the family (RFC 4724 §2).
     pub end_of_rib: Option<Family>,
+    /// Withdrawn EVPN routes (MP_UNREACH_NLRI, AFI 25 / SAFI 70); route types other than 2
+    /// and 3 are left out.
+    pub evpn_withdrawn: Vec<EvpnNlri>,
+    /// Announced EVPN routes (types 2 and 3) with the UPDATE's attributes.
+    pub evpn_reach: Option<(Vec<EvpnRoute>, PathAttributes)>,
 }
 
 /// A NOTIFICATION (RFC 4271 §4.5).

@@ -1,7 +1,8 @@
 //! Adj-RIB-In (per peer, with graceful-restart stale flags) and the Loc-RIB best path over
 //! peers, with change notifications.
 
-use crate::message::PathAttributes;
+use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
+use crate::message::{Family, PathAttributes};
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -27,10 +28,29 @@ struct Entry {
     stale: bool,
 }
 
-/// Routes received from one peer, bounded by `max_prefixes`.
+/// One EVPN entry of an Adj-RIB-In.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EvpnEntry {
+    route: EvpnRoute,
+    attrs: PathAttributes,
+    stale: bool,
+}
+
+/// What a removal took out of a RIB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RibKey {
+    /// An IPv6 prefix.
+    Ipv6(Ipv6Net),
+    /// An EVPN route (the NLRI as it was announced, VNI included).
+    Evpn(EvpnNlri),
+}
+
+/// Routes received from one peer, IPv6 and EVPN, bounded together by `max_prefixes`.
 #[derive(Debug, Clone, Default)]
 pub struct AdjRibIn {
     routes: BTreeMap<Ipv6Net, Entry>,
+    /// Keyed by [`EvpnNlri::route_key`].
+    evpn: BTreeMap<EvpnNlri, EvpnEntry>,
 }
 
 /// Result of inserting into an [`AdjRibIn`].
@@ -45,19 +65,35 @@ pub enum Insert {
 }
 
 impl AdjRibIn {
-    /// Number of routes (stale included).
+    /// Number of routes of every family (stale included): what `max_prefixes` bounds.
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.routes.len() + self.evpn.len()
     }
 
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len() == 0
     }
 
-    /// Number of stale routes.
+    /// Number of routes of one family (stale included).
+    pub fn len_of(&self, f: Family) -> usize {
+        match f {
+            Family::Ipv6Unicast => self.routes.len(),
+            Family::L2vpnEvpn => self.evpn.len(),
+        }
+    }
+
+    /// Number of stale routes of every family.
     pub fn stale_count(&self) -> usize {
-        self.routes.values().filter(|e| e.stale).count()
+        self.stale_of(Family::Ipv6Unicast) + self.stale_of(Family::L2vpnEvpn)
+    }
+
+    /// Number of stale routes of one family.
+    pub fn stale_of(&self, f: Family) -> usize {
+        match f {
+            Family::Ipv6Unicast => self.routes.values().filter(|e| e.stale).count(),
+            Family::L2vpnEvpn => self.evpn.values().filter(|e| e.stale).count(),
+        }
     }
 
     /// Inserts or replaces a route (clearing its stale flag); refuses to grow past `max`.
@@ -70,7 +106,7 @@ impl AdjRibIn {
             e.route = route;
             return Insert::Changed;
         }
-        if self.routes.len() >= max {
+        if self.len() >= max {
             return Insert::LimitExceeded;
         }
         self.routes.insert(
@@ -83,38 +119,113 @@ impl AdjRibIn {
         Insert::Changed
     }
 
+    /// Inserts or replaces an EVPN route (same route key: RD, tag, MAC, IP / originator),
+    /// clearing its stale flag; refuses to grow past `max` routes of all families.
+    pub fn insert_evpn(&mut self, route: EvpnRoute, attrs: PathAttributes, max: usize) -> Insert {
+        let key = route.key();
+        if let Some(e) = self.evpn.get_mut(&key) {
+            e.stale = false;
+            if e.route == route && e.attrs == attrs {
+                return Insert::Unchanged;
+            }
+            e.route = route;
+            e.attrs = attrs;
+            return Insert::Changed;
+        }
+        if self.len() >= max {
+            return Insert::LimitExceeded;
+        }
+        self.evpn.insert(
+            key,
+            EvpnEntry {
+                route,
+                attrs,
+                stale: false,
+            },
+        );
+        Insert::Changed
+    }
+
     /// Removes a route; true if it was present.
     pub fn remove(&mut self, prefix: &Ipv6Net) -> bool {
         self.routes.remove(prefix).is_some()
     }
 
+    /// Removes the EVPN route with `nlri`'s route key; returns its NLRI as stored.
+    pub fn remove_evpn(&mut self, nlri: &EvpnNlri) -> Option<EvpnNlri> {
+        self.evpn.remove(&nlri.route_key()).map(|e| e.route.nlri)
+    }
+
     /// Marks every route stale (session lost with graceful restart negotiated).
     pub fn mark_all_stale(&mut self) {
-        for e in self.routes.values_mut() {
-            e.stale = true;
+        self.mark_stale(Family::Ipv6Unicast);
+        self.mark_stale(Family::L2vpnEvpn);
+    }
+
+    /// Marks the routes of one family stale.
+    pub fn mark_stale(&mut self, f: Family) {
+        match f {
+            Family::Ipv6Unicast => self.routes.values_mut().for_each(|e| e.stale = true),
+            Family::L2vpnEvpn => self.evpn.values_mut().for_each(|e| e.stale = true),
         }
     }
 
-    /// Removes the stale routes and returns their prefixes.
-    pub fn sweep_stale(&mut self) -> Vec<Ipv6Net> {
-        let gone: Vec<Ipv6Net> = self
-            .routes
-            .iter()
-            .filter(|(_, e)| e.stale)
-            .map(|(p, _)| *p)
-            .collect();
-        for p in &gone {
-            self.routes.remove(p);
-        }
+    /// Removes the stale routes of every family.
+    pub fn sweep_stale(&mut self) -> Vec<RibKey> {
+        let mut gone = self.sweep_stale_of(Family::Ipv6Unicast);
+        gone.extend(self.sweep_stale_of(Family::L2vpnEvpn));
         gone
     }
 
-    /// Removes everything and returns the prefixes.
-    pub fn clear(&mut self) -> Vec<Ipv6Net> {
-        std::mem::take(&mut self.routes).into_keys().collect()
+    /// Removes the stale routes of one family (its End-of-RIB arrived).
+    pub fn sweep_stale_of(&mut self, f: Family) -> Vec<RibKey> {
+        match f {
+            Family::Ipv6Unicast => {
+                let gone: Vec<Ipv6Net> = self
+                    .routes
+                    .iter()
+                    .filter(|(_, e)| e.stale)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in &gone {
+                    self.routes.remove(p);
+                }
+                gone.into_iter().map(RibKey::Ipv6).collect()
+            }
+            Family::L2vpnEvpn => {
+                let mut gone = Vec::new();
+                self.evpn.retain(|_, e| {
+                    if e.stale {
+                        gone.push(RibKey::Evpn(e.route.nlri));
+                    }
+                    !e.stale
+                });
+                gone
+            }
+        }
     }
 
-    /// Iterates over (route, stale).
+    /// Removes everything.
+    pub fn clear(&mut self) -> Vec<RibKey> {
+        let mut gone: Vec<RibKey> = std::mem::take(&mut self.routes)
+            .into_keys()
+            .map(RibKey::Ipv6)
+            .collect();
+        gone.extend(
+            std::mem::take(&mut self.evpn)
+                .into_values()
+                .map(|e| RibKey::Evpn(e.route.nlri)),
+        );
+        gone
+    }
+
+    /// Removes every route of one family.
+    pub fn clear_of(&mut self, f: Family) -> Vec<RibKey> {
+        self.mark_stale(f);
+        self.sweep_stale_of(f)
+    }
+
+    /// Iterates over the IPv6 routes as (route, stale).
     pub fn iter(&self) -> impl Iterator<Item = (&Route, bool)> {
         self.routes.values().map(|e| (&e.route, e.stale))
     }
@@ -122,6 +233,18 @@ impl AdjRibIn {
     /// Looks a prefix up.
     pub fn get(&self, prefix: &Ipv6Net) -> Option<(&Route, bool)> {
         self.routes.get(prefix).map(|e| (&e.route, e.stale))
+    }
+
+    /// Iterates over the EVPN routes as (route, attributes, stale).
+    pub fn iter_evpn(&self) -> impl Iterator<Item = (&EvpnRoute, &PathAttributes, bool)> {
+        self.evpn.values().map(|e| (&e.route, &e.attrs, e.stale))
+    }
+
+    /// Looks an EVPN route up by its route key.
+    pub fn get_evpn(&self, nlri: &EvpnNlri) -> Option<(&EvpnRoute, bool)> {
+        self.evpn
+            .get(&nlri.route_key())
+            .map(|e| (&e.route, e.stale))
     }
 }
 
@@ -170,14 +293,31 @@ pub const DEFAULT_LOCAL_PREF: u32 = 100;
 /// enough to need "same neighbour AS only"), lower router id, lower peer address.
 /// `Ordering::Less` means `a` is better.
 pub fn compare(a: (&PeerKey, &Route), b: (&PeerKey, &Route)) -> Ordering {
-    let lp = |r: &Route| r.attrs.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
+    compare_attrs((a.0, &a.1.attrs), (b.0, &b.1.attrs))
+}
+
+/// [`compare`] on the attributes alone.
+pub fn compare_attrs(a: (&PeerKey, &PathAttributes), b: (&PeerKey, &PathAttributes)) -> Ordering {
+    let lp = |r: &PathAttributes| r.local_pref.unwrap_or(DEFAULT_LOCAL_PREF);
     lp(b.1)
         .cmp(&lp(a.1))
-        .then(a.1.attrs.as_path_len().cmp(&b.1.attrs.as_path_len()))
-        .then(a.1.attrs.origin.cmp(&b.1.attrs.origin))
-        .then(a.1.attrs.med.unwrap_or(0).cmp(&b.1.attrs.med.unwrap_or(0)))
+        .then(a.1.as_path_len().cmp(&b.1.as_path_len()))
+        .then(a.1.origin.cmp(&b.1.origin))
+        .then(a.1.med.unwrap_or(0).cmp(&b.1.med.unwrap_or(0)))
         .then(a.0.router_id.cmp(&b.0.router_id))
         .then(a.0.address.cmp(&b.0.address))
+}
+
+/// EVPN best path for one NLRI: the higher MAC mobility sequence first (RFC 7432 §15.2 —
+/// absent counts as 0), then [`compare_attrs`].
+pub fn compare_evpn(
+    a: (&PeerKey, &EvpnRoute, &PathAttributes),
+    b: (&PeerKey, &EvpnRoute, &PathAttributes),
+) -> Ordering {
+    let seq = |r: &EvpnRoute| r.mac_mobility.unwrap_or(0);
+    seq(b.1)
+        .cmp(&seq(a.1))
+        .then_with(|| compare_attrs((a.0, a.2), (b.0, b.2)))
 }
 
 /// The Loc-RIB: candidates per prefix from every peer, and the best of them.
@@ -187,7 +327,12 @@ pub struct LocRib {
     /// own candidates instead of adding a second set.
     candidates: BTreeMap<Ipv6Net, BTreeMap<IpAddr, (PeerKey, Route)>>,
     best: BTreeMap<Ipv6Net, BestRoute>,
+    /// EVPN candidates per route key ([`EvpnNlri::route_key`]), by peer address.
+    evpn_candidates: BTreeMap<EvpnNlri, BTreeMap<IpAddr, EvpnCandidate>>,
+    evpn_best: BTreeMap<EvpnNlri, BestEvpnRoute>,
 }
+
+type EvpnCandidate = (PeerKey, EvpnRoute, PathAttributes);
 
 impl LocRib {
     /// Adds or replaces `peer`'s route; returns the best-route change, if any.
@@ -246,6 +391,66 @@ impl LocRib {
     pub fn best_for(&self, prefix: &Ipv6Net) -> Option<&BestRoute> {
         self.best.get(prefix)
     }
+
+    /// Adds or replaces `peer`'s EVPN route; returns the best-route change, if any.
+    pub fn update_evpn(
+        &mut self,
+        peer: PeerKey,
+        route: EvpnRoute,
+        attrs: PathAttributes,
+    ) -> Option<EvpnChange> {
+        let key = route.key();
+        self.evpn_candidates
+            .entry(key)
+            .or_default()
+            .insert(peer.address, (peer, route, attrs));
+        self.reselect_evpn(key)
+    }
+
+    /// Removes `peer`'s EVPN route with `nlri`'s route key; returns the change, if any.
+    pub fn withdraw_evpn(&mut self, peer: &PeerKey, nlri: &EvpnNlri) -> Option<EvpnChange> {
+        let key = nlri.route_key();
+        let c = self.evpn_candidates.get_mut(&key)?;
+        c.remove(&peer.address)?;
+        if c.is_empty() {
+            self.evpn_candidates.remove(&key);
+        }
+        self.reselect_evpn(key)
+    }
+
+    fn reselect_evpn(&mut self, key: EvpnNlri) -> Option<EvpnChange> {
+        let best = self.evpn_candidates.get(&key).and_then(|c| {
+            c.values()
+                .min_by(|a, b| compare_evpn((&a.0, &a.1, &a.2), (&b.0, &b.1, &b.2)))
+                .map(|(k, r, _)| BestEvpnRoute {
+                    route: r.clone(),
+                    peer: k.address,
+                    peer_router_id: k.router_id,
+                })
+        });
+        match best {
+            Some(b) => {
+                if self.evpn_best.get(&key) == Some(&b) {
+                    return None;
+                }
+                self.evpn_best.insert(key, b.clone());
+                Some(EvpnChange::Changed(b))
+            }
+            None => self.evpn_best.remove(&key).map(|old| EvpnChange::Removed {
+                nlri: old.route.nlri,
+            }),
+        }
+    }
+
+    /// The current best EVPN routes.
+    pub fn best_evpn(&self) -> impl Iterator<Item = &BestEvpnRoute> {
+        self.evpn_best.values()
+    }
+
+    /// The best EVPN route for `nlri`'s route key.
+    pub fn best_evpn_for(&self, nlri: &EvpnNlri) -> Option<&BestEvpnRoute> {
+        self.evpn_best.get(&nlri.route_key())
+    }
 }
 
 #[cfg(test)]
@@ -299,7 +504,7 @@ mod tests {
         rib.mark_all_stale();
         assert_eq!(
             rib.sweep_stale(),
-            vec!["2001:db8:1::/64".parse::<Ipv6Net>().unwrap()]
+            vec![RibKey::Ipv6("2001:db8:1::/64".parse::<Ipv6Net>().unwrap())]
         );
         assert!(rib.is_empty());
     }

@@ -6,10 +6,11 @@
 //! timers; reads are at most [`READ_CHUNK`] bytes at a time.
 
 use crate::codec;
+use crate::evpn::{BestEvpnRoute, EvpnChange, EvpnNlri, EvpnRoute};
 use crate::fsm::{
     resolve_collision, Collision, Input, Output, Session, SessionConfig, SessionStatus, State,
 };
-use crate::message::Notification;
+use crate::message::{Family, Notification};
 use crate::rib::{BestChange, BestRoute, LocRib, PeerKey};
 use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,9 @@ fn default_connect_retry() -> u64 {
 fn default_max_prefixes() -> usize {
     10_000
 }
+fn default_families() -> Vec<Family> {
+    vec![Family::Ipv6Unicast]
+}
 
 /// One configured neighbour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +65,15 @@ pub struct PeerConfig {
     /// The neighbour's TCP port.
     #[serde(default = "default_port")]
     pub port: u16,
-    /// Most prefixes accepted from it (Cease/Maximum Number of Prefixes Reached beyond).
+    /// Most routes (IPv6 prefixes and EVPN routes together) accepted from it
+    /// (Cease/Maximum Number of Prefixes Reached beyond).
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes: usize,
+    /// The neighbour is a transparent route server (RFC 7947, e.g. gobgpd with
+    /// route-server-client): its routes start with the originator's AS, not its own, so the
+    /// eBGP first-AS check is skipped for it.
+    #[serde(default)]
+    pub route_server: bool,
 }
 
 /// The speaker's configuration.
@@ -88,6 +98,10 @@ pub struct SpeakerConfig {
     /// ConnectRetry / automatic-restart delay in seconds.
     #[serde(default = "default_connect_retry")]
     pub connect_retry_secs: u64,
+    /// Address families offered to every peer (default: IPv6 unicast); routes of a family are
+    /// exchanged with a peer only when it offers the family too.
+    #[serde(default = "default_families")]
+    pub families: Vec<Family>,
 }
 
 /// Makes the speaker's TCP sockets (`true`: IPv6). The default makes them in the calling
@@ -132,6 +146,15 @@ pub struct SpeakerStatus {
     pub listen: Option<SocketAddr>,
     /// Our announced routes (prefix, next hop).
     pub announced: Vec<(Ipv6Net, Ipv6Addr)>,
+    /// Families offered.
+    #[serde(default)]
+    pub families: Vec<Family>,
+    /// Number of our announced EVPN routes.
+    #[serde(default)]
+    pub announced_evpn: usize,
+    /// Number of best EVPN routes in the Loc-RIB.
+    #[serde(default)]
+    pub evpn_routes: usize,
     /// Per-peer status.
     pub peers: Vec<SessionStatus>,
 }
@@ -139,6 +162,8 @@ pub struct SpeakerStatus {
 enum Cmd {
     Announce(Ipv6Net, Ipv6Addr),
     Withdraw(Ipv6Net),
+    AnnounceEvpn(EvpnRoute),
+    WithdrawEvpn(EvpnNlri),
     Refresh,
     Stop,
     Incoming(TcpStream),
@@ -147,6 +172,12 @@ enum Cmd {
 struct Shared {
     loc_rib: LocRib,
     announced: BTreeMap<Ipv6Net, Ipv6Addr>,
+    /// Our EVPN routes by route key.
+    announced_evpn: BTreeMap<EvpnNlri, EvpnRoute>,
+    /// Someone took the EVPN change stream: only then do peers wait for room in its queue
+    /// (before, changes beyond [`CHANGES_QUEUE`] are dropped, so a speaker whose stream
+    /// nobody takes never stalls).
+    evpn_listening: bool,
     status: Vec<(SessionStatus, Instant)>,
 }
 
@@ -164,6 +195,7 @@ pub struct Speaker {
     shared: Arc<Mutex<Shared>>,
     peers: Vec<(IpAddr, mpsc::Sender<Cmd>)>,
     tasks: Vec<JoinHandle<()>>,
+    evpn_rx: Option<mpsc::Receiver<EvpnChange>>,
 }
 
 impl Drop for Speaker {
@@ -198,6 +230,11 @@ impl Speaker {
         if cfg.router_id.is_unspecified() {
             return Err(SpeakerError::Config("router_id must not be 0.0.0.0".into()));
         }
+        if cfg.families.is_empty() {
+            return Err(SpeakerError::Config(
+                "families must name at least one of ipv6-unicast, l2vpn-evpn".into(),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for p in &cfg.peers {
             if !seen.insert(canonical(p.address)) {
@@ -227,9 +264,12 @@ impl Speaker {
         let shared = Arc::new(Mutex::new(Shared {
             loc_rib: LocRib::default(),
             announced: BTreeMap::new(),
+            announced_evpn: BTreeMap::new(),
+            evpn_listening: false,
             status: Vec::new(),
         }));
         let (changes_tx, changes_rx) = mpsc::channel(CHANGES_QUEUE);
+        let (evpn_tx, evpn_rx) = mpsc::channel(CHANGES_QUEUE);
         let mut peers = Vec::new();
         let mut tasks = Vec::new();
         let now = Instant::now();
@@ -240,6 +280,8 @@ impl Speaker {
             sc.connect_retry = Duration::from_secs(cfg.connect_retry_secs.max(1));
             sc.graceful_restart_time = cfg.graceful_restart_time;
             sc.max_prefixes = p.max_prefixes;
+            sc.families = cfg.families.clone();
+            sc.route_server = p.route_server;
             let session = Session::new(sc);
             lock(&shared).status.push((session.status(now), now));
             let (tx, rx) = mpsc::channel(CMD_QUEUE);
@@ -251,6 +293,7 @@ impl Speaker {
                 session,
                 shared: shared.clone(),
                 changes: changes_tx.clone(),
+                evpn_changes: evpn_tx.clone(),
                 conn: None,
                 probe: None,
                 connecting: None,
@@ -270,6 +313,7 @@ impl Speaker {
                 shared,
                 peers,
                 tasks,
+                evpn_rx: Some(evpn_rx),
             },
             changes_rx,
         ))
@@ -298,6 +342,49 @@ impl Speaker {
         }
     }
 
+    /// Announces an EVPN route to every peer that negotiated L2VPN EVPN (now and on every
+    /// later session); replaces our route with the same route key ([`EvpnNlri::route_key`]).
+    pub async fn announce_evpn(&self, route: EvpnRoute) {
+        lock(&self.shared)
+            .announced_evpn
+            .insert(route.key(), route.clone());
+        for (_, tx) in &self.peers {
+            let _ = tx.send(Cmd::AnnounceEvpn(route.clone())).await;
+        }
+    }
+
+    /// Withdraws our EVPN route with `nlri`'s route key from every peer.
+    pub async fn withdraw_evpn(&self, nlri: EvpnNlri) {
+        lock(&self.shared).announced_evpn.remove(&nlri.route_key());
+        for (_, tx) in &self.peers {
+            let _ = tx.send(Cmd::WithdrawEvpn(nlri)).await;
+        }
+    }
+
+    /// The current best EVPN routes (one per NLRI).
+    pub fn evpn_routes(&self) -> Vec<BestEvpnRoute> {
+        lock(&self.shared).loc_rib.best_evpn().cloned().collect()
+    }
+
+    /// Our announced EVPN routes.
+    pub fn announced_evpn(&self) -> Vec<EvpnRoute> {
+        lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The stream of best EVPN route changes; `Some` once. Until it is taken, changes queue
+    /// up to [`CHANGES_QUEUE`] and later ones are dropped ([`Speaker::evpn_routes`] has the
+    /// state); once taken, peer tasks wait when that many are unread. Take it right after
+    /// start.
+    pub fn evpn_changes(&mut self) -> Option<mpsc::Receiver<EvpnChange>> {
+        let rx = self.evpn_rx.take()?;
+        lock(&self.shared).evpn_listening = true;
+        Some(rx)
+    }
+
     /// Sends ROUTE-REFRESH to one peer (or all): they resend their routes.
     pub async fn refresh(&self, peer: Option<IpAddr>) {
         for (addr, tx) in &self.peers {
@@ -321,6 +408,9 @@ impl Speaker {
             router_id: self.cfg.router_id,
             listen: self.listen,
             announced: g.announced.iter().map(|(p, n)| (*p, *n)).collect(),
+            families: self.cfg.families.clone(),
+            announced_evpn: g.announced_evpn.len(),
+            evpn_routes: g.loc_rib.best_evpn().count(),
             peers: g
                 .status
                 .iter()
@@ -334,13 +424,21 @@ impl Speaker {
         }
     }
 
-    /// Stops every session with Cease/Administrative Shutdown, then ends the tasks.
-    pub async fn shutdown(self) {
+    /// Stops every session with Cease/Administrative Shutdown, then ends the tasks; when it
+    /// returns, the listen socket is closed (the address can be bound again).
+    pub async fn shutdown(mut self) {
         for (_, tx) in &self.peers {
             let _ = tx.send(Cmd::Stop).await;
         }
         // Give the writers a moment to flush the NOTIFICATIONs before the tasks are aborted.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 }
 
@@ -427,6 +525,7 @@ struct PeerTask {
     session: Session,
     shared: Arc<Mutex<Shared>>,
     changes: mpsc::Sender<BestChange>,
+    evpn_changes: mpsc::Sender<EvpnChange>,
     conn: Option<Conn>,
     /// A second (incoming) connection while ours is in OpenSent/OpenConfirm (collision).
     probe: Option<(Session, Conn)>,
@@ -462,6 +561,15 @@ impl PeerTask {
             let o = self
                 .session
                 .handle(Input::Announce { prefix, next_hop }, now);
+            self.apply(o).await;
+        }
+        let announced_evpn: Vec<EvpnRoute> = lock(&self.shared)
+            .announced_evpn
+            .values()
+            .cloned()
+            .collect();
+        for r in announced_evpn {
+            let o = self.session.handle(Input::AnnounceEvpn(r), now);
             self.apply(o).await;
         }
         let o = self.session.handle(Input::Start, now);
@@ -561,6 +669,8 @@ impl PeerTask {
                 .session
                 .handle(Input::Announce { prefix, next_hop }, now),
             Cmd::Withdraw(p) => self.session.handle(Input::Withdraw(p), now),
+            Cmd::AnnounceEvpn(r) => self.session.handle(Input::AnnounceEvpn(r), now),
+            Cmd::WithdrawEvpn(n) => self.session.handle(Input::WithdrawEvpn(n), now),
             Cmd::Refresh => self.session.handle(Input::RequestRefresh, now),
             Cmd::Stop => {
                 self.probe = None;
@@ -655,7 +765,7 @@ impl PeerTask {
     }
 
     async fn apply(&mut self, outputs: Vec<Output>) {
-        let mut changes = Vec::new();
+        let mut changes = Changes::default();
         for o in outputs {
             match o {
                 Output::Send(b) => {
@@ -664,7 +774,7 @@ impl PeerTask {
                         // Writer gone or queue full: the connection is dead or stuck.
                         self.conn = None;
                         let more = self.session.handle(Input::TcpClosed, Instant::now());
-                        changes.extend(self.rib_changes(more));
+                        self.rib_changes(more, &mut changes);
                     }
                 }
                 Output::Connect => self.start_connect(),
@@ -683,19 +793,31 @@ impl PeerTask {
                 }
                 Output::Error(e) => log::warn!("bgp: peer {}: {e}", self.remote),
                 Output::Warning(w) => log::warn!("bgp: peer {}: {w}", self.remote),
-                other => changes.extend(self.rib_changes(vec![other])),
+                other => self.rib_changes(vec![other], &mut changes),
             }
         }
-        for c in changes {
+        for c in changes.ipv6 {
             if self.changes.send(c).await.is_err() {
                 // Nobody listens any more; the routes stay queryable through routes().
             }
         }
+        if !changes.evpn.is_empty() {
+            let listening = lock(&self.shared).evpn_listening;
+            for c in changes.evpn {
+                if listening {
+                    if self.evpn_changes.send(c).await.is_err() {
+                        break;
+                    }
+                } else {
+                    // Not taken (yet): queue what fits, never wait.
+                    let _ = self.evpn_changes.try_send(c);
+                }
+            }
+        }
     }
 
-    /// Feeds Learned/Withdrawn outputs into the Loc-RIB; returns best-route changes.
-    fn rib_changes(&mut self, outputs: Vec<Output>) -> Vec<BestChange> {
-        let mut changes = Vec::new();
+    /// Feeds Learned/Withdrawn outputs into the Loc-RIB; collects best-route changes.
+    fn rib_changes(&mut self, outputs: Vec<Output>, changes: &mut Changes) {
         let key = self.key.unwrap_or(PeerKey {
             router_id: Ipv4Addr::UNSPECIFIED,
             address: self.remote.ip(),
@@ -705,15 +827,20 @@ impl PeerTask {
             match o {
                 Output::Learned(r) => {
                     // The peer's key can change across sessions (new router id): drop the old.
-                    changes.extend(g.loc_rib.update(key, r));
+                    changes.ipv6.extend(g.loc_rib.update(key, r));
                 }
                 Output::Withdrawn(p) => {
-                    changes.extend(g.loc_rib.withdraw(&key, &p));
+                    changes.ipv6.extend(g.loc_rib.withdraw(&key, &p));
+                }
+                Output::LearnedEvpn(r, attrs) => {
+                    changes.evpn.extend(g.loc_rib.update_evpn(key, r, attrs));
+                }
+                Output::WithdrawnEvpn(n) => {
+                    changes.evpn.extend(g.loc_rib.withdraw_evpn(&key, &n));
                 }
                 _ => {}
             }
         }
-        changes
     }
 
     fn start_connect(&mut self) {
@@ -736,4 +863,11 @@ impl PeerTask {
             *slot = (st, now);
         }
     }
+}
+
+/// Best-route changes of one batch of session outputs.
+#[derive(Default)]
+struct Changes {
+    ipv6: Vec<BestChange>,
+    evpn: Vec<EvpnChange>,
 }

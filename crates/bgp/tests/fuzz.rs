@@ -51,7 +51,12 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 
 /// An Established session (B side of a pair) to throw bytes at.
 fn established() -> Session {
-    let mut pr = Pair::new(cfg(A_AS, 1, B_AS, "fd00::2"), cfg(B_AS, 2, A_AS, "fd00::1"));
+    // Both families, so EVPN UPDATEs reach the RIB code too.
+    let both = vec![bgp::Family::Ipv6Unicast, bgp::Family::L2vpnEvpn];
+    let (mut a, mut b) = (cfg(A_AS, 1, B_AS, "fd00::2"), cfg(B_AS, 2, A_AS, "fd00::1"));
+    a.families = both.clone();
+    b.families = both;
+    let mut pr = Pair::new(a, b);
     pr.establish();
     assert!(pr.both_established());
     pr.b

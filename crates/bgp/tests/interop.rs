@@ -12,8 +12,12 @@
 
 mod common;
 
+use bgp::evpn::parse_mac;
 use bgp::message::{Capabilities, Family, GracefulRestart, Open};
-use bgp::{codec, BestChange, PeerConfig, Speaker, SpeakerConfig, State};
+use bgp::{
+    codec, BestChange, EvpnNlri, EvpnRoute, Mac, PeerConfig, RouteDistinguisher, RouteTarget,
+    Speaker, SpeakerConfig, State,
+};
 use ipnet::Ipv6Net;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +55,8 @@ struct Net {
     theirs: Ipv6Addr,
     daemon: Option<Child>,
     extra_pids: Vec<u32>,
+    /// More daemons of the test, killed and reaped on drop.
+    extra: Vec<Child>,
 }
 
 impl Net {
@@ -72,6 +78,7 @@ impl Net {
             theirs,
             daemon: None,
             extra_pids: vec![],
+            extra: vec![],
         };
         std::fs::create_dir_all(&dir).unwrap();
         must(&["ip", "netns", "add", &ns]);
@@ -154,6 +161,10 @@ impl Drop for Net {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for c in &mut self.extra {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for p in &self.extra_pids {
             // SAFETY: pids read from the daemon's pid file in our temp dir.
             unsafe { libc::kill(*p as i32, libc::SIGKILL) };
@@ -207,9 +218,11 @@ fn our_cfg(net: &Net, hold: u16, passive: bool) -> SpeakerConfig {
             hold_time: hold,
             port: 179,
             max_prefixes: 1000,
+            route_server: false,
         }],
         graceful_restart_time: Some(120),
         connect_retry_secs: 1,
+        families: vec![bgp::Family::Ipv6Unicast],
     }
 }
 
@@ -337,18 +350,38 @@ async fn scenario(net: &mut Net, d: &dyn Daemon, passive: bool) {
 /// Completes an OPEN exchange on a raw socket from our address and records what the daemon
 /// sends (OPEN, KEEPALIVE, UPDATEs, End-of-RIB) into the corpus.
 async fn capture(net: &Net, d: &dyn Daemon) {
+    capture_as(net, d.name(), &[Family::Ipv6Unicast]).await
+}
+
+/// [`capture`] offering `families`, into `tests/corpus/capture-<name>-valid.hex`.
+async fn capture_as(net: &Net, name: &str, families: &[Family]) {
+    capture_from(net.ours.into(), net.theirs.into(), name, families).await
+}
+
+/// [`capture_as`] between any two addresses.
+async fn capture_from(
+    ours: std::net::IpAddr,
+    theirs: std::net::IpAddr,
+    name: &str,
+    families: &[Family],
+) {
     if std::env::var_os("BGP_CAPTURE").is_none() {
         return;
     }
-    let sock = tokio::net::TcpSocket::new_v6().unwrap();
-    sock.bind(SocketAddr::new(net.ours.into(), 0)).unwrap();
+    let sock = if ours.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()
+    } else {
+        tokio::net::TcpSocket::new_v4()
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(ours, 0)).unwrap();
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(10),
-        sock.connect(SocketAddr::new(net.theirs.into(), 179)),
+        sock.connect(SocketAddr::new(theirs, 179)),
     )
     .await
     else {
-        println!("{}: capture: no connection", d.name());
+        println!("{name}: capture: no connection");
         return;
     };
     let open = Open {
@@ -356,13 +389,13 @@ async fn capture(net: &Net, d: &dyn Daemon) {
         hold_time: 90,
         router_id: Ipv4Addr::new(10, 255, 0, 1),
         capabilities: Capabilities {
-            families: vec![Family::Ipv6Unicast],
+            families: families.to_vec(),
             four_octet_as: Some(OUR_AS),
             route_refresh: true,
             graceful_restart: Some(GracefulRestart {
                 restarting: false,
                 restart_time: 120,
-                families: vec![(Family::Ipv6Unicast, true)],
+                families: families.iter().map(|f| (*f, true)).collect(),
             }),
         },
     };
@@ -371,8 +404,7 @@ async fn capture(net: &Net, d: &dyn Daemon) {
         .unwrap();
     s.write_all(&codec::encode_keepalive()).await.unwrap();
     let mut lines = vec![format!(
-        "# captured from {} (as received by ilanet's speaker)",
-        d.name()
+        "# captured from {name} (as received by ilanet's speaker)"
     )];
     let end = Instant::now() + Duration::from_secs(4);
     let mut buf = Vec::new();
@@ -389,11 +421,10 @@ async fn capture(net: &Net, d: &dyn Daemon) {
         }
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/corpus/capture-{}-valid.hex", d.name()));
+        .join(format!("tests/corpus/capture-{name}-valid.hex"));
     std::fs::write(&path, lines.join("\n") + "\n").unwrap();
     println!(
-        "{}: captured {} messages to {}",
-        d.name(),
+        "{name}: captured {} messages to {}",
         lines.len() - 1,
         path.display()
     );
@@ -673,4 +704,769 @@ async fn frr_interop() {
     });
     with_capture(&net, &f).await;
     scenario(&mut net, &f, false).await;
+}
+
+// ---- L2VPN EVPN through gobgpd as route server ----
+
+const VNI: u32 = 100;
+const RS_ID: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 3);
+/// The route server's AS; its clients: A [`OUR_AS`], B [`B_AS`], the injector [`INJ_AS`].
+const RS_AS: u32 = 65002;
+const B_AS: u32 = 65003;
+const INJ_AS: u32 = 65004;
+const INJ_ID: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 5);
+
+/// Our second address on the veth (a second route-server client).
+fn second_addr(net: &Net) -> Ipv6Addr {
+    let mut s = net.ours.segments();
+    s[7] = 3;
+    let a = Ipv6Addr::from(s);
+    must(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{a}/64"),
+        "dev",
+        &net.veth,
+        "nodad",
+    ]);
+    a
+}
+
+/// gobgpd as route server (AS [`RS_AS`], eBGP; it keeps iBGP split horizon even for
+/// route-server clients) with each of `clients` (address, AS) a passive route-server client
+/// for L2VPN EVPN only.
+fn start_gobgp_rs(net: &mut Net, clients: &[(Ipv6Addr, u32)]) -> Gobgp {
+    let api = "50051".to_string();
+    let mut conf = format!(
+        "[global.config]\n  as = {RS_AS}\n  router-id = \"{RS_ID}\"\n  port = 179\n  local-address-list = [\"{}\"]\n",
+        net.theirs
+    );
+    for (c, asn) in clients {
+        conf.push_str(&format!(
+            "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{c}\"\n    peer-as = {asn}\n\
+             \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n\
+             \x20 [neighbors.transport.config]\n    passive-mode = true\n\
+             \x20 [neighbors.route-server.config]\n    route-server-client = true\n\
+             \x20 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"l2vpn-evpn\"\n"
+        ));
+    }
+    let path = net.dir.join("gobgpd.toml");
+    std::fs::write(&path, conf).unwrap();
+    net.spawn(&[
+        "gobgpd",
+        "-f",
+        &path.display().to_string(),
+        "--api-hosts",
+        &format!("127.0.0.1:{api}"),
+        "-l",
+        "info",
+    ]);
+    Gobgp { api }
+}
+
+/// A second gobgpd in the namespace, on `addr`, a client of the route server at
+/// `net.theirs`: gobgpd's route server passes nothing from its own global RIB to its clients,
+/// so routes are injected here (`gobgp global rib add`) and reach us through the server.
+fn start_gobgp_injector(net: &mut Net, addr: Ipv6Addr) -> Gobgp {
+    let api = "50052".to_string();
+    let conf = format!(
+        "[global.config]\n  as = {INJ_AS}\n  router-id = \"{INJ_ID}\"\n  port = 179\n  local-address-list = [\"{addr}\"]\n\n\
+         [[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{rs}\"\n    peer-as = {RS_AS}\n\
+         \x20 [neighbors.timers.config]\n    hold-time = 9\n    keepalive-interval = 3\n    connect-retry = 1\n\
+         \x20 [neighbors.transport.config]\n    local-address = \"{addr}\"\n\
+         \x20 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"l2vpn-evpn\"\n",
+        rs = net.theirs
+    );
+    let path = net.dir.join("gobgpd-injector.toml");
+    std::fs::write(&path, conf).unwrap();
+    let log = std::fs::File::create(net.dir.join("injector.log")).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &net.ns, "gobgpd", "-f"])
+        .arg(&path)
+        .args(["--api-hosts", &format!("127.0.0.1:{api}"), "-l", "info"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.extra.push(child);
+    Gobgp { api }
+}
+
+fn evpn_cfg(me: Ipv6Addr, id: u8, asn: u32, rs: Ipv6Addr) -> SpeakerConfig {
+    SpeakerConfig {
+        local_as: asn,
+        router_id: Ipv4Addr::new(10, 255, 1, id),
+        listen: None,
+        local_address: Some(me.into()),
+        peers: vec![PeerConfig {
+            address: rs.into(),
+            remote_as: RS_AS,
+            passive: false,
+            hold_time: 9,
+            port: 179,
+            max_prefixes: 1000,
+            route_server: true,
+        }],
+        graceful_restart_time: Some(120),
+        connect_retry_secs: 1,
+        // Both offered; gobgpd offers EVPN only, so only EVPN is negotiated.
+        families: vec![Family::Ipv6Unicast, Family::L2vpnEvpn],
+    }
+}
+
+fn mac_ip(rd: RouteDistinguisher, mac: Mac, ip: Option<std::net::IpAddr>) -> EvpnNlri {
+    EvpnNlri::MacIp {
+        rd,
+        ethernet_tag: 0,
+        mac,
+        ip,
+        vni: VNI,
+    }
+}
+
+fn our_mac_route(nlri: EvpnNlri, vtep: Ipv6Addr, seq: Option<u32>) -> EvpnRoute {
+    EvpnRoute {
+        nlri,
+        next_hop: vtep.into(),
+        route_targets: vec![RouteTarget::for_vni(OUR_AS, VNI)],
+        encapsulation_vxlan: true,
+        mac_mobility: seq,
+        pmsi_vni: None,
+    }
+}
+
+/// The JSON of gobgpd's Adj-RIB-In for `client`, EVPN.
+fn adj_in(g: &Gobgp, net: &Net, client: Ipv6Addr) -> serde_json::Value {
+    let o = g.cli(
+        net,
+        &[
+            "neighbor",
+            &client.to_string(),
+            "adj-in",
+            "-a",
+            "evpn",
+            "-j",
+        ],
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Paths of gobgpd's JSON RIB output whose NLRI key contains `needle`.
+fn paths_matching<'a>(rib: &'a serde_json::Value, needle: &str) -> Vec<&'a serde_json::Value> {
+    let mut out = Vec::new();
+    if let Some(m) = rib.as_object() {
+        for (k, v) in m {
+            if k.contains(needle) {
+                out.extend(v.as_array().into_iter().flatten());
+            }
+        }
+    }
+    out
+}
+
+fn attr_of(path: &serde_json::Value, code: u64) -> Option<&serde_json::Value> {
+    path["attrs"]
+        .as_array()?
+        .iter()
+        .find(|a| a["type"].as_u64() == Some(code))
+}
+
+fn gobgp_add(g: &Gobgp, net: &Net, args: &[&str]) {
+    let mut v = vec!["global", "rib", "add", "-a", "evpn"];
+    v.extend_from_slice(args);
+    let o = g.cli(net, &v);
+    assert!(
+        o.status.success(),
+        "gobgp {v:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn gobgp_del(g: &Gobgp, net: &Net, args: &[&str]) {
+    let mut v = vec!["global", "rib", "del", "-a", "evpn"];
+    v.extend_from_slice(args);
+    let o = g.cli(net, &v);
+    assert!(
+        o.status.success(),
+        "gobgp {v:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: network namespaces, gobgpd"]
+async fn gobgp_evpn_route_server() {
+    let mut net = Net::new("evpn");
+    let ours2 = second_addr(&net);
+    let ours = net.ours;
+    let mut s = net.theirs.segments();
+    s[7] = 4;
+    let inj_addr = Ipv6Addr::from(s);
+    let peer_if = format!("{}p", net.veth);
+    net.exec_must(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{inj_addr}/64"),
+        "dev",
+        &peer_if,
+        "nodad",
+    ]);
+    let g = start_gobgp_rs(
+        &mut net,
+        &[(ours, OUR_AS), (ours2, B_AS), (inj_addr, INJ_AS)],
+    );
+    wait_up(&net, "gobgpd", || g.cli(&net, &["global"]).status.success());
+    let inj = start_gobgp_injector(&mut net, inj_addr);
+    wait_up(&net, "gobgpd injector", || {
+        inj.cli(&net, &["global"]).status.success()
+    });
+    let rs = net.theirs;
+    let rs_rd = format!("{INJ_ID}:{VNI}");
+    let rt = format!("{OUR_AS}:{VNI}");
+    let vni = VNI.to_string();
+    let mac1 = "02:00:00:00:00:01";
+    let ip1 = "192.0.2.1";
+    let vtep_rs = inj_addr.to_string();
+    // (a) routes injected into gobgpd: a MAC/IP and an inclusive multicast with PMSI.
+    gobgp_add(
+        &inj,
+        &net,
+        &[
+            "macadv", mac1, ip1, "etag", "0", "label", &vni, "rd", &rs_rd, "rt", &rt, "encap",
+            "vxlan",
+        ],
+    );
+    gobgp_add(
+        &inj,
+        &net,
+        &[
+            "multicast",
+            &vtep_rs,
+            "etag",
+            "0",
+            "rd",
+            &rs_rd,
+            "rt",
+            &rt,
+            "encap",
+            "vxlan",
+            "pmsi",
+            "ingress-repl",
+            &vni,
+            &vtep_rs,
+        ],
+    );
+    wait_for(
+        "gobgp-evpn: injected routes at the route server",
+        30,
+        || {
+            let rib = adj_in(&g, &net, inj_addr);
+            !paths_matching(&rib, mac1).is_empty() && !paths_matching(&rib, "multicast").is_empty()
+        },
+    )
+    .await;
+    capture_as(&net, "gobgp-evpn", &[Family::L2vpnEvpn]).await;
+
+    let (mut a, _a_v6) = Speaker::start(evpn_cfg(net.ours, 1, OUR_AS, rs))
+        .await
+        .unwrap();
+    let mut a_evpn = a.evpn_changes().unwrap();
+    let (b, _b_v6) = Speaker::start(evpn_cfg(ours2, 2, B_AS, rs)).await.unwrap();
+    let up = wait_for("gobgp-evpn: both Established", 60, || {
+        a.status().peers[0].state == State::Established
+            && b.status().peers[0].state == State::Established
+    })
+    .await;
+    println!("gobgp-evpn: established in {up:?}");
+    assert_eq!(a.status().peers[0].families, vec![Family::L2vpnEvpn]);
+
+    let rs_rd_v: RouteDistinguisher = rs_rd.parse().unwrap();
+    let m1 = mac_ip(
+        rs_rd_v,
+        parse_mac(mac1).unwrap(),
+        Some(ip1.parse().unwrap()),
+    );
+    let t = wait_for("gobgp-evpn: injected routes at A", 20, || {
+        a.evpn_routes().len() >= 2
+    })
+    .await;
+    println!("gobgp-evpn: injected routes arrived in {t:?}");
+    let routes = a.evpn_routes();
+    let got = routes
+        .iter()
+        .find(|r| r.route.nlri.route_key() == m1.route_key())
+        .unwrap_or_else(|| panic!("no {m1} in {routes:#?}"));
+    assert_eq!(
+        got.route.nlri, m1,
+        "MAC, IP, RD and VNI (label) as injected"
+    );
+    assert_eq!(
+        got.route.route_targets,
+        vec![RouteTarget::for_vni(OUR_AS, VNI)]
+    );
+    assert!(got.route.encapsulation_vxlan);
+    assert_eq!(got.route.mac_mobility, None);
+    println!(
+        "gobgp-evpn: A learned {} via {}",
+        got.route.nlri, got.route.next_hop
+    );
+    let inc = routes
+        .iter()
+        .find(|r| matches!(r.route.nlri, EvpnNlri::Inclusive { .. }))
+        .unwrap();
+    assert_eq!(
+        inc.route.nlri,
+        EvpnNlri::Inclusive {
+            rd: rs_rd_v,
+            ethernet_tag: 0,
+            originator: inj_addr.into()
+        }
+    );
+    assert_eq!(
+        inc.route.pmsi_vni,
+        Some(VNI),
+        "PMSI ingress replication label"
+    );
+    assert!(inc.route.encapsulation_vxlan);
+    println!(
+        "gobgp-evpn: A learned {} pmsi {:?} via {}",
+        inc.route.nlri, inc.route.pmsi_vni, inc.route.next_hop
+    );
+    // The route server passes the injected routes unchanged: next hop = the injector.
+    assert_eq!(
+        got.route.next_hop,
+        std::net::IpAddr::from(inj_addr),
+        "next hop"
+    );
+
+    // (b) B announces a MAC/IP (with MAC mobility) and its inclusive multicast route.
+    let b_rd = RouteDistinguisher::type1(Ipv4Addr::new(10, 255, 1, 2), VNI as u16);
+    let mac2: Mac = [2, 0, 0, 0, 0, 2];
+    let m2 = mac_ip(b_rd, mac2, Some("192.0.2.2".parse().unwrap()));
+    b.announce_evpn(our_mac_route(m2, ours2, Some(3))).await;
+    let b_inc = EvpnRoute {
+        nlri: EvpnNlri::Inclusive {
+            rd: b_rd,
+            ethernet_tag: 0,
+            originator: ours2.into(),
+        },
+        next_hop: ours2.into(),
+        route_targets: vec![RouteTarget::for_vni(OUR_AS, VNI)],
+        encapsulation_vxlan: true,
+        mac_mobility: None,
+        pmsi_vni: Some(VNI),
+    };
+    b.announce_evpn(b_inc.clone()).await;
+    let t = wait_for("gobgp-evpn: B's routes in gobgpd", 20, || {
+        let rib = adj_in(&g, &net, ours2);
+        !paths_matching(&rib, "02:00:00:00:00:02").is_empty()
+            && !paths_matching(&rib, "multicast").is_empty()
+    })
+    .await;
+    println!("gobgp-evpn: B's routes in gobgpd's adj-in after {t:?}");
+    let rib = adj_in(&g, &net, ours2);
+    let p = paths_matching(&rib, "02:00:00:00:00:02")[0];
+    let nlri = &p["nlri"]["value"];
+    assert_eq!(nlri["rd"]["admin"], "10.255.1.2", "{p}");
+    assert_eq!(nlri["rd"]["assigned"], VNI, "{p}");
+    assert_eq!(nlri["ip"], "192.0.2.2", "{p}");
+    assert_eq!(nlri["labels"][0], VNI, "{p}");
+    let ecs = attr_of(p, 16).unwrap_or_else(|| panic!("no ext communities: {p}"));
+    let ecs = ecs["value"].as_array().unwrap();
+    assert!(
+        ecs.iter()
+            .any(|e| e["type"] == 0 && e["subtype"] == 2 && e["value"] == rt),
+        "route target: {p}"
+    );
+    assert!(
+        ecs.iter()
+            .any(|e| e["type"] == 3 && e["subtype"] == 12 && e["tunnel_type"] == 8),
+        "encapsulation VXLAN: {p}"
+    );
+    assert!(
+        ecs.iter()
+            .any(|e| e["type"] == 6 && e["subtype"] == 0 && e["sequence"] == 3),
+        "MAC mobility seq 3: {p}"
+    );
+    assert_eq!(attr_of(p, 14).unwrap()["nexthop"], ours2.to_string(), "{p}");
+    let pm = paths_matching(&rib, "multicast")[0];
+    let pmsi = attr_of(pm, 22).unwrap_or_else(|| panic!("no PMSI: {pm}"));
+    println!("gobgp-evpn: gobgpd sees B's PMSI {pmsi}");
+    assert_eq!(pmsi["label"], VNI, "{pm}");
+    assert_eq!(pmsi["tunnel-type"], 6, "ingress replication: {pm}");
+    assert_eq!(pmsi["tunnel-id"], ours2.to_string(), "{pm}");
+    // A learns B's routes through the route server, unchanged.
+    wait_for("gobgp-evpn: A learns B's MAC", 20, || {
+        a.evpn_routes().iter().any(|r| r.route.nlri == m2)
+    })
+    .await;
+    let r = a
+        .evpn_routes()
+        .into_iter()
+        .find(|r| r.route.nlri == m2)
+        .unwrap();
+    assert_eq!(r.route.mac_mobility, Some(3));
+    assert_eq!(r.route.next_hop, std::net::IpAddr::from(ours2));
+
+    // (c) withdraw → gone from gobgpd and from A within 3 s.
+    b.withdraw_evpn(m2).await;
+    let t = wait_for("gobgp-evpn: withdraw in gobgpd", 3, || {
+        paths_matching(&adj_in(&g, &net, ours2), "02:00:00:00:00:02").is_empty()
+    })
+    .await;
+    let t2 = wait_for("gobgp-evpn: withdraw at A", 3, || {
+        !a.evpn_routes().iter().any(|r| r.route.nlri == m2)
+    })
+    .await;
+    println!("gobgp-evpn: withdrawal seen by gobgpd in {t:?}, by A in {t2:?}");
+    gobgp_del(
+        &inj,
+        &net,
+        &[
+            "macadv", mac1, ip1, "etag", "0", "label", &vni, "rd", &rs_rd, "rt", &rt,
+        ],
+    );
+    wait_for("gobgp-evpn: injected withdraw at A", 3, || {
+        !a.evpn_routes()
+            .iter()
+            .any(|r| r.route.key() == m1.route_key())
+    })
+    .await;
+
+    // (d) MAC move: MAC 3 at the route server's RD (no mobility: seq 0), then at B's RD with
+    // seq 1. A sees both NLRI; the MAC table picks the moved one.
+    let mac3 = "02:00:00:00:00:03";
+    gobgp_add(
+        &inj,
+        &net,
+        &[
+            "macadv", mac3, "0.0.0.0", "etag", "0", "label", &vni, "rd", &rs_rd, "rt", &rt,
+            "encap", "vxlan",
+        ],
+    );
+    let mac3_v = parse_mac(mac3).unwrap();
+    wait_for("gobgp-evpn: MAC 3 at A", 20, || {
+        bgp::evpn::mac_table(&a.evpn_routes())
+            .get(&(VNI, mac3_v))
+            .is_some_and(|r| r.route.nlri.rd() == rs_rd_v)
+    })
+    .await;
+    let moved = mac_ip(b_rd, mac3_v, None);
+    b.announce_evpn(our_mac_route(moved, ours2, Some(1))).await;
+    let t = wait_for("gobgp-evpn: moved MAC wins at A", 20, || {
+        bgp::evpn::mac_table(&a.evpn_routes())
+            .get(&(VNI, mac3_v))
+            .is_some_and(|r| r.route.nlri == moved)
+    })
+    .await;
+    let both = a
+        .evpn_routes()
+        .iter()
+        .filter(|r| matches!(r.route.nlri, EvpnNlri::MacIp { mac, .. } if mac == mac3_v))
+        .count();
+    // gobgpd applies RFC 7432 §15 itself: it drops the seq-0 location from what it passes
+    // on once the seq-1 one arrives, so A holds 1 or 2 MAC/IP routes for MAC 3; either way
+    // the MAC table (what the agent programs) has the moved one.
+    println!("gobgp-evpn: A holds {both} route(s) for the moved MAC");
+    assert!((1..=2).contains(&both));
+    println!("gobgp-evpn: MAC move (seq 1 over seq 0) effective at A after {t:?}");
+    // The change stream told A about all of it.
+    let mut changes = 0;
+    while let Ok(c) = a_evpn.try_recv() {
+        changes += 1;
+        let _ = c;
+    }
+    assert!(changes >= 6, "EVPN changes seen on the stream: {changes}");
+    let st = a.status();
+    assert!(st.peers[0].evpn_received >= 3, "{st:?}");
+    assert_eq!(b.status().peers[0].evpn_sent, 2);
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+// ---- L2VPN EVPN with FRR (zebra + bgpd, advertise-all-vni over a real VXLAN device) ----
+
+/// IPv4 addresses on the veth (FRR 8.4's EVPN wants an IPv4 VTEP), unique per run.
+fn add_v4(net: &Net) -> (Ipv4Addr, Ipv4Addr) {
+    let n = RUN.load(Ordering::SeqCst) as u8;
+    let p = (std::process::id() % 250) as u8;
+    let ours = Ipv4Addr::new(10, 200u8.wrapping_add(n % 50), p, 1);
+    let theirs = Ipv4Addr::new(10, 200u8.wrapping_add(n % 50), p, 2);
+    must(&["ip", "addr", "add", &format!("{ours}/24"), "dev", &net.veth]);
+    let peer_if = format!("{}p", net.veth);
+    net.exec_must(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{theirs}/24"),
+        "dev",
+        &peer_if,
+    ]);
+    (ours, theirs)
+}
+
+const FRR_MAC: &str = "02:00:00:00:aa:01";
+
+fn frr_evpn_json(f: &Frr, net: &Net) -> String {
+    String::from_utf8_lossy(&f.vtysh(net, &["show bgp l2vpn evpn json"]).stdout).into_owned()
+}
+
+fn vxlan_fdb(net: &Net) -> String {
+    String::from_utf8_lossy(
+        &net.exec(&["bridge", "fdb", "show", "dev", "vxlan100"])
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: network namespaces, VXLAN device, frr zebra + bgpd"]
+async fn frr_evpn_exchange() {
+    let mut net = Net::new("fevpn");
+    let (ours4, theirs4) = add_v4(&net);
+    // VNI 100 in FRR's namespace: bridge, VXLAN device (learning off) and a port with a MAC.
+    for cmd in [
+        "ip link add br100 type bridge".to_string(),
+        "ip link set br100 up".into(),
+        format!("ip link add vxlan100 type vxlan id {VNI} local {theirs4} dstport 4789 nolearning"),
+        "ip link set vxlan100 master br100".into(),
+        "ip link set vxlan100 up".into(),
+        "ip link add port1 type veth peer name port1p".into(),
+        "ip link set port1 master br100".into(),
+        "ip link set port1 up".into(),
+        "ip link set port1p up".into(),
+        format!("bridge fdb add {FRR_MAC} dev port1 master static"),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        net.exec_must(&args);
+    }
+    // FRR's daemons drop to the frr user: let them write their sockets here.
+    std::fs::set_permissions(
+        &net.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let d = net.dir.display().to_string();
+    std::fs::write(net.dir.join("zebra.conf"), "hostname z\n").unwrap();
+    let conf = format!(
+        "hostname frr-{ns}\nrouter bgp {THEIR_AS}\n bgp router-id 10.255.0.4\n no bgp ebgp-requires-policy\n\
+         \x20no bgp default ipv4-unicast\n neighbor {ours4} remote-as {OUR_AS}\n neighbor {ours4} timers 3 9\n\
+         \x20neighbor {ours4} timers connect 1\n address-family l2vpn evpn\n  neighbor {ours4} activate\n\
+         \x20 advertise-all-vni\n exit-address-family\n",
+        ns = net.ns
+    );
+    std::fs::write(net.dir.join("bgpd.conf"), conf).unwrap();
+    let zlog = std::fs::File::create(net.dir.join("zebra.log")).unwrap();
+    let zebra = Command::new("ip")
+        .args(["netns", "exec", &net.ns, "/usr/lib/frr/zebra", "-f"])
+        .arg(format!("{d}/zebra.conf"))
+        .args([
+            "-i",
+            &format!("{d}/zebra.pid"),
+            "-z",
+            &format!("{d}/zserv.api"),
+        ])
+        .args(["--vty_socket", &d, "--log", "stdout", "-P", "0"])
+        .stdout(zlog.try_clone().unwrap())
+        .stderr(zlog)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    net.extra.push(zebra);
+    let f = Frr { vty: d.clone() };
+    wait_up(&net, "zebra", || {
+        net.exec(&[
+            "vtysh",
+            "--vty_socket",
+            &d,
+            "-d",
+            "zebra",
+            "-c",
+            "show evpn vni",
+        ])
+        .status
+        .success()
+    });
+    let listen = theirs4.to_string();
+    net.spawn(&[
+        "/usr/lib/frr/bgpd",
+        "-f",
+        &format!("{d}/bgpd.conf"),
+        "-i",
+        &format!("{d}/bgpd.pid"),
+        "-z",
+        &format!("{d}/zserv.api"),
+        "--vty_socket",
+        &d,
+        "-l",
+        &listen,
+        "-p",
+        "179",
+        "--log",
+        "stdout",
+        "-P",
+        "0",
+    ]);
+    wait_up(&net, "bgpd", || {
+        f.vtysh(&net, &["show bgp summary"]).status.success()
+    });
+
+    if std::env::var_os("BGP_CAPTURE").is_some() {
+        // Let zebra hand the VNI and the MAC to bgpd before recording what it sends.
+        wait_for("frr-evpn: FRR's own routes", 20, || {
+            frr_evpn_json(&f, &net).contains(FRR_MAC)
+        })
+        .await;
+    }
+    capture_from(
+        ours4.into(),
+        theirs4.into(),
+        "frr-evpn",
+        &[Family::L2vpnEvpn],
+    )
+    .await;
+    let cfg = SpeakerConfig {
+        local_as: OUR_AS,
+        router_id: Ipv4Addr::new(10, 255, 0, 1),
+        listen: None,
+        local_address: Some(ours4.into()),
+        peers: vec![PeerConfig {
+            address: theirs4.into(),
+            remote_as: THEIR_AS,
+            passive: false,
+            hold_time: 9,
+            port: 179,
+            max_prefixes: 1000,
+            route_server: false,
+        }],
+        graceful_restart_time: Some(120),
+        connect_retry_secs: 1,
+        families: vec![Family::L2vpnEvpn],
+    };
+    let (sp, _v6) = Speaker::start(cfg).await.unwrap();
+    let up = wait_for("frr-evpn: Established", 60, || {
+        sp.status().peers[0].state == State::Established
+    })
+    .await;
+    println!("frr-evpn: established in {up:?}");
+
+    // FRR → us: its local MAC (type 2) and its VTEP (type 3 with PMSI), VNI 100.
+    let frr_mac = parse_mac(FRR_MAC).unwrap();
+    let t = wait_for("frr-evpn: FRR's routes", 30, || {
+        let r = sp.evpn_routes();
+        r.iter()
+            .any(|b| matches!(b.route.nlri, EvpnNlri::MacIp { mac, .. } if mac == frr_mac))
+            && r.iter()
+                .any(|b| matches!(b.route.nlri, EvpnNlri::Inclusive { .. }))
+    })
+    .await;
+    let routes = sp.evpn_routes();
+    println!(
+        "frr-evpn: FRR's routes arrived in {t:?}: {} routes",
+        routes.len()
+    );
+    let m = routes
+        .iter()
+        .find(|b| matches!(b.route.nlri, EvpnNlri::MacIp { mac, .. } if mac == frr_mac))
+        .unwrap();
+    let EvpnNlri::MacIp {
+        rd,
+        vni,
+        ethernet_tag,
+        ..
+    } = m.route.nlri
+    else {
+        unreachable!()
+    };
+    assert_eq!(vni, VNI, "{m:?}");
+    assert_eq!(ethernet_tag, 0);
+    assert_eq!(
+        rd.to_string().split(':').next(),
+        Some("10.255.0.4"),
+        "FRR's auto RD"
+    );
+    assert_eq!(m.route.next_hop, std::net::IpAddr::from(theirs4));
+    assert!(m.route.encapsulation_vxlan, "{m:?}");
+    assert_eq!(
+        m.route.route_targets,
+        vec![RouteTarget::for_vni(THEIR_AS, VNI)]
+    );
+    let inc = routes
+        .iter()
+        .find(|b| matches!(b.route.nlri, EvpnNlri::Inclusive { .. }))
+        .unwrap();
+    assert_eq!(
+        inc.route.nlri,
+        EvpnNlri::Inclusive {
+            rd,
+            ethernet_tag: 0,
+            originator: theirs4.into()
+        }
+    );
+    assert_eq!(inc.route.pmsi_vni, Some(VNI), "{inc:?}");
+    println!("frr-evpn: learned {} and {}", m.route.nlri, inc.route.nlri);
+
+    // us → FRR: a MAC/IP and our VTEP, with FRR's route target so FRR imports them into VNI
+    // 100; zebra then programs the VXLAN device's FDB.
+    let our_rd = RouteDistinguisher::type1(Ipv4Addr::new(10, 255, 0, 1), VNI as u16);
+    let our_mac: Mac = [2, 0, 0, 0, 0xbb, 1];
+    let rt = RouteTarget::for_vni(THEIR_AS, VNI);
+    let mac_route = EvpnRoute {
+        nlri: EvpnNlri::MacIp {
+            rd: our_rd,
+            ethernet_tag: 0,
+            mac: our_mac,
+            ip: Some("192.0.2.50".parse().unwrap()),
+            vni: VNI,
+        },
+        next_hop: ours4.into(),
+        route_targets: vec![rt],
+        encapsulation_vxlan: true,
+        mac_mobility: Some(0),
+        pmsi_vni: None,
+    };
+    let inc_route = EvpnRoute {
+        nlri: EvpnNlri::Inclusive {
+            rd: our_rd,
+            ethernet_tag: 0,
+            originator: ours4.into(),
+        },
+        next_hop: ours4.into(),
+        route_targets: vec![rt],
+        encapsulation_vxlan: true,
+        mac_mobility: None,
+        pmsi_vni: Some(VNI),
+    };
+    sp.announce_evpn(mac_route.clone()).await;
+    sp.announce_evpn(inc_route.clone()).await;
+    let t = wait_for("frr-evpn: our routes in FRR's table", 20, || {
+        let j = frr_evpn_json(&f, &net);
+        j.contains("02:00:00:00:bb:01") && j.contains(&format!("[3]:[0]:[32]:[{ours4}]"))
+    })
+    .await;
+    println!("frr-evpn: our routes in `show bgp l2vpn evpn json` after {t:?}");
+    let t = wait_for("frr-evpn: FDB on vxlan100", 20, || {
+        let fdb = vxlan_fdb(&net);
+        fdb.contains(&format!("02:00:00:00:bb:01 dst {ours4}"))
+            && fdb.contains(&format!("00:00:00:00:00:00 dst {ours4}"))
+    })
+    .await;
+    println!(
+        "frr-evpn: zebra programmed vxlan100 after {t:?}:\n{}",
+        vxlan_fdb(&net)
+    );
+
+    // Withdraw: gone from FRR's table and the FDB within 3 s.
+    sp.withdraw_evpn(mac_route.nlri).await;
+    let t = wait_for("frr-evpn: withdraw", 3, || {
+        !frr_evpn_json(&f, &net).contains("02:00:00:00:bb:01")
+            && !vxlan_fdb(&net).contains("02:00:00:00:bb:01")
+    })
+    .await;
+    println!("frr-evpn: withdrawal effective in FRR after {t:?}");
+    sp.shutdown().await;
 }

@@ -30,6 +30,7 @@ fn speaker_cfg(me: &str, port: u16, asn: u32, id: u8, peers: Vec<PeerConfig>) ->
         peers,
         graceful_restart_time: Some(30),
         connect_retry_secs: 1,
+        families: vec![bgp::Family::Ipv6Unicast],
     }
 }
 
@@ -41,6 +42,7 @@ fn peer(addr: &str, port: u16, asn: u32, passive: bool) -> PeerConfig {
         hold_time: 9,
         port,
         max_prefixes: 100,
+        route_server: false,
     }
 }
 
@@ -321,4 +323,103 @@ async fn crafted_bytes_rfc7606_and_header_errors() {
         sp.status().peers[0].state == State::Active
     })
     .await;
+}
+
+fn evpn_route(mac_last: u8, seq: Option<u32>) -> bgp::EvpnRoute {
+    bgp::EvpnRoute {
+        nlri: bgp::EvpnNlri::MacIp {
+            rd: bgp::RouteDistinguisher::type1(Ipv4Addr::new(10, 0, 0, 1), 100),
+            ethernet_tag: 0,
+            mac: [2, 0, 0, 0, 0, mac_last],
+            ip: Some("10.9.0.1".parse().unwrap()),
+            vni: 100,
+        },
+        // A VTEP address (a loopback next hop is refused, RFC 7606 treat-as-withdraw).
+        next_hop: "192.0.2.1".parse().unwrap(),
+        route_targets: vec![bgp::RouteTarget::for_vni(65000, 100)],
+        encapsulation_vxlan: true,
+        mac_mobility: seq,
+        pmsi_vni: None,
+    }
+}
+
+async fn next_evpn(rx: &mut Receiver<bgp::EvpnChange>, secs: u64) -> Option<bgp::EvpnChange> {
+    tokio::time::timeout(Duration::from_secs(secs), rx.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evpn_between_two_speakers_resent_on_every_session() {
+    let (pa, pb) = (free_port("127.0.0.1"), free_port("127.0.0.2"));
+    let both = vec![Family::Ipv6Unicast, Family::L2vpnEvpn];
+    let mut cfg_a = speaker_cfg(
+        "127.0.0.1",
+        pa,
+        65000,
+        1,
+        vec![peer("127.0.0.2", pb, 65000, true)],
+    );
+    cfg_a.families = both.clone();
+    let mut cfg_b = speaker_cfg(
+        "127.0.0.2",
+        pb,
+        65000,
+        2,
+        vec![peer("127.0.0.1", pa, 65000, false)],
+    );
+    cfg_b.families = both;
+    let (mut a, _a_v6) = Speaker::start(cfg_a).await.unwrap();
+    assert!(a.evpn_changes().is_some());
+    assert!(a.evpn_changes().is_none(), "the stream is taken once");
+    // Announced before any session: sent when it comes up.
+    a.announce_evpn(evpn_route(1, Some(4))).await;
+    let (mut b, _b_v6) = Speaker::start(cfg_b.clone()).await.unwrap();
+    let mut b_rx = b.evpn_changes().unwrap();
+    match next_evpn(&mut b_rx, 15).await {
+        Some(bgp::EvpnChange::Changed(r)) => {
+            assert_eq!(r.route, evpn_route(1, Some(4)));
+            assert_eq!(r.peer_router_id, Ipv4Addr::new(10, 0, 0, 1));
+        }
+        other => panic!("B: {other:?}"),
+    }
+    wait_for("status counts", 5, || {
+        let (sa, sb) = (a.status(), b.status());
+        sa.announced_evpn == 1
+            && sa.peers[0].evpn_sent == 1
+            && sb.evpn_routes == 1
+            && sb.peers[0].evpn_received == 1
+            && sb.peers[0].families == vec![Family::Ipv6Unicast, Family::L2vpnEvpn]
+    })
+    .await;
+    // B restarts (Cease first, so A's stale handling does not apply); A re-sends on the new
+    // session.
+    b.shutdown().await;
+    wait_for("A notices", 5, || {
+        a.status().peers[0].state != State::Established
+    })
+    .await;
+    // shutdown() returned: B's listen address is free again.
+    let (mut b, _b_v6) = Speaker::start(cfg_b).await.unwrap();
+    let mut b_rx = b.evpn_changes().unwrap();
+    assert!(
+        matches!(next_evpn(&mut b_rx, 15).await, Some(bgp::EvpnChange::Changed(r)) if r.route == evpn_route(1, Some(4)))
+    );
+    // Withdrawal with another label still matches the route key.
+    let mut other_label = evpn_route(1, None).nlri;
+    if let bgp::EvpnNlri::MacIp { vni, .. } = &mut other_label {
+        *vni = 0;
+    }
+    a.withdraw_evpn(other_label).await;
+    assert_eq!(
+        next_evpn(&mut b_rx, 5).await,
+        Some(bgp::EvpnChange::Removed {
+            nlri: evpn_route(1, None).nlri
+        })
+    );
+    assert!(b.evpn_routes().is_empty());
+    assert!(a.announced_evpn().is_empty());
+    b.shutdown().await;
+    a.shutdown().await;
 }

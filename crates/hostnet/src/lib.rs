@@ -2,6 +2,7 @@
 //! (compatible with `ip netns`), and links, addresses and routes through rtnetlink inside them.
 //! Used by the lab and by the agent; everything here needs root.
 
+pub mod evpn;
 pub mod link;
 pub mod netns;
 pub mod route;

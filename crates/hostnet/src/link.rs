@@ -133,7 +133,7 @@ impl Netlink {
     }
 
     /// Runs netlink requests inside namespace `ns`.
-    fn within<T, F, Fut>(&self, ns: &str, f: F) -> Result<T, NetError>
+    pub(crate) fn within<T, F, Fut>(&self, ns: &str, f: F) -> Result<T, NetError>
     where
         F: FnOnce(Handle) -> Fut,
         Fut: Future<Output = Result<T, NetError>>,

@@ -181,6 +181,21 @@ fn run_host(path: &std::path::Path, insecure_store: bool) -> Result<ExitCode> {
             names.join(", ")
         );
     }
+    if let Some(evpn) = cfg.evpn() {
+        // EVPN mode: no eBPF, no mapping store; the speaker carries everything.
+        let host = evpn.host.clone();
+        return agent_runtime()?.block_on(async move {
+            let h = agent::evpn_host::EvpnHost::start(evpn)
+                .await
+                .with_context(|| format!("{file}: starting the EVPN agent of host '{host}'"))?;
+            log::info!(
+                "host {host}: EVPN agent serving {}",
+                h.config().socket.display()
+            );
+            h.serve().await.map_err(|e| anyhow!(e))?;
+            Ok(ExitCode::SUCCESS)
+        });
+    }
     let store_cfg = match &cfg.store {
         agent::host_config::StoreSpec::Embedded { data_dir } => StoreConfig::Embedded(
             EmbeddedStore::open(data_dir)

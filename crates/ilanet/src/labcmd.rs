@@ -22,6 +22,9 @@ pub enum LabCommand {
     Status(StatusArgs),
     /// Run a command inside a lab container's network namespace (whatever made the container).
     Exec(ExecArgs),
+    /// Run the EVPN agents of an evpn lab's hosts (started by `lab up --mode evpn`).
+    #[command(hide = true)]
+    EvpnAgents(NameArg),
 }
 
 #[derive(Args)]
@@ -55,7 +58,9 @@ pub struct UpArgs {
     /// Checksum mode of the mappings: neutral-map, adj-transport or no-action.
     #[arg(long, default_value = "neutral-map")]
     pub csum_mode: ChecksumMode,
-    /// How hosts are joined: ila (translation in eBPF), native (plain routing) or swarm (VXLAN).
+    /// How hosts are joined: ila (translation in eBPF), native (plain routing), swarm (VXLAN)
+    /// or evpn (VXLAN per tenant, MP-BGP EVPN through a route server; tenants share one
+    /// prefix and reuse addresses).
     #[arg(long, default_value = "ila")]
     pub mode: Mode,
     /// Mapping store of the agents: embedded (one process) or etcd (a real 3-member cluster).
@@ -103,15 +108,18 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.store = args.store;
             spec.insecure_store = args.insecure_store;
             spec.runtime = args.runtime;
-            spec.routing = args.routing.unwrap_or(if args.mode == Mode::Ila {
-                RoutingMode::Bird
-            } else {
-                RoutingMode::Static
+            spec.routing = args.routing.unwrap_or(match args.mode {
+                Mode::Ila => RoutingMode::Bird,
+                // The paper's EVPN route server.
+                Mode::Evpn => RoutingMode::Gobgp,
+                Mode::Native | Mode::Swarm => RoutingMode::Static,
             });
             if args.tenants == 0 {
                 anyhow::bail!("--tenants must be at least 1");
             }
-            if args.tenants > 1 {
+            if args.mode == Mode::Evpn {
+                spec.tenants = lab::plan::overlapping_tenants(args.tenants);
+            } else if args.tenants > 1 {
                 spec.tenants = lab::plan::numbered_tenants(args.tenants);
             }
             spec.lease_ttl = std::time::Duration::from_secs(args.lease_ttl);
@@ -138,6 +146,11 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Exec(args) => exec(args),
+        LabCommand::EvpnAgents(args) => {
+            lab::evpn::run_agents(&args.name)
+                .with_context(|| format!("EVPN agents of lab '{}'", args.name))?;
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Status(args) => {
             let status = lab::status(&args.name.name)?;
             if args.json {

@@ -44,7 +44,14 @@ fn bench_paper_quick_writes_results_for_every_available_scenario() {
     let names: Vec<&str> = cases.iter().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["native", "ila", "ila+policy", "swarm", "swarm+iptables"]
+        [
+            "native",
+            "ila",
+            "ila+policy",
+            "swarm",
+            "swarm+iptables",
+            "evpn"
+        ]
     );
     for c in cases {
         let name = c["name"].as_str().unwrap_or("?");

@@ -164,7 +164,7 @@ pub(crate) fn log_files(log: &Path) -> Result<(std::fs::File, std::fs::File), La
 }
 
 /// Spawns a detached process (own session: it survives the terminal and `lab up`).
-fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
+pub(crate) fn spawn_detached(binary: &Path, args: &[String], log: &Path) -> Result<u32, LabError> {
     let (out, err) = log_files(log)?;
     let mut cmd = Command::new(binary);
     cmd.args(args)
@@ -561,7 +561,10 @@ pub(crate) fn stop(state: &LabState) -> Result<Vec<String>, LabError> {
     for host in &state.plan.hosts {
         let cfg = agent_config(&state.plan, host, agent::DEFAULT_LEASE_TTL);
         // An unreadable record leaves nothing to find; the lab's own namespaces still go.
-        let recorded = agent::recorded_netns(&cfg).unwrap_or_default();
+        let mut recorded = agent::recorded_netns(&cfg).unwrap_or_default();
+        recorded.extend(agent::evpn_host::recorded_netns(
+            &crate::modes::evpn::state_file(&state.plan, host),
+        ));
         let prefix = format!("{}-", state.plan.name);
         namespaces.extend(recorded.into_iter().filter(|ns| ns.starts_with(&prefix)));
     }

@@ -27,6 +27,7 @@ use hostnet::link::{EndpointLink, Netlink};
 pub use hostnet::{link, netns};
 
 pub use modes::cmd::{package_of, require};
+pub use modes::evpn;
 pub use modes::swarm::{set_swarm_rules, SwarmRules, LISTING9_PORT};
 pub use modes::tune::set_mtu;
 pub use plan::LabSpec;
@@ -185,6 +186,16 @@ fn build(state: &mut LabState, spec: &LabSpec) -> Result<(), LabError> {
         }
         Mode::Native => modes::native::build(&nl, &plan),
         Mode::Swarm => modes::swarm::build(&nl, &plan),
+        Mode::Evpn => {
+            let binary = match &spec.agent_binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe().map_err(|source| LabError::Os {
+                    what: "finding the ilanet executable".into(),
+                    source,
+                })?,
+            };
+            modes::evpn::build(&nl, state, &binary)
+        }
     }
 }
 
@@ -474,7 +485,12 @@ pub fn status(lab: &str) -> Result<LabStatus, LabError> {
                         netns: c.netns.clone(),
                         present: netns::exists(&c.netns),
                         sir_addr: c.sir_addr,
-                        ila_addr: m.ila_address()?,
+                        // EVPN never translates: the address is what crosses the overlay.
+                        ila_addr: if plan.mode == Mode::Evpn {
+                            c.sir_addr
+                        } else {
+                            m.ila_address()?
+                        },
                     })
                 })
                 .collect::<Result<Vec<_>, LabError>>()?,

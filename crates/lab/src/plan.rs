@@ -32,6 +32,9 @@ pub enum Mode {
     Native,
     /// Docker-Swarm-like: a VXLAN overlay between hosts, containers bridged.
     Swarm,
+    /// EVPN: per tenant a VXLAN segment, MACs and flood lists learned over MP-BGP EVPN through
+    /// a route server (the paper's section 4); tenants may reuse addresses.
+    Evpn,
 }
 
 impl std::fmt::Display for Mode {
@@ -40,6 +43,7 @@ impl std::fmt::Display for Mode {
             Mode::Ila => "ila",
             Mode::Native => "native",
             Mode::Swarm => "swarm",
+            Mode::Evpn => "evpn",
         })
     }
 }
@@ -51,8 +55,9 @@ impl std::str::FromStr for Mode {
             "ila" => Ok(Mode::Ila),
             "native" => Ok(Mode::Native),
             "swarm" => Ok(Mode::Swarm),
+            "evpn" => Ok(Mode::Evpn),
             other => Err(LabError::Invalid(format!(
-                "unknown lab mode '{other}': expected ila, native or swarm"
+                "unknown lab mode '{other}': expected ila, native, swarm or evpn"
             ))),
         }
     }
@@ -408,7 +413,23 @@ impl Plan {
                 spec.mode
             )));
         }
-        if spec.routing.is_bgp() && spec.mode != Mode::Ila {
+        if spec.mode == Mode::Evpn && !matches!(spec.routing, RoutingMode::Gobgp | RoutingMode::Frr)
+        {
+            return Err(LabError::Invalid(format!(
+                "--mode evpn needs a route server: --routing gobgp (the default) or frr, not {}",
+                spec.routing
+            )));
+        }
+        if spec.mode == Mode::Evpn {
+            if let Some(t) = spec.tenants.iter().find(|t| t.vnid.get() > MAX_EVPN_VNI) {
+                return Err(LabError::Invalid(format!(
+                    "tenant '{}': VNID {} does not fit the 24-bit VXLAN VNI (at most {MAX_EVPN_VNI})",
+                    t.name,
+                    t.vnid.get()
+                )));
+            }
+        }
+        if spec.routing.is_bgp() && !matches!(spec.mode, Mode::Ila | Mode::Evpn) {
             return Err(LabError::Invalid(format!(
                 "--routing {} needs ILA mode (the agents speak BGP), not {}; use --routing static",
                 spec.routing, spec.mode
@@ -451,7 +472,14 @@ impl Plan {
             for c in 0..site.containers {
                 let t = c % spec.tenants.len();
                 let tenant = &spec.tenants[t];
-                let identifier = allocators[t].allocate()?;
+                let identifier = if spec.mode == Mode::Evpn {
+                    // Each tenant plans its own addresses: the k-th container of a tenant on
+                    // host n is ::n:k in the tenant's prefix, whatever other tenants use (two
+                    // tenants on one prefix then have the same addresses, on different VNIs).
+                    Identifier(((n as u64) << 16) | (c / spec.tenants.len() + 1) as u64)
+                } else {
+                    allocators[t].allocate()?
+                };
                 containers.push(ContainerPlan {
                     name: format!("{}-{}", site.name, c + 1),
                     netns: format!("{netns}-{}", c + 1),
@@ -474,7 +502,11 @@ impl Plan {
                         l
                     },
                     identifier,
-                    sir_addr: tenant.address(identifier),
+                    sir_addr: if spec.mode == Mode::Evpn {
+                        evpn_address(tenant, identifier)
+                    } else {
+                        tenant.address(identifier)
+                    },
                     mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x01],
                     host_mac: [0x02, 0x1a, 0x00, n as u8, c as u8 + 1, 0x02],
                 });
@@ -511,7 +543,7 @@ impl Plan {
         let mut names = vec![self.router_netns.clone()];
         for host in &self.hosts {
             names.push(host.netns.clone());
-            if self.mode != Mode::Ila {
+            if !matches!(self.mode, Mode::Ila | Mode::Evpn) {
                 names.extend(host.containers.iter().map(|c| c.netns.clone()));
             }
         }
@@ -553,6 +585,28 @@ impl Plan {
             .flat_map(|h| h.containers.iter().map(move |c| (h, c)))
             .find(|(_, c)| c.name == name)
     }
+}
+
+/// Largest VNI of an EVPN lab's tenants (24 bits in VXLAN).
+pub const MAX_EVPN_VNI: u32 = (1 << 24) - 1;
+
+/// An EVPN container's address: the tenant's prefix and the identifier as plain low bits (no
+/// ILA identifier format: EVPN never translates).
+pub fn evpn_address(tenant: &TenantNetwork, identifier: Identifier) -> Ipv6Addr {
+    let prefix = u128::from(tenant.sir.to_addr()) & !u128::from(u64::MAX);
+    Ipv6Addr::from(prefix | u128::from(identifier.0))
+}
+
+/// `n` tenant networks `t1`…`tn` for EVPN, all on the default prefix: VNID k keeps tenant k
+/// apart, and the same addresses appear in every tenant.
+pub fn overlapping_tenants(n: u16) -> Vec<TenantNetwork> {
+    (1..=n)
+        .map(|k| TenantNetwork {
+            name: format!("t{k}"),
+            vnid: Vnid::new(u32::from(k)).unwrap_or_else(|_| unreachable!("u16 fits 28 bits")),
+            sir: default_sir_prefix(),
+        })
+        .collect()
 }
 
 fn truncate(s: &str, n: usize) -> &str {
@@ -611,6 +665,43 @@ mod tests {
             let ila = m.ila_address().expect("translatable");
             assert_eq!(Locator::from_addr(ila), host.locator);
         }
+    }
+
+    #[test]
+    fn evpn_tenants_reuse_addresses_and_need_a_route_server() {
+        let mut spec = LabSpec::generic("t", 2, 3);
+        spec.mode = Mode::Evpn;
+        spec.tenants = overlapping_tenants(2);
+        let err = Plan::new(&spec).unwrap_err();
+        assert!(err.to_string().contains("route server"), "{err}");
+        spec.routing = RoutingMode::Gobgp;
+        let plan = Plan::new(&spec).expect("plan");
+        let h1 = &plan.hosts[0].containers;
+        // t1, t2, t1: the first of each tenant is ::1:1, the second of t1 ::1:2.
+        assert_eq!(
+            h1[0].sir_addr,
+            "fd00:dead:beef::1:1".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(h1[1].sir_addr, h1[0].sir_addr);
+        assert_ne!(h1[1].tenant, h1[0].tenant);
+        assert_eq!(
+            h1[2].sir_addr,
+            "fd00:dead:beef::1:2".parse::<Ipv6Addr>().unwrap()
+        );
+        let mut macs: Vec<_> = plan
+            .hosts
+            .iter()
+            .flat_map(|h| &h.containers)
+            .map(|c| c.mac)
+            .collect();
+        macs.sort();
+        macs.dedup();
+        assert_eq!(macs.len(), 6, "MACs stay unique");
+        // The agents make the containers' namespaces, as in ILA mode.
+        assert_eq!(plan.lab_netns().len(), 3);
+        spec.tenants[1].vnid = Vnid::new(1 << 24).expect("28-bit VNID");
+        let err = Plan::new(&spec).unwrap_err();
+        assert!(err.to_string().contains("24-bit"), "{err}");
     }
 
     #[test]

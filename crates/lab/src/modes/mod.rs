@@ -2,6 +2,7 @@
 //! benchmarks turn on a running lab.
 
 pub(crate) mod cmd;
+pub mod evpn;
 pub(crate) mod native;
 pub(crate) mod swarm;
 pub(crate) mod tune;

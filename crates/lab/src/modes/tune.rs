@@ -13,11 +13,11 @@ const IPV6_MIN_MTU: u32 = 1280;
 const MAX_MTU: u32 = 65_535;
 
 /// Sets the underlay MTU of lab `lab` to `mtu` and every container-side link to what fits:
-/// the same in `ila` and `native` mode (nothing is added to packets), `mtu - 70` in `swarm` mode
-/// (VXLAN over IPv6).
+/// the same in `ila` and `native` mode (nothing is added to packets), `mtu - 70` in `swarm` and
+/// `evpn` mode (VXLAN over IPv6).
 pub fn set_mtu(lab: &str, mtu: u32) -> Result<(), LabError> {
     let plan = plan_of(lab)?;
-    let overhead = if plan.mode == Mode::Swarm {
+    let overhead = if matches!(plan.mode, Mode::Swarm | Mode::Evpn) {
         VXLAN6_OVERHEAD
     } else {
         0
@@ -46,6 +46,19 @@ pub fn set_mtu(lab: &str, mtu: u32) -> Result<(), LabError> {
             if plan.mode == Mode::Swarm {
                 l.push(format!("link set {VXLAN_IFNAME} mtu {m}"));
                 l.push(format!("link set {BRIDGE_IFNAME} mtu {m}"));
+            }
+            if plan.mode == Mode::Evpn {
+                for t in &plan.tenants {
+                    let vni = t.vnid.get();
+                    l.push(format!(
+                        "link set {} mtu {m}",
+                        hostnet::evpn::vxlan_ifname(vni)
+                    ));
+                    l.push(format!(
+                        "link set {} mtu {m}",
+                        hostnet::evpn::bridge_ifname(vni)
+                    ));
+                }
             }
             l
         };
