@@ -39,9 +39,22 @@ pub fn parse_mac(s: &str) -> Option<Mac> {
 
 /// RFC 4364 route distinguisher, the 8 bytes as on the wire (type, then value). ilanet
 /// originates type 1 (router-id:local-number), local number = VNI & 0xffff, i.e. one RD per
-/// host and VNI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// host and VNI. Serde uses the text form of `Display` / `FromStr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteDistinguisher(pub [u8; 8]);
+
+impl Serialize for RouteDistinguisher {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteDistinguisher {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl RouteDistinguisher {
     /// Type 1: IPv4 address administrator, 2-octet assigned number.
@@ -68,7 +81,8 @@ impl RouteDistinguisher {
 }
 
 impl fmt::Display for RouteDistinguisher {
-    /// `asn:n` (type 0), `a.b.c.d:n` (type 1), `asn4:n` (type 2), else hex.
+    /// `asn:n` (type 0), `a.b.c.d:n` (type 1), `asn4:n` (type 2 with a 4-octet ASN), else
+    /// the 16 hex digits; `FromStr` reads every form back to the same bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.0;
         let u16at = |i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
@@ -76,7 +90,8 @@ impl fmt::Display for RouteDistinguisher {
         match self.rd_type() {
             0 => write!(f, "{}:{}", u16at(2), u32at(4)),
             1 => write!(f, "{}:{}", Ipv4Addr::new(b[2], b[3], b[4], b[5]), u16at(6)),
-            2 => write!(f, "{}:{}", u32at(2), u16at(6)),
+            // A type-2 ASN below 65536 would read back as type 0: those use the hex form.
+            2 if u32at(2) > u32::from(u16::MAX) => write!(f, "{}:{}", u32at(2), u16at(6)),
             _ => {
                 for x in b {
                     write!(f, "{x:02x}")?;
@@ -89,9 +104,17 @@ impl fmt::Display for RouteDistinguisher {
 
 impl std::str::FromStr for RouteDistinguisher {
     type Err = String;
-    /// `a.b.c.d:n` (type 1) or `asn:n` (type 0 when asn < 65536, else type 2).
+    /// `a.b.c.d:n` (type 1), `asn:n` (type 0 when asn < 65536, else type 2), or 16 hex
+    /// digits (any type, as `Display` writes the others).
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("route distinguisher {s:?}: expected a.b.c.d:n or asn:n");
+        if s.len() == 16 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            let mut b = [0u8; 8];
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+            }
+            return Ok(RouteDistinguisher(b));
+        }
         let (admin, num) = s.rsplit_once(':').ok_or_else(bad)?;
         if let Ok(ip) = admin.parse::<Ipv4Addr>() {
             return Ok(Self::type1(ip, num.parse().map_err(|_| bad())?));
@@ -342,6 +365,17 @@ mod tests {
         assert_eq!(rd2.rd_type(), 2);
         assert_eq!(rd2.to_string(), "4200000000:7");
         assert!("x:1".parse::<RouteDistinguisher>().is_err());
+        let odd = RouteDistinguisher([0, 9, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(odd.to_string(), "0009010203040506");
+        assert_eq!(odd.to_string().parse::<RouteDistinguisher>(), Ok(odd));
+        let small2 = RouteDistinguisher([0, 2, 0, 0, 0, 100, 0, 5]);
+        assert_eq!(small2.to_string().parse::<RouteDistinguisher>(), Ok(small2));
+        let json = serde_json::to_string(&rd).unwrap();
+        assert_eq!(json, "\"10.0.0.1:100\"");
+        assert_eq!(
+            serde_json::from_str::<RouteDistinguisher>(&json).unwrap(),
+            rd
+        );
         assert!("65000:70000000000".parse::<RouteDistinguisher>().is_err());
     }
 

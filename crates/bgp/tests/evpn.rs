@@ -290,6 +290,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 500, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
+    fn rd_text_round_trips(b in any::<[u8; 8]>(), t in 0u8..4) {
+        let mut b = b;
+        b[0] = 0;
+        b[1] = t;
+        let rd = RouteDistinguisher(b);
+        prop_assert_eq!(rd.to_string().parse::<RouteDistinguisher>(), Ok(rd));
+    }
+
+    #[test]
     fn evpn_encode_decode_roundtrip(route in arb_route(), asns in proptest::collection::vec(any::<u32>(), 0..5)) {
         let attrs = PathAttributes {
             origin: Origin::Igp,
