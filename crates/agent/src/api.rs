@@ -188,7 +188,15 @@ fn check_bounds(req: &Request) -> Result<(), String> {
         | Request::Mappings
         | Request::PolicyList
         | Request::BgpStatus
-        | Request::BgpRoutes => Ok(()),
+        | Request::BgpRoutes
+        | Request::EvpnState => Ok(()),
+        Request::EvpnEndpointAdd {
+            name, tenant, mac, ..
+        } => {
+            check_field("name", name)?;
+            check_field("tenant", tenant.as_deref().unwrap_or_default())?;
+            check_field("mac", mac.as_deref().unwrap_or_default())
+        }
         Request::EndpointAdd {
             name,
             tenant,
