@@ -3,7 +3,7 @@
 # Rust build. Safe to run again; it only installs what is missing.
 set -euo pipefail
 
-PACKAGES=(clang-19 llvm-19 libbpf-dev linux-libc-dev gcc-multilib bpftool iperf3 iproute2 iputils-ping protobuf-compiler libprotobuf-dev etcd-server etcd-client iptables util-linux podman runc busybox-static prometheus bird2 frr gobgpd exabgp tshark chromium chromium-driver nodejs)
+PACKAGES=(clang-19 llvm-19 libbpf-dev linux-libc-dev gcc-multilib bpftool iperf3 iproute2 iputils-ping protobuf-compiler libprotobuf-dev etcd-server etcd-client iptables util-linux podman runc busybox-static prometheus bird2 frr gobgpd exabgp python3-networking-bagpipe tshark chromium chromium-driver nodejs)
 
 if [ "$(id -u)" -ne 0 ]; then
 	SUDO=sudo
