@@ -67,7 +67,7 @@ const MAX_POLICIES: usize = 4;
 /// Pause between two probes of one probe thread (bounds the probe rate).
 const PROBE_PAUSE: Duration = Duration::from_millis(15);
 /// Probe threads.
-const PROBE_THREADS: usize = 3;
+const PROBE_THREADS: usize = 5;
 /// Violations kept with details (the count is exact).
 const MAX_DETAILS: usize = 200;
 /// How long the quiet-period check waits for maps to equal the store.
@@ -197,6 +197,10 @@ pub struct Report {
     pub faults: BTreeMap<FaultKind, u64>,
     /// Faults the agents refused (e.g. an endpoint add during a store outage); not violations.
     pub refused: u64,
+    /// Endpoint adds made while an agent, an etcd member or the whole store was down: done.
+    pub concurrent_adds_done: u64,
+    /// The same, refused by the agent (expected during a store outage; never half-applied).
+    pub concurrent_adds_refused: u64,
     /// Probes sent, by protocol.
     pub probes: BTreeMap<String, u64>,
     /// Probes that passed.
@@ -326,8 +330,7 @@ impl Model {
             .map(|&i| Endpoint {
                 id: EndpointId(i as u64),
                 tenant: vnid(self.slots[i].tenant),
-                labels: LabelSet::from_pairs([("app", self.slots[i].app)])
-                    .unwrap_or_default(),
+                labels: LabelSet::from_pairs([("app", self.slots[i].app)]).unwrap_or_default(),
             })
             .collect();
         let policies: Vec<policy::Policy> =
@@ -374,6 +377,8 @@ struct Shared {
     findings: Mutex<Findings>,
     /// Tokens the probe servers received (UDP and TCP): delivery seen at the receiver.
     delivered: Mutex<HashSet<u64>>,
+    /// Tokens of forbidden probes judged not delivered: one arriving later is a violation too.
+    forbidden_tokens: Mutex<BTreeMap<u64, String>>,
     started: Instant,
     stop: AtomicBool,
 }
@@ -408,18 +413,20 @@ impl ProbeServer {
     fn start(ns: &str, addr: Ipv6Addr, delivered: Arc<Shared>) -> Result<Self, BenchError> {
         let (tcp, udp) = {
             let _g = NetnsGuard::enter(ns).map_err(lab::LabError::from)?;
-            let tcp = TcpListener::bind(SocketAddrV6::new(addr, TCP_PORT, 0, 0)).map_err(
-                |source| BenchError::Os {
-                    what: format!("listening on [{addr}]:{TCP_PORT} in {ns}"),
-                    source,
-                },
-            )?;
-            let udp = UdpSocket::bind(SocketAddrV6::new(addr, UDP_PORT, 0, 0)).map_err(
-                |source| BenchError::Os {
-                    what: format!("binding [{addr}]:{UDP_PORT}/udp in {ns}"),
-                    source,
-                },
-            )?;
+            let tcp =
+                TcpListener::bind(SocketAddrV6::new(addr, TCP_PORT, 0, 0)).map_err(|source| {
+                    BenchError::Os {
+                        what: format!("listening on [{addr}]:{TCP_PORT} in {ns}"),
+                        source,
+                    }
+                })?;
+            let udp =
+                UdpSocket::bind(SocketAddrV6::new(addr, UDP_PORT, 0, 0)).map_err(|source| {
+                    BenchError::Os {
+                        what: format!("binding [{addr}]:{UDP_PORT}/udp in {ns}"),
+                        source,
+                    }
+                })?;
             (tcp, udp)
         };
         let os = |what: &str| {
@@ -594,6 +601,13 @@ fn probe_loop(sh: &Shared, seed: u64) {
             f.passed += 1;
         }
         let _ = must;
+        if !delivered && !may && proto != Proto::Icmp {
+            let (sf, st) = (&m.slots[from], &m.slots[to]);
+            lock(&sh.forbidden_tokens).insert(
+                token,
+                format!("{} -> {} {} ({dst})", sf.name, st.name, proto.name()),
+            );
+        }
         if delivered && !may {
             let (sf, st) = (&m.slots[from], &m.slots[to]);
             let detail = format!(
@@ -780,7 +794,10 @@ fn kill_and_restart_member(lab: &str, i: usize, down: Duration) -> Result<(), St
     let deadline = Instant::now() + Duration::from_secs(20);
     while !store::etcd_cluster::member_healthy(&m.client_url) {
         if Instant::now() > deadline {
-            return Err(format!("member {} not healthy 20 s after its restart", m.name));
+            return Err(format!(
+                "member {} not healthy 20 s after its restart",
+                m.name
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -826,6 +843,7 @@ pub fn run(
         }),
         findings: Mutex::new(Findings::default()),
         delivered: Mutex::new(HashSet::new()),
+        forbidden_tokens: Mutex::new(BTreeMap::new()),
         started: Instant::now(),
         stop: AtomicBool::new(false),
     });
@@ -840,6 +858,8 @@ pub fn run(
         recoveries: Vec::new(),
         policy_prop: Vec::new(),
         next_policy: 0,
+        concurrent_ok: 0,
+        concurrent_refused: 0,
     };
     // Two thirds of the pool live at the start, spread over the hosts.
     let n = cfg.hosts * POOL_PER_HOST;
@@ -864,12 +884,28 @@ pub fn run(
     let ran = sh.started.elapsed();
     let faults = std::mem::take(&mut d.faults);
     let (refused, quiet_checks) = (d.refused, d.quiet_checks);
+    let (concurrent_ok, concurrent_refused) = (d.concurrent_ok, d.concurrent_refused);
     let recoveries = std::mem::take(&mut d.recoveries);
     let policy_prop = std::mem::take(&mut d.policy_prop);
     drop(d);
     // Servers go before the lab.
     lock(&sh.model).live.clear();
     drop(guard);
+    {
+        let delivered = lock(&sh.delivered);
+        let late: Vec<String> = lock(&sh.forbidden_tokens)
+            .iter()
+            .filter(|(t, _)| delivered.contains(t))
+            .map(|(_, what)| what.clone())
+            .collect();
+        drop(delivered);
+        for what in late {
+            sh.violation(
+                "isolation",
+                format!("forbidden probe {what} reached its server late"),
+            );
+        }
+    }
     check_leaks(&sh, lab_name);
     let interrupted = match result {
         Ok(i) => i,
@@ -879,7 +915,11 @@ pub fn run(
         }
     };
     let f = lock(&sh.findings);
-    let max = |v: &[f64]| v.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let max = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
     let rec_ms: Vec<f64> = recoveries.iter().filter_map(|r| r.ms).collect();
     Ok(Report {
         bench: "chaos",
@@ -893,6 +933,8 @@ pub fn run(
         interrupted,
         faults,
         refused,
+        concurrent_adds_done: concurrent_ok,
+        concurrent_adds_refused: concurrent_refused,
         probes: f.probes.clone(),
         passed: f.passed,
         forbidden_probes: f.forbidden,
@@ -936,8 +978,14 @@ fn check_leaks(sh: &Shared, lab: &str) {
             // SAFETY: non-blocking waitpid on one pid.
             unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
             if let Some(args) = cmdline(pid) {
-                if args.iter().any(|a| a.contains(&run_dir) || a.starts_with(&prefix)) {
-                    sh.violation("leak", format!("process {pid} left running: {}", args.join(" ")));
+                if args
+                    .iter()
+                    .any(|a| a.contains(&run_dir) || a.starts_with(&prefix))
+                {
+                    sh.violation(
+                        "leak",
+                        format!("process {pid} left running: {}", args.join(" ")),
+                    );
                 }
             }
         }
@@ -955,11 +1003,14 @@ struct Driver<'a> {
     recoveries: Vec<Recovery>,
     policy_prop: Vec<f64>,
     next_policy: u64,
+    concurrent_ok: u64,
+    concurrent_refused: u64,
 }
 
 impl Driver<'_> {
     fn client(&self, host: &str) -> Client {
-        Client::new(agents::socket_path(&self.plan.name, host)).with_timeout(Duration::from_secs(10))
+        Client::new(agents::socket_path(&self.plan.name, host))
+            .with_timeout(Duration::from_secs(10))
     }
 
     fn host_name(&mut self) -> String {
@@ -974,7 +1025,7 @@ impl Driver<'_> {
 
     /// Creates pool slot `slot` on `host` (with `identifier` and `replace`: a move).
     fn add(
-        &mut self,
+        &self,
         slot: usize,
         host: &str,
         identifier: Option<ila::Identifier>,
@@ -986,7 +1037,13 @@ impl Driver<'_> {
         let labels = self.labels(slot);
         let info = self
             .client(host)
-            .endpoint_add(&name, Some(&format!("t{tenant}")), identifier, identifier.is_some(), labels)
+            .endpoint_add(
+                &name,
+                Some(&format!("t{tenant}")),
+                identifier,
+                identifier.is_some(),
+                labels,
+            )
             .map_err(|e| BenchError::Measurement(format!("adding {name} on {host}: {e}")))?;
         let server = ProbeServer::start(&info.netns, info.sir_addr, Arc::clone(&self.sh))?;
         let mut m = lock(&self.sh.model);
@@ -1005,7 +1062,11 @@ impl Driver<'_> {
     }
 
     /// Runs faults until the duration is over or `stop` is set; `Ok(true)` if stopped.
-    fn schedule(&mut self, stop: &AtomicBool, note: &(dyn Fn(&str) + Sync)) -> Result<bool, BenchError> {
+    fn schedule(
+        &mut self,
+        stop: &AtomicBool,
+        note: &(dyn Fn(&str) + Sync),
+    ) -> Result<bool, BenchError> {
         let end = self.sh.started + self.cfg.duration;
         let mut round: Vec<FaultKind> = Vec::new();
         let mut n = 0u64;
@@ -1057,7 +1118,9 @@ impl Driver<'_> {
             FaultKind::EndpointAdd => {
                 let free: Vec<usize> = {
                     let m = lock(&self.sh.model);
-                    (0..m.slots.len()).filter(|i| !m.live.contains_key(i)).collect()
+                    (0..m.slots.len())
+                        .filter(|i| !m.live.contains_key(i))
+                        .collect()
                 };
                 if free.is_empty() {
                     return self.inject(FaultKind::EndpointDel);
@@ -1120,8 +1183,9 @@ impl Driver<'_> {
                     let file = format!("{name}.json");
                     let parsed = policy::parse_policy_file(&file, text.as_bytes(), vnid(1))
                         .map_err(|e| BenchError::Policy(format!("{e}: {text}")))?;
-                    let records = agent::policy_sync::records_for_file(&file, text.as_bytes(), vnid(1))
-                        .map_err(|e| BenchError::Policy(e.to_string()))?;
+                    let records =
+                        agent::policy_sync::records_for_file(&file, text.as_bytes(), vnid(1))
+                            .map_err(|e| BenchError::Policy(e.to_string()))?;
                     let mut after = before.clone();
                     after.push(ModelPolicy {
                         name: name.clone(),
@@ -1160,8 +1224,18 @@ impl Driver<'_> {
             }
             FaultKind::AgentKill => {
                 let host = self.host_name();
+                // Down for up to TTL + 2 s: sometimes its lease expires and its mappings are
+                // withdrawn everywhere until it republishes them.
+                let down = self.rng.millis(300, self.ttl_ms() + 2000);
+                let during = self.concurrent_add(Some(&host));
                 let args = agents::signal_host_agent(&lab, &host, AgentSignal::Kill)?;
-                std::thread::sleep(self.rng.millis(300, 2000));
+                let me = &*self;
+                let added = std::thread::scope(|s| {
+                    let t = during.map(|(slot, h)| s.spawn(move || me.add_during_fault(slot, &h)));
+                    std::thread::sleep(down);
+                    t.map(|t| t.join().unwrap_or(false))
+                });
+                self.count_concurrent(added);
                 agents::respawn_agent(&lab, &host, &args)?;
                 agents::wait_ready(self.plan)?;
                 Ok(true)
@@ -1169,20 +1243,86 @@ impl Driver<'_> {
             FaultKind::EtcdMemberKill => {
                 let i = self.rng.below(3);
                 let down = self.rng.millis(300, 2000);
-                kill_and_restart_member(&lab, i, down).map_err(BenchError::Measurement)?;
+                let during = self.concurrent_add(None);
+                let me = &*self;
+                let added = std::thread::scope(|s| {
+                    let t = during.map(|(slot, h)| s.spawn(move || me.add_during_fault(slot, &h)));
+                    let r = kill_and_restart_member(&lab, i, down);
+                    (r, t.map(|t| t.join().unwrap_or(false)))
+                });
+                self.count_concurrent(added.1);
+                added.0.map_err(BenchError::Measurement)?;
                 Ok(true)
             }
             FaultKind::StoreFreeze => {
+                // Frozen for up to TTL + 2 s: leases may expire when it thaws.
+                let frozen = self.rng.millis(500, self.ttl_ms() + 2000);
+                let during = self.concurrent_add(None);
                 let pids = etcd_pids(&lab);
                 for p in &pids {
                     signal(*p, libc::SIGSTOP);
                 }
-                std::thread::sleep(self.rng.millis(500, 3000));
-                for p in &pids {
-                    signal(*p, libc::SIGCONT);
-                }
+                let me = &*self;
+                let added = std::thread::scope(|s| {
+                    let t = during.map(|(slot, h)| s.spawn(move || me.add_during_fault(slot, &h)));
+                    std::thread::sleep(frozen);
+                    for p in &pids {
+                        signal(*p, libc::SIGCONT);
+                    }
+                    t.map(|t| t.join().unwrap_or(false))
+                });
+                self.count_concurrent(added);
                 Ok(true)
             }
+        }
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.cfg.lease_ttl_secs * 1000
+    }
+
+    /// Half the time: a free slot and a host (not `busy`) for an endpoint add while a fault is
+    /// active (churn and failure at once).
+    fn concurrent_add(&mut self, busy: Option<&str>) -> Option<(usize, String)> {
+        if self.rng.below(2) == 0 {
+            return None;
+        }
+        let free: Vec<usize> = {
+            let m = lock(&self.sh.model);
+            (0..m.slots.len())
+                .filter(|i| !m.live.contains_key(i))
+                .collect()
+        };
+        if free.is_empty() {
+            return None;
+        }
+        let slot = free[self.rng.below(free.len())];
+        let host = loop {
+            let h = self.host_name();
+            if Some(h.as_str()) != busy {
+                break h;
+            }
+        };
+        Some((slot, host))
+    }
+
+    /// An endpoint add during a fault: refused cleanly or done (the quiet check then verifies
+    /// that a refusal left nothing behind and a success is everywhere).
+    fn add_during_fault(&self, slot: usize, host: &str) -> bool {
+        match self.add(slot, host, None) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!("chaos: endpoint add during a fault refused: {e}");
+                false
+            }
+        }
+    }
+
+    fn count_concurrent(&mut self, added: Option<bool>) {
+        match added {
+            Some(true) => self.concurrent_ok += 1,
+            Some(false) => self.concurrent_refused += 1,
+            None => {}
         }
     }
 
@@ -1204,7 +1344,8 @@ impl Driver<'_> {
                 }
             }
             if all {
-                self.policy_prop.push(requested.elapsed().as_secs_f64() * 1e3);
+                self.policy_prop
+                    .push(requested.elapsed().as_secs_f64() * 1e3);
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -1227,7 +1368,13 @@ impl Driver<'_> {
                 for &b in &ids {
                     for p in PROTOS {
                         if a != b && m.expect(a, b, p).1 {
-                            v.push((a, b, p, m.live[&a].info.netns.clone(), m.live[&b].info.sir_addr));
+                            v.push((
+                                a,
+                                b,
+                                p,
+                                m.live[&a].info.netns.clone(),
+                                m.live[&b].info.sir_addr,
+                            ));
                         }
                     }
                 }
@@ -1271,12 +1418,7 @@ impl Driver<'_> {
                 .iter()
                 .take(10)
                 .map(|(a, b, p, _, _)| {
-                    format!(
-                        "{}->{} {}",
-                        m.slots[*a].name,
-                        m.slots[*b].name,
-                        p.name()
-                    )
+                    format!("{}->{} {}", m.slots[*a].name, m.slots[*b].name, p.name())
                 })
                 .collect();
             drop(m);
@@ -1410,12 +1552,15 @@ impl Driver<'_> {
                 .collect();
             let (desired, unusable) = reconcile::desired(&h.name, snap.mappings.iter(), &local);
             for u in unusable {
-                problems.push(format!("{}: unusable mapping {}: {}", h.name, u.sir_addr, u.reason));
+                problems.push(format!(
+                    "{}: unusable mapping {}: {}",
+                    h.name, u.sir_addr, u.reason
+                ));
             }
             let maps = HostMaps::open_pinned(&lab::state::host_pin_dir(&self.plan.name, &h.name))
                 .map_err(|e| format!("{}: maps: {e}", h.name))?;
-            let current =
-                agent::io::read_current(&maps).map_err(|e| format!("{}: reading maps: {e}", h.name))?;
+            let current = agent::io::read_current(&maps)
+                .map_err(|e| format!("{}: reading maps: {e}", h.name))?;
             let ops = reconcile::diff(&desired, &current);
             let counts = [
                 ("out put", ops.out_put.len()),
@@ -1463,7 +1608,10 @@ impl Driver<'_> {
                     h.name
                 ));
             }
-            let on_host = want_eps.values().filter(|(host, _)| *host == h.name).count();
+            let on_host = want_eps
+                .values()
+                .filter(|(host, _)| *host == h.name)
+                .count();
             if local.len() != on_host {
                 problems.push(format!(
                     "{}: the agent lists {} endpoints, the model has {on_host} there",
@@ -1528,7 +1676,12 @@ pub fn markdown(r: &Report) -> String {
     for (k, n) in &r.faults {
         let _ = writeln!(s, "| {k:?} | {n} |");
     }
-    let _ = writeln!(s, "| (refused by an agent) | {} |\n", r.refused);
+    let _ = writeln!(s, "| (refused by an agent) | {} |", r.refused);
+    let _ = writeln!(
+        s,
+        "| endpoint adds during a fault: done / refused | {} / {} |\n",
+        r.concurrent_adds_done, r.concurrent_adds_refused
+    );
     let _ = writeln!(s, "| probes | count |\n|---|---:|");
     for (k, n) in &r.probes {
         let _ = writeln!(s, "| {k} | {n} |");
