@@ -32,6 +32,10 @@ fn a_one_minute_chaos_soak_finds_no_violation_and_injects_every_fault() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}); seed {seed}: {stderr}"));
+    eprintln!(
+        "chaos soak, seed {seed}: {} min, faults {}, probes {}, passed {}, forbidden {}, recovery max {} ms, violations {}",
+        v["minutes"], v["faults"], v["probes"], v["passed"], v["forbidden_probes"], v["recovery_max_ms"], v["violation_count"]
+    );
     assert_eq!(
         v["violation_count"], 0,
         "seed {seed}: violations {:#}",
