@@ -235,7 +235,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+        Self((seed ^ 0x9e37_79b9_7f4a_7c15) | 1)
     }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -764,6 +764,9 @@ fn cmdline(pid: u32) -> Option<Vec<String>> {
 
 /// SIGKILLs etcd member `i`, waits `down`, and starts it again with the same command line on its
 /// data directory (recorded in the lab so `lab down` stops it). Returns when it is healthy.
+// The restarted member outlives this function on purpose (like the lab's own members); it is
+// stopped by `lab down` and reaped by `check_leaks`.
+#[allow(clippy::zombie_processes)]
 fn kill_and_restart_member(lab: &str, i: usize, down: Duration) -> Result<(), String> {
     let mut st = LabState::load(lab)
         .map_err(|e| e.to_string())?
