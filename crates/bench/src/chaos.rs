@@ -207,6 +207,8 @@ pub struct Report {
     pub probes: BTreeMap<String, u64>,
     /// Probes that passed.
     pub passed: u64,
+    /// Probes that passed, by protocol (each kind of probe can see a delivery).
+    pub passed_by_protocol: BTreeMap<String, u64>,
     /// Probes the model forbade (they must not pass).
     pub forbidden_probes: u64,
     /// Probes sent while a policy change was in flight (either verdict was acceptable unless
@@ -378,6 +380,7 @@ impl Model {
 #[derive(Default)]
 struct Findings {
     probes: BTreeMap<String, u64>,
+    passed_by: BTreeMap<String, u64>,
     passed: u64,
     forbidden: u64,
     transition: u64,
@@ -615,6 +618,7 @@ fn probe_loop(sh: &Shared, seed: u64) {
         }
         if delivered {
             f.passed += 1;
+            *f.passed_by.entry(proto.name().into()).or_default() += 1;
         }
         let _ = must;
         if !delivered && !may && proto != Proto::Icmp {
@@ -961,6 +965,7 @@ pub fn run(
         concurrent_adds_refused: concurrent_refused,
         probes: f.probes.clone(),
         passed: f.passed,
+        passed_by_protocol: f.passed_by.clone(),
         forbidden_probes: f.forbidden,
         transition_probes: f.transition,
         discarded: f.discarded,

@@ -67,6 +67,9 @@ fn a_one_minute_chaos_soak_finds_no_violation_and_injects_every_fault() {
             "seed {seed}: only {n} {proto} probes: {}",
             v["probes"]
         );
+        // Each kind of probe saw deliveries: a forbidden probe that fails is not a broken probe.
+        let passed = v["passed_by_protocol"][proto].as_u64().unwrap_or(0);
+        assert!(passed >= 1, "seed {seed}: no {proto} probe passed: {v}");
     }
     // Both verdicts were exercised: some probes passed, some were forbidden.
     assert!(v["passed"].as_u64().unwrap_or(0) > 0, "{v}");
