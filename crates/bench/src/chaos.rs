@@ -203,6 +203,9 @@ pub struct Report {
     pub concurrent_adds_done: u64,
     /// The same, refused by the agent (expected during a store outage; never half-applied).
     pub concurrent_adds_refused: u64,
+    /// Agent kills that lasted long enough for the lease to expire: another host had withdrawn
+    /// the dead host's mappings before it came back.
+    pub lease_withdrawals_seen: u64,
     /// Probes sent, by protocol.
     pub probes: BTreeMap<String, u64>,
     /// Probes that passed.
@@ -888,6 +891,7 @@ pub fn run(
         next_policy: 0,
         concurrent_ok: 0,
         concurrent_refused: 0,
+        withdrawals: 0,
     };
     // Two thirds of the pool live at the start, spread over the hosts.
     let n = cfg.hosts * POOL_PER_HOST;
@@ -913,6 +917,7 @@ pub fn run(
     let faults = std::mem::take(&mut d.faults);
     let (refused, quiet_checks) = (d.refused, d.quiet_checks);
     let (concurrent_ok, concurrent_refused) = (d.concurrent_ok, d.concurrent_refused);
+    let withdrawals = d.withdrawals;
     let recoveries = std::mem::take(&mut d.recoveries);
     let policy_prop = std::mem::take(&mut d.policy_prop);
     drop(d);
@@ -963,6 +968,7 @@ pub fn run(
         refused,
         concurrent_adds_done: concurrent_ok,
         concurrent_adds_refused: concurrent_refused,
+        lease_withdrawals_seen: withdrawals,
         probes: f.probes.clone(),
         passed: f.passed,
         passed_by_protocol: f.passed_by.clone(),
@@ -1034,6 +1040,7 @@ struct Driver<'a> {
     next_policy: u64,
     concurrent_ok: u64,
     concurrent_refused: u64,
+    withdrawals: u64,
 }
 
 impl Driver<'_> {
@@ -1265,6 +1272,7 @@ impl Driver<'_> {
                     t.map(|t| t.join().unwrap_or(false))
                 });
                 self.count_concurrent(added);
+                self.note_withdrawal(&host);
                 agents::respawn_agent(&lab, &host, &args)?;
                 agents::wait_ready(self.plan)?;
                 Ok(true)
@@ -1302,6 +1310,20 @@ impl Driver<'_> {
                 });
                 self.count_concurrent(added);
                 Ok(true)
+            }
+        }
+    }
+
+    /// While `host`'s agent is down: whether another host has withdrawn its mappings (its lease
+    /// expired), counted for the report.
+    fn note_withdrawal(&mut self, host: &str) {
+        let has_endpoints = lock(&self.sh.model).live.values().any(|l| l.host == host);
+        let Some(other) = self.plan.hosts.iter().find(|h| h.name != host) else {
+            return;
+        };
+        if let Ok(rows) = self.client(&other.name).mappings() {
+            if has_endpoints && !rows.iter().any(|r| r.host == host) {
+                self.withdrawals += 1;
             }
         }
     }
@@ -1708,12 +1730,13 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "| (refused by an agent) | {} |", r.refused);
     let _ = writeln!(
         s,
-        "| endpoint adds during a fault: done / refused | {} / {} |\n",
-        r.concurrent_adds_done, r.concurrent_adds_refused
+        "| endpoint adds during a fault: done / refused | {} / {} |\n| agent kills past the lease (mappings withdrawn elsewhere) | {} |\n",
+        r.concurrent_adds_done, r.concurrent_adds_refused, r.lease_withdrawals_seen
     );
     let _ = writeln!(s, "| probes | count |\n|---|---:|");
     for (k, n) in &r.probes {
-        let _ = writeln!(s, "| {k} | {n} |");
+        let passed = r.passed_by_protocol.get(k).copied().unwrap_or(0);
+        let _ = writeln!(s, "| {k} (passed) | {n} ({passed}) |");
     }
     let _ = writeln!(
         s,
