@@ -8,6 +8,7 @@
 //! resync) and [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`).
 
 pub mod bgp;
+pub mod chaos;
 pub mod cni;
 pub mod converge;
 pub mod ebpf;

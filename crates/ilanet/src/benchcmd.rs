@@ -559,3 +559,75 @@ fn fuzz_bgp(args: &FuzzBgpArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     })
 }
+
+/// `ilanet bench chaos`.
+#[derive(Args, Debug)]
+pub struct ChaosArgs {
+    /// Minutes of fault schedule (fractions allowed, at least 10 s).
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Seed of the fault schedule and the probes (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Hosts in the lab.
+    #[arg(long, default_value_t = 4)]
+    hosts: usize,
+    /// Lease TTL of the agents in seconds (the recovery bound is TTL + 1 s).
+    #[arg(long, default_value_t = 3)]
+    lease_ttl: u64,
+    /// Print the report as JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+    /// Also write the report into this directory (JSON and Markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs `ilanet bench chaos`: exits non-zero when an invariant was violated.
+pub fn chaos(args: &ChaosArgs) -> Result<ExitCode> {
+    if !(args.minutes.is_finite() && args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
+        anyhow::bail!(
+            "--minutes must be between 10 s and 24 h, got {}",
+            args.minutes
+        );
+    }
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    let cfg = bench::chaos::ChaosConfig {
+        duration: std::time::Duration::from_secs_f64(args.minutes * 60.0),
+        seed,
+        hosts: args.hosts,
+        lease_ttl_secs: args.lease_ttl,
+        agent_binary: std::env::current_exe().context("finding the ilanet executable")?,
+    };
+    cfg.validate()?;
+    crate::stop::install();
+    let name = format!("ch{}", std::process::id());
+    let note = |m: &str| eprintln!("chaos: {m}");
+    note(&format!("seed {seed} (replay with --seed {seed})"));
+    let report = bench::chaos::run(&cfg, &name, &crate::stop::STOP, &note)?;
+    if let Some(dir) = &args.out {
+        let file = bench::chaos::write_out(dir, &report)?;
+        eprintln!("chaos: report in {}", file.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::chaos::markdown(&report));
+    }
+    if report.violation_count > 0 {
+        eprintln!(
+            "chaos: {} invariant violation(s); seed {seed}",
+            report.violation_count
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if report.interrupted {
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -92,6 +92,9 @@ enum BenchCommand {
     /// started → routed everywhere, agent killed → withdrawn everywhere, packets lost across a
     /// graceful restart.
     Bgp(benchcmd::BgpArgs),
+    /// Chaos soak on a 4-host etcd lab: random endpoint, policy, agent and etcd faults while
+    /// probes run between every pair; exits non-zero on any invariant violation.
+    Chaos(benchcmd::ChaosArgs),
     /// Random and mutated input against a parser and state machine (zero panics).
     Fuzz {
         #[command(subcommand)]
@@ -170,6 +173,7 @@ fn main() -> ExitCode {
             BenchCommand::Converge(args) => converge::run(args),
             BenchCommand::Cni(args) => benchcmd::cni(args),
             BenchCommand::Bgp(args) => benchcmd::bgp(args),
+            BenchCommand::Chaos(args) => benchcmd::chaos(args),
             BenchCommand::Fuzz { target } => benchcmd::fuzz(target),
         },
     };
