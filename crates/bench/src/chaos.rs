@@ -823,7 +823,8 @@ fn kill_and_restart_member(lab: &str, i: usize, down: Duration) -> Result<(), St
     // ours is reaped below when the soak ends).
     std::mem::forget(child);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !store::etcd_cluster::member_healthy(&m.client_url) {
+    // A secure cluster answers /health only on its plain metrics port (client URLs want TLS).
+    while !store::etcd_cluster::member_healthy(m.metrics_url.as_deref().unwrap_or(&m.client_url)) {
         if Instant::now() > deadline {
             return Err(format!(
                 "member {} not healthy 20 s after its restart",
@@ -1510,18 +1511,18 @@ impl Driver<'_> {
         let st = LabState::load(&self.plan.name)
             .map_err(|e| e.to_string())?
             .ok_or("lab record gone")?;
-        let endpoints = st.etcd.ok_or("no etcd")?.client_endpoints();
+        // As etcd's root user: the comparison reads every host's keys.
+        let config = st
+            .etcd
+            .ok_or("no etcd")?
+            .store_config("root", Duration::from_secs(3));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
         let snap = rt
             .block_on(async {
-                let s = store::Store::connect(&store::StoreConfig::Etcd {
-                    endpoints,
-                    connect_timeout: Duration::from_secs(3),
-                })
-                .await?;
+                let s = store::Store::connect(&config).await?;
                 s.snapshot().await
             })
             .map_err(|e| format!("store snapshot: {e}"))?;
