@@ -102,7 +102,26 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
     write(&dir.join(format!("{stem}-samples.csv")), &samples)
 }
 
+/// File stem of `bench micro`'s results (`micro.json`).
+pub const MICRO_STEM: &str = "micro";
+
+/// Writes `bench micro`'s results as `micro.json` into `dir` and regenerates `report.md`.
+pub fn save_micro(dir: &Path, r: &crate::micro::MicroReport) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(r)?;
+    write(&dir.join(format!("{MICRO_STEM}.json")), &json)?;
+    write_report(dir)
+}
+
 fn load(dir: &Path, stem: &str) -> Result<Option<Results>, BenchError> {
+    load_json(dir, stem)
+}
+
+/// `dir/<stem>.json`, if there is one.
+fn load_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    stem: &str,
+) -> Result<Option<T>, BenchError> {
     let path = dir.join(format!("{stem}.json"));
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -466,9 +485,13 @@ fn rules_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
 pub fn write_report(dir: &Path) -> Result<(), BenchError> {
     let paper = load(dir, "results")?;
     let rules = load(dir, "rules")?;
+    let micro: Option<crate::micro::MicroReport> = load_json(dir, MICRO_STEM)?;
     let mut md = String::from("# ilanet benchmark report\n\n");
-    if paper.is_none() && rules.is_none() {
+    if paper.is_none() && rules.is_none() && micro.is_none() {
         md.push_str("No results yet.\n");
+    }
+    if let Some(m) = &micro {
+        md.push_str(&crate::micro::markdown(m));
     }
     if let Some(r) = &paper {
         paper_section(&mut md, dir, r)?;
@@ -477,7 +500,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         rules_section(&mut md, dir, r)?;
     }
     md.push_str(
-        "Files: `results.json` / `rules.json` (everything, incl. per-run data), `*.csv` (one row \
+        "Files: `results.json` / `rules.json` / `micro.json` (everything, incl. per-run data), `*.csv` (one row \
          per case), `*-samples.csv` (every 1-s interval), `raw/` (iperf3 JSON as written by \
          iperf3).\n",
     );
