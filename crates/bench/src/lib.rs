@@ -5,7 +5,8 @@
 //! Two campaigns: [`paper`] (the paper's Fig. 14: native, ILA, ILA + policy, swarm, swarm +
 //! iptables) and [`rules`] (throughput against the number of filter rules, iptables and eBPF).
 //! Besides them, [`converge`] (how fast a new mapping reaches every other host, and a cold
-//! resync) and [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`).
+//! resync), [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`, against
+//! an empty program) and [`latency`] (request/response round trips between containers).
 
 pub mod bgp;
 pub mod cni;
@@ -13,6 +14,7 @@ pub mod converge;
 pub mod ebpf;
 pub mod fuzz_bgp;
 pub mod iperf;
+pub mod latency;
 pub mod machine;
 pub mod micro;
 pub mod model;

@@ -113,6 +113,17 @@ pub fn save_micro(dir: &Path, r: &crate::micro::MicroReport) -> Result<(), Bench
     write_report(dir)
 }
 
+/// File stem of `bench latency`'s results (`latency.json`).
+pub const LATENCY_STEM: &str = "latency";
+
+/// Writes `bench latency`'s results as `latency.json` into `dir` and regenerates `report.md`.
+pub fn save_latency(dir: &Path, r: &crate::latency::LatencyReport) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(r)?;
+    write(&dir.join(format!("{LATENCY_STEM}.json")), &json)?;
+    write_report(dir)
+}
+
 fn load(dir: &Path, stem: &str) -> Result<Option<Results>, BenchError> {
     load_json(dir, stem)
 }
@@ -486,12 +497,16 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
     let paper = load(dir, "results")?;
     let rules = load(dir, "rules")?;
     let micro: Option<crate::micro::MicroReport> = load_json(dir, MICRO_STEM)?;
+    let latency: Option<crate::latency::LatencyReport> = load_json(dir, LATENCY_STEM)?;
     let mut md = String::from("# ilanet benchmark report\n\n");
-    if paper.is_none() && rules.is_none() && micro.is_none() {
+    if paper.is_none() && rules.is_none() && micro.is_none() && latency.is_none() {
         md.push_str("No results yet.\n");
     }
     if let Some(m) = &micro {
         md.push_str(&crate::micro::markdown(m));
+    }
+    if let Some(l) = &latency {
+        md.push_str(&crate::latency::markdown(l));
     }
     if let Some(r) = &paper {
         paper_section(&mut md, dir, r)?;
@@ -500,7 +515,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         rules_section(&mut md, dir, r)?;
     }
     md.push_str(
-        "Files: `results.json` / `rules.json` / `micro.json` (everything, incl. per-run data), `*.csv` (one row \
+        "Files: `results.json` / `rules.json` / `micro.json` / `latency.json` (everything, incl. per-run data), `*.csv` (one row \
          per case), `*-samples.csv` (every 1-s interval), `raw/` (iperf3 JSON as written by \
          iperf3).\n",
     );

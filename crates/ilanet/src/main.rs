@@ -80,6 +80,10 @@ enum BenchCommand {
     /// The paper's Fig. 14: iperf3 TCP throughput for native, ILA, ILA + policy, swarm and swarm +
     /// iptables, interleaved runs, mean/median/95 % CI, ratios to native, report with figures.
     Paper(benchcmd::PaperArgs),
+    /// Request/response latency between containers on two hosts (TCP and UDP ping-pong,
+    /// p50/p99/p99.9) for native, ILA, ILA + policy and swarm, interleaved, with the first
+    /// packet of a new flow reported separately.
+    Latency(benchcmd::LatencyArgs),
     /// TCP throughput against the number of filter rules (iptables; eBPF once policy exists).
     Rules(benchcmd::RulesArgs),
     /// Time from an endpoint's creation to its mapping in every other host's eBPF map (p50,
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
+            BenchCommand::Latency(args) => benchcmd::latency(args),
             BenchCommand::Rules(args) => benchcmd::rules(args),
             BenchCommand::Converge(args) => converge::run(args),
             BenchCommand::Cni(args) => benchcmd::cni(args),
