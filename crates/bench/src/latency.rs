@@ -426,7 +426,7 @@ fn compare(cases: &mut [LatencyCase]) -> Vec<String> {
             let p50_ok = c.p50_us <= n.p50_us + 2.0;
             let p99_ok = c.p99_us <= 1.05 * n.p99_us;
             verdicts.push(format!(
-                "{} {}: p50 {:.1} µs vs native {:.1} (+{:.1}; target ≤ +2): {}; p99 {:.1} µs = {:.3} × native (target ≤ 1.05): {}",
+                "{} {}: p50 {:.1} µs vs native {:.1} ({:+.1}; target ≤ +2): {}; p99 {:.1} µs = {:.3} × native (target ≤ 1.05): {}",
                 c.mode,
                 c.proto,
                 c.p50_us,
