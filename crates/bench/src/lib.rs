@@ -11,6 +11,7 @@
 pub mod bgp;
 pub mod cni;
 pub mod converge;
+pub mod cpu;
 pub mod ebpf;
 pub mod fuzz_bgp;
 pub mod iperf;

@@ -197,8 +197,8 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
     md.push_str("## Fig. 14: TCP throughput between containers on two hosts\n\n");
     header(md, r);
     md.push_str(
-        "| scenario | mean Gbit/s | median | 95 % CI, 1-s samples (N) | 95 % CI, run means (n) | ratio to native [95 % CI] | retransmits/run | CPU % snd / rcv | CPU % per Gbit/s |\n\
-         |---|---:|---:|---|---|---|---:|---|---:|\n",
+        "| scenario | mean Gbit/s | median | 95 % CI, 1-s samples (N) | 95 % CI, run means (n) | ratio to native [95 % CI] | retransmits/run | CPU % snd / rcv | CPU % per Gbit/s | machine CPU % (softirq) | machine CPU % per Gbit/s |\n\
+         |---|---:|---:|---|---|---|---:|---|---:|---:|---:|\n",
     );
     let mut bars = Vec::new();
     for c in &r.cases {
@@ -210,7 +210,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                     .unwrap_or_else(|| "–".into());
                 let _ = writeln!(
                     md,
-                    "| {} | {:.3} | {:.3} | {} ({}) | {} ({}) | {} | {:.1} | {:.0} / {:.0} | {:.1} |",
+                    "| {} | {:.3} | {:.3} | {} ({}) | {} ({}) | {} | {:.1} | {:.0} / {:.0} | {:.1} | {} | {} |",
                     c.name,
                     s.intervals.mean,
                     s.intervals.median,
@@ -222,7 +222,12 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                     s.retransmits_per_run,
                     s.cpu_host,
                     s.cpu_remote,
-                    s.cpu_per_gbps
+                    s.cpu_per_gbps,
+                    match (s.machine_cpu_pct, s.machine_softirq_pct) {
+                        (Some(b), Some(si)) => format!("{b:.0} ({si:.0})"),
+                        _ => "–".into(),
+                    },
+                    opt(s.machine_cpu_per_gbps, 1)
                 );
                 bars.push(Bar {
                     label: c.name.clone(),
@@ -234,7 +239,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
             (None, false) => {
                 let _ = writeln!(
                     md,
-                    "| {} | n/a (not yet) | – | – | – | – | – | – | – |",
+                    "| {} | n/a (not yet) | – | – | – | – | – | – | – | – | – |",
                     c.name
                 );
                 bars.push(Bar {
@@ -245,7 +250,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                 });
             }
             (None, true) => {
-                let _ = writeln!(md, "| {} | (no runs yet) | | | | | | | |", c.name);
+                let _ = writeln!(md, "| {} | (no runs yet) | | | | | | | | | |", c.name);
             }
         }
     }
@@ -290,7 +295,10 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
          intervals of one run are correlated, so that interval is optimistic. Both are given; the \
          figure uses the run-based one. CPU is iperf3's own figure (user + system time of the \
          sending and receiving iperf3 processes, % of one core), so per-packet work done in \
-         softirq context on other CPUs is not in it.\n\n",
+         softirq context on other CPUs is not in it; *machine CPU* is the whole machine's busy \
+         time from `/proc/stat` over each client run (every CPU, softirq included, % of one \
+         core), per Gbit/s of that run's whole-run throughput. Both hosts of a lab share this \
+         machine, so it covers sender and receiver — and anything else running on it.\n\n",
     );
     md.push_str("### The paper's numbers (two Xeon E5620 servers, 10 GbE, MTU 9000)\n\n| paper case | Gbit/s |\n|---|---:|\n");
     for (name, v) in PAPER_FIG14 {
