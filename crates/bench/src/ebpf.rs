@@ -323,7 +323,11 @@ impl Endpoints {
              - port: \"{port}\"\n        protocol: udp\n"
         );
         let records = agent::policy_sync::records_for_file(&file, text.as_bytes(), self.tenant)
-            .map_err(|e| policy_err(format!("the policy opening port {port} does not parse: {e}")))?;
+            .map_err(|e| {
+                policy_err(format!(
+                    "the policy opening port {port} does not parse: {e}"
+                ))
+            })?;
         let (names, _) = self.apply(records)?;
         self.flush_conntrack()?;
         let udp = probe::udp_echo(&self.client.netns, addr, port, PROBE_OK).is_ok();
@@ -339,7 +343,9 @@ impl Endpoints {
         let wrong: Vec<String> = checks
             .iter()
             .filter(|(_, want, got)| want != got)
-            .map(|(what, want, _)| format!("{what} {}", if *want { "is dropped" } else { "passes" }))
+            .map(|(what, want, _)| {
+                format!("{what} {}", if *want { "is dropped" } else { "passes" })
+            })
             .collect();
         if !wrong.is_empty() {
             return Err(policy_err(format!(

@@ -271,8 +271,10 @@ fn us(d: Duration) -> f64 {
 fn tcp_connect(bed: &Bed) -> Result<(TcpStream, Duration), BenchError> {
     let _guard = lab::netns::NetnsGuard::enter(&bed.client_ns).map_err(lab::LabError::from)?;
     let start = Instant::now();
-    let s = TcpStream::connect_timeout(&SocketAddr::V6(bed.server), REQUEST_TIMEOUT)
-        .map_err(os(format!("connecting to {} from '{}'", bed.server, bed.client_ns)))?;
+    let s =
+        TcpStream::connect_timeout(&SocketAddr::V6(bed.server), REQUEST_TIMEOUT).map_err(os(
+            format!("connecting to {} from '{}'", bed.server, bed.client_ns),
+        ))?;
     Ok((s, start.elapsed()))
 }
 
@@ -410,7 +412,11 @@ fn summarize(mode: &str, proto: &str, kind: &str, s: &Samples) -> Result<Latency
 
 /// Fills the ratios to native and returns the issue-14 verdict lines for the ILA modes.
 fn compare(cases: &mut [LatencyCase]) -> Vec<String> {
-    let native: Vec<LatencyCase> = cases.iter().filter(|c| c.mode == "native").cloned().collect();
+    let native: Vec<LatencyCase> = cases
+        .iter()
+        .filter(|c| c.mode == "native")
+        .cloned()
+        .collect();
     let mut verdicts = Vec::new();
     for c in cases.iter_mut() {
         let Some(n) = native
@@ -585,7 +591,10 @@ mod tests {
     fn modes_resolve_and_unknown_names_are_refused() {
         assert_eq!(select_modes(&[]).expect("all").len(), 4);
         let two = select_modes(&["ila".into(), "native".into(), "ila".into()]).expect("two");
-        assert_eq!(two.iter().map(|m| m.name).collect::<Vec<_>>(), ["ila", "native"]);
+        assert_eq!(
+            two.iter().map(|m| m.name).collect::<Vec<_>>(),
+            ["ila", "native"]
+        );
         let e = select_modes(&["evpn".into()]).expect_err("unknown");
         assert!(e.to_string().contains("evpn"), "{e}");
     }
@@ -619,9 +628,24 @@ mod tests {
             lab_prefix: "x".into(),
         };
         assert!(ok.validate().is_ok());
-        assert!(LatencyConfig { size: 0, ..ok.clone() }.validate().is_err());
-        assert!(LatencyConfig { size: 9000, ..ok.clone() }.validate().is_err());
-        assert!(LatencyConfig { rounds: 0, ..ok.clone() }.validate().is_err());
+        assert!(LatencyConfig {
+            size: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(LatencyConfig {
+            size: 9000,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(LatencyConfig {
+            rounds: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
         assert!(LatencyConfig {
             requests: MAX_SAMPLES,
             rounds: 2,

@@ -138,9 +138,9 @@ pub fn load_average() -> Option<[f64; 3]> {
     Some([it.next()??, it.next()??, it.next()??])
 }
 
-/// The target issue 14 sets for a case: a translation hit (neutral-map, the default) ≤ baseline
-/// + 12 ns, a miss ≤ baseline + 5 ns, an established flow ≤ baseline + 35 ns, a new flow ≤
-/// 400 ns.
+/// The target issue 14 sets for a case: a translation hit (neutral-map, the default) at most
+/// 12 ns above the baseline, a miss at most 5 ns above it, an established flow at most 35 ns
+/// above it, a new flow at most 400 ns as measured.
 pub fn target_for(mode: ChecksumMode, case: &str) -> Option<(TargetKind, f64)> {
     match case.split('/').next().unwrap_or(case) {
         "hit" if mode == ChecksumMode::NeutralMap => Some((TargetKind::AboveBaseline, 12.0)),
@@ -195,8 +195,7 @@ impl Pairs {
             ns_per_packet: raw,
             baseline_ns: median(&self.base),
             above_baseline_ns: above,
-            above_ci95: stats::summarize(&diff, 0.95)
-                .and_then(|s| Some([s.ci_low?, s.ci_high?])),
+            above_ci95: stats::summarize(&diff, 0.95).and_then(|s| Some([s.ci_low?, s.ci_high?])),
             samples: diff.len(),
             repeat,
             target,

@@ -89,12 +89,13 @@ impl std::fmt::Debug for Baseline {
 impl Baseline {
     /// Loads the program (no maps, nothing pinned).
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .load(OBJ_BASELINE)
-            .map_err(|error| DataplaneError::Load {
-                error: Box::new(error),
-                context: "loading baseline.bpf.o".into(),
-            })?;
+        let mut ebpf =
+            EbpfLoader::new()
+                .load(OBJ_BASELINE)
+                .map_err(|error| DataplaneError::Load {
+                    error: Box::new(error),
+                    context: "loading baseline.bpf.o".into(),
+                })?;
         let prog: &mut SchedClassifier = ebpf
             .program_mut(BASELINE_NAME)
             .ok_or_else(missing)?

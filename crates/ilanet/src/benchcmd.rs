@@ -510,7 +510,17 @@ pub fn latency(args: &LatencyArgs) -> Result<ExitCode> {
     }
     println!(
         "{:<11} {:<4} {:<9} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
-        "mode", "prot", "kind", "count", "lost", "p50 µs", "p99 µs", "p99.9 µs", "p50-nat", "p50 ×", "p99 ×"
+        "mode",
+        "prot",
+        "kind",
+        "count",
+        "lost",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p50-nat",
+        "p50 ×",
+        "p99 ×"
     );
     let o = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_default();
     for c in &r.cases {

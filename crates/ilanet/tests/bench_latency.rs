@@ -25,7 +25,11 @@ fn bench_latency_tiny_reports_sane_percentiles_for_two_modes() {
     let _ = std::fs::remove_dir_all(&out);
     let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let cases = v["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), 2 * 4, "2 modes × (tcp, udp) × (request, new-flow)");
+    assert_eq!(
+        cases.len(),
+        2 * 4,
+        "2 modes × (tcp, udp) × (request, new-flow)"
+    );
     assert_eq!(v["order"].as_array().map(Vec::len), Some(rounds));
     // Rotated: the second round starts with the mode the first did not.
     assert_ne!(v["order"][0][0], v["order"][1][0]);
@@ -53,11 +57,17 @@ fn bench_latency_tiny_reports_sane_percentiles_for_two_modes() {
             f("min_us") <= p50 && p50 <= p99 && p99 <= p999 && p999 <= f("max_us"),
             "{name}: {p50} {p99} {p999}"
         );
-        assert!(p50 < 1_000_000.0, "{name}: p50 {p50} µs is not a lab round trip");
+        assert!(
+            p50 < 1_000_000.0,
+            "{name}: p50 {p50} µs is not a lab round trip"
+        );
         assert!(f("p50_ratio") > 0.0, "{name}: ratio to native");
         if c["mode"] == "native" {
             assert_eq!(f("p50_ratio"), 1.0, "{name}");
         }
     }
-    assert!(md.contains("bench latency") && md.contains("ila+policy"), "{md}");
+    assert!(
+        md.contains("bench latency") && md.contains("ila+policy"),
+        "{md}"
+    );
 }
