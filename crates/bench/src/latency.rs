@@ -5,7 +5,9 @@
 //! ping-pong is written here: a client in the first host's container sends a `size`-byte request
 //! and waits for its echo from [`lab::probe::EchoServers`] in the second host's container (TCP
 //! with `TCP_NODELAY` on one connection; UDP on one socket). The time of each round trip is one
-//! sample; p50/p99/p99.9 are over all samples of a case, with ratios to native.
+//! sample; p50/p99/p99.9 are over all samples of a case, with ratios to native. Within a round
+//! the modes take turns every 50 requests (the order rotated every round), so a burst of other
+//! load on the machine hits them alike.
 //!
 //! **First packet of a new flow** (conntrack miss: policy lookups and a conntrack insert on
 //! both hosts), reported separately: the `connect()` time of fresh TCP connections (SYN and
@@ -30,6 +32,11 @@ use crate::BenchError;
 
 /// The port the echo servers listen on (TCP and UDP); the ila+policy case opens exactly it.
 pub const PORT: u16 = 5201;
+/// The CPU the echo servers run on; the client runs on [`CLIENT_CPU`] (machines with one CPU
+/// run both on it).
+const SERVER_CPU: usize = 1;
+/// See [`SERVER_CPU`].
+const CLIENT_CPU: usize = 0;
 /// How long one request may take before it counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most samples a case may collect (bounds memory: 8 bytes each).
@@ -221,6 +228,35 @@ impl Drop for Labs {
     }
 }
 
+/// Pins the calling thread to `cpu` (threads it starts inherit the mask). `false` if the
+/// machine has no such CPU or the kernel refused.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it; pid 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The calling thread's CPU mask, to restore after pinning.
+fn affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: as in `pin_to`; the kernel fills `set`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0)
+            .then_some(set)
+    }
+}
+
+fn restore_affinity(set: &libc::cpu_set_t) {
+    // SAFETY: as in `pin_to`.
+    unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
+    }
+}
+
 /// A lab up with the echo servers in the second host's container.
 struct Bed {
     client_ns: String,
@@ -245,7 +281,16 @@ fn build(labs: &mut Labs, name: &str, m: &LatencyMode) -> Result<Bed, BenchError
         let s = &plan.hosts[1].containers[0];
         (c.netns.clone(), s.netns.clone(), s.sir_addr)
     };
-    let echo = EchoServers::start(&server_ns, addr, PORT, PORT)?;
+    // Every mode's echo threads on the same CPU (they inherit the mask), apart from the
+    // client (see `run`): otherwise where the scheduler happens to put each mode's server
+    // thread, for the whole run, decides its latency more than the data path does.
+    let saved = affinity();
+    let pinned = pin_to(SERVER_CPU);
+    let echo = EchoServers::start(&server_ns, addr, PORT, PORT);
+    if let (true, Some(set)) = (pinned, saved) {
+        restore_affinity(&set);
+    }
+    let echo = echo?;
     Ok(Bed {
         client_ns,
         server: SocketAddrV6::new(addr, PORT, 0, 0),
@@ -325,21 +370,54 @@ struct ModeSamples {
     udp_new: Samples,
 }
 
-fn measure_round(bed: &Bed, cfg: &LatencyConfig, acc: &mut ModeSamples) -> Result<(), BenchError> {
-    let mut msg = vec![0x5au8; cfg.size.max(8)];
-    // TCP: one connection, `requests` round trips (a few unrecorded first: warm caches).
-    let (mut s, _) = tcp_connect(bed)?;
-    s.set_nodelay(true)
+/// Requests per mode before the next mode's turn: modes alternate in chunks this small, so a
+/// burst of other load on the machine (tens of ms) hits every mode alike.
+const CHUNK: usize = 50;
+/// Unrecorded requests on a fresh connection or socket (caches, neighbour entries, the
+/// echo server's accept).
+const WARMUP: usize = 10;
+
+/// A mode's established flows for one round: one TCP connection, one UDP socket.
+struct Conns {
+    tcp: TcpStream,
+    udp: UdpSocket,
+    seq: u64,
+}
+
+fn open(bed: &Bed, msg: &mut [u8]) -> Result<Conns, BenchError> {
+    let (tcp, _) = tcp_connect(bed)?;
+    tcp.set_nodelay(true)
         .map_err(os("setting TCP_NODELAY".into()))?;
-    s.set_read_timeout(Some(REQUEST_TIMEOUT))
+    tcp.set_read_timeout(Some(REQUEST_TIMEOUT))
         .map_err(os("setting a TCP timeout".into()))?;
+    let mut c = Conns {
+        tcp,
+        udp: udp_socket(bed)?,
+        seq: 0,
+    };
+    let mut scratch = ModeSamples::default();
+    requests(bed, &mut c, msg, WARMUP, &mut scratch)?;
+    Ok(c)
+}
+
+/// `n` TCP requests, then `n` UDP requests, on `c`.
+fn requests(
+    bed: &Bed,
+    c: &mut Conns,
+    msg: &mut [u8],
+    n: usize,
+    acc: &mut ModeSamples,
+) -> Result<(), BenchError> {
     let mut back = vec![0u8; msg.len()];
-    for i in 0..cfg.requests + 10 {
-        msg[..8].copy_from_slice(&(i as u64).to_be_bytes());
+    for _ in 0..n {
+        c.seq += 1;
+        msg[..8].copy_from_slice(&c.seq.to_be_bytes());
         let start = Instant::now();
-        s.write_all(&msg)
+        c.tcp
+            .write_all(msg)
             .map_err(os(format!("sending a TCP request to {}", bed.server)))?;
-        s.read_exact(&mut back)
+        c.tcp
+            .read_exact(&mut back)
             .map_err(os(format!("reading a TCP echo from {}", bed.server)))?;
         let t = start.elapsed();
         if back != msg {
@@ -348,38 +426,64 @@ fn measure_round(bed: &Bed, cfg: &LatencyConfig, acc: &mut ModeSamples) -> Resul
                 bed.server
             )));
         }
-        if i >= 10 {
-            acc.tcp.us.push(us(t));
+        acc.tcp.us.push(us(t));
+    }
+    for _ in 0..n {
+        c.seq += 1;
+        match udp_request(&c.udp, msg, c.seq)? {
+            Some(t) => acc.udp.us.push(us(t)),
+            None => acc.udp.lost += 1,
         }
     }
-    drop(s);
-    // UDP: one socket.
+    Ok(())
+}
+
+/// One fresh TCP connection (its `connect()` time) and one fresh UDP socket (its first
+/// request).
+fn new_flow(bed: &Bed, msg: &mut [u8], seq: u64, acc: &mut ModeSamples) -> Result<(), BenchError> {
+    match tcp_connect(bed) {
+        Ok((c, t)) => {
+            acc.tcp_new.us.push(us(t));
+            drop(c);
+        }
+        Err(e) => {
+            log::warn!("new TCP flow to {}: {e}", bed.server);
+            acc.tcp_new.lost += 1;
+        }
+    }
     let u = udp_socket(bed)?;
-    for i in 0..cfg.requests + 10 {
-        match udp_request(&u, &mut msg, i as u64)? {
-            Some(t) if i >= 10 => acc.udp.us.push(us(t)),
-            Some(_) => {}
-            None if i >= 10 => acc.udp.lost += 1,
-            None => {}
-        }
+    match udp_request(&u, msg, seq)? {
+        Some(t) => acc.udp_new.us.push(us(t)),
+        None => acc.udp_new.lost += 1,
     }
-    drop(u);
-    // New flows: fresh TCP connections (connect() time) and fresh UDP sockets (first request).
-    for i in 0..cfg.new_flows {
-        match tcp_connect(bed) {
-            Ok((c, t)) => {
-                acc.tcp_new.us.push(us(t));
-                drop(c);
-            }
-            Err(e) => {
-                log::warn!("new TCP flow {i}: {e}");
-                acc.tcp_new.lost += 1;
-            }
+    Ok(())
+}
+
+/// One round: every mode in `order` gets its connections, then the modes take turns in
+/// chunks of [`CHUNK`] requests, then one new flow each in turn.
+fn measure_round(
+    beds: &[Bed],
+    order: &[usize],
+    cfg: &LatencyConfig,
+    acc: &mut [ModeSamples],
+) -> Result<(), BenchError> {
+    let mut msg = vec![0x5au8; cfg.size.max(8)];
+    let mut conns = Vec::with_capacity(beds.len());
+    for b in beds {
+        conns.push(open(b, &mut msg)?);
+    }
+    let mut left = cfg.requests;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        for &i in order {
+            requests(&beds[i], &mut conns[i], &mut msg, n, &mut acc[i])?;
         }
-        let u = udp_socket(bed)?;
-        match udp_request(&u, &mut msg, 1 << 40 | i as u64)? {
-            Some(t) => acc.udp_new.us.push(us(t)),
-            None => acc.udp_new.lost += 1,
+        left -= n;
+    }
+    drop(conns);
+    for j in 0..cfg.new_flows {
+        for &i in order {
+            new_flow(&beds[i], &mut msg, 1 << 40 | j as u64, &mut acc[i])?;
         }
     }
     Ok(())
@@ -465,26 +569,15 @@ pub fn run(
         let name = format!("{}-{}", cfg.lab_prefix, m.tag);
         beds.push(build(&mut labs, &name, m)?);
     }
-    let load_before = load_average();
-    let mut acc: Vec<ModeSamples> = modes.iter().map(|_| ModeSamples::default()).collect();
-    let mut order = Vec::new();
-    for round in 0..cfg.rounds {
-        let idx = rotated(modes.len(), round);
-        order.push(idx.iter().map(|&i| modes[i].name.to_string()).collect());
-        for i in idx {
-            progress(&format!(
-                "round {}/{}: {}",
-                round + 1,
-                cfg.rounds,
-                modes[i].name
-            ));
-            measure_round(&beds[i], cfg, &mut acc[i]).map_err(|e| BenchError::Step {
-                what: format!("{} round {}", modes[i].name, round + 1),
-                source: Box::new(e),
-            })?;
-        }
+    // The client on its own CPU for the measurement, restored afterwards (a library call must
+    // not leave the caller's thread pinned).
+    let saved = affinity();
+    let pinned = pin_to(CLIENT_CPU);
+    let result = measure_all(cfg, &modes, &beds, progress);
+    if let (true, Some(set)) = (pinned, saved) {
+        restore_affinity(&set);
     }
-    let load_after = load_average();
+    let (acc, order, load_before, load_after) = result?;
     drop(beds);
     drop(labs);
     let mut cases = Vec::new();
@@ -514,6 +607,43 @@ pub fn run(
     })
 }
 
+/// Samples per mode, the mode order of every round, the load before and after.
+type Measured = (
+    Vec<ModeSamples>,
+    Vec<Vec<String>>,
+    Option<[f64; 3]>,
+    Option<[f64; 3]>,
+);
+
+fn measure_all(
+    cfg: &LatencyConfig,
+    modes: &[LatencyMode],
+    beds: &[Bed],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Measured, BenchError> {
+    let load_before = load_average();
+    let mut acc: Vec<ModeSamples> = modes.iter().map(|_| ModeSamples::default()).collect();
+    let mut order = Vec::new();
+    for round in 0..cfg.rounds {
+        let idx = rotated(modes.len(), round);
+        order.push(idx.iter().map(|&i| modes[i].name.to_string()).collect());
+        progress(&format!(
+            "round {}/{}: {}",
+            round + 1,
+            cfg.rounds,
+            idx.iter()
+                .map(|&i| modes[i].name)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        measure_round(beds, &idx, cfg, &mut acc).map_err(|e| BenchError::Step {
+            what: format!("round {}", round + 1),
+            source: Box::new(e),
+        })?;
+    }
+    Ok((acc, order, load_before, load_average()))
+}
+
 /// The Markdown section of a run.
 pub fn markdown(r: &LatencyReport) -> String {
     let mut md = String::from("## Request/response latency (`bench latency`)\n\n");
@@ -534,9 +664,10 @@ pub fn markdown(r: &LatencyReport) -> String {
     let _ = writeln!(
         md,
         "Container on host 1 → container on host 2, {}-byte requests echoed back (TCP_NODELAY on \
-         one connection; UDP on one socket), {} rounds × {} requests per protocol, the mode \
-         order rotated every round. *new-flow*: `connect()` of a fresh TCP connection, or the \
-         first request of a fresh UDP socket ({} per round): conntrack miss, policy and \
+         one connection; UDP on one socket), {} rounds × {} requests per protocol, the modes \
+         taking turns every {CHUNK} requests, their order rotated every round. *new-flow*: \
+         `connect()` of a fresh TCP connection, or the first request of a fresh UDP socket ({} \
+         per round, the modes in turn): conntrack miss, policy and \
          conntrack insert on both hosts. Round-trip times in µs; percentiles nearest-rank over \
          all samples; ratios to native of the same protocol and kind.\n",
         r.size, r.rounds, r.requests, r.new_flows
