@@ -5,7 +5,8 @@
 //! the maps (defined weak in `lib/maps.h`, merged by the linker). Two objects come out:
 //! `ila.bpf.o` (maps pinned by name, for agents) and `ila_nopin.bpf.o` (`-DILA_NO_PIN`, for tests
 //! and benchmarks that must not touch bpffs). A third, `abi_check.bpf.o`, is never loaded: its
-//! BTF holds every ABI type for `tests/abi.rs`.
+//! BTF holds every ABI type for `tests/abi.rs`. A fourth, `baseline.bpf.o`, is the empty program
+//! `bench micro` measures as the floor of `BPF_PROG_TEST_RUN`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -55,14 +56,16 @@ fn main() {
             .collect();
         link(&bpftool, &parts, &out_dir.join(format!("{out}.bpf.o")));
     }
-    compile(
-        &clang,
-        &multiarch,
-        &bpf_dir,
-        &bpf_dir.join("abi_check.c"),
-        &out_dir.join("abi_check.bpf.o"),
-        &[],
-    );
+    for name in ["abi_check", "baseline"] {
+        compile(
+            &clang,
+            &multiarch,
+            &bpf_dir,
+            &bpf_dir.join(format!("{name}.c")),
+            &out_dir.join(format!("{name}.bpf.o")),
+            &[],
+        );
+    }
 }
 
 /// `$<var>`, else the first of `names` that runs with `probe_arg`.

@@ -304,6 +304,60 @@ impl Endpoints {
     }
 }
 
+impl Endpoints {
+    /// Applies a policy like Listing 10 that opens `port` for TCP and UDP (what `bench
+    /// latency` sends) and proves it is enforced: both pass, TCP to `port + 1` is dropped.
+    /// Must run before anything else listens on `port` or `port + 1` in the server.
+    pub fn install_open_port(&self, port: u16) -> Result<Vec<String>, BenchError> {
+        let addr = self.server.sir_addr;
+        let closed = port.checked_add(1).ok_or_else(|| {
+            BenchError::Invalid(format!("port {port}: the closed probe port would overflow"))
+        })?;
+        let _open = EchoServers::start(&self.server.netns, addr, port, port)?;
+        let _closed = EchoServers::start(&self.server.netns, addr, closed, closed)?;
+        let file = format!("open-{port}.yaml");
+        let text = format!(
+            "- endpointSelector:\n    matchLabels:\n      app: service1\n  ingress:\n  \
+             - fromEndpoints:\n    - matchLabels:\n        app: service1\n    toPorts:\n    \
+             - ports:\n      - port: \"{port}\"\n        protocol: tcp\n      \
+             - port: \"{port}\"\n        protocol: udp\n"
+        );
+        let records = agent::policy_sync::records_for_file(&file, text.as_bytes(), self.tenant)
+            .map_err(|e| {
+                policy_err(format!(
+                    "the policy opening port {port} does not parse: {e}"
+                ))
+            })?;
+        let (names, _) = self.apply(records)?;
+        self.flush_conntrack()?;
+        let udp = probe::udp_echo(&self.client.netns, addr, port, PROBE_OK).is_ok();
+        let checks = [
+            (format!("tcp/{port}"), true, self.tcp_passes(port, PROBE_OK)),
+            (format!("udp/{port}"), true, udp),
+            (
+                format!("tcp/{closed}"),
+                false,
+                self.tcp_passes(closed, PROBE_BLOCKED),
+            ),
+        ];
+        let wrong: Vec<String> = checks
+            .iter()
+            .filter(|(_, want, got)| want != got)
+            .map(|(what, want, _)| {
+                format!("{what} {}", if *want { "is dropped" } else { "passes" })
+            })
+            .collect();
+        if !wrong.is_empty() {
+            return Err(policy_err(format!(
+                "lab '{}': the policy {names:?} is not in force as written: {}",
+                self.lab,
+                wrong.join(", ")
+            )));
+        }
+        Ok(names)
+    }
+}
+
 /// What [`Endpoints::install_listing10`] found.
 #[derive(Debug, Clone)]
 pub struct PolicyCheck {

@@ -5,12 +5,14 @@
 //! Two campaigns: [`paper`] (the paper's Fig. 14: native, ILA, ILA + policy, swarm, swarm +
 //! iptables) and [`rules`] (throughput against the number of filter rules, iptables and eBPF).
 //! Besides them, [`converge`] (how fast a new mapping reaches every other host, and a cold
-//! resync) and [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`).
+//! resync), [`micro`] (ns per packet of the eBPF programs through `BPF_PROG_TEST_RUN`, against
+//! an empty program) and [`latency`] (request/response round trips between containers).
 
 pub mod bgp;
 pub mod chaos;
 pub mod cni;
 pub mod converge;
+pub mod cpu;
 pub mod ebpf;
 pub mod fuzz_api;
 pub mod fuzz_bgp;
@@ -20,6 +22,7 @@ pub mod fuzz_harness;
 pub mod fuzz_policy;
 pub mod fuzz_store;
 pub mod iperf;
+pub mod latency;
 pub mod machine;
 pub mod micro;
 pub mod model;

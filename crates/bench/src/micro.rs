@@ -1,8 +1,14 @@
 //! Micro-benchmark of both programs through `BPF_PROG_TEST_RUN` (`ilanet bench micro`): the per-packet cost of the
 //! program alone (no driver, no stack), for every checksum mode, on a mapping hit and a miss.
 //!
+//! **Against the floor.** `BPF_PROG_TEST_RUN` has a cost of its own (skb setup, the timer, the
+//! indirect call). Every measurement is paired with one of the empty program
+//! ([`dataplane::testrun::Baseline`], `bpf/baseline.c`) on the same frame, context and repeat
+//! count, right before or after it (A B A B …, the order alternating), and each case is
+//! reported raw and as the median of its paired differences: the nanoseconds the data path adds.
+//!
 //! The machine is noisy, so the configurations are interleaved (A B C … A B C …) for
-//! [`ROUNDS`] rounds and the median of each is reported.
+//! [`ROUNDS`] rounds and medians are reported.
 //!
 //! `BPF_PROG_TEST_RUN` reuses one skb for all repeats, so a translated packet would miss from
 //! the second repeat on. Each hit configuration therefore installs a two-entry cycle (A → B and
@@ -16,24 +22,27 @@
 //! A new flow cannot be repeated on one skb, so `ct-miss` runs the program once per
 //! `BPF_PROG_TEST_RUN` call and deletes the flow in between; that single-run timing includes
 //! the kernel's timer overhead, which `ct-hit-1run` (the established flow timed the same way)
-//! shows. Both are measured again with 100,000 unrelated rules installed (`…/100k-rules`).
+//! and the single-run baseline show. Both are measured again with 100,000 unrelated rules
+//! installed (`…/100k-rules`).
 
+use std::fmt::Write as _;
 use std::net::Ipv6Addr;
 
 use ila::{Identifier, IdentifierType, Locator, Mapping, SirPrefix, Vnid};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use policy::abi::{
     EndpointPolicy, PolicyKey, PolicyValue, DIR_EGRESS, DIR_INGRESS, EP_F_EGRESS_ENFORCED,
     VERDICT_ALLOW,
 };
 
-use dataplane::testrun::{TC_ACT_OK, TC_ACT_REDIRECT};
+use dataplane::testrun::{Baseline, TC_ACT_OK, TC_ACT_REDIRECT};
 use dataplane::{
     ChecksumMode, Counters, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint, OutEntry,
     ProgramKind, Redirect,
 };
 
+use crate::machine::Machine;
 use crate::stats;
 use crate::BenchError;
 
@@ -42,8 +51,29 @@ pub const DEFAULT_REPEAT: u32 = 1_000_000;
 /// Interleaved rounds; the median is reported.
 pub const ROUNDS: usize = 7;
 
+/// How a case is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetKind {
+    /// Nanoseconds above the baseline (median of the paired differences).
+    AboveBaseline,
+    /// Nanoseconds per packet as measured (the harness included).
+    Absolute,
+}
+
+/// A case's target (issue 14) and whether this run met it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// What is compared.
+    pub kind: TargetKind,
+    /// The bound, ns.
+    pub max_ns: f64,
+    /// Whether the figure is within it.
+    pub met: bool,
+}
+
 /// One benchmark figure.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MicroResult {
     /// Program measured.
     pub program: ProgramKind,
@@ -51,11 +81,156 @@ pub struct MicroResult {
     pub csum_mode: ChecksumMode,
     /// `"hit"` or `"miss"` (translation), `"ct-hit"`, `"ct-hit-1run"`, `"ct-miss"` and the
     /// same with `"/100k-rules"` (enforcement).
-    pub case: &'static str,
+    pub case: String,
     /// Packet kind, e.g. `"tcp"`.
-    pub packet: &'static str,
-    /// Median over rounds of the kernel-measured average time per run.
+    pub packet: String,
+    /// Median over samples of the kernel-measured average time per run.
     pub ns_per_packet: f64,
+    /// Median of the paired baseline measurements (same frame, context and repeat count).
+    pub baseline_ns: f64,
+    /// Median of the paired differences (case − baseline): what the data path adds.
+    pub above_baseline_ns: f64,
+    /// 95 % t-interval of the mean paired difference (`None` for fewer than two samples).
+    pub above_ci95: Option<[f64; 2]>,
+    /// Paired samples (rounds, or single runs).
+    pub samples: usize,
+    /// Program runs per sample (`BPF_PROG_TEST_RUN` repeat).
+    pub repeat: u32,
+    /// The issue-14 target of this case, if it has one.
+    pub target: Option<Target>,
+}
+
+/// A whole `bench micro` run: settings, machine, load, figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MicroReport {
+    /// When the run started (UTC).
+    pub started: String,
+    /// What it ran on.
+    pub machine: Machine,
+    /// `/proc/loadavg` (1, 5, 15 min) at the start and at the end.
+    pub load_before: Option<[f64; 3]>,
+    /// See `load_before`.
+    pub load_after: Option<[f64; 3]>,
+    /// Repeats per measurement of the repeated cases.
+    pub repeat: u32,
+    /// Interleaved rounds of the repeated cases.
+    pub rounds: usize,
+    /// Samples of the single-run cases.
+    pub single_run_samples: usize,
+    /// The figures.
+    pub results: Vec<MicroResult>,
+}
+
+impl MicroReport {
+    /// Cases with a target that missed it.
+    pub fn missed(&self) -> Vec<&MicroResult> {
+        self.results
+            .iter()
+            .filter(|r| r.target.is_some_and(|t| !t.met))
+            .collect()
+    }
+}
+
+/// `/proc/loadavg`'s three averages.
+pub fn load_average() -> Option<[f64; 3]> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// The target issue 14 sets for a case: a translation hit (neutral-map, the default) at most
+/// 12 ns above the baseline, a miss at most 5 ns above it, an established flow at most 35 ns
+/// above it, a new flow at most 400 ns as measured.
+pub fn target_for(mode: ChecksumMode, case: &str) -> Option<(TargetKind, f64)> {
+    match case.split('/').next().unwrap_or(case) {
+        "hit" if mode == ChecksumMode::NeutralMap => Some((TargetKind::AboveBaseline, 12.0)),
+        "miss" => Some((TargetKind::AboveBaseline, 5.0)),
+        "ct-hit" => Some((TargetKind::AboveBaseline, 35.0)),
+        "ct-miss" => Some((TargetKind::Absolute, 400.0)),
+        _ => None,
+    }
+}
+
+/// Paired samples of one case: `(case ns, baseline ns)`.
+#[derive(Debug, Default)]
+struct Pairs {
+    case: Vec<f64>,
+    base: Vec<f64>,
+}
+
+impl Pairs {
+    fn push(&mut self, case: u32, base: u32) {
+        self.case.push(f64::from(case));
+        self.base.push(f64::from(base));
+    }
+
+    fn result(
+        &self,
+        program: ProgramKind,
+        csum_mode: ChecksumMode,
+        case: &str,
+        repeat: u32,
+    ) -> MicroResult {
+        let diff: Vec<f64> = self
+            .case
+            .iter()
+            .zip(&self.base)
+            .map(|(c, b)| c - b)
+            .collect();
+        let raw = median(&self.case);
+        let above = median(&diff);
+        let target = target_for(csum_mode, case).map(|(kind, max_ns)| Target {
+            kind,
+            max_ns,
+            met: match kind {
+                TargetKind::AboveBaseline => above <= max_ns,
+                TargetKind::Absolute => raw <= max_ns,
+            },
+        });
+        MicroResult {
+            program,
+            csum_mode,
+            case: case.to_string(),
+            packet: "tcp".into(),
+            ns_per_packet: raw,
+            baseline_ns: median(&self.base),
+            above_baseline_ns: above,
+            above_ci95: stats::summarize(&diff, 0.95).and_then(|s| Some([s.ci_low?, s.ci_high?])),
+            samples: diff.len(),
+            repeat,
+            target,
+        }
+    }
+}
+
+/// Runs `case` and the baseline on the same input, in the order given by `case_first`
+/// (alternated by the callers, so neither side always runs on a cold cache). Returns the case's
+/// outcome and the baseline's ns.
+fn paired<T>(
+    base: &Baseline,
+    frame: &[u8],
+    repeat: u32,
+    ifindex: u32,
+    case_first: bool,
+    mut case: impl FnMut() -> Result<T, BenchError>,
+) -> Result<(T, u32), BenchError> {
+    let run_base = || -> Result<u32, BenchError> {
+        let o = base.test_run_on(frame, repeat, ifindex)?;
+        if o.retval != TC_ACT_OK {
+            return Err(BenchError::Measurement(format!(
+                "the baseline program returned {} instead of TC_ACT_OK",
+                o.retval
+            )));
+        }
+        Ok(o.duration_ns)
+    };
+    if case_first {
+        let t = case()?;
+        Ok((t, run_base()?))
+    } else {
+        let b = run_base()?;
+        Ok((case()?, b))
+    }
 }
 
 struct Config {
@@ -63,7 +238,7 @@ struct Config {
     mode: ChecksumMode,
     hit: bool,
     frame: Vec<u8>,
-    samples: Vec<f64>,
+    pairs: Pairs,
 }
 
 const SIR: u64 = 0x2001_0db8_00ff_0000;
@@ -73,11 +248,24 @@ const LOCATOR: u64 = 0x2001_0db8_0001_0002;
 const MISS_DST: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbeef, 0, 0, 0, 0, 1);
 
 /// Runs the translation benchmark ([`run_translation`]) and the enforcement benchmark
-/// ([`run_enforce`]) with `repeat` runs per measurement (use [`DEFAULT_REPEAT`]).
-pub fn run(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
-    let mut v = run_translation(repeat)?;
-    v.extend(run_enforce(repeat)?);
-    Ok(v)
+/// ([`run_enforce`]) with `repeat` runs per measurement (use [`DEFAULT_REPEAT`]) and
+/// `single_run_samples` samples of the single-run cases (use [`SINGLE_RUN_SAMPLES`]).
+pub fn run(repeat: u32, single_run_samples: usize) -> Result<MicroReport, BenchError> {
+    let started = crate::machine::now_rfc3339();
+    let load_before = load_average();
+    let base = Baseline::load()?;
+    let mut results = run_translation(&base, repeat)?;
+    results.extend(run_enforce(&base, repeat, single_run_samples)?);
+    Ok(MicroReport {
+        started,
+        machine: Machine::detect(),
+        load_before,
+        load_after: load_average(),
+        repeat: repeat.max(1),
+        rounds: ROUNDS,
+        single_run_samples: single_run_samples.max(1),
+        results,
+    })
 }
 
 /// Filler rules of the `…/100k-rules` enforcement cases.
@@ -90,8 +278,12 @@ const PEER_IDENTITY: u32 = 1001;
 const EP_IFINDEX: u32 = 9;
 
 /// The enforcement cases (see the module documentation): `ct-hit`, `ct-hit-1run`, `ct-miss`,
-/// each without and with [`FILLER_RULES`] extra rules.
-pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
+/// each without and with [`FILLER_RULES`] extra rules, each paired with the baseline.
+pub fn run_enforce(
+    base: &Baseline,
+    repeat: u32,
+    single_run_samples: usize,
+) -> Result<Vec<MicroResult>, BenchError> {
     let repeat = repeat.max(1);
     let mut out = Vec::new();
     for filler in [0, FILLER_RULES] {
@@ -168,23 +360,30 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
         }
         maps.set_enforce(true)?;
         let frame = tcp_frame(src, sir, &[0x5a; 64]);
-        let name = |case: &str| -> &'static str {
-            match (case, filler) {
-                ("ct-hit", 0) => "ct-hit",
-                ("ct-hit-1run", 0) => "ct-hit-1run",
-                ("ct-miss", 0) => "ct-miss",
-                ("ct-hit", _) => "ct-hit/100k-rules",
-                ("ct-hit-1run", _) => "ct-hit-1run/100k-rules",
-                _ => "ct-miss/100k-rules",
+        let name = |case: &str| -> String {
+            if filler == 0 {
+                case.to_string()
+            } else {
+                format!("{case}/100k-rules")
             }
+        };
+        let result = |p: &Pairs, case: &str, repeat: u32| {
+            p.result(
+                ProgramKind::FromContainer,
+                ChecksumMode::NeutralMap,
+                &name(case),
+                repeat,
+            )
         };
 
         // Established: the first two repeats create the flows of the cycle, the rest hit.
-        let mut hit = Vec::with_capacity(ROUNDS);
-        for _ in 0..ROUNDS {
+        let mut hit = Pairs::default();
+        for round in 0..ROUNDS {
             dp.maps().flush_conntrack()?;
             let before = dp.maps().counters()?;
-            let o = dp.test_run_on(ProgramKind::FromContainer, &frame, repeat, EP_IFINDEX)?;
+            let (o, b) = paired(base, &frame, repeat, EP_IFINDEX, round % 2 == 1, || {
+                Ok(dp.test_run_on(ProgramKind::FromContainer, &frame, repeat, EP_IFINDEX)?)
+            })?;
             let after = dp.maps().counters()?;
             let n = u64::from(repeat);
             let ok = o.retval == TC_ACT_OK
@@ -197,18 +396,22 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
                     o.retval
                 )));
             }
-            hit.push(f64::from(o.duration_ns));
+            hit.push(o.duration_ns, b);
         }
-        out.push(enforce_result(name("ct-hit"), median(&hit)));
+        out.push(result(&hit, "ct-hit", repeat));
 
-        // Single runs: new flow (flow deleted before each run) and established flow.
-        let mut miss = Vec::with_capacity(SINGLE_RUN_SAMPLES);
-        let mut hit1 = Vec::with_capacity(SINGLE_RUN_SAMPLES);
-        for _ in 0..SINGLE_RUN_SAMPLES {
+        // Single runs: new flow (flow deleted before each run) and established flow, each
+        // paired with a single run of the baseline.
+        let mut miss = Pairs::default();
+        let mut hit1 = Pairs::default();
+        for i in 0..single_run_samples.max(1) {
             dp.maps().flush_conntrack()?;
             let before = dp.maps().counters()?;
-            let o = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
-            let o2 = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
+            let ((o, o2), b) = paired(base, &frame, 1, EP_IFINDEX, i % 2 == 1, || {
+                let o = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
+                let o2 = dp.test_run_on(ProgramKind::FromContainer, &frame, 1, EP_IFINDEX)?;
+                Ok((o, o2))
+            })?;
             let after = dp.maps().counters()?;
             if o.retval != TC_ACT_OK
                 || o2.retval != TC_ACT_OK
@@ -220,28 +423,18 @@ pub fn run_enforce(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
                     o.retval, o2.retval
                 )));
             }
-            miss.push(f64::from(o.duration_ns));
-            hit1.push(f64::from(o2.duration_ns));
+            miss.push(o.duration_ns, b);
+            hit1.push(o2.duration_ns, b);
         }
-        out.push(enforce_result(name("ct-hit-1run"), median(&hit1)));
-        out.push(enforce_result(name("ct-miss"), median(&miss)));
+        out.push(result(&hit1, "ct-hit-1run", 1));
+        out.push(result(&miss, "ct-miss", 1));
     }
     Ok(out)
 }
 
-fn enforce_result(case: &'static str, ns: f64) -> MicroResult {
-    MicroResult {
-        program: ProgramKind::FromContainer,
-        csum_mode: ChecksumMode::NeutralMap,
-        case,
-        packet: "tcp",
-        ns_per_packet: ns,
-    }
-}
-
 /// The translation benchmark (enforcement off): every checksum mode, hit and miss, both
-/// programs.
-pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
+/// programs, each paired with the baseline.
+pub fn run_translation(base: &Baseline, repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
     let repeat = repeat.max(1);
     let mut dp = HostDataplane::load_unpinned()?;
     let vnid = Vnid::new(42)?;
@@ -312,30 +505,33 @@ pub fn run_translation(repeat: u32) -> Result<Vec<MicroResult>, BenchError> {
                     mode,
                     hit,
                     frame: tcp_frame(src, dst, &[0x5a; 64]),
-                    samples: Vec::with_capacity(ROUNDS),
+                    pairs: Pairs::default(),
                 });
             }
         }
     }
 
-    for _ in 0..ROUNDS {
+    for round in 0..ROUNDS {
         for c in configs.iter_mut() {
             let before = dp.maps().counters()?;
-            let o = dp.test_run(c.program, &c.frame, repeat)?;
+            let (o, b) = paired(base, &c.frame, repeat, 0, round % 2 == 1, || {
+                Ok(dp.test_run(c.program, &c.frame, repeat)?)
+            })?;
             let after = dp.maps().counters()?;
             check(c, o.retval, &before, &after, repeat)?;
-            c.samples.push(f64::from(o.duration_ns));
+            c.pairs.push(o.duration_ns, b);
         }
     }
 
     Ok(configs
         .into_iter()
-        .map(|c| MicroResult {
-            program: c.program,
-            csum_mode: c.mode,
-            case: if c.hit { "hit" } else { "miss" },
-            packet: "tcp",
-            ns_per_packet: median(&c.samples),
+        .map(|c| {
+            c.pairs.result(
+                c.program,
+                c.mode,
+                if c.hit { "hit" } else { "miss" },
+                repeat,
+            )
         })
         .collect())
 }
@@ -376,9 +572,82 @@ fn check(
     }
 }
 
-/// Median of the rounds (NaN for none).
+/// Median (NaN for none).
 fn median(v: &[f64]) -> f64 {
     stats::median(v).unwrap_or(f64::NAN)
+}
+
+/// The Markdown section of a run: one row per case, raw and above the baseline, with targets.
+pub fn markdown(r: &MicroReport) -> String {
+    let mut md = String::from("## eBPF per-packet cost (`bench micro`)\n\n");
+    let load = |l: Option<[f64; 3]>| {
+        l.map(|[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+            .unwrap_or_else(|| "?".into())
+    };
+    let _ = writeln!(
+        md,
+        "{}; {} CPUs, {}, kernel {}. Started {}; load average {} at the start, {} at the end.\n",
+        r.machine.cpu,
+        r.machine.cpus,
+        r.machine.os,
+        r.machine.kernel,
+        r.started,
+        load(r.load_before),
+        load(r.load_after)
+    );
+    let _ = writeln!(
+        md,
+        "`BPF_PROG_TEST_RUN`, TCP frame of 138 bytes. Every sample is paired with one of the empty \
+         program (`bpf/baseline.c`, same frame, context and repeat count, order alternating); \
+         *above baseline* is the median of the paired differences, with the 95 % t-interval of \
+         their mean. Repeated cases: {} runs per sample, {} interleaved rounds; single-run cases \
+         (`1` in the repeat column): {} samples, the kernel's timer overhead included in the raw \
+         figure.\n",
+        r.repeat, r.rounds, r.single_run_samples
+    );
+    md.push_str(
+        "| program | checksum mode | case | repeat | raw ns | baseline ns | above baseline ns | 95 % CI | target | met |\n\
+         |---|---|---|---:|---:|---:|---:|---|---|---|\n",
+    );
+    for x in &r.results {
+        let ci = x
+            .above_ci95
+            .map(|[l, h]| format!("{l:.1} – {h:.1}"))
+            .unwrap_or_else(|| "–".into());
+        let (target, met) = match x.target {
+            Some(t) => (
+                match t.kind {
+                    TargetKind::AboveBaseline => format!("≤ baseline + {:.0}", t.max_ns),
+                    TargetKind::Absolute => format!("≤ {:.0} raw", t.max_ns),
+                },
+                if t.met { "yes" } else { "**no**" },
+            ),
+            None => ("–".into(), ""),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {ci} | {target} | {met} |",
+            x.program,
+            x.csum_mode,
+            x.case,
+            x.repeat,
+            x.ns_per_packet,
+            x.baseline_ns,
+            x.above_baseline_ns
+        );
+    }
+    let missed = r.missed();
+    md.push('\n');
+    if missed.is_empty() {
+        md.push_str("**Every target met.**\n\n");
+    } else {
+        let names: Vec<String> = missed
+            .iter()
+            .map(|x| format!("{} {} {}", x.program, x.csum_mode, x.case))
+            .collect();
+        let _ = writeln!(md, "**Targets missed: {}.**\n", names.join(", "));
+    }
+    md
 }
 
 /// Ethernet + IPv6 + TCP with a valid checksum (so adj-transport does real work).

@@ -207,6 +207,9 @@ pub struct RunRecord {
     pub cpu_host: f64,
     /// Receiver iperf3 CPU, % of one core.
     pub cpu_remote: f64,
+    /// The whole machine's CPU over the run (`/proc/stat`, every CPU, softirq included).
+    #[serde(default)]
+    pub machine_cpu: Option<crate::cpu::MachineCpu>,
 }
 
 impl RunRecord {
@@ -232,6 +235,7 @@ impl RunRecord {
             retransmits: report.retransmits,
             cpu_host: report.cpu_host,
             cpu_remote: report.cpu_remote,
+            machine_cpu: None,
         }
     }
 }
@@ -258,6 +262,17 @@ pub struct CaseSummary {
     pub cpu_remote: f64,
     /// (sender + receiver iperf3 CPU %) per Gbit/s of throughput.
     pub cpu_per_gbps: f64,
+    /// Mean whole-machine busy CPU over the runs, % of one core (every CPU, softirq
+    /// included); `None` without `/proc/stat` figures.
+    #[serde(default)]
+    pub machine_cpu_pct: Option<f64>,
+    /// Of which softirq.
+    #[serde(default)]
+    pub machine_softirq_pct: Option<f64>,
+    /// Mean over runs of the whole machine's busy CPU % per Gbit/s of the run's whole-run
+    /// (receiver) throughput: the same window on both sides.
+    #[serde(default)]
+    pub machine_cpu_per_gbps: Option<f64>,
 }
 
 impl Results {
@@ -328,6 +343,21 @@ fn summarize_case(
     });
     let cpu_host = mean(case.runs.iter().map(|r| r.cpu_host));
     let cpu_remote = mean(case.runs.iter().map(|r| r.cpu_remote));
+    let machine: Vec<(crate::cpu::MachineCpu, f64)> = case
+        .runs
+        .iter()
+        .filter_map(|r| r.machine_cpu.map(|m| (m, r.received_gbps)))
+        .collect();
+    let some_mean = |v: Vec<f64>| (!v.is_empty()).then(|| mean(v.into_iter()));
+    let machine_cpu_pct = some_mean(machine.iter().map(|(m, _)| m.busy_pct).collect());
+    let machine_softirq_pct = some_mean(machine.iter().map(|(m, _)| m.softirq_pct).collect());
+    let machine_cpu_per_gbps = some_mean(
+        machine
+            .iter()
+            .filter(|(_, g)| *g > 0.0)
+            .map(|(m, g)| m.busy_pct / g)
+            .collect(),
+    );
     Some(CaseSummary {
         runs: case.runs.len(),
         samples: pooled.len(),
@@ -342,6 +372,9 @@ fn summarize_case(
         } else {
             0.0
         },
+        machine_cpu_pct,
+        machine_softirq_pct,
+        machine_cpu_per_gbps,
     })
 }
 
@@ -359,6 +392,7 @@ mod tests {
             retransmits: 2,
             cpu_host: 50.0,
             cpu_remote: 30.0,
+            machine_cpu: None,
         }
     }
 

@@ -102,7 +102,37 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
     write(&dir.join(format!("{stem}-samples.csv")), &samples)
 }
 
+/// File stem of `bench micro`'s results (`micro.json`).
+pub const MICRO_STEM: &str = "micro";
+
+/// Writes `bench micro`'s results as `micro.json` into `dir` and regenerates `report.md`.
+pub fn save_micro(dir: &Path, r: &crate::micro::MicroReport) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(r)?;
+    write(&dir.join(format!("{MICRO_STEM}.json")), &json)?;
+    write_report(dir)
+}
+
+/// File stem of `bench latency`'s results (`latency.json`).
+pub const LATENCY_STEM: &str = "latency";
+
+/// Writes `bench latency`'s results as `latency.json` into `dir` and regenerates `report.md`.
+pub fn save_latency(dir: &Path, r: &crate::latency::LatencyReport) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let json = serde_json::to_string_pretty(r)?;
+    write(&dir.join(format!("{LATENCY_STEM}.json")), &json)?;
+    write_report(dir)
+}
+
 fn load(dir: &Path, stem: &str) -> Result<Option<Results>, BenchError> {
+    load_json(dir, stem)
+}
+
+/// `dir/<stem>.json`, if there is one.
+fn load_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    stem: &str,
+) -> Result<Option<T>, BenchError> {
     let path = dir.join(format!("{stem}.json"));
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -168,8 +198,8 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
     md.push_str("## Fig. 14: TCP throughput between containers on two hosts\n\n");
     header(md, r);
     md.push_str(
-        "| scenario | mean Gbit/s | median | 95 % CI, 1-s samples (N) | 95 % CI, run means (n) | ratio to native [95 % CI] | retransmits/run | CPU % snd / rcv | CPU % per Gbit/s |\n\
-         |---|---:|---:|---|---|---|---:|---|---:|\n",
+        "| scenario | mean Gbit/s | median | 95 % CI, 1-s samples (N) | 95 % CI, run means (n) | ratio to native [95 % CI] | retransmits/run | CPU % snd / rcv | CPU % per Gbit/s | machine CPU % (softirq) | machine CPU % per Gbit/s |\n\
+         |---|---:|---:|---|---|---|---:|---|---:|---:|---:|\n",
     );
     let mut bars = Vec::new();
     for c in &r.cases {
@@ -181,7 +211,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                     .unwrap_or_else(|| "–".into());
                 let _ = writeln!(
                     md,
-                    "| {} | {:.3} | {:.3} | {} ({}) | {} ({}) | {} | {:.1} | {:.0} / {:.0} | {:.1} |",
+                    "| {} | {:.3} | {:.3} | {} ({}) | {} ({}) | {} | {:.1} | {:.0} / {:.0} | {:.1} | {} | {} |",
                     c.name,
                     s.intervals.mean,
                     s.intervals.median,
@@ -193,7 +223,12 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                     s.retransmits_per_run,
                     s.cpu_host,
                     s.cpu_remote,
-                    s.cpu_per_gbps
+                    s.cpu_per_gbps,
+                    match (s.machine_cpu_pct, s.machine_softirq_pct) {
+                        (Some(b), Some(si)) => format!("{b:.0} ({si:.0})"),
+                        _ => "–".into(),
+                    },
+                    opt(s.machine_cpu_per_gbps, 1)
                 );
                 bars.push(Bar {
                     label: c.name.clone(),
@@ -205,7 +240,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
             (None, false) => {
                 let _ = writeln!(
                     md,
-                    "| {} | n/a (not yet) | – | – | – | – | – | – | – |",
+                    "| {} | n/a (not yet) | – | – | – | – | – | – | – | – | – |",
                     c.name
                 );
                 bars.push(Bar {
@@ -216,7 +251,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                 });
             }
             (None, true) => {
-                let _ = writeln!(md, "| {} | (no runs yet) | | | | | | | |", c.name);
+                let _ = writeln!(md, "| {} | (no runs yet) | | | | | | | | | |", c.name);
             }
         }
     }
@@ -261,7 +296,10 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
          intervals of one run are correlated, so that interval is optimistic. Both are given; the \
          figure uses the run-based one. CPU is iperf3's own figure (user + system time of the \
          sending and receiving iperf3 processes, % of one core), so per-packet work done in \
-         softirq context on other CPUs is not in it.\n\n",
+         softirq context on other CPUs is not in it; *machine CPU* is the whole machine's busy \
+         time from `/proc/stat` over each client run (every CPU, softirq included, % of one \
+         core), per Gbit/s of that run's whole-run throughput. Both hosts of a lab share this \
+         machine, so it covers sender and receiver — and anything else running on it.\n\n",
     );
     md.push_str("### The paper's numbers (two Xeon E5620 servers, 10 GbE, MTU 9000)\n\n| paper case | Gbit/s |\n|---|---:|\n");
     for (name, v) in PAPER_FIG14 {
@@ -476,9 +514,17 @@ fn rules_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
 pub fn write_report(dir: &Path) -> Result<(), BenchError> {
     let paper = load(dir, "results")?;
     let rules = load(dir, "rules")?;
+    let micro: Option<crate::micro::MicroReport> = load_json(dir, MICRO_STEM)?;
+    let latency: Option<crate::latency::LatencyReport> = load_json(dir, LATENCY_STEM)?;
     let mut md = String::from("# ilanet benchmark report\n\n");
-    if paper.is_none() && rules.is_none() {
+    if paper.is_none() && rules.is_none() && micro.is_none() && latency.is_none() {
         md.push_str("No results yet.\n");
+    }
+    if let Some(m) = &micro {
+        md.push_str(&crate::micro::markdown(m));
+    }
+    if let Some(l) = &latency {
+        md.push_str(&crate::latency::markdown(l));
     }
     if let Some(r) = &paper {
         paper_section(&mut md, dir, r)?;
@@ -487,7 +533,7 @@ pub fn write_report(dir: &Path) -> Result<(), BenchError> {
         rules_section(&mut md, dir, r)?;
     }
     md.push_str(
-        "Files: `results.json` / `rules.json` (everything, incl. per-run data), `*.csv` (one row \
+        "Files: `results.json` / `rules.json` / `micro.json` / `latency.json` (everything, incl. per-run data), `*.csv` (one row \
          per case), `*-samples.csv` (every 1-s interval), `raw/` (iperf3 JSON as written by \
          iperf3).\n",
     );

@@ -251,6 +251,8 @@ fn measure(
             }
             stats.apply_secs.extend(change.apply_secs);
         }
+        // The whole machine's CPU over exactly the client run (a retry gets its own window).
+        let mut cpu_before = crate::cpu::snapshot();
         let text = match iperf::run_client(&job.client, stop) {
             Ok(t) => t,
             Err(BenchError::Interrupted) => {
@@ -260,6 +262,7 @@ fn measure(
             Err(e) => {
                 // One retry: a noisy machine can make a single run fail (e.g. connect timeout).
                 log::warn!("{name} round {round}: {e}; retrying once");
+                cpu_before = crate::cpu::snapshot();
                 match iperf::run_client(&job.client, stop) {
                     Ok(t) => t,
                     Err(BenchError::Interrupted) => {
@@ -278,7 +281,10 @@ fn measure(
         std::fs::write(out.join(&file), &text).map_err(io(format!("writing {file}")))?;
         let parsed = iperf::parse(&text)
             .map_err(|e| BenchError::Iperf(format!("{name} round {}: {e}", round + 1)))?;
-        let record = RunRecord::new(round, file, &parsed, s.skip);
+        let mut record = RunRecord::new(round, file, &parsed, s.skip);
+        record.machine_cpu = cpu_before
+            .zip(crate::cpu::snapshot())
+            .and_then(|(a, b)| crate::cpu::window(&a, &b));
         last = Some((name, record.mean_gbps));
         results.cases[job.case].runs.push(record);
         results.resummarize(s.skip);

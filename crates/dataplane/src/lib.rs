@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
@@ -701,24 +701,7 @@ impl HostDataplane {
             "{} is not a classifier",
             kind.program_name()
         )))?;
-        // Room to spare: the kernel fails with ENOSPC rather than truncate.
-        let mut out = vec![0u8; packet.len() + 256];
-        let ctx = testrun::skb_ctx(ingress_ifindex);
-        let res = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ctx_in: (ingress_ifindex != 0).then_some(&ctx[..]),
-                repeat: repeat.max(1),
-                ..TestRunOptions::default()
-            })
-            .map_err(prog_err(format!("BPF_PROG_TEST_RUN of {kind}")))?;
-        out.truncate((res.data_size_out as usize).min(out.len()));
-        Ok(testrun::Outcome {
-            retval: res.return_value as i32,
-            packet: out,
-            duration_ns: u32::try_from(res.duration.as_nanos()).unwrap_or(u32::MAX),
-        })
+        testrun::run(prog, kind.program_name(), packet, repeat, ingress_ifindex)
     }
 }
 

@@ -631,3 +631,93 @@ pub fn chaos(args: &ChaosArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ilanet bench latency`.
+#[derive(Args)]
+pub struct LatencyArgs {
+    /// Modes, comma-separated (native, ila, ila+policy, swarm; default: all).
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Interleaved rounds (the mode order rotates every round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Requests per protocol, mode and round.
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Fresh flows (TCP connects, first UDP requests) per protocol, mode and round.
+    #[arg(long, default_value_t = 200)]
+    new_flows: usize,
+    /// Request size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Output directory for latency.json and report.md (default: results/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `ilanet bench latency`.
+pub fn latency(args: &LatencyArgs) -> Result<ExitCode> {
+    let cfg = bench::latency::LatencyConfig {
+        modes: args.modes.clone(),
+        rounds: args.rounds,
+        requests: args.requests,
+        new_flows: args.new_flows,
+        size: args.size,
+        lab_prefix: format!("l{}", std::process::id()),
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("results").join(bench::machine::now_compact()));
+    let quiet = args.json;
+    let r = bench::latency::run(&cfg, &mut |line: &str| {
+        if !quiet {
+            eprintln!("bench: {line}");
+        }
+    })
+    .context("bench latency")?;
+    bench::report::save_latency(&out, &r)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<11} {:<4} {:<9} {:>7} {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "mode",
+        "prot",
+        "kind",
+        "count",
+        "lost",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p50-nat",
+        "p50 ×",
+        "p99 ×"
+    );
+    let o = |v: Option<f64>, d: usize| v.map(|x| format!("{x:.d$}")).unwrap_or_default();
+    for c in &r.cases {
+        println!(
+            "{:<11} {:<4} {:<9} {:>7} {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>8} {:>8}",
+            c.mode,
+            c.proto,
+            c.kind,
+            c.count,
+            c.lost,
+            c.p50_us,
+            c.p99_us,
+            c.p999_us,
+            o(c.p50_above_native_us, 1),
+            o(c.p50_ratio, 3),
+            o(c.p99_ratio, 3)
+        );
+    }
+    for v in &r.verdicts {
+        println!("{v}");
+    }
+    println!("report: {}", out.join("report.md").display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -80,6 +80,10 @@ enum BenchCommand {
     /// The paper's Fig. 14: iperf3 TCP throughput for native, ILA, ILA + policy, swarm and swarm +
     /// iptables, interleaved runs, mean/median/95 % CI, ratios to native, report with figures.
     Paper(benchcmd::PaperArgs),
+    /// Request/response latency between containers on two hosts (TCP and UDP ping-pong,
+    /// p50/p99/p99.9) for native, ILA, ILA + policy and swarm, interleaved, with the first
+    /// packet of a new flow reported separately.
+    Latency(benchcmd::LatencyArgs),
     /// TCP throughput against the number of filter rules (iptables; eBPF once policy exists).
     Rules(benchcmd::RulesArgs),
     /// Time from an endpoint's creation to its mapping in every other host's eBPF map (p50,
@@ -105,8 +109,14 @@ enum BenchCommand {
 #[derive(Args)]
 struct MicroArgs {
     /// Repetitions per measurement (the kernel runs the program this many times).
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = bench::micro::DEFAULT_REPEAT)]
     repeat: u32,
+    /// Samples of the single-run cases (new flow, established flow timed alone).
+    #[arg(long, default_value_t = bench::micro::SINGLE_RUN_SAMPLES)]
+    samples: usize,
+    /// Output directory for micro.json and report.md (default: results/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -116,29 +126,64 @@ fn bench_micro(args: &MicroArgs) -> Result<ExitCode> {
     if args.repeat < 1000 {
         anyhow::bail!("--repeat must be at least 1000, got {}", args.repeat);
     }
-    let results = bench::micro::run(args.repeat)?;
+    if !(11..=1_000_000).contains(&args.samples) {
+        anyhow::bail!("--samples must be 11 to 1000000, got {}", args.samples);
+    }
+    let report = bench::micro::run(args.repeat, args.samples)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("results").join(bench::machine::now_compact()));
+    bench::report::save_micro(&out, &report)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<14} {:<22} {:<8} {:>10}",
-        "program", "csum-mode", "case", "packet", "ns/packet"
+        "{:<16} {:<14} {:<22} {:>7} {:>9} {:>9} {:>9} {:>15}  target",
+        "program", "csum-mode", "case", "repeat", "raw ns", "base ns", "above ns", "95% CI"
     );
-    for r in &results {
+    for r in &report.results {
+        let ci = r
+            .above_ci95
+            .map(|[l, h]| format!("{l:.1} – {h:.1}"))
+            .unwrap_or_default();
+        let target = match r.target {
+            Some(t) => format!(
+                "{} {:.0}: {}",
+                match t.kind {
+                    bench::micro::TargetKind::AboveBaseline => "≤ base +",
+                    bench::micro::TargetKind::Absolute => "≤ raw",
+                },
+                t.max_ns,
+                if t.met { "met" } else { "MISSED" }
+            ),
+            None => String::new(),
+        };
         println!(
-            "{:<16} {:<14} {:<22} {:<8} {:>10.1}",
+            "{:<16} {:<14} {:<22} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>15}  {target}",
             r.program.to_string(),
             r.csum_mode.to_string(),
             r.case,
-            r.packet,
-            r.ns_per_packet
+            r.repeat,
+            r.ns_per_packet,
+            r.baseline_ns,
+            r.above_baseline_ns,
+            ci
         );
     }
     println!(
-        "({} repeats per measurement, median of interleaved rounds)",
-        args.repeat
+        "({} repeats per measurement, median of {} interleaved rounds, each paired with the empty \
+         program; single runs: {} samples; load average {})",
+        report.repeat,
+        report.rounds,
+        report.single_run_samples,
+        report
+            .load_after
+            .map(|[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+            .unwrap_or_else(|| "?".into())
     );
+    println!("report: {}", out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -169,6 +214,7 @@ fn main() -> ExitCode {
         Command::Bench { command } => match command {
             BenchCommand::Micro(args) => bench_micro(args),
             BenchCommand::Paper(args) => benchcmd::paper(args),
+            BenchCommand::Latency(args) => benchcmd::latency(args),
             BenchCommand::Rules(args) => benchcmd::rules(args),
             BenchCommand::Converge(args) => converge::run(args),
             BenchCommand::Cni(args) => benchcmd::cni(args),
