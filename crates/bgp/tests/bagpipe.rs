@@ -19,11 +19,13 @@
 //! /etc/bagpipe-bgp/bgp.conf and talks to 127.0.0.1. Routes are read from bagpipe's
 //! looking glass (`/looking-glass/...`, what `bagpipe-looking-glass` prints).
 
+mod common;
 use bgp::evpn::parse_mac;
 use bgp::{
     EvpnNlri, EvpnRoute, Family, PeerConfig, RouteDistinguisher, RouteTarget, Speaker,
     SpeakerConfig, State,
 };
+use common::{must, sh};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -40,22 +42,6 @@ const BAGPIPE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const OUR_MAC: &str = "02:00:00:00:dd:01";
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 const OUR_ID: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 1);
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// bagpipe-bgp's namespace, veth pair and temp dir; Drop kills bagpipe-bgp's process group
 /// (it forks privsep helpers) and deletes all of it.

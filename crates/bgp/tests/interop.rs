@@ -11,6 +11,7 @@
 //! to `tests/corpus/capture-<daemon>-valid.hex`.
 
 mod common;
+use common::{must, sh};
 
 use bgp::evpn::parse_mac;
 use bgp::message::{Capabilities, Family, GracefulRestart, Open};
@@ -29,22 +30,6 @@ use tokio::sync::mpsc::Receiver;
 const OUR_AS: u32 = 65001;
 const THEIR_AS: u32 = 65002;
 static RUN: AtomicU32 = AtomicU32::new(0);
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// A namespace, a veth pair and a temp dir; Drop kills the daemon and deletes all of it.
 struct Net {

@@ -173,3 +173,21 @@ pub fn notification_of(sent: &[Vec<u8>]) -> Option<(u8, u8, Vec<u8>)> {
         .find(|m| m.len() >= 21 && m[18] == 3)
         .map(|m| (m[19], m[20], m[21..].to_vec()))
 }
+
+/// Runs a command (the daemons' CLIs, iproute2) and returns its output; panics if it cannot start.
+pub fn sh(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// [`sh`], and the command must succeed.
+pub fn must(args: &[&str]) {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
