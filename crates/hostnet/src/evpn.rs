@@ -448,34 +448,7 @@ impl Netlink {
             .into_iter()
             .filter(|m| m.header.ifindex == vx)
             .filter_map(|m| {
-                let mut mac = None;
-                let mut dst = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::LinkLayerAddress(l) => {
-                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                            dst = Some(IpAddr::V6(*a))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                            dst = Some(IpAddr::V4(*a))
-                        }
-                        // Bridge-family messages carry the VTEP unparsed.
-                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
-                            dst = match b.len() {
-                                16 => <[u8; 16]>::try_from(b.as_slice())
-                                    .ok()
-                                    .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
-                                4 => <[u8; 4]>::try_from(b.as_slice())
-                                    .ok()
-                                    .map(|a| IpAddr::V4(a.into())),
-                                _ => None,
-                            }
-                        }
-                        _ => {}
-                    }
-                }
+                let (mac, dst) = mac_and_destination(&m.attributes);
                 Some(FdbEntry {
                     mac: mac?,
                     dst,
@@ -504,22 +477,7 @@ impl Netlink {
             .into_iter()
             .filter(|m| m.header.ifindex == br && m.header.state == NeighbourState::Permanent)
             .filter_map(|m| {
-                let mut mac = None;
-                let mut ip = None;
-                for a in &m.attributes {
-                    match a {
-                        NeighbourAttribute::LinkLayerAddress(l) => {
-                            mac = <[u8; 6]>::try_from(l.as_slice()).ok()
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
-                            ip = Some(IpAddr::V6(*a))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
-                            ip = Some(IpAddr::V4(*a))
-                        }
-                        _ => {}
-                    }
-                }
+                let (mac, ip) = mac_and_destination(&m.attributes);
                 Some((ip?, mac?))
             })
             .collect();
@@ -542,4 +500,35 @@ impl Netlink {
                 )))
         })
     }
+}
+
+/// The MAC and the destination address of a neighbour or FDB message (bridge-family messages
+/// carry the VTEP unparsed, as `Other`).
+fn mac_and_destination(attrs: &[NeighbourAttribute]) -> (Option<[u8; 6]>, Option<IpAddr>) {
+    let mut mac = None;
+    let mut dst = None;
+    for a in attrs {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                dst = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                dst = Some(IpAddr::V4(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = match b.len() {
+                    16 => <[u8; 16]>::try_from(b.as_slice())
+                        .ok()
+                        .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
+                    4 => <[u8; 4]>::try_from(b.as_slice())
+                        .ok()
+                        .map(|a| IpAddr::V4(a.into())),
+                    _ => None,
+                }
+            }
+            _ => {}
+        }
+    }
+    (mac, dst)
 }
