@@ -56,7 +56,7 @@ pub struct LatencyMode {
 }
 
 /// Every mode, in report order.
-pub const MODES: [LatencyMode; 4] = [
+pub const MODES: [LatencyMode; 5] = [
     LatencyMode {
         name: "native",
         tag: "nat",
@@ -79,6 +79,12 @@ pub const MODES: [LatencyMode; 4] = [
         name: "swarm",
         tag: "swm",
         mode: Mode::Swarm,
+        policy: false,
+    },
+    LatencyMode {
+        name: "evpn",
+        tag: "evp",
+        mode: Mode::Evpn,
         policy: false,
     },
 ];
@@ -268,6 +274,10 @@ fn build(labs: &mut Labs, name: &str, m: &LatencyMode) -> Result<Bed, BenchError
     let planned = if m.mode == Mode::Ila { 0 } else { 1 };
     let mut spec = LabSpec::generic(name, 2, planned);
     spec.mode = m.mode;
+    if m.mode == Mode::Evpn {
+        // The paper's EVPN: gobgpd as route server (as `bench paper` builds it).
+        spec.routing = lab::plan::RoutingMode::Gobgp;
+    }
     let plan: Plan = lab::up(&spec)?;
     labs.0.push(name.to_string());
     let (client_ns, server_ns, addr) = if m.mode == Mode::Ila {

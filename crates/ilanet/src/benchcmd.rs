@@ -635,7 +635,7 @@ pub fn chaos(args: &ChaosArgs) -> Result<ExitCode> {
 /// `ilanet bench latency`.
 #[derive(Args)]
 pub struct LatencyArgs {
-    /// Modes, comma-separated (native, ila, ila+policy, swarm; default: all).
+    /// Modes, comma-separated (native, ila, ila+policy, swarm, evpn; default: all).
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Interleaved rounds (the mode order rotates every round).
