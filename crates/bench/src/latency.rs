@@ -730,14 +730,14 @@ mod tests {
 
     #[test]
     fn modes_resolve_and_unknown_names_are_refused() {
-        assert_eq!(select_modes(&[]).expect("all").len(), 4);
+        assert_eq!(select_modes(&[]).expect("all").len(), MODES.len());
         let two = select_modes(&["ila".into(), "native".into(), "ila".into()]).expect("two");
         assert_eq!(
             two.iter().map(|m| m.name).collect::<Vec<_>>(),
             ["ila", "native"]
         );
-        let e = select_modes(&["evpn".into()]).expect_err("unknown");
-        assert!(e.to_string().contains("evpn"), "{e}");
+        let e = select_modes(&["vxlan".into()]).expect_err("unknown");
+        assert!(e.to_string().contains("vxlan"), "{e}");
     }
 
     #[test]
