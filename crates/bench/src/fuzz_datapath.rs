@@ -845,6 +845,35 @@ fn fail_closed(p: &Parsed) -> Option<VerdictReason> {
     }
 }
 
+/// The frame dropped with `events`.
+fn shot(frame: &[u8], events: Vec<Ev>) -> Expected {
+    Expected {
+        retval: TC_ACT_SHOT,
+        frame: frame.to_vec(),
+        events,
+        how: "",
+    }
+}
+
+/// What both programs do first: pass what is not IPv6, drop what does not parse; otherwise the
+/// parse and the addresses (source, destination).
+fn prologue(frame: &[u8]) -> Result<(Parsed, Ipv6Addr, Ipv6Addr), Expected> {
+    let p = reference::parse(frame);
+    match p {
+        Parsed::NotIpv6 => Err(Expected {
+            retval: TC_ACT_OK,
+            frame: frame.to_vec(),
+            events: vec![],
+            how: "not-ipv6",
+        }),
+        Parsed::Malformed => Err(shot(frame, vec![])),
+        _ => match reference::addrs(frame) {
+            Some((src, dst)) => Ok((p, src, dst)),
+            None => Err(shot(frame, vec![])),
+        },
+    }
+}
+
 /// The reference for from-container of `host` on `frame` from interface `ifindex`; updates
 /// the conntrack model as the program must.
 fn expect_out(
@@ -855,27 +884,10 @@ fn expect_out(
     ifindex: u32,
     frame: &[u8],
 ) -> Expected {
-    let p = reference::parse(frame);
-    let shot = |events| Expected {
-        retval: TC_ACT_SHOT,
-        frame: frame.to_vec(),
-        events,
-        how: "",
-    };
-    match p {
-        Parsed::NotIpv6 => {
-            return Expected {
-                retval: TC_ACT_OK,
-                frame: frame.to_vec(),
-                events: vec![],
-                how: "not-ipv6",
-            }
-        }
-        Parsed::Malformed => return shot(vec![]),
-        _ => {}
-    }
-    let Some((src, dst)) = reference::addrs(frame) else {
-        return shot(vec![]);
+    let shot = |events| shot(frame, events);
+    let (p, src, dst) = match prologue(frame) {
+        Ok(parsed) => parsed,
+        Err(e) => return e,
     };
     let out = w.out(host, dst);
     let mut events = Vec::new();
@@ -979,27 +991,10 @@ fn expect_in(
     host: usize,
     frame: &[u8],
 ) -> Expected {
-    let p = reference::parse(frame);
-    let shot = |events| Expected {
-        retval: TC_ACT_SHOT,
-        frame: frame.to_vec(),
-        events,
-        how: "",
-    };
-    match p {
-        Parsed::NotIpv6 => {
-            return Expected {
-                retval: TC_ACT_OK,
-                frame: frame.to_vec(),
-                events: vec![],
-                how: "not-ipv6",
-            }
-        }
-        Parsed::Malformed => return shot(vec![]),
-        _ => {}
-    }
-    let Some((src, dst)) = reference::addrs(frame) else {
-        return shot(vec![]);
+    let shot = |events| shot(frame, events);
+    let (p, src, dst) = match prologue(frame) {
+        Ok(parsed) => parsed,
+        Err(e) => return e,
     };
     let sir = w.inn(host, dst);
     let target = match sir {
