@@ -25,7 +25,7 @@ use bgp::{
     EvpnNlri, EvpnRoute, Family, PeerConfig, RouteDistinguisher, RouteTarget, Speaker,
     SpeakerConfig, State,
 };
-use common::{must, sh};
+use common::{netns_with_veth, ns_exec_must, sh};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -69,26 +69,14 @@ impl Lab {
             bagpipe: None,
         };
         std::fs::create_dir_all(&lab.dir).unwrap();
-        must(&["ip", "netns", "add", &ns]);
-        let peer = format!("{veth}p");
-        must(&[
-            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-        ]);
-        must(&["ip", "link", "set", &peer, "netns", &ns]);
-        must(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{}/24", lab.ours),
-            "dev",
+        netns_with_veth(
+            &ns,
             &veth,
-        ]);
-        must(&["ip", "link", "set", &veth, "up"]);
-        let theirs = format!("{}/24", lab.theirs);
+            &format!("{}/24", lab.ours),
+            &format!("{}/24", lab.theirs),
+            &[],
+        );
         for cmd in [
-            vec!["ip", "addr", "add", &theirs, "dev", &peer],
-            vec!["ip", "link", "set", &peer, "up"],
-            vec!["ip", "link", "set", "lo", "up"],
             // The port bagpipe attaches to the EVPN instance.
             vec![
                 "ip", "link", "add", "bpport", "type", "veth", "peer", "name", "bpportp",
@@ -101,9 +89,7 @@ impl Lab {
     }
 
     fn exec_must(&self, args: &[&str]) {
-        let mut v = vec!["ip", "netns", "exec", &self.ns];
-        v.extend_from_slice(args);
-        must(&v);
+        ns_exec_must(&self.ns, args);
     }
 
     /// Writes bagpipe-bgp's config (peer: us; API on its veth address) and starts it.

@@ -11,7 +11,7 @@
 //! to `tests/corpus/capture-<daemon>-valid.hex`.
 
 mod common;
-use common::{must, sh};
+use common::{must, netns_with_veth, ns_exec_must, sh};
 
 use bgp::evpn::parse_mac;
 use bgp::message::{Capabilities, Family, GracefulRestart, Open};
@@ -66,33 +66,13 @@ impl Net {
             extra: vec![],
         };
         std::fs::create_dir_all(&dir).unwrap();
-        must(&["ip", "netns", "add", &ns]);
-        let peer = format!("{veth}p");
-        must(&[
-            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-        ]);
-        must(&["ip", "link", "set", &peer, "netns", &ns]);
-        must(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ours}/64"),
-            "dev",
+        netns_with_veth(
+            &ns,
             &veth,
-            "nodad",
-        ]);
-        must(&["ip", "link", "set", &veth, "up"]);
-        net.exec_must(&[
-            "ip",
-            "addr",
-            "add",
+            &format!("{ours}/64"),
             &format!("{theirs}/64"),
-            "dev",
-            &peer,
-            "nodad",
-        ]);
-        net.exec_must(&["ip", "link", "set", &peer, "up"]);
-        net.exec_must(&["ip", "link", "set", "lo", "up"]);
+            &["nodad"],
+        );
         net
     }
 
@@ -103,12 +83,7 @@ impl Net {
     }
 
     fn exec_must(&self, args: &[&str]) {
-        let o = self.exec(args);
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        ns_exec_must(&self.ns, args);
     }
 
     fn spawn(&mut self, args: &[&str]) {

@@ -191,3 +191,31 @@ pub fn must(args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// [`must`] inside network namespace `ns`.
+pub fn ns_exec_must(ns: &str, args: &[&str]) {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    must(&v);
+}
+
+/// Makes namespace `ns` joined to this one by a veth pair: `veth` here with address `ours`,
+/// `{veth}p` in `ns` with `theirs` (both CIDR, `addr_flags` appended, e.g. `nodad`); both ends
+/// and `ns`'s loopback up.
+pub fn netns_with_veth(ns: &str, veth: &str, ours: &str, theirs: &str, addr_flags: &[&str]) {
+    let peer = format!("{veth}p");
+    must(&["ip", "netns", "add", ns]);
+    must(&[
+        "ip", "link", "add", veth, "type", "veth", "peer", "name", &peer,
+    ]);
+    must(&["ip", "link", "set", &peer, "netns", ns]);
+    let mut add = vec!["ip", "addr", "add", ours, "dev", veth];
+    add.extend_from_slice(addr_flags);
+    must(&add);
+    must(&["ip", "link", "set", veth, "up"]);
+    let mut add = vec!["ip", "addr", "add", theirs, "dev", &peer];
+    add.extend_from_slice(addr_flags);
+    ns_exec_must(ns, &add);
+    ns_exec_must(ns, &["ip", "link", "set", &peer, "up"]);
+    ns_exec_must(ns, &["ip", "link", "set", "lo", "up"]);
+}
