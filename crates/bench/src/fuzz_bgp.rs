@@ -8,6 +8,7 @@
 //! session (clones of templates), and to one long-lived session that accumulates state (routes,
 //! stale flags) and is re-established whenever an input ends it.
 
+use crate::fuzz_harness::Rng;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -92,29 +93,6 @@ pub struct FuzzReport {
     pub seconds: f64,
     /// Messages per second (each through decoder and three sessions).
     pub messages_per_sec: f64,
-}
-
-/// SplitMix64: small, seedable, good enough to drive mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
 }
 
 fn parse_corpus() -> Result<Vec<Vec<u8>>, BenchError> {
