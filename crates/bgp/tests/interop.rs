@@ -542,18 +542,7 @@ fn start_gobgp(net: &mut Net, passive: bool) -> Gobgp {
         theirs = net.theirs,
         ours = net.ours,
     );
-    let path = net.dir.join("gobgpd.toml");
-    std::fs::write(&path, conf).unwrap();
-    net.spawn(&[
-        "gobgpd",
-        "-f",
-        &path.display().to_string(),
-        "--api-hosts",
-        &format!("127.0.0.1:{api}"),
-        "-l",
-        "info",
-    ]);
-    Gobgp { api }
+    spawn_gobgpd(net, &conf, api)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,6 +700,11 @@ fn start_gobgp_rs(net: &mut Net, clients: &[(Ipv6Addr, u32)]) -> Gobgp {
              \x20 [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"l2vpn-evpn\"\n"
         ));
     }
+    spawn_gobgpd(net, &conf, api)
+}
+
+/// Writes `conf` and starts gobgpd on it in `net`'s namespace, its API on `api`.
+fn spawn_gobgpd(net: &mut Net, conf: &str, api: String) -> Gobgp {
     let path = net.dir.join("gobgpd.toml");
     std::fs::write(&path, conf).unwrap();
     net.spawn(&[

@@ -237,6 +237,36 @@ pub fn open(name: &str) -> Result<File, NetError> {
     })
 }
 
+/// Spawns `cmd` with its network namespace set to `name` (setns between fork and exec; the
+/// namespace file is close-on-exec, so the program does not inherit it). Other `pre_exec`
+/// steps the caller added still run.
+pub fn spawn_in(
+    name: &str,
+    cmd: &mut std::process::Command,
+) -> Result<std::process::Child, NetError> {
+    use std::os::unix::process::CommandExt;
+    let ns = open(name)?;
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns(2) is async-signal-safe; `ns` keeps the descriptor open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| NetError::Os {
+        what: format!(
+            "starting {} in '{name}'",
+            cmd.get_program().to_string_lossy()
+        ),
+        source,
+    })?;
+    drop(ns);
+    Ok(child)
+}
+
 /// Writes a sysctl of the calling thread's namespace (`key` like `net/ipv6/conf/all/forwarding`).
 pub fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
     let p = Path::new("/proc/sys").join(key);

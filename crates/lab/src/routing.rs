@@ -10,7 +10,6 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -479,26 +478,17 @@ fn give_to_frr(dir: &Path) -> Result<(), LabError> {
 /// `lab up`), output to `log`; records its pid.
 fn spawn(state: &mut LabState, binary: &str, args: &[&str], log: &Path) -> Result<(), LabError> {
     let (out, err) = crate::agents::log_files(log)?;
-    let ns = netns::open(&state.plan.router_netns)?;
-    let fd = ns.as_raw_fd();
     let mut cmd = Command::new(binary);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: setns and setsid are async-signal-safe; `ns` stays open until spawn returns.
+    // SAFETY: setsid is async-signal-safe.
     unsafe {
         use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+        cmd.pre_exec(|| {
             libc::setsid();
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(io_err(format!(
-        "starting {binary} in '{}'",
-        state.plan.router_netns
-    )))?;
-    drop(ns);
+    let child = netns::spawn_in(&state.plan.router_netns, &mut cmd)?;
     state.daemons.push(child.id());
     state.save()
 }

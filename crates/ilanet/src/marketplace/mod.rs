@@ -12,7 +12,6 @@ pub mod programs;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv6Addr, SocketAddrV6, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -702,29 +701,14 @@ struct Program {
 
 impl Program {
     fn spawn(netns: &str, args: &[&str], what: String) -> Result<Self> {
-        let ns = lab::netns::open(netns)?;
-        let fd = ns.as_raw_fd();
         let exe = std::env::current_exe().context("finding the ilanet executable")?;
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: setns(2) is async-signal-safe; `ns` keeps the descriptor open until spawn
-        // returns (it is close-on-exec, so the program does not inherit it).
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
+        let mut child = lab::netns::spawn_in(netns, &mut cmd)
             .with_context(|| format!("starting the {what} in {netns}"))?;
-        drop(ns);
         let stdout = child
             .stdout
             .take()
