@@ -38,25 +38,36 @@ fn netns_path(ns: &str) -> Result<std::path::PathBuf> {
     Ok(lab::netns::path(ns))
 }
 
-/// A process of the container whose network namespace is `netns`: the lowest pid in that
-/// namespace with a mount namespace of its own (the runtime's init of the container). Found
-/// through /proc, so it works whatever runtime (and whatever podman storage root) made it.
+/// A process of the container whose network namespace is `netns`: the first started process
+/// in that namespace with a mount namespace of its own (the runtime's init of the container).
+/// Found through /proc, so it works whatever runtime (and whatever podman storage root) made
+/// it. By start time, not by pid: pids wrap (pid_max is 32768 here), and a later process in the
+/// namespace with its own mount namespace (`ip netns exec` makes one) may get a lower pid.
 fn container_pid(netns: &Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let want = std::fs::metadata(netns).ok()?;
     let own_mnt = std::fs::metadata("/proc/self/ns/mnt").ok()?;
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+    std::fs::read_dir("/proc")
         .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    pids.into_iter().find(|pid| {
-        let same_net = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino());
-        let other_mnt = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .is_ok_and(|m| m.dev() != own_mnt.dev() || m.ino() != own_mnt.ino());
-        same_net && other_mnt
-    })
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let same_net = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| m.dev() == want.dev() && m.ino() == want.ino());
+            let other_mnt = std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                .is_ok_and(|m| m.dev() != own_mnt.dev() || m.ino() != own_mnt.ino());
+            same_net && other_mnt
+        })
+        .filter_map(|pid| Some((start_time(pid)?, pid)))
+        .min()
+        .map(|(_, pid)| pid)
+}
+
+/// When process `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Starts a shell for `target` on a new terminal of `cols`×`rows`.
@@ -169,4 +180,26 @@ pub fn resize(master: &OwnedFd, cols: u16, rows: u16) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("TIOCSWINSZ");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::start_time;
+
+    #[test]
+    fn start_times_order_processes_by_when_they_started() {
+        let init = start_time(1).expect("pid 1 has a start time");
+        let me = start_time(std::process::id()).expect("this process has one");
+        let child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let later = start_time(child.id());
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        let later = later.expect("the child has one");
+        assert!(init <= me && me <= later, "{init} {me} {later}");
+        assert_eq!(start_time(u32::MAX), None);
+    }
 }
