@@ -97,6 +97,15 @@ impl Claims {
         self.by_sir.keys().copied().collect()
     }
 
+    /// The addresses claimed with security identity `id` (by any host).
+    pub fn addresses_with_identity(&self, id: u32) -> Vec<Ipv6Addr> {
+        self.by_sir
+            .iter()
+            .filter(|(_, claims)| claims.values().any(|r| r.identity == id))
+            .map(|(sir, _)| *sir)
+            .collect()
+    }
+
     /// A host record was written; returns the addresses whose claims it may change.
     pub fn put_host(&mut self, h: &HostRecord) -> Vec<Ipv6Addr> {
         self.hosts.insert(h.name.clone(), h.locator);
@@ -170,6 +179,7 @@ mod tests {
             locator,
             mode: ChecksumMode::NeutralMap,
             identity: 0,
+            labels_sha256: None,
         }
     }
 

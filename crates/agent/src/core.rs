@@ -193,6 +193,10 @@ pub struct Core {
     creating: BTreeMap<String, PendingEndpoint>,
     /// The store's mappings in force, by SIR address (see [`crate::claims`]).
     view: BTreeMap<Ipv6Addr, MappingRecord>,
+    /// Addresses of the view whose mapping is not installed: its identity's labels do not
+    /// match what its host vouched for ([`Core::vouch`]). Still in the view, so that their
+    /// names and addresses stay taken.
+    unvouched: std::collections::BTreeSet<Ipv6Addr>,
     /// Every host's mappings as stored, and the host records they are checked against.
     claims: Claims,
     /// Policies and identities, and their compilation.
@@ -240,6 +244,7 @@ impl Core {
             endpoints,
             creating: BTreeMap::new(),
             view: BTreeMap::new(),
+            unvouched: Default::default(),
             claims: Claims::default(),
             policy: PolicyView::default(),
             policy_records: BTreeMap::new(),
@@ -267,19 +272,27 @@ impl Core {
             out.warn(format!("skipping store record {}: {}", s.key, s.error));
         }
         self.host_lost = !snap.hosts.iter().any(|h| h.name == self.spec.host);
+        // Identities first: a mapping is installed only if its identity's labels match what
+        // its host vouched for.
+        let pinned = self.pinned_identities();
+        for e in self.policy.reset(&snap.policies, &snap.identities, &pinned) {
+            out.warn(e);
+        }
         self.claims.reset(&snap.mappings, &snap.hosts);
         self.view.clear();
+        self.unvouched.clear();
         for sir in self.claims.addresses() {
             let f = self
                 .claims
                 .in_force(sir, &self.spec.host, self.spec.locator);
             out.warnings.extend(f.warnings);
             if let Some(rec) = f.mapping {
+                if let Err(w) = self.vouch(&rec) {
+                    out.warn(w);
+                    self.unvouched.insert(sir);
+                }
                 self.view.insert(sir, rec);
             }
-        }
-        for e in self.policy.reset(&snap.policies, &snap.identities) {
-            out.warn(e);
         }
         self.policy_records = snap
             .policies
@@ -290,7 +303,7 @@ impl Core {
             out.warn(format!("policies not compiled, previous ones stay: {e}"));
         }
         let (desired, unusable) =
-            reconcile::desired(&self.spec.host, self.view.values(), &self.endpoints);
+            reconcile::desired(&self.spec.host, self.installable(), &self.endpoints);
         for u in unusable {
             out.warn(format!("mapping of {} unusable: {}", u.sir_addr, u.reason));
         }
@@ -326,10 +339,14 @@ impl Core {
                 lost = true;
             }
             StoreEvent::PutIdentity(rec) => {
-                if let Err(e) = self.policy.put_identity(&rec) {
-                    // Skipped as a full resync skips it: the identity is unknown from now on.
+                let pinned = self.endpoints.values().any(|e| e.identity == rec.id);
+                if let Err(e) = self.policy.put_identity(&rec, pinned) {
                     out.warn(e);
-                    self.policy.forget_identity(rec.id);
+                }
+                // Mappings with this identity are vouched for again (they may have waited
+                // for it, or its labels changed).
+                for sir in self.claims.addresses_with_identity(rec.id) {
+                    self.settle(sir, &mut out);
                 }
                 self.recompile(&mut out);
             }
@@ -410,17 +427,85 @@ impl Core {
             .claims
             .in_force(sir, &self.spec.host, self.spec.locator);
         out.warnings.extend(f.warnings);
+        self.unvouched.remove(&sir);
         match f.mapping {
-            Some(rec) => self.view.insert(sir, rec),
+            Some(rec) => {
+                if let Err(w) = self.vouch(&rec) {
+                    out.warn(w);
+                    self.unvouched.insert(sir);
+                }
+                self.view.insert(sir, rec)
+            }
             None => self.view.remove(&sir),
         };
         self.reconcile_key(sir, out);
     }
 
+    /// The mappings of the view that may be installed.
+    fn installable(&self) -> impl Iterator<Item = &MappingRecord> {
+        self.view
+            .iter()
+            .filter(|(sir, _)| !self.unvouched.contains(*sir))
+            .map(|(_, rec)| rec)
+    }
+
+    /// Whether another host's mapping may be installed as far as its identity goes: the
+    /// identity's labels, as this host knows them, must have the digest the mapping's host
+    /// wrote. Else a host that rewrote an identity record could change what policy another
+    /// host's endpoints get; not installing the mapping fails closed.
+    fn vouch(&self, rec: &MappingRecord) -> Result<(), String> {
+        if rec.identity == 0 || rec.host == self.spec.host {
+            return Ok(());
+        }
+        let key = store::mapping_key(&rec.host, rec.sir_address());
+        let id = rec.identity;
+        match (self.policy.digest(id), rec.labels_sha256) {
+            (Some(known), Some(vouched)) if known == vouched => Ok(()),
+            (None, _) => Err(format!(
+                "not installing store record {key} yet: its identity {id} has no identity \
+                 record ({})",
+                store::identity_key(id)
+            )),
+            (Some(_), None) => Err(format!(
+                "ignoring store record {key}: identity {id} without the digest of its labels \
+                 (labels_sha256)"
+            )),
+            (Some(_), Some(_)) => Err(format!(
+                "ignoring store record {key}: host '{}' gave its endpoint other labels than \
+                 identity {id} has here ('{}'); was {} rewritten?",
+                rec.host,
+                self.policy
+                    .labels(id)
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                store::identity_key(id)
+            )),
+        }
+    }
+
+    /// The identities of this host's endpoints and the labels they were created with.
+    fn pinned_identities(&self) -> Vec<(u32, LabelSet)> {
+        self.endpoints
+            .values()
+            .filter(|ep| ep.identity != 0)
+            .filter_map(|ep| Some((ep.identity, self.identity_labels_of(ep)?)))
+            .collect()
+    }
+
+    /// An endpoint's identity label set: its labels and its tenant.
+    fn identity_labels_of(&self, ep: &LocalEndpoint) -> Option<LabelSet> {
+        let tenant = self.tenant_of(ep.identifier)?;
+        policy_sync::identity_labels(&ep.labels, tenant.vnid).ok()
+    }
+
     /// The operations that bring the entries of one SIR address to what the view says, against
     /// what was last written.
     fn reconcile_key(&mut self, sir: Ipv6Addr, out: &mut Output) {
-        let (want, bad) = reconcile::desired(&self.spec.host, self.view.get(&sir), &self.endpoints);
+        let rec = self
+            .view
+            .get(&sir)
+            .filter(|_| !self.unvouched.contains(&sir));
+        let (want, bad) = reconcile::desired(&self.spec.host, rec, &self.endpoints);
         for u in bad {
             out.warn(format!("mapping of {} unusable: {}", u.sir_addr, u.reason));
         }
@@ -512,19 +597,26 @@ impl Core {
 
     /// Learns the identity the store allocated for a label set, so that an endpoint's first
     /// packet meets a compiled policy.
-    pub fn learn_identity(&mut self, id: u32, labels: &LabelSet) -> Output {
+    /// Refused if this host knows `id` as other labels (an identity record or index rewritten
+    /// in the store: the endpoint would get another label set's policy).
+    pub fn learn_identity(&mut self, id: u32, labels: &LabelSet) -> Result<Output, AgentError> {
         let mut out = Output::default();
-        if self.policy.labels(id).is_none() {
-            let rec = store::IdentityRecord {
-                id,
-                labels: labels.to_string(),
-            };
-            match self.policy.put_identity(&rec) {
-                Ok(()) => self.recompile(&mut out),
-                Err(e) => out.warn(e),
+        match self.policy.labels(id) {
+            Some(known) if known == labels => {}
+            Some(known) => {
+                return Err(AgentError::Conflict(format!(
+                    "the store gave labels '{labels}' identity {id}, which is '{known}' here \
+                     ({} or {} was rewritten)",
+                    store::identity_labels_key(&labels.to_string()),
+                    store::identity_key(id)
+                )))
+            }
+            None => {
+                self.policy.pin_identity(id, labels.clone());
+                self.recompile(&mut out);
             }
         }
-        out
+        Ok(out)
     }
 
     /// The identity the store gave this label set, if this host knows it already (identities
@@ -534,12 +626,14 @@ impl Core {
     }
 
     /// The mapping record an endpoint of this host will have.
+    /// `identity_labels`: the endpoint's identity label set, vouched for by its digest.
     pub fn record_for(
         &self,
         name: &str,
         identifier: Identifier,
         sir_addr: Ipv6Addr,
         identity: u32,
+        identity_labels: Option<&LabelSet>,
     ) -> MappingRecord {
         MappingRecord {
             endpoint: name.to_string(),
@@ -549,6 +643,9 @@ impl Core {
             locator: self.spec.locator,
             mode: self.spec.csum_mode,
             identity,
+            labels_sha256: identity_labels
+                .filter(|_| identity != 0)
+                .map(|l| store::LabelsDigest::of(&l.to_string())),
         }
     }
 
@@ -741,7 +838,14 @@ impl Core {
 
     /// The mapping record of one of our endpoints.
     pub fn record_of(&self, ep: &LocalEndpoint) -> MappingRecord {
-        self.record_for(&ep.name, ep.identifier, ep.sir_addr, ep.identity)
+        let labels = self.identity_labels_of(ep);
+        self.record_for(
+            &ep.name,
+            ep.identifier,
+            ep.sir_addr,
+            ep.identity,
+            labels.as_ref(),
+        )
     }
 
     /// The tenant network an identifier belongs to (by its VNID).

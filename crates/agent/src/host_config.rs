@@ -47,6 +47,10 @@ pub enum StoreSpec {
         /// endpoints; the certificate's CN is the host's etcd user). `None` only with
         /// `insecure: true` (or `--insecure-store`): no TLS, no credentials.
         tls: Option<store::pki::ClientTls>,
+        /// The policy administrator's certificate and key (`store.policy_cert`,
+        /// `store.policy_key`; CA as in `tls`): with them this agent serves `ilanet policy
+        /// apply`/`delete`; without them, on etcd with TLS, it may only read policies.
+        policy_tls: Option<store::pki::ClientTls>,
     },
 }
 
@@ -256,6 +260,10 @@ enum RawStore {
         key: Option<PathBuf>,
         #[serde(default)]
         insecure: bool,
+        #[serde(default)]
+        policy_cert: Option<PathBuf>,
+        #[serde(default)]
+        policy_key: Option<PathBuf>,
     },
 }
 
@@ -428,6 +436,8 @@ pub fn parse_with(
             cert,
             key,
             insecure,
+            policy_cert,
+            policy_key,
         } => {
             if endpoints.is_empty() {
                 return Err(err(
@@ -470,8 +480,40 @@ pub fn parse_with(
                     ),
                 ));
             }
+            let policy_tls = match (policy_cert, policy_key, &tls) {
+                (None, None, _) => None,
+                (Some(cert), Some(key), Some(t)) => Some(store::pki::ClientTls {
+                    ca: t.ca.clone(),
+                    cert,
+                    key,
+                }),
+                (Some(_), Some(_), None) => {
+                    return Err(err(
+                        "store.policy_cert",
+                        "the policy administrator's certificate needs TLS (store.ca, \
+                         store.cert, store.key); an insecure etcd has no users"
+                            .into(),
+                    ))
+                }
+                (c, _, _) => {
+                    return Err(err(
+                        if c.is_none() {
+                            "store.policy_cert"
+                        } else {
+                            "store.policy_key"
+                        },
+                        "give both store.policy_cert and store.policy_key (the policy \
+                         administrator's client certificate and key), or neither"
+                            .into(),
+                    ))
+                }
+            };
             (
-                StoreSpec::Etcd { endpoints, tls },
+                StoreSpec::Etcd {
+                    endpoints,
+                    tls,
+                    policy_tls,
+                },
                 Duration::from_secs(lease_ttl),
             )
         }
@@ -732,7 +774,7 @@ mod tests {
         assert_eq!(c.agent.lease_ttl, Duration::from_secs(10));
         assert_eq!(c.agent.socket, PathBuf::from(DEFAULT_SOCKET));
         match &c.store {
-            StoreSpec::Etcd { endpoints, tls } => {
+            StoreSpec::Etcd { endpoints, tls, .. } => {
                 assert_eq!(endpoints.len(), 1);
                 let tls = tls.as_ref().expect("tls");
                 assert_eq!(tls.cert, PathBuf::from("/etc/ilanet/site1.crt"));

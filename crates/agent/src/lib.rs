@@ -115,6 +115,9 @@ pub enum ErrorKind {
     NoStore,
     /// The agent is overloaded; try again.
     Busy,
+    /// This host's credentials do not allow it (e.g. writing policies without the policy
+    /// administrator's certificate); nothing was changed.
+    Forbidden,
     /// Anything else: the host (netlink, eBPF, files) or the store failed.
     Internal,
 }
@@ -134,6 +137,9 @@ pub enum AgentError {
     /// The store is needed and not reachable; nothing was changed.
     #[error("mapping store not reachable ({0}); nothing was changed")]
     NoStore(String),
+    /// This host may not do that with its credentials; nothing was changed.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -167,6 +173,7 @@ impl AgentError {
             AgentError::NotFound(_) => ErrorKind::NotFound,
             AgentError::Conflict(_) => ErrorKind::Conflict,
             AgentError::NoStore(_) => ErrorKind::NoStore,
+            AgentError::Forbidden(_) => ErrorKind::Forbidden,
             AgentError::Store(e) => match e {
                 store::StoreError::AddressInUse { .. } => ErrorKind::Conflict,
                 store::StoreError::Unavailable { .. } | store::StoreError::LeaseExpired(_) => {
@@ -213,6 +220,9 @@ pub struct Agent {
     /// Ends the current store session (its lease was found expired outside the session loop).
     session_reset: tokio::sync::Notify,
     observer: Option<InstallObserver>,
+    /// Where policy writes go when this host's own store credentials may not write policies:
+    /// the store as the policy administrator ([`Agent::set_policy_writer`]).
+    policy_writer: std::sync::OnceLock<StoreConfig>,
     /// Latencies and call counts for the metrics endpoint.
     telemetry: metrics::Telemetry,
     /// The BGP speaker announcing this host's locator, when configured.
@@ -375,6 +385,7 @@ impl Agent {
             state_write: Mutex::new(()),
             session_reset: tokio::sync::Notify::new(),
             observer,
+            policy_writer: std::sync::OnceLock::new(),
             telemetry: metrics::Telemetry::default(),
             routing: std::sync::OnceLock::new(),
         });

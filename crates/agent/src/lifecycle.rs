@@ -99,13 +99,19 @@ impl Agent {
                         let mut core = lock(&self.core);
                         // Known before the endpoint is installed, so its first packet meets a
                         // compiled policy.
-                        let out = core.learn_identity(i, &plan.identity_labels);
-                        self.execute(out)?;
-                        core.record_for(name, id, sir_addr, i)
+                        core.learn_identity(i, &plan.identity_labels)
+                            .and_then(|out| self.execute(out).map(|_| ()))
+                            .map(|()| {
+                                core.record_for(name, id, sir_addr, i, Some(&plan.identity_labels))
+                            })
                     };
-                    self.publish_mapping(&rec, replace, name, &mut store, &mut lease)
-                        .await
-                        .map_err(AgentError::from)
+                    match rec {
+                        Ok(rec) => self
+                            .publish_mapping(&rec, replace, name, &mut store, &mut lease)
+                            .await
+                            .map_err(AgentError::from),
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             };

@@ -9,7 +9,7 @@ use policy::abi::{CidrKey, EndpointPolicy, PolicyKey, PolicyValue};
 pub use policy::sync::{diff_compiled, PolicyOps, PolicyWrite};
 use policy::{CompileLimits, CompiledPolicy, Identity, LabelSet, Policy, PolicyFileError};
 use serde::{Deserialize, Serialize};
-use store::{IdentityRecord, PolicyRecord};
+use store::{IdentityRecord, LabelsDigest, PolicyRecord};
 
 /// How a policy is kept in the store: the whole file it came from (so every agent parses exactly
 /// what the user wrote, with the same checks), and which policy of that file it is.
@@ -87,22 +87,37 @@ pub fn identity_labels(
 }
 
 /// Policies and identities known to this agent, and their compilation.
+///
+/// Identities come from the store, except those of this host's own endpoints ("pinned"): their
+/// labels are what the endpoints were made with, and a store record that says otherwise is
+/// refused. Another host's mapping is installed only if its identity's labels here have the
+/// digest that host wrote ([`PolicyView::digest`]), so a host that rewrites an identity record
+/// can make endpoints unreachable, but cannot relabel them.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyView {
     policies: BTreeMap<String, Policy>,
-    identities: BTreeMap<u32, LabelSet>,
+    identities: BTreeMap<u32, KnownIdentity>,
     /// The same, by label set: every endpoint creation looks its labels up here.
     by_labels: std::collections::HashMap<LabelSet, u32>,
     compiled: CompiledPolicy,
 }
 
+/// An identity's label set and the digest mappings vouch for it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KnownIdentity {
+    labels: LabelSet,
+    digest: LabelsDigest,
+}
+
 impl PolicyView {
-    /// Replaces everything (a full resync). Undecodable records are returned as errors and
-    /// skipped.
+    /// Replaces the policies and identities with a snapshot's (a full resync). `pinned`: the
+    /// identities of this host's endpoints and their labels. Undecodable or contradicting
+    /// records are returned as errors and skipped.
     pub fn reset(
         &mut self,
         policies: &[PolicyRecord],
         identities: &[IdentityRecord],
+        pinned: &[(u32, LabelSet)],
     ) -> Vec<String> {
         let mut errors = Vec::new();
         self.policies.clear();
@@ -116,12 +131,81 @@ impl PolicyView {
         }
         self.identities.clear();
         self.by_labels.clear();
+        for (id, labels) in pinned {
+            self.insert_identity(*id, labels.clone());
+        }
         for rec in identities {
-            if let Err(e) = self.put_identity(rec) {
+            let pin = pinned.iter().any(|(id, _)| *id == rec.id);
+            if let Err(e) = self.put_identity(rec, pin) {
                 errors.push(e);
             }
         }
         errors
+    }
+
+    /// Adds or replaces an identity from the store. `pinned`: an endpoint of this host has it
+    /// (then the record must agree with the labels known here). A malformed record makes the
+    /// identity unknown, as a full resync skips it.
+    pub fn put_identity(&mut self, rec: &IdentityRecord, pinned: bool) -> Result<(), String> {
+        let key = store::identity_key(rec.id);
+        let parsed = LabelSet::parse_identity(&rec.labels);
+        if let Some(known) = self.identities.get(&rec.id).filter(|_| pinned) {
+            return match parsed {
+                Ok(l) if l == known.labels => Ok(()),
+                _ => Err(format!(
+                    "refusing store record {key}: it gives identity {} the labels '{}', but \
+                     endpoints of this host have it as '{}' (was the record rewritten?)",
+                    rec.id, rec.labels, known.labels
+                )),
+            };
+        }
+        match parsed {
+            Ok(labels) => {
+                self.insert_identity(rec.id, labels);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(old) = self.identities.remove(&rec.id) {
+                    self.unindex(rec.id, &old.labels);
+                }
+                Err(format!(
+                    "skipping store record {key}: labels '{}': {e}",
+                    rec.labels
+                ))
+            }
+        }
+    }
+
+    /// Binds `id` to the labels of an endpoint this host is making (the store allocated it).
+    pub fn pin_identity(&mut self, id: u32, labels: LabelSet) {
+        self.insert_identity(id, labels);
+    }
+
+    fn insert_identity(&mut self, id: u32, labels: LabelSet) {
+        let digest = LabelsDigest::of(&labels.to_string());
+        self.by_labels.insert(labels.clone(), id);
+        if let Some(old) = self.identities.insert(id, KnownIdentity { labels, digest }) {
+            self.unindex(id, &old.labels);
+        }
+    }
+
+    /// Drops `id`'s entry in the label index if it still points at it.
+    fn unindex(&mut self, id: u32, labels: &LabelSet) {
+        if self.by_labels.get(labels) == Some(&id)
+            && self.identities.get(&id).map(|k| &k.labels) != Some(labels)
+        {
+            self.by_labels.remove(labels);
+        }
+    }
+
+    /// The identity of a label set, if known.
+    pub fn identity_of(&self, labels: &LabelSet) -> Option<u32> {
+        self.by_labels.get(labels).copied()
+    }
+
+    /// The digest of an identity's labels, which a mapping carrying it must vouch with.
+    pub fn digest(&self, id: u32) -> Option<LabelsDigest> {
+        self.identities.get(&id).map(|k| k.digest)
     }
 
     /// Adds or replaces one policy.
@@ -136,43 +220,13 @@ impl PolicyView {
         self.policies.remove(name);
     }
 
-    /// Adds an identity (identities are never removed).
-    pub fn put_identity(&mut self, rec: &IdentityRecord) -> Result<(), String> {
-        let labels = LabelSet::parse_identity(&rec.labels)
-            .map_err(|e| format!("identity {}: labels '{}': {e}", rec.id, rec.labels))?;
-        self.by_labels.insert(labels.clone(), rec.id);
-        if let Some(old) = self.identities.insert(rec.id, labels) {
-            self.unindex(rec.id, &old);
-        }
-        Ok(())
-    }
-
-    /// Drops `id`'s entry in the label index if it still points at it.
-    fn unindex(&mut self, id: u32, labels: &LabelSet) {
-        if self.by_labels.get(labels) == Some(&id) && self.identities.get(&id) != Some(labels) {
-            self.by_labels.remove(labels);
-        }
-    }
-
-    /// The identity of a label set, if known.
-    pub fn identity_of(&self, labels: &LabelSet) -> Option<u32> {
-        self.by_labels.get(labels).copied()
-    }
-
-    /// Forgets an identity (its record became unreadable: as a full resync would skip it).
-    pub fn forget_identity(&mut self, id: u32) {
-        if let Some(old) = self.identities.remove(&id) {
-            self.unindex(id, &old);
-        }
-    }
-
     /// Recompiles; on error the previous compilation stays in force.
     pub fn recompile(&mut self) -> Result<(), policy::CompileError> {
         let policies: Vec<Policy> = self.policies.values().cloned().collect();
         let ids: Vec<(Identity, LabelSet)> = self
             .identities
             .iter()
-            .map(|(id, l)| (Identity(*id), l.clone()))
+            .map(|(id, k)| (Identity(*id), k.labels.clone()))
             .collect();
         self.compiled = policy::compile(&policies, &ids, &CompileLimits::default())?;
         Ok(())
@@ -190,7 +244,7 @@ impl PolicyView {
 
     /// Labels of an identity.
     pub fn labels(&self, id: u32) -> Option<&LabelSet> {
-        self.identities.get(&id)
+        self.identities.get(&id).map(|k| &k.labels)
     }
 
     /// What to write and remove so the maps hold exactly the compilation.
@@ -258,7 +312,7 @@ mod tests {
 
     fn view_of(policies: &[PolicyRecord], ids: &[IdentityRecord]) -> PolicyView {
         let mut v = PolicyView::default();
-        let errs = v.reset(policies, ids);
+        let errs = v.reset(policies, ids, &[]);
         assert!(errs.is_empty(), "{errs:?}");
         v.recompile().expect("compile");
         v
@@ -355,6 +409,7 @@ mod tests {
                     labels: other.to_string(),
                 },
             ],
+            &[],
         );
         assert!(errs.is_empty(), "{errs:?}");
         v.recompile().expect("compile");

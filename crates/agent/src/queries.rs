@@ -9,6 +9,7 @@ use crate::api::{AgentStatus, ExplainReply, MappingRow, PolicyRow};
 use crate::io::MappingMap;
 use crate::reconcile::LocalEndpoint;
 use crate::{blocking, describe_cfg, lock, metrics, routing, Agent, AgentError};
+use store::StoreConfig;
 
 impl Agent {
     /// Stores the policies of one file; if any write fails, the ones written are rolled back.
@@ -32,7 +33,7 @@ impl Agent {
             Ok(records)
         })
         .await?;
-        let (store, _) = self.wait_session().await?;
+        let store = self.policy_store().await?;
         let previous: Vec<Option<store::PolicyRecord>> = {
             let core = lock(&self.core);
             records
@@ -59,9 +60,42 @@ impl Agent {
 
     /// Removes a policy from the store.
     pub async fn delete_policy(&self, name: &str) -> Result<(), AgentError> {
-        let (store, _) = self.wait_session().await?;
+        let store = self.policy_store().await?;
         store.delete_policy(name).await?;
         Ok(())
+    }
+
+    /// Lets this agent write policies as the policy administrator (`cfg`: the same etcd,
+    /// with that user's certificate). Once; a second call is refused.
+    pub fn set_policy_writer(&self, cfg: StoreConfig) -> Result<(), AgentError> {
+        self.policy_writer
+            .set(cfg)
+            .map_err(|_| AgentError::Internal("the policy writer is set already".into()))
+    }
+
+    /// The store that policy writes go to: the policy administrator's connection if this
+    /// agent has one; else its own session, unless its credentials are a host's (etcd with
+    /// TLS), which may only read policies.
+    async fn policy_store(&self) -> Result<store::Store, AgentError> {
+        if let Some(cfg) = self.policy_writer.get() {
+            return store::Store::connect(cfg).await.map_err(|e| match e {
+                e @ store::StoreError::Unavailable { .. } => {
+                    AgentError::NoStore(format!("connecting as the policy administrator: {e}"))
+                }
+                e => AgentError::Store(e),
+            });
+        }
+        if matches!(&self.store_cfg, StoreConfig::Etcd { tls: Some(_), .. }) {
+            return Err(AgentError::Forbidden(format!(
+                "host '{}' may only read policies: writing them takes the policy \
+                 administrator's store credentials (user {}; store.policy_cert and \
+                 store.policy_key in the host configuration); apply through a host that has \
+                 them",
+                self.cfg.host,
+                store::pki::POLICY_ADMIN_USER
+            )));
+        }
+        Ok(self.wait_session().await?.0)
     }
 
     /// The policies in force.

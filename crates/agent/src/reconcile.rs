@@ -292,6 +292,7 @@ mod tests {
             locator: Locator::from_addr(Ipv6Addr::new(0x2001, 0xdb8, loc, 0, 0, 0, 0, 0)),
             mode: ChecksumMode::NeutralMap,
             identity: 300,
+            labels_sha256: None,
         }
     }
 

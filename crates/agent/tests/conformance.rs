@@ -198,12 +198,79 @@ fn render(out: &Output, text: &mut String) {
     }
 }
 
+/// Gives every mapping of the case that carries an identity but no `labels_sha256` key the
+/// digest of that identity's labels (from the case's identity records and endpoint additions),
+/// as an honest host writes it; a case that writes `labels_sha256` itself (also `null`) tests
+/// anything else.
+fn vouch_as_honest_hosts_do(case: &Case, mut yaml: serde_json::Value) -> serde_json::Value {
+    let mut labels: BTreeMap<u32, String> = BTreeMap::new();
+    for step in &case.steps {
+        match step {
+            Step::Resync(snap) => {
+                for r in &snap.identities {
+                    labels.entry(r.id).or_insert_with(|| r.labels.clone());
+                }
+            }
+            Step::PutIdentity { record, .. } => {
+                labels
+                    .entry(record.id)
+                    .or_insert_with(|| record.labels.clone());
+            }
+            Step::AddEndpoint(a) => {
+                // (A case may add to an unknown tenant, or with bad labels, to test refusals.)
+                let tenant = case
+                    .host
+                    .tenants
+                    .iter()
+                    .find(|t| a.tenant.as_deref().is_none_or(|n| n == t.name));
+                if let Some(Ok(l)) =
+                    tenant.map(|t| agent::policy_sync::identity_labels(&a.labels, t.vnid))
+                {
+                    labels.entry(a.identity).or_insert_with(|| l.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let vouch = |rec: &mut serde_json::Value| {
+        let Some(obj) = rec.as_object_mut() else {
+            return;
+        };
+        let id = obj.get("identity").and_then(serde_json::Value::as_u64);
+        if obj.contains_key("labels_sha256") {
+            return;
+        }
+        if let Some(l) = id.and_then(|id| labels.get(&u32::try_from(id).ok()?)) {
+            let digest = store::LabelsDigest::of(l).to_string();
+            obj.insert("labels_sha256".into(), digest.into());
+        }
+    };
+    let steps = yaml
+        .get_mut("steps")
+        .and_then(serde_json::Value::as_array_mut);
+    for step in steps.into_iter().flatten() {
+        if let Some(maps) = step
+            .pointer_mut("/resync/mappings")
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            maps.iter_mut().for_each(vouch);
+        }
+        if let Some(rec) = step.pointer_mut("/put_mapping/record") {
+            vouch(rec);
+        }
+    }
+    yaml
+}
+
 /// Runs one case; returns the rendered answers.
 fn run_case(dir: &Path) -> String {
     // Through JSON values: YAML's own enum form needs tags; a case reads better as maps.
     let yaml: serde_json::Value =
         serde_norway::from_str(&std::fs::read_to_string(dir.join("case.yaml")).expect("case.yaml"))
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let case: Case =
+        serde_json::from_value(yaml.clone()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let yaml = vouch_as_honest_hosts_do(&case, yaml);
     let case: Case =
         serde_json::from_value(yaml).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut core = Core::new(case.host.clone(), Vec::new()).expect("core");
@@ -372,7 +439,7 @@ fn add_endpoint(
     text: &mut String,
 ) -> Result<(), agent::AgentError> {
     let plan = core.plan_add(&a.name, a.tenant.as_deref(), a.identifier, &a.labels)?;
-    let learned = core.learn_identity(a.identity, &plan.identity_labels);
+    let learned = core.learn_identity(a.identity, &plan.identity_labels)?;
     model.identities.insert(
         a.identity,
         IdentityRecord {

@@ -1212,7 +1212,8 @@ impl Driver<'_> {
                     _ => count == 0,
                 };
                 let before = lock(&self.sh.model).policies.clone();
-                let host = self.host_name();
+                // The lab's policy administrator: the other hosts may only read policies.
+                let host = self.plan.hosts[0].name.clone();
                 let (after, names) = if apply {
                     self.next_policy += 1;
                     let name = format!("chaos-p{}", self.next_policy);

@@ -489,6 +489,7 @@ fn synthetic_records(n: usize) -> Result<Vec<MappingRecord>, BenchError> {
                 locator: Locator::from_addr(Ipv6Addr::new(0x2001, 0xdb8, h, 0, 0, 0, 0, 0)),
                 mode: ChecksumMode::NeutralMap,
                 identity: 0,
+                labels_sha256: None,
             })
         })
         .collect()

@@ -42,6 +42,7 @@ fn record(rng: &mut Rng) -> (Vec<u8>, Vec<u8>, StoreEvent) {
                 locator: Locator(rng.next_u64()),
                 mode: *rng.pick(&ChecksumMode::ALL),
                 identity: rng.next_u64() as u32,
+                labels_sha256: None,
             };
             (
                 store::mapping_key(&r.host, r.sir_address()).into_bytes(),

@@ -201,7 +201,7 @@ fn run_host(path: &std::path::Path, insecure_store: bool) -> Result<ExitCode> {
             EmbeddedStore::open(data_dir)
                 .with_context(|| format!("opening the embedded store in {}", data_dir.display()))?,
         ),
-        agent::host_config::StoreSpec::Etcd { endpoints, tls } => {
+        agent::host_config::StoreSpec::Etcd { endpoints, tls, .. } => {
             if tls.is_none() {
                 log::warn!(
                     "{file}: etcd without TLS and auth (insecure): anyone who reaches {} can rewrite every mapping",
@@ -218,6 +218,18 @@ fn run_host(path: &std::path::Path, insecure_store: bool) -> Result<ExitCode> {
     let host = cfg.agent.host.clone();
     let agent = Agent::new(cfg.agent, store_cfg, None)
         .with_context(|| format!("starting the agent of host '{host}'"))?;
+    if let agent::host_config::StoreSpec::Etcd {
+        endpoints,
+        policy_tls: Some(t),
+        ..
+    } = &cfg.store
+    {
+        agent.set_policy_writer(StoreConfig::Etcd {
+            endpoints: endpoints.clone(),
+            connect_timeout: Duration::from_secs(3),
+            tls: Some(t.clone()),
+        })?;
+    }
     log::info!(
         "host {host}: agent serving {} on {}",
         agent.config().uplink,
@@ -331,10 +343,28 @@ pub fn run(args: &AgentArgs) -> Result<ExitCode> {
                 );
             }
         }
-        list.push(
-            Agent::new(cfg, store_cfg, None)
-                .with_context(|| format!("starting the agent of host '{}'", host.name))?,
-        );
+        let policy_writer = match &store_cfg {
+            // The lab's policy administrator is its first host's agent.
+            StoreConfig::Etcd { endpoints, .. }
+                if plan.hosts.first().map(|h| &h.name) == Some(&host.name) =>
+            {
+                lab_etcd
+                    .as_ref()
+                    .and_then(|e| e.client_tls(store::pki::POLICY_ADMIN_USER))
+                    .map(|t| StoreConfig::Etcd {
+                        endpoints: endpoints.clone(),
+                        connect_timeout: Duration::from_secs(3),
+                        tls: Some(t),
+                    })
+            }
+            _ => None,
+        };
+        let agent = Agent::new(cfg, store_cfg, None)
+            .with_context(|| format!("starting the agent of host '{}'", host.name))?;
+        if let Some(w) = policy_writer {
+            agent.set_policy_writer(w)?;
+        }
+        list.push(agent);
     }
     let metrics = args.metrics;
     let runtime = agent_runtime()?;

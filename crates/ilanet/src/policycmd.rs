@@ -127,6 +127,9 @@ impl Agents {
                         agent::ErrorKind::NotFound => "refused: not found",
                         agent::ErrorKind::Conflict => "refused: already taken",
                         agent::ErrorKind::Busy => "refused: the agent is busy; try again",
+                        agent::ErrorKind::Forbidden => {
+                            "refused: not allowed with this host's credentials"
+                        }
                         agent::ErrorKind::Internal => "the agent failed",
                     })
                 }

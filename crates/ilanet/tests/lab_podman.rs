@@ -214,7 +214,8 @@ fn lab_up_with_podman_on_etcd_probes_and_cleans_up() {
         ila::Vnid::new(1).expect("vnid"),
     )
     .expect("policy");
-    agents::call(&lab, "site2", &Request::PolicyApply { records }).expect("apply");
+    // site1 is the lab's policy administrator (the others may only read policies).
+    agents::call(&lab, "site1", &Request::PolicyApply { records }).expect("apply");
     agents::wait_policies(
         &lab,
         &["site1", "site2"],

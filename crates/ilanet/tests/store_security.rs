@@ -28,9 +28,13 @@ impl Drop for Cleanup {
 }
 
 fn up(tag: &str, insecure: bool) -> (Cleanup, Plan) {
+    up_hosts(tag, insecure, 2)
+}
+
+fn up_hosts(tag: &str, insecure: bool, hosts: usize) -> (Cleanup, Plan) {
     let name = format!("s{}-{tag}", std::process::id());
     let cleanup = Cleanup(name.clone());
-    let mut spec = LabSpec::generic(&name, 2, 1);
+    let mut spec = LabSpec::generic(&name, hosts, 1);
     spec.agent_binary = Some(BIN.into());
     spec.store = StoreKind::Etcd;
     spec.insecure_store = insecure;
@@ -238,4 +242,101 @@ fn an_insecure_etcd_lab_is_explicit_and_still_works() {
         "{err}"
     );
     assert!(err.contains("--insecure-store"), "{err}");
+}
+
+fn log_has(lab: &str, host: &str, what: &[&str]) -> bool {
+    let log = agents::run_dir(lab).join(format!("agent-{host}.log"));
+    std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| what.iter().all(|w| l.contains(w)))
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, eBPF, etcd"]
+fn a_host_can_neither_write_policies_nor_relabel_another_hosts_endpoints() {
+    let (c, plan) = up_hosts("relabel", false, 3);
+    let name = c.0.clone();
+    let (b, z) = (&plan.hosts[1].containers[0], &plan.hosts[2].containers[0]);
+    probe::ping(&z.netns, b.sir_addr, T).expect("ping site3 -> site2");
+
+    // Policies: only the lab's first host holds the policy administrator's certificate.
+    let policy = r#"{"apiVersion":"cilium.io/v2","kind":"CiliumNetworkPolicy","metadata":{"name":"p1"},"spec":{"endpointSelector":{},"ingress":[{"fromEndpoints":[{}]}]}}"#;
+    let records = agent::policy_sync::records_for_file(
+        "p1.json",
+        policy.as_bytes(),
+        ila::Vnid::new(1).expect("vnid"),
+    )
+    .expect("policy");
+    let refused = agents::call(
+        &name,
+        "site2",
+        &Request::PolicyApply {
+            records: records.clone(),
+        },
+    )
+    .expect_err("site2 may not write policies");
+    assert!(
+        refused.to_string().contains("may only read policies"),
+        "{refused}"
+    );
+    let o = etcdctl(
+        &as_user(&name, "site2"),
+        &["put", "/ilanet/v1/policies/p1", "{}"],
+    );
+    assert!(text(&o).contains("permission denied"), "{}", text(&o));
+    agents::call(&name, "site1", &Request::PolicyApply { records }).expect("site1 applies");
+    agents::call(&name, "site1", &Request::PolicyDelete { name: "p1".into() })
+        .expect("site1 deletes");
+
+    // site1 (compromised) rewrites the identity record of site2's endpoint, which etcd lets
+    // every host write.
+    let b_key = store::mapping_key("site2", b.sir_addr);
+    let root = as_user(&name, "root");
+    let o = etcdctl(&root, &["get", &b_key, "--print-value-only"]);
+    let rec: store::MappingRecord = serde_json::from_str(text(&o).trim()).expect("b's record");
+    assert!(rec.identity != 0 && rec.labels_sha256.is_some(), "{rec:?}");
+    let id_key = store::identity_key(rec.identity);
+    let o = etcdctl(&root, &["get", &id_key, "--print-value-only"]);
+    let original = text(&o).trim().to_string();
+    let forged = format!(
+        r#"{{"id":{},"labels":"app=forged,ilanet.io/tenant=1"}}"#,
+        rec.identity
+    );
+    let o = etcdctl(&as_user(&name, "site1"), &["put", &id_key, &forged]);
+    assert!(
+        o.status.success(),
+        "a host may write identities: {}",
+        text(&o)
+    );
+
+    // site3 no longer installs site2's endpoint (its labels do not match what site2 vouched
+    // for): traffic to it fails closed, and the log names both keys. site2 refuses the
+    // record for its own endpoint.
+    wait_for(
+        "site3 to drop site2's mapping",
+        Duration::from_secs(10),
+        || !out_map(&name, "site3").contains(&b.sir_addr),
+    );
+    assert!(log_has(&name, "site3", &[&b_key, &id_key]));
+    assert!(probe::ping(&z.netns, b.sir_addr, Duration::from_secs(1)).is_err());
+    wait_for(
+        "site2 to refuse the record",
+        Duration::from_secs(10),
+        || log_has(&name, "site2", &["refusing store record", &id_key]),
+    );
+    assert!(
+        out_map(&name, "site2").contains(&b.sir_addr),
+        "site2 keeps its own"
+    );
+
+    // The administrator restores the record: site3 installs the mapping again.
+    let o = etcdctl(&root, &["put", &id_key, &original]);
+    assert!(o.status.success(), "{}", text(&o));
+    wait_for(
+        "site3 to reinstall site2's mapping",
+        Duration::from_secs(10),
+        || out_map(&name, "site3").contains(&b.sir_addr),
+    );
+    probe::ping(&z.netns, b.sir_addr, T).expect("ping site3 -> site2 again");
 }

@@ -194,11 +194,13 @@ fn cluster_urls(endpoints: &str) -> Vec<String> {
 }
 
 /// A host agent configuration file (see deploy/agent.yaml) for a lab host on etcd; `tls`: the
-/// host's certificate files (`None`: an insecure etcd).
+/// host's certificate files (`None`: an insecure etcd); `policy_tls`: the policy
+/// administrator's, for the host that writes policies.
 fn host_config_yaml(
     cfg: &AgentConfig,
     etcd: &[String],
     tls: Option<&store::pki::ClientTls>,
+    policy_tls: Option<&store::pki::ClientTls>,
 ) -> String {
     use std::fmt::Write;
     let mut y = String::new();
@@ -227,6 +229,10 @@ fn host_config_yaml(
             let _ = writeln!(y, "  ca: {}", t.ca.display());
             let _ = writeln!(y, "  cert: {}", t.cert.display());
             let _ = writeln!(y, "  key: {}", t.key.display());
+            if let Some(p) = policy_tls {
+                let _ = writeln!(y, "  policy_cert: {}", p.cert.display());
+                let _ = writeln!(y, "  policy_key: {}", p.key.display());
+            }
         }
         None => {
             let _ = writeln!(y, "  insecure: true");
@@ -311,7 +317,17 @@ pub(crate) fn start(
                 let cfg = agent_config(&plan, host, lease_ttl);
                 let path = dir.join(format!("{}.yaml", host.name));
                 let tls = cluster.client_tls(&host.name);
-                let yaml = host_config_yaml(&cfg, &cluster_urls(&endpoints), tls.as_ref());
+                // The lab's first host is its policy administrator (`ilanet policy apply`
+                // reaches it first); the others may only read policies.
+                let policy_tls = (Some(&host.name) == plan.hosts.first().map(|h| &h.name))
+                    .then(|| cluster.client_tls(store::pki::POLICY_ADMIN_USER))
+                    .flatten();
+                let yaml = host_config_yaml(
+                    &cfg,
+                    &cluster_urls(&endpoints),
+                    tls.as_ref(),
+                    policy_tls.as_ref(),
+                );
                 fs::write(&path, yaml).map_err(io_err(format!("writing {}", path.display())))?;
                 let args = vec![
                     "agent".to_string(),

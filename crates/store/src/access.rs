@@ -8,7 +8,13 @@
 //! | `/ilanet/v1/` (prefix) | read | every host lists and watches everything |
 //! | `/ilanet/v1/hosts/H/` (prefix) | read + write | its host record and its mappings |
 //! | `/ilanet/v1/identities/`, `/ilanet/v1/identity-labels/` (prefixes) | read + write | identity allocation (create-only transactions) |
-//! | `/ilanet/v1/policies/` (prefix) | read + write | `ilanet policy apply` goes through an agent |
+//!
+//! Policies (`/ilanet/v1/policies/`) are read-only for hosts: only the policy administrator
+//! [`crate::pki::POLICY_ADMIN_USER`] (role [`POLICY_ADMIN_ROLE`]: read `/ilanet/v1/`, read +
+//! write `/ilanet/v1/policies/`) writes them; an agent given that user's certificate
+//! (`store.policy_cert`, `store.policy_key`) serves `ilanet policy apply`. A host could still
+//! rewrite an identity record; agents do not trust one that disagrees with what the
+//! endpoint's own host wrote in its mapping (see the crate docs, "Security").
 //!
 //! `root` (role `root`) may do everything (compaction, user management, repairs by hand).
 //! Leases need no key permission to be granted or kept alive; revoking one needs write
@@ -26,13 +32,26 @@ pub fn host_role(host: &str) -> String {
     format!("ilanet-host-{host}")
 }
 
-/// The permissions of a host's role: (read-write?, key prefix).
-pub fn host_permissions(host: &str) -> Vec<(bool, String)> {
+/// The etcd role of the policy administrator.
+pub const POLICY_ADMIN_ROLE: &str = "ilanet-policy-admin";
+
+/// A role's permissions: (read-write?, key prefix).
+pub type Permissions = Vec<(bool, String)>;
+
+/// The permissions of a host's role.
+pub fn host_permissions(host: &str) -> Permissions {
     vec![
         (false, KEY_PREFIX.to_string()),
         (true, host_prefix(host)),
         (true, IDENTITIES_PREFIX.to_string()),
         (true, IDENTITY_LABELS_PREFIX.to_string()),
+    ]
+}
+
+/// The permissions of the policy administrator's role.
+pub fn policy_admin_permissions() -> Permissions {
+    vec![
+        (false, KEY_PREFIX.to_string()),
         (true, POLICIES_PREFIX.to_string()),
     ]
 }
@@ -51,7 +70,7 @@ fn random_password() -> Result<String, StoreError> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Creates `root` and one user and role per host, then enables auth. Run once, as a client
+/// Creates `root`, the policy administrator and one user and role per host, then enables auth. Run once, as a client
 /// whose certificate CN is `root`, on a cluster without auth yet (on an etcd store only).
 pub async fn enable_auth(store: &Store, hosts: &[String]) -> Result<(), StoreError> {
     let Store::Etcd(etcd) = store else {
@@ -69,13 +88,26 @@ pub async fn enable_auth(store: &Store, hosts: &[String]) -> Result<(), StoreErr
     c.user_grant_role(crate::pki::ROOT_USER, "root")
         .await
         .map_err(backend("granting root"))?;
+    // (user, role, permissions)
+    let mut users: Vec<(String, String, Permissions)> = vec![(
+        crate::pki::POLICY_ADMIN_USER.to_string(),
+        POLICY_ADMIN_ROLE.to_string(),
+        policy_admin_permissions(),
+    )];
     for host in hosts {
         crate::records::check_host_name(host)?;
-        let role = host_role(host);
+        if host == crate::pki::ROOT_USER || host == crate::pki::POLICY_ADMIN_USER {
+            return Err(StoreError::InvalidArgument(format!(
+                "host name {host:?} is an administrator's user name"
+            )));
+        }
+        users.push((host.clone(), host_role(host), host_permissions(host)));
+    }
+    for (user, role, permissions) in users {
         c.role_add(role.as_str())
             .await
             .map_err(backend(&format!("adding role {role}")))?;
-        for (write, prefix) in host_permissions(host) {
+        for (write, prefix) in permissions {
             let perm = if write {
                 Permission::read_write(prefix.as_str())
             } else {
@@ -86,12 +118,12 @@ pub async fn enable_auth(store: &Store, hosts: &[String]) -> Result<(), StoreErr
                 .await
                 .map_err(backend(&format!("granting {prefix} to {role}")))?;
         }
-        c.user_add(host.as_str(), random_password()?, None)
+        c.user_add(user.as_str(), random_password()?, None)
             .await
-            .map_err(backend(&format!("adding user {host}")))?;
-        c.user_grant_role(host.as_str(), role.as_str())
+            .map_err(backend(&format!("adding user {user}")))?;
+        c.user_grant_role(user.as_str(), role.as_str())
             .await
-            .map_err(backend(&format!("granting {role} to {host}")))?;
+            .map_err(backend(&format!("granting {role} to {user}")))?;
     }
     c.auth_enable().await.map_err(backend("enabling auth"))?;
     Ok(())

@@ -492,7 +492,9 @@ impl EmbeddedStore {
         // One lock: no race to lose. The same decisions as the etcd backend's transaction.
         let mut st = self.locked();
         if let Some(e) = st.kv.get(&index_key) {
-            return records::decode_identity_index(&index_key, &e.value);
+            let id = records::decode_identity_index(&index_key, &e.value)?;
+            let record = st.kv.get(&identity_key(id)).map(|r| &r.value[..]);
+            return records::check_index_target(&index_key, labels, id, record);
         }
         let mut id = first;
         for _ in 0..IDENTITY_PROBES {

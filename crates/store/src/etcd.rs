@@ -183,7 +183,8 @@ impl EtcdStore {
                     StoreError::Backend(format!(
                         "{:?}: {} (with client certificates, the certificate's CN is the etcd \
                          user; a host's role may write only /ilanet/v1/hosts/<its name>/ and \
-                         the shared identity and policy keys)",
+                         the shared identity keys; policies only the policy administrator, \
+                         user ilanet-policy-admin)",
                         s.code(),
                         s.message()
                     ))
@@ -474,8 +475,22 @@ impl EtcdStore {
             });
             let (index, record) = (gets.next().flatten(), gets.next().flatten());
             if let Some((value, _)) = index {
-                // Allocated before (or by the racer that won): the index is authoritative.
-                return records::decode_identity_index(&index_key, &value);
+                // Allocated before (or by the racer that won): the index is authoritative, once
+                // the record it names agrees.
+                let found = records::decode_identity_index(&index_key, &value)?;
+                if found == id {
+                    let value = record.map(|(v, _)| v);
+                    return records::check_index_target(&index_key, labels, id, value.as_deref());
+                }
+                let target = identity_key(found);
+                let resp = self
+                    .call(None, |mut c| {
+                        let k = target.clone();
+                        async move { c.get(k, None).await }
+                    })
+                    .await?;
+                let value = resp.kvs().first().map(|kv| kv.value().to_vec());
+                return records::check_index_target(&index_key, labels, found, value.as_deref());
             }
             match record {
                 Some((value, mod_revision))

@@ -108,7 +108,8 @@
 //! The default with etcd is TLS with client certificates and etcd auth ([`etcd_cluster`]
 //! starts such clusters, [`pki`] makes the certificates, [`access`] defines the roles): the
 //! certificate's CN is the etcd user; host `H` may write `/ilanet/v1/hosts/H/` and the shared
-//! identity and policy prefixes, and read all of `/ilanet/v1/`. Threat model, briefly:
+//! identity prefixes, and read all of `/ilanet/v1/`; policies are written only by the policy
+//! administrator ([`pki::POLICY_ADMIN_USER`]). Threat model, briefly:
 //!
 //! * **Anyone without a certificate of the cluster's CA** (another local user, a process on the
 //!   network) cannot connect at all: no reads, no writes.
@@ -117,16 +118,18 @@
 //!   meant for another host's endpoints. A mapping it writes under its own prefix must name it
 //!   as the host (else every agent skips it by key); agents also skip a mapping whose locator
 //!   is not the one its host's record announces, and install no address two hosts claim.
-//!   What it can still do, and what limits it: claim free addresses for itself (it runs
-//!   containers; that is its job); make an address it also claims unusable (a denial of
-//!   service, logged by key at every agent); write identities and policies (shared prefixes):
-//!   identity keys are only ever created by ilanet (create-only transactions guarded by
-//!   `create_revision == 0`, so allocation stays consistent among honest hosts — etcd roles
-//!   cannot enforce create-only, so a compromised host could rewrite an identity record or a
-//!   policy; **policies and identities are trusted, cluster-wide data**, and a deployment that
-//!   does not trust its hosts with them must write policies with an administrator's
-//!   credentials and give hosts read-only access to `/ilanet/v1/policies/`); compact the history
-//!   (etcd 3.4 lets any user compact; watchers then list again).
+//!   It cannot write policies (read-only for hosts). It can write identities (allocation is
+//!   every host's job, and etcd roles cannot enforce create-only), but that cannot relabel
+//!   another host's endpoints: each mapping carries the SHA-256 of its endpoint's identity
+//!   labels as its own host gave them ([`MappingRecord::labels_sha256`]), agents install
+//!   another host's mapping only if the identity record's labels have that digest, an agent
+//!   refuses an identity record that contradicts its own endpoints' labels, and
+//!   [`Store::allocate_identity`] refuses an index entry whose identity record holds other
+//!   labels (an error naming the key). What it can still do, and what limits it: claim free
+//!   addresses for itself (it runs containers; that is its job); make an address it also
+//!   claims unusable, or make other hosts' endpoints unreachable by rewriting their identity
+//!   records (denials of service, fail closed, logged by key at every agent); compact the
+//!   history (etcd 3.4 lets any user compact; watchers then list again).
 //! * **`root`** (the lab's administrator certificate) may do everything.
 //!
 //! Without TLS and auth (`--insecure-store`), anyone who reaches etcd may write anything.
@@ -195,6 +198,72 @@ pub struct MappingRecord {
     /// (also what records written before identities existed decode to).
     #[serde(default)]
     pub identity: u32,
+    /// SHA-256 of the canonical identity label string the endpoint's host gave the endpoint
+    /// ([`LabelsDigest::of`]): other hosts install the mapping only if the identity record of
+    /// `identity` has these labels, so rewriting an identity record (which every host may
+    /// write) cannot relabel another host's endpoints. Absent for identity 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_sha256: Option<LabelsDigest>,
+}
+
+/// SHA-256 of an identity's canonical label string; written as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LabelsDigest(pub [u8; 32]);
+
+impl LabelsDigest {
+    /// The digest of `labels` (the canonical string of [`IdentityRecord::labels`]).
+    pub fn of(labels: &str) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, labels.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        LabelsDigest(out)
+    }
+}
+
+impl std::fmt::Display for LabelsDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for LabelsDigest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let hex = s.as_bytes();
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        if hex.len() != 64 {
+            return Err(format!(
+                "a labels digest is 64 lowercase hex digits, not {} characters",
+                s.len()
+            ));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            match (digit(pair[0]), digit(pair[1])) {
+                (Some(h), Some(l)) => out[i] = h << 4 | l,
+                _ => return Err(format!("labels digest {s:?}: not lowercase hex")),
+            }
+        }
+        Ok(LabelsDigest(out))
+    }
+}
+
+impl Serialize for LabelsDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelsDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl MappingRecord {

@@ -1,6 +1,6 @@
 //! A small certificate authority for an etcd cluster of ilanet (the lab's, and tests'): one CA,
 //! a server certificate per etcd member (also used for peer TLS), and a client certificate per
-//! user — `root` and one per host, whose common name is the host name (etcd takes the client
+//! user — `root`, the policy administrator ([`POLICY_ADMIN_USER`]) and one per host, whose common name is the host name (etcd takes the client
 //! certificate's CN as the user name when `--client-cert-auth` is on).
 //!
 //! Files in the PKI directory (keys are mode 0600, the directory 0700):
@@ -31,6 +31,9 @@ use rcgen::{
 pub const VALIDITY_DAYS: u64 = 825;
 /// The etcd user with every permission (and the CN of its certificate).
 pub const ROOT_USER: &str = "root";
+/// The etcd user that may write policies (and the CN of its certificate): hosts may only read
+/// them, so that a compromised host cannot change what the network allows.
+pub const POLICY_ADMIN_USER: &str = "ilanet-policy-admin";
 
 /// Errors of certificate generation.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +126,8 @@ fn params(cn: &str, sans: Vec<String>) -> Result<CertificateParams, PkiError> {
 
 impl Pki {
     /// Generates a CA and the certificates of `members` (etcd member names; their
-    /// certificates also name `extra_addrs`) and of the clients `root` and `hosts` into `dir`
+    /// certificates also name `extra_addrs`) and of the clients `root`, [`POLICY_ADMIN_USER`] and
+    /// `hosts` into `dir`
     /// (created with mode 0700; files already there are replaced).
     pub fn generate(
         dir: &Path,
@@ -165,7 +169,18 @@ impl Pki {
             write_file(&crt, &cert.pem(), false)?;
             write_file(&k, &key.serialize_pem(), true)?;
         }
-        for cn in std::iter::once(ROOT_USER).chain(hosts.iter().map(String::as_str)) {
+        if let Some(h) = hosts
+            .iter()
+            .find(|h| *h == ROOT_USER || *h == POLICY_ADMIN_USER)
+        {
+            return Err(PkiError::BadName(format!(
+                "{h} (a host may not take the name of an administrator)"
+            )));
+        }
+        for cn in [ROOT_USER, POLICY_ADMIN_USER]
+            .into_iter()
+            .chain(hosts.iter().map(String::as_str))
+        {
             check_name(cn)?;
             let mut p = params(cn, Vec::new())?;
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -204,7 +219,8 @@ impl Pki {
         )
     }
 
-    /// The files of the client with common name `cn` (`root`, or a host name).
+    /// The files of the client with common name `cn` (`root`, [`POLICY_ADMIN_USER`], or a host
+    /// name).
     pub fn client(&self, cn: &str) -> ClientTls {
         ClientTls {
             ca: self.ca(),

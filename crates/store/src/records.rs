@@ -390,6 +390,37 @@ pub(crate) fn decode_identity_index(key: &str, value: &[u8]) -> Result<u32, Stor
     parse_identity_index(value).map_err(|r| malformed(key, r))
 }
 
+/// The allocator's check of an index entry: `identity-labels/<labels>` names `id`, whose record
+/// (`record`, the value at `identity_key(id)` if it exists) must hold the same labels — else a
+/// host rewrote one of the two keys, and handing out `id` would give these labels another
+/// label set's policy.
+pub(crate) fn check_index_target(
+    index_key: &str,
+    labels: &str,
+    id: u32,
+    record: Option<&[u8]>,
+) -> Result<u32, StoreError> {
+    let key = identity_key(id);
+    match record.map(|v| decode_identity(&key, id, v)) {
+        Some(Ok(r)) if r.labels == labels => Ok(id),
+        Some(Ok(r)) => Err(malformed(
+            index_key,
+            format!(
+                "names identity {id}, but {key} has the labels {:?}: refusing to hand it out",
+                r.labels
+            ),
+        )),
+        Some(Err(e)) => Err(malformed(
+            index_key,
+            format!("names identity {id}, whose record is malformed ({e})"),
+        )),
+        None => Err(malformed(
+            index_key,
+            format!("names identity {id}, which has no record ({key})"),
+        )),
+    }
+}
+
 /// Decodes the value of an identity key for the allocator: `Ok(labels)` of a well-formed
 /// record, `Err(())` if it is malformed (the id is occupied all the same).
 pub(crate) fn identity_labels_of(id: u32, value: &[u8]) -> Result<String, ()> {
@@ -565,6 +596,7 @@ mod tests {
             locator: Locator(0x2001_0db8_0001_0001),
             mode: ChecksumMode::NeutralMap,
             identity: 4242,
+            labels_sha256: None,
         }
     }
 
@@ -827,5 +859,39 @@ mod tests {
             decode_delete(b"/ilanet/v1/policies/Bad"),
             Err(StoreError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_labels_digest_is_sha256_in_lowercase_hex_and_round_trips() {
+        // FIPS 180-2's test vector: an independent check of the hash itself.
+        let d = crate::LabelsDigest::of("abc");
+        let hex = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(d.to_string(), hex);
+        assert_eq!(hex.parse::<crate::LabelsDigest>(), Ok(d));
+        for bad in [
+            &hex[..62],
+            &hex.to_uppercase(),
+            &format!("{}zz", &hex[..62]),
+            "",
+        ] {
+            assert!(bad.parse::<crate::LabelsDigest>().is_err(), "{bad:?}");
+        }
+        // In a mapping record: written when set, absent (and decoded as None) otherwise.
+        let with = MappingRecord {
+            identity: 4242,
+            labels_sha256: Some(d),
+            ..rec()
+        };
+        let json = String::from_utf8(encode_mapping(&with).expect("encode")).expect("utf8");
+        assert!(
+            json.contains(&format!("\"labels_sha256\":\"{hex}\"")),
+            "{json}"
+        );
+        let back: MappingRecord = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, with);
+        let without = String::from_utf8(encode_mapping(&rec()).expect("encode")).expect("utf8");
+        assert!(!without.contains("labels_sha256"), "{without}");
+        let bad = json.replace(hex, "00");
+        assert!(serde_json::from_str::<MappingRecord>(&bad).is_err());
     }
 }

@@ -66,6 +66,7 @@ fn mapping(endpoint: &str, host: &str, n: u64, locator: Locator) -> MappingRecor
         locator,
         mode: ChecksumMode::NeutralMap,
         identity: 0x1000 + n as u32,
+        labels_sha256: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn mapping(endpoint: &str, host: &str, n: u64, locator: u64) -> MappingRecord {
         locator: Locator(locator),
         mode: ChecksumMode::NeutralMap,
         identity: 0,
+        labels_sha256: None,
     }
 }
 
@@ -139,7 +140,7 @@ async fn a_hosts_certificate_writes_only_its_own_keys() {
     let snap = a.snapshot().await.expect("snapshot");
     assert_eq!(snap.mappings, vec![mb.clone()]);
     assert!(snap.skipped.is_empty(), "{:?}", snap.skipped);
-    // What a host may do: its own mapping, and shared identities and policies.
+    // What a host may do: its own mapping, and shared identities.
     a.create_mapping(&mapping("db", "site-a", 3, LOC_A), &la)
         .await
         .expect("a's own mapping");
@@ -344,4 +345,97 @@ async fn identities_allocated_by_two_hosts_agree() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn policy(name: &str, document: &str) -> store::PolicyRecord {
+    store::PolicyRecord {
+        name: name.into(),
+        document: document.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_policy_administrator_writes_policies() {
+    let lab = secure("pol", 1);
+    let a = lab.as_user("site-a").await;
+    let admin = lab.as_user(store::pki::POLICY_ADMIN_USER).await;
+    admin
+        .put_policy(&policy("allow-web", r#"{"ingress":[]}"#))
+        .await
+        .expect("the administrator writes a policy");
+    // A host reads it, and can neither rewrite nor delete it, nor add one.
+    let snap = a.snapshot().await.expect("snapshot");
+    assert_eq!(snap.policies.len(), 1, "{:?}", snap.policies);
+    denied(
+        a.put_policy(&policy("allow-web", r#"{"ingress":[{}]}"#))
+            .await,
+        "a host rewrites a policy",
+    );
+    denied(
+        a.put_policy(&policy("allow-all", "{}")).await,
+        "a host adds a policy",
+    );
+    match a.delete_policy("allow-web").await {
+        Err(StoreError::Backend(m)) if m.contains("permission denied") => {}
+        other => panic!("a host deletes a policy: expected permission denied, got {other:?}"),
+    }
+    // The administrator may touch nothing else: no mapping, no host record.
+    let l = admin
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("lease");
+    denied(
+        admin
+            .put_mapping(&mapping("x", "site-a", 9, LOC_A), &l)
+            .await,
+        "the policy administrator writes a mapping",
+    );
+    let snap = a.snapshot().await.expect("snapshot");
+    assert_eq!(snap.policies[0].document, r#"{"ingress":[]}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocation_through_a_rewritten_identity_index_fails_naming_it() {
+    let lab = secure("idx", 1);
+    let (a, b) = (lab.as_user("site-a").await, lab.as_user("site-b").await);
+    let web = a
+        .allocate_identity("app=web,ilanet.io/tenant=1")
+        .await
+        .expect("web");
+    // Host A (compromised) points db's index entry at web's identity, as etcd lets it.
+    let index = store::identity_labels_key("app=db,ilanet.io/tenant=1");
+    let Store::Etcd(ea) = &a else { unreachable!() };
+    ea.client()
+        .put(index.as_str(), web.to_string(), None)
+        .await
+        .expect("a host may write the shared identity index");
+    // Host B's allocation for db does not hand out web's identity: an error names the key.
+    match b.allocate_identity("app=db,ilanet.io/tenant=1").await {
+        Err(StoreError::Malformed { key, reason }) => {
+            assert_eq!(key, index);
+            assert!(
+                reason.contains(&format!("names identity {web}")) && reason.contains("app=web"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a malformed index, got {other:?}"),
+    }
+    // An index naming an identity without a record is refused as well.
+    ea.client()
+        .put(index.as_str(), "9999999", None)
+        .await
+        .expect("put");
+    match b.allocate_identity("app=db,ilanet.io/tenant=1").await {
+        Err(StoreError::Malformed { key, reason }) if key == index => {
+            assert!(reason.contains("has no record"), "{reason}")
+        }
+        other => panic!("expected a malformed index, got {other:?}"),
+    }
+    // Untouched label sets still allocate as before.
+    assert_eq!(
+        b.allocate_identity("app=web,ilanet.io/tenant=1")
+            .await
+            .expect("web again"),
+        web
+    );
 }

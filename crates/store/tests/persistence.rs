@@ -60,6 +60,7 @@ fn mapping(endpoint: &str, n: u64) -> MappingRecord {
         locator: LOC_A,
         mode: ChecksumMode::NeutralMap,
         identity: 0x1000 + n as u32,
+        labels_sha256: None,
     }
 }
 
