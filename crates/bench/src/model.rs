@@ -786,4 +786,180 @@ mod tests {
             .expect("ratio");
         assert!((ratio.mean - 0.5).abs() < 1e-12, "2.5/5 and 2/4");
     }
+
+    #[test]
+    fn sweep_lists_parse_and_bad_ones_are_refused_with_the_reason() {
+        assert_eq!(parse_list::<u32>("4"), Ok(vec![4]), "one value is a list");
+        assert_eq!(parse_list::<u32>("1, 4,8"), Ok(vec![1, 4, 8]));
+        let err = |t: &str| parse_list::<u32>(t).expect_err(t);
+        assert!(err("1,,4").contains("entry 2 of '1,,4' is empty"));
+        assert!(err("").contains("entry 1"));
+        assert!(err("1,x").contains("'x' (entry 2"));
+        assert!(err("-1").contains("not a number"));
+        assert!(err("4,1,4").contains("'4' is listed twice"));
+        assert!(err("1,2,3,4,5,6,7,8,9").contains(&format!("at most {MAX_LIST}")));
+
+        let ok = Sweep {
+            streams: vec![1, 4, 8],
+            pairs: vec![1, 4],
+            mtu: vec![1500, 9000],
+        };
+        assert!(ok.validate().is_ok());
+        let bad = |w: Sweep| w.validate().expect_err("refused").to_string();
+        assert!(bad(Sweep {
+            pairs: vec![0],
+            ..ok.clone()
+        })
+        .contains(&format!("--pairs must be 1..={MAX_PAIRS}, got 0")));
+        assert!(bad(Sweep {
+            streams: vec![],
+            ..ok.clone()
+        })
+        .contains("--streams: no value"));
+        assert!(bad(Sweep {
+            mtu: vec![1400],
+            ..ok.clone()
+        })
+        .contains("1500 or 9000"));
+        assert!(bad(Sweep {
+            streams: vec![2, 2],
+            ..ok.clone()
+        })
+        .contains("listed twice"));
+        let big = bad(Sweep {
+            streams: (1..=8).collect(),
+            pairs: (1..=2).collect(),
+            mtu: vec![1500, 9000],
+        });
+        assert!(
+            big.contains("= 32 points") && big.contains(&format!("at most {MAX_SWEEP_POINTS}")),
+            "{big}"
+        );
+    }
+
+    #[test]
+    fn sweep_points_go_mtu_then_pairs_then_streams_and_time_is_bounded() {
+        let w = Sweep {
+            streams: vec![8, 1, 4],
+            pairs: vec![4, 1],
+            mtu: vec![9000, 1500],
+        };
+        let tags: Vec<String> = w.points().iter().map(SweepPoint::tag).collect();
+        assert_eq!(
+            tags,
+            [
+                "p1-s1-m1500",
+                "p1-s4-m1500",
+                "p1-s8-m1500",
+                "p4-s1-m1500",
+                "p4-s4-m1500",
+                "p4-s8-m1500",
+                "p1-s1-m9000",
+                "p1-s4-m9000",
+                "p1-s8-m9000",
+                "p4-s1-m9000",
+                "p4-s4-m9000",
+                "p4-s8-m9000"
+            ]
+        );
+        assert_eq!(w.max_pairs(), 4);
+        let p = w.points()[4];
+        assert_eq!(p.case_name("ila", false), "ila/p4-s4-m1500");
+        assert_eq!(p.case_name("ila", true), "ila");
+        // 12 points × 3 scenarios × 2 runs × (5 + 2) s ≈ 0.14 h: fine; the paper preset is not.
+        assert!(w.check_time(3, 2, 5, MAX_SWEEP_HOURS).is_ok());
+        let e = w
+            .check_time(6, 100, 70, MAX_SWEEP_HOURS)
+            .expect_err("hours")
+            .to_string();
+        assert!(e.contains("the bound is 8 h (--max-hours)"), "{e}");
+        let one = Sweep {
+            streams: vec![1],
+            pairs: vec![1],
+            mtu: vec![9000],
+        };
+        assert!(
+            one.check_time(6, 100, 70, MAX_SWEEP_HOURS).is_ok(),
+            "one point: --paper's hours are wanted"
+        );
+    }
+
+    fn report(gbps: &[f64], received: f64, retransmits: u64, cpu: (f64, f64)) -> IperfReport {
+        IperfReport {
+            intervals: gbps
+                .iter()
+                .enumerate()
+                .map(|(i, g)| crate::iperf::Interval {
+                    start: i as f64,
+                    seconds: 1.0,
+                    bits_per_second: g * 1e9,
+                    retransmits: 0,
+                })
+                .collect(),
+            sent_bps: received * 1e9,
+            received_bps: received * 1e9,
+            retransmits,
+            cpu_host: cpu.0,
+            cpu_remote: cpu.1,
+        }
+    }
+
+    #[test]
+    fn pairs_are_summed_interval_by_interval() {
+        let pairs = [
+            ("raw/a-p1.json".to_string(), report(&[1.0, 3.0, 3.0], 2.5, 2, (10.0, 5.0))),
+            // One interval fewer (an end sliver iperf3 dropped): the sum stops at the shorter.
+            ("raw/a-p2.json".to_string(), report(&[0.5, 2.0], 1.5, 1, (20.0, 7.0))),
+        ];
+        let r = RunRecord::aggregate(3, &pairs, 1).expect("record");
+        assert_eq!(r.round, 3);
+        assert_eq!(r.raw, "raw/a-p1.json");
+        assert_eq!(r.interval_gbps, vec![1.5, 5.0]);
+        assert!((r.mean_gbps - 5.0).abs() < 1e-12, "warm-up dropped: {r:?}");
+        assert!((r.received_gbps - 4.0).abs() < 1e-12);
+        assert_eq!(r.retransmits, 3);
+        assert_eq!((r.cpu_host, r.cpu_remote), (30.0, 12.0));
+        assert_eq!(r.pairs.len(), 2);
+        assert!((r.pairs[0].mean_gbps - 3.0).abs() < 1e-12);
+        assert!((r.pairs[1].mean_gbps - 2.0).abs() < 1e-12);
+        assert_eq!(r.pairs[1].raw, "raw/a-p2.json");
+
+        // One pair: the plain record, no per-pair list.
+        let one = RunRecord::aggregate(0, &pairs[..1], 1).expect("record");
+        assert!(one.pairs.is_empty());
+        assert!((one.mean_gbps - 3.0).abs() < 1e-12);
+        assert!(RunRecord::aggregate(0, &[], 1).is_none());
+    }
+
+    #[test]
+    fn machine_cpu_ratio_is_paired_by_round() {
+        let with_cpu = |round: usize, gbps: f64, busy: f64| RunRecord {
+            received_gbps: gbps,
+            machine_cpu: Some(crate::cpu::MachineCpu {
+                busy_pct: busy,
+                softirq_pct: 0.0,
+            }),
+            ..run(round, &[gbps, gbps])
+        };
+        let native = case(
+            "native/p1-s1-m1500",
+            vec![with_cpu(0, 10.0, 100.0), with_cpu(1, 5.0, 100.0)],
+        );
+        let ila = CaseResult {
+            baseline: Some(native.name.clone()),
+            ..case(
+                "ila/p1-s1-m1500",
+                // Round 1 comes first in the list: pairing is by round, not position.
+                vec![with_cpu(1, 5.0, 110.0), with_cpu(0, 10.0, 110.0)],
+            )
+        };
+        let s = summarize_case(&ila, 1, Some(&native)).expect("summary");
+        let cpu = s.machine_cpu_ratio_to_baseline.expect("cpu ratio");
+        assert_eq!(cpu.n, 2);
+        assert!((cpu.mean - 1.1).abs() < 1e-12, "{cpu:?}");
+        let thr = s.ratio_to_baseline.expect("ratio");
+        assert!((thr.mean - 1.0).abs() < 1e-12, "{thr:?}");
+        let per_run = s.machine_cpu_per_gbps_runs.expect("per run");
+        assert!((per_run.mean - (11.0 + 22.0) / 2.0).abs() < 1e-12);
+    }
 }

@@ -378,6 +378,11 @@ fn draw_panel<DB: DrawingBackend>(
     // Room on both sides of the extreme points for their error bars.
     let pad = (max_x * 0.08).max(0.5);
     let (x0, x1) = (0.0_f64.max(1.0 - pad), max_x + pad);
+    let xs: Vec<f64> = p
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|q| q.x))
+        .collect();
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, (FAMILY, 22))
         .margin(15)
@@ -390,7 +395,15 @@ fn draw_panel<DB: DrawingBackend>(
         .light_line_style(WHITE)
         .x_desc(x_desc)
         .y_desc(p.y_desc.as_str())
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        // Ticks every half unit, labelled only where a measured point is.
+        .x_labels((((x1 - x0) * 2.0) as usize + 1).min(64))
+        .x_label_formatter(&|x| {
+            if xs.iter().any(|v| (v - x).abs() < 1e-6) {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .label_style((FAMILY, 16))
         .axis_desc_style((FAMILY, 18))
         .draw()

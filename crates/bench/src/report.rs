@@ -781,10 +781,36 @@ pub fn scale_summary(r: &Results) -> Option<String> {
     ))
 }
 
+/// Share of a campaign's runs in which the whole machine was busy (≥ 95 % of every CPU):
+/// there, CPU per Gbit/s is the machine's capacity over the throughput, not what the data
+/// path costs.
+pub fn saturated_share(r: &Results) -> Option<f64> {
+    let cpus = r.machine.cpus.max(1) as f64;
+    let (mut n, mut busy) = (0usize, 0usize);
+    for run in r.cases.iter().flat_map(|c| c.runs.iter()) {
+        if let Some(m) = run.machine_cpu {
+            n += 1;
+            if m.busy_pct >= 95.0 * cpus {
+                busy += 1;
+            }
+        }
+    }
+    (n > 0).then(|| busy as f64 / n as f64)
+}
+
 fn checks_table(md: &mut String, r: &Results) {
     let checks = scale_checks(r);
     if checks.is_empty() {
         return;
+    }
+    if let Some(share) = saturated_share(r).filter(|s| *s > 0.0) {
+        let _ = writeln!(
+            md,
+            "In {:.0} % of the runs the whole machine was busy (≥ 95 % of every CPU): in those, \
+             CPU per Gbit/s is the machine's capacity over the throughput, so its ratio repeats \
+             the inverse throughput ratio rather than measuring the data path's cost.\n",
+            share * 100.0
+        );
     }
     md.push_str(
         "| pairs | streams | MTU | comparison | target | ratio [95 % CI] (rounds) | verdict |\n\

@@ -533,6 +533,7 @@ pub fn paper(
             .notes
             .push("`native` was not selected: no ratios to the physical limit.".into());
     }
+    results.notes.push(format!("Load average at the start: {}.", load_average()));
     report::save_data(&cfg.out, &results)?;
 
     let mut labs = Labs(Vec::new());
@@ -606,11 +607,23 @@ pub fn paper(
     if !results.interrupted {
         measure(&mut results, &jobs, &cfg.out, stop, progress)?;
     }
+    results
+        .notes
+        .push(format!("Load average at the end: {}.", load_average()));
+    report::save_data(&cfg.out, &results)?;
     drop(jobs);
     drop(beds);
     drop(labs);
     report::write_report(&cfg.out)?;
     Ok(results)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute figures (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Name of the unfiltered reference case of the rule-count campaign.
@@ -785,4 +798,74 @@ pub fn rules(
     drop(labs);
     report::write_report(&cfg.out)?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_plans_every_scenario_at_every_point_and_alternates_them_per_point() {
+        let scenarios = select_scenarios(&["native".into(), "ila".into(), "ila+policy".into()])
+            .expect("scenarios");
+        let sweep = Sweep {
+            streams: vec![4, 1],
+            pairs: vec![1, 2],
+            mtu: vec![1500],
+        };
+        let plan = paper_plan(&scenarios, &sweep);
+        let names: Vec<&str> = plan.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "native/p1-s1-m1500",
+                "ila/p1-s1-m1500",
+                "ila+policy/p1-s1-m1500",
+                "native/p1-s4-m1500",
+                "ila/p1-s4-m1500",
+                "ila+policy/p1-s4-m1500",
+                "native/p2-s1-m1500",
+                "ila/p2-s1-m1500",
+                "ila+policy/p2-s1-m1500",
+                "native/p2-s4-m1500",
+                "ila/p2-s4-m1500",
+                "ila+policy/p2-s4-m1500",
+            ]
+        );
+        assert!(plan
+            .iter()
+            .all(|c| c.baseline.as_deref() == Some(&*c.point.case_name("native", false))));
+        // Measuring order: round by round every case once, so within a point the scenarios
+        // run back to back (A B C), and every point comes once per round.
+        let order = interleaved(plan.len(), 2);
+        assert_eq!(order.len(), 24);
+        let first_round: Vec<&str> = order[..3].iter().map(|(_, j)| names[*j]).collect();
+        assert_eq!(
+            first_round,
+            ["native/p1-s1-m1500", "ila/p1-s1-m1500", "ila+policy/p1-s1-m1500"]
+        );
+        assert_eq!(order[12], (1, 0), "round 2 starts again at the first point");
+
+        // One point: the cases keep their bare names (what reports and scripts know).
+        let one = Sweep {
+            streams: vec![1],
+            pairs: vec![1],
+            mtu: vec![9000],
+        };
+        let plan = paper_plan(&scenarios[..2], &one);
+        let names: Vec<&str> = plan.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["native", "ila"]);
+        // Without native there is nothing to take ratios against.
+        let plan = paper_plan(&scenarios[1..], &sweep);
+        assert!(plan.iter().all(|c| c.baseline.is_none()));
+    }
+
+    #[test]
+    fn raw_files_name_the_round_and_the_pair() {
+        assert_eq!(raw_file("ila+policy", 0, None), "raw/ila_policy-r001.json");
+        assert_eq!(
+            raw_file("ila/p4-s8-m9000", 9, Some(3)),
+            "raw/ila_p4-s8-m9000-r010-p4.json"
+        );
+    }
 }

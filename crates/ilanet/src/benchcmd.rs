@@ -849,3 +849,133 @@ pub fn latency(args: &LatencyArgs) -> Result<ExitCode> {
     println!("report: {}", out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Paper {
+        #[command(flatten)]
+        args: PaperArgs,
+    }
+
+    #[derive(Parser)]
+    struct Rules {
+        #[command(flatten)]
+        args: RulesArgs,
+    }
+
+    fn paper_of(argv: &[&str]) -> Result<PaperConfig> {
+        let p = Paper::try_parse_from(std::iter::once("paper").chain(argv.iter().copied()))?;
+        paper_config(&p.args, PathBuf::from("/nonexistent"), 7)
+    }
+
+    fn paper_err(argv: &[&str]) -> String {
+        format!("{:#}", paper_of(argv).err().expect("refused"))
+    }
+
+    #[test]
+    fn paper_lists_become_a_sweep_and_single_values_still_work() {
+        let cfg = paper_of(&[
+            "--quick",
+            "--streams",
+            "1,4,8",
+            "--pairs",
+            "1,4",
+            "--mtu",
+            "1500,9000",
+        ])
+        .expect("config");
+        let sweep = cfg.settings.sweep.clone().expect("sweep");
+        assert_eq!(
+            (sweep.streams, sweep.pairs, sweep.mtu),
+            (vec![1, 4, 8], vec![1, 4], vec![1500, 9000])
+        );
+        assert_eq!((cfg.settings.runs, cfg.settings.duration), (2, 5), "--quick");
+        assert_eq!((cfg.settings.streams, cfg.settings.mtu), (1, 1500));
+        assert_eq!(cfg.lab_prefix, "b7");
+
+        // The old spelling: one value, and --parallel as an alias of --streams.
+        let cfg = paper_of(&["--parallel", "4", "--mtu", "9000"]).expect("config");
+        let sweep = cfg.settings.sweep.expect("sweep");
+        assert_eq!(
+            (sweep.streams, sweep.pairs, sweep.mtu),
+            (vec![4], vec![1], vec![9000])
+        );
+        assert_eq!((cfg.settings.streams, cfg.settings.mtu), (4, 9000));
+        let cfg = paper_of(&[]).expect("defaults");
+        assert_eq!(cfg.settings.sweep.map(|w| w.len()), Some(1));
+    }
+
+    #[test]
+    fn bad_paper_lists_are_refused_with_the_reason() {
+        let e = paper_err(&["--pairs", "0"]);
+        assert!(e.contains("0 pairs: expected 1..=8"), "{e}");
+        let e = paper_err(&["--streams", "1,,4"]);
+        assert!(e.contains("entry 2 of '1,,4' is empty"), "{e}");
+        let e = paper_err(&["--streams", "1,4,1"]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = paper_err(&["--streams", "0"]);
+        assert!(e.contains("expected 1..=128"), "{e}");
+        let e = paper_err(&["--mtu", "1500,1400"]);
+        assert!(e.contains("expected 1500 or 9000, got '1400'"), "{e}");
+        let e = paper_err(&[
+            "--streams",
+            "1,2,3,4,5,6,7,8",
+            "--pairs",
+            "1,2",
+            "--mtu",
+            "1500,9000",
+        ]);
+        assert!(e.contains("32 points; at most 24"), "{e}");
+        // Within the point bound, but hours of measuring with the default preset.
+        let e = paper_err(&[
+            "--streams",
+            "1,2,4,8",
+            "--pairs",
+            "1,2,4",
+            "--mtu",
+            "1500,9000",
+            "--runs",
+            "20",
+        ]);
+        assert!(e.contains("the bound is 8 h (--max-hours)"), "{e}");
+        assert!(paper_of(&[
+            "--streams",
+            "1,2,4,8",
+            "--pairs",
+            "1,2,4",
+            "--mtu",
+            "1500,9000",
+            "--runs",
+            "20",
+            "--max-hours",
+            "24"
+        ])
+        .is_ok());
+        let e = paper_err(&["--max-hours", "0"]);
+        assert!(e.contains("--max-hours must be a positive"), "{e}");
+        let e = paper_err(&["--scenarios", "nope"]);
+        assert!(e.contains("unknown scenario 'nope'"), "{e}");
+    }
+
+    #[test]
+    fn rules_measures_one_point() {
+        let r = Rules::try_parse_from(["rules", "--parallel", "2", "--mtu", "9000"]).expect("args");
+        let s = r
+            .args
+            .common
+            .settings("bench rules", Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5))
+            .expect("settings");
+        assert_eq!((s.streams, s.mtu, s.sweep), (2, 9000, None));
+        let r = Rules::try_parse_from(["rules", "--streams", "1,4"]).expect("args");
+        let e = r
+            .args
+            .common
+            .settings("bench rules", Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5))
+            .expect_err("a list");
+        assert!(e.to_string().contains("--streams takes one value here"), "{e}");
+    }
+}
