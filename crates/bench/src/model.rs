@@ -165,7 +165,11 @@ impl Sweep {
                 return bad(format!("{flag}: {n} values; at most {MAX_LIST}"));
             }
         }
-        if let Some(s) = self.streams.iter().find(|s| !(1..=MAX_STREAMS).contains(*s)) {
+        if let Some(s) = self
+            .streams
+            .iter()
+            .find(|s| !(1..=MAX_STREAMS).contains(*s))
+        {
             return bad(format!("--streams must be 1..={MAX_STREAMS}, got {s}"));
         }
         if let Some(p) = self.pairs.iter().find(|p| !(1..=MAX_PAIRS).contains(*p)) {
@@ -179,9 +183,15 @@ impl Sweep {
             v.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
         };
         for (flag, mut v) in [
-            ("--streams", self.streams.iter().map(|&x| x.into()).collect()),
+            (
+                "--streams",
+                self.streams.iter().map(|&x| x.into()).collect(),
+            ),
             ("--pairs", self.pairs.iter().map(|&x| x as u64).collect()),
-            ("--mtu", self.mtu.iter().map(|&x| x.into()).collect::<Vec<u64>>()),
+            (
+                "--mtu",
+                self.mtu.iter().map(|&x| x.into()).collect::<Vec<u64>>(),
+            ),
         ] {
             if let Some(d) = dup(&mut v) {
                 return bad(format!("{flag}: {d} is listed twice"));
@@ -907,9 +917,15 @@ mod tests {
     #[test]
     fn pairs_are_summed_interval_by_interval() {
         let pairs = [
-            ("raw/a-p1.json".to_string(), report(&[1.0, 3.0, 3.0], 2.5, 2, (10.0, 5.0))),
+            (
+                "raw/a-p1.json".to_string(),
+                report(&[1.0, 3.0, 3.0], 2.5, 2, (10.0, 5.0)),
+            ),
             // One interval fewer (an end sliver iperf3 dropped): the sum stops at the shorter.
-            ("raw/a-p2.json".to_string(), report(&[0.5, 2.0], 1.5, 1, (20.0, 7.0))),
+            (
+                "raw/a-p2.json".to_string(),
+                report(&[0.5, 2.0], 1.5, 1, (20.0, 7.0)),
+            ),
         ];
         let r = RunRecord::aggregate(3, &pairs, 1).expect("record");
         assert_eq!(r.round, 3);

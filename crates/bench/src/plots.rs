@@ -458,9 +458,7 @@ impl Figure for PanelsFig<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
         let e = |x: &dyn std::fmt::Display| x.to_string();
         root.fill(&WHITE).map_err(|x| e(&x))?;
-        let root = root
-            .titled(self.title, (FAMILY, 26))
-            .map_err(|x| e(&x))?;
+        let root = root.titled(self.title, (FAMILY, 26)).map_err(|x| e(&x))?;
         let areas = root.split_evenly((1, self.panels.len().max(1)));
         for (area, p) in areas.iter().zip(self.panels) {
             draw_panel(area, self.x_desc, p)?;

@@ -83,7 +83,10 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
             }
             None => csv.push_str(&format!("0,0{}", ",".repeat(14))),
         }
-        let cr = c.summary.as_ref().and_then(|s| s.machine_cpu_ratio_to_baseline);
+        let cr = c
+            .summary
+            .as_ref()
+            .and_then(|s| s.machine_cpu_ratio_to_baseline);
         let _ = writeln!(
             csv,
             ",{},{},{},{},{},{},{},{}",
@@ -298,11 +301,7 @@ fn sweep_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                 continue;
             };
             let Some(s) = &c.summary else {
-                let _ = writeln!(
-                    md,
-                    "| {} | {sc} | (no runs yet) | | | | | | |",
-                    p.streams
-                );
+                let _ = writeln!(md, "| {} | {sc} | (no runs yet) | | | | | | |", p.streams);
                 continue;
             };
             let cpu = s.machine_cpu_per_gbps_runs;
@@ -323,15 +322,16 @@ fn sweep_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
                     .unwrap_or_else(|| "–".into()),
                 ratio_cell(s.machine_cpu_ratio_to_baseline)
             );
-            let add = |lines: &mut Vec<Line>, pt: XyPoint| {
-                match lines.iter_mut().find(|l| l.name == sc) {
-                    Some(l) => l.points.push(pt),
-                    None => lines.push(Line {
-                        name: sc.to_string(),
-                        points: vec![pt],
-                        color: scenario_color(sc),
-                    }),
-                }
+            let add = |lines: &mut Vec<Line>, pt: XyPoint| match lines
+                .iter_mut()
+                .find(|l| l.name == sc)
+            {
+                Some(l) => l.points.push(pt),
+                None => lines.push(Line {
+                    name: sc.to_string(),
+                    points: vec![pt],
+                    color: scenario_color(sc),
+                }),
             };
             add(
                 &mut thr_lines,
@@ -353,7 +353,12 @@ fn sweep_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
             }
         }
         // Lines in scenario order, whatever order their first point came in.
-        let order = |l: &Line| scenarios.iter().position(|s| *s == l.name).unwrap_or(usize::MAX);
+        let order = |l: &Line| {
+            scenarios
+                .iter()
+                .position(|s| *s == l.name)
+                .unwrap_or(usize::MAX)
+        };
         thr_lines.sort_by_key(order);
         cpu_lines.sort_by_key(order);
         let stem = format!("sweep-p{pairs}-m{mtu}");
@@ -676,7 +681,11 @@ pub struct ScaleCheck {
 }
 
 /// The case of scenario `scenario` at `point` (a result without points: the bare name).
-fn case_at<'a>(r: &'a Results, scenario: &str, point: Option<SweepPoint>) -> Option<&'a CaseResult> {
+fn case_at<'a>(
+    r: &'a Results,
+    scenario: &str,
+    point: Option<SweepPoint>,
+) -> Option<&'a CaseResult> {
     r.cases.iter().find(|c| match (&c.scenario, c.point) {
         (Some(s), Some(p)) => s == scenario && Some(p) == point,
         _ => point.is_none() && c.name == scenario,
@@ -723,15 +732,29 @@ pub fn scale_checks(r: &Results) -> Vec<ScaleCheck> {
                 continue;
             };
             for (kind, target, bound, ratio) in [
-                ("throughput", t_thr, Bound::AtLeast, paired_ratio(ca, cb, thr)),
-                ("CPU per Gbit/s", t_cpu, Bound::AtMost, paired_ratio(ca, cb, cpu)),
+                (
+                    "throughput",
+                    t_thr,
+                    Bound::AtLeast,
+                    paired_ratio(ca, cb, thr),
+                ),
+                (
+                    "CPU per Gbit/s",
+                    t_cpu,
+                    Bound::AtMost,
+                    paired_ratio(ca, cb, cpu),
+                ),
             ] {
                 out.push(ScaleCheck {
                     point: p,
                     what: format!("{a} / {b} {kind}"),
                     target: format!(
                         "{} {target:.2}",
-                        if bound == Bound::AtLeast { "≥" } else { "≤" }
+                        if bound == Bound::AtLeast {
+                            "≥"
+                        } else {
+                            "≤"
+                        }
                     ),
                     judged: ratio.as_ref().map(|x| judge(x, target, bound)),
                     ratio,

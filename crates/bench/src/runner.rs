@@ -176,7 +176,8 @@ impl Testbed {
 
     fn start_servers(&mut self, s: &Settings) -> Result<(), BenchError> {
         for p in &self.pairs {
-            self.servers.push(IperfServer::start(&p.server_netns, s.port)?);
+            self.servers
+                .push(IperfServer::start(&p.server_netns, s.port)?);
         }
         Ok(())
     }
@@ -400,8 +401,9 @@ fn run_clients(clients: &[ClientSpec], stop: &AtomicBool) -> Result<Vec<String>,
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(BenchError::Iperf("iperf3 client thread panicked".into())))
+                h.join().unwrap_or_else(|_| {
+                    Err(BenchError::Iperf("iperf3 client thread panicked".into()))
+                })
             })
             .collect()
     });
@@ -466,12 +468,15 @@ pub fn paper_plan(scenarios: &[Scenario], sweep: &Sweep) -> Vec<PlannedCase> {
     points
         .iter()
         .flat_map(|p| {
-            scenarios.iter().enumerate().map(move |(i, sc)| PlannedCase {
-                name: p.case_name(sc.name, single),
-                scenario: i,
-                point: *p,
-                baseline: has_native.then(|| p.case_name("native", single)),
-            })
+            scenarios
+                .iter()
+                .enumerate()
+                .map(move |(i, sc)| PlannedCase {
+                    name: p.case_name(sc.name, single),
+                    scenario: i,
+                    point: *p,
+                    baseline: has_native.then(|| p.case_name("native", single)),
+                })
         })
         .collect()
 }
@@ -533,13 +538,19 @@ pub fn paper(
             .notes
             .push("`native` was not selected: no ratios to the physical limit.".into());
     }
-    results.notes.push(format!("Load average at the start: {}.", load_average()));
+    results
+        .notes
+        .push(format!("Load average at the start: {}.", load_average()));
     report::save_data(&cfg.out, &results)?;
 
     let mut labs = Labs(Vec::new());
     // One lab per scenario (with as many pairs as the largest point), kept for every point.
     let mut beds: Vec<(usize, Testbed)> = Vec::new();
-    let first_mtu = sweep.points().first().map(|p| p.mtu).unwrap_or(settings.mtu);
+    let first_mtu = sweep
+        .points()
+        .first()
+        .map(|p| p.mtu)
+        .unwrap_or(settings.mtu);
     for (i, sc) in scenarios.iter().enumerate() {
         if sc.setup.availability().is_err() {
             continue;
@@ -842,7 +853,11 @@ mod tests {
         let first_round: Vec<&str> = order[..3].iter().map(|(_, j)| names[*j]).collect();
         assert_eq!(
             first_round,
-            ["native/p1-s1-m1500", "ila/p1-s1-m1500", "ila+policy/p1-s1-m1500"]
+            [
+                "native/p1-s1-m1500",
+                "ila/p1-s1-m1500",
+                "ila+policy/p1-s1-m1500"
+            ]
         );
         assert_eq!(order[12], (1, 0), "round 2 starts again at the first point");
 

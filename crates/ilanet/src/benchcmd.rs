@@ -325,7 +325,10 @@ fn paper_config(args: &PaperArgs, out: PathBuf, pid: u32) -> Result<PaperConfig>
     };
     sweep.validate()?;
     if !(args.max_hours.is_finite() && args.max_hours > 0.0) {
-        anyhow::bail!("--max-hours must be a positive number of hours, got {}", args.max_hours);
+        anyhow::bail!(
+            "--max-hours must be a positive number of hours, got {}",
+            args.max_hours
+        );
     }
     let scenarios = bench::runner::select_scenarios(&args.scenarios)?;
     sweep.check_time(
@@ -873,7 +876,7 @@ mod tests {
     }
 
     fn paper_err(argv: &[&str]) -> String {
-        format!("{:#}", paper_of(argv).err().expect("refused"))
+        format!("{:#}", paper_of(argv).expect_err("refused"))
     }
 
     #[test]
@@ -893,7 +896,11 @@ mod tests {
             (sweep.streams, sweep.pairs, sweep.mtu),
             (vec![1, 4, 8], vec![1, 4], vec![1500, 9000])
         );
-        assert_eq!((cfg.settings.runs, cfg.settings.duration), (2, 5), "--quick");
+        assert_eq!(
+            (cfg.settings.runs, cfg.settings.duration),
+            (2, 5),
+            "--quick"
+        );
         assert_eq!((cfg.settings.streams, cfg.settings.mtu), (1, 1500));
         assert_eq!(cfg.lab_prefix, "b7");
 
@@ -967,15 +974,28 @@ mod tests {
         let s = r
             .args
             .common
-            .settings("bench rules", Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5))
+            .settings(
+                "bench rules",
+                Preset(1, 4, 1),
+                Preset(3, 10, 2),
+                Preset(20, 30, 5),
+            )
             .expect("settings");
         assert_eq!((s.streams, s.mtu, s.sweep), (2, 9000, None));
         let r = Rules::try_parse_from(["rules", "--streams", "1,4"]).expect("args");
         let e = r
             .args
             .common
-            .settings("bench rules", Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5))
+            .settings(
+                "bench rules",
+                Preset(1, 4, 1),
+                Preset(3, 10, 2),
+                Preset(20, 30, 5),
+            )
             .expect_err("a list");
-        assert!(e.to_string().contains("--streams takes one value here"), "{e}");
+        assert!(
+            e.to_string().contains("--streams takes one value here"),
+            "{e}"
+        );
     }
 }
