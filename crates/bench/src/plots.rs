@@ -409,11 +409,14 @@ fn draw_panel<DB: DrawingBackend>(
         .draw()
         .map_err(|x| e(&x))?;
     let cap = (x1 - x0) * 0.012;
-    for l in &p.lines {
+    let n = p.lines.len() as f64;
+    for (li, l) in p.lines.iter().enumerate() {
         let color = l.color;
+        // Lines side by side around each measured x, so overlapping error bars stay apart.
+        let dx = (li as f64 - (n - 1.0) / 2.0) * (x1 - x0) * 0.01;
         chart
             .draw_series(LineSeries::new(
-                l.points.iter().map(|q| (q.x, q.mean)),
+                l.points.iter().map(|q| (q.x + dx, q.mean)),
                 color.stroke_width(3),
             ))
             .map_err(|x| e(&x))?
@@ -425,17 +428,18 @@ fn draw_panel<DB: DrawingBackend>(
             .draw_series(
                 l.points
                     .iter()
-                    .map(|q| Circle::new((q.x, q.mean), 5, color.filled())),
+                    .map(|q| Circle::new((q.x + dx, q.mean), 5, color.filled())),
             )
             .map_err(|x| e(&x))?;
         for q in &l.points {
             if let Some((lo, hi)) = q.ci {
                 let lo = lo.max(0.0);
                 let hi = hi.min(top);
+                let x = q.x + dx;
                 let lines = [
-                    vec![(q.x, lo), (q.x, hi)],
-                    vec![(q.x - cap, lo), (q.x + cap, lo)],
-                    vec![(q.x - cap, hi), (q.x + cap, hi)],
+                    vec![(x, lo), (x, hi)],
+                    vec![(x - cap, lo), (x + cap, lo)],
+                    vec![(x - cap, hi), (x + cap, hi)],
                 ];
                 chart
                     .draw_series(lines.into_iter().map(|v| PathElement::new(v, color)))
