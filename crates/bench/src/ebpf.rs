@@ -81,6 +81,13 @@ impl Endpoints {
     /// an ILA lab built without planned containers. Both get the same labels, so they share
     /// one security identity (every extra rule then compiles to exactly one entry).
     pub fn create(plan: &Plan) -> Result<Self, BenchError> {
+        Self::create_pair(plan, 0)
+    }
+
+    /// Like [`Endpoints::create`] for pair `index` of several measured at once: pair 0 is
+    /// `bench-client`/`bench-server`, pair `i` adds `-{i + 1}` to both names. Every pair gets
+    /// the same labels, so one policy (Listing 10) covers them all.
+    pub fn create_pair(plan: &Plan, index: usize) -> Result<Self, BenchError> {
         if plan.hosts.len() < 2 {
             return Err(BenchError::Invalid(format!(
                 "lab '{}' has {} host(s); the benchmark needs 2",
@@ -111,8 +118,12 @@ impl Endpoints {
                 ))
             })
         };
-        let client = add(&plan.hosts[0].name, CLIENT_NAME)?;
-        let server = add(&plan.hosts[1].name, SERVER_NAME)?;
+        let suffix = match index {
+            0 => String::new(),
+            i => format!("-{}", i + 1),
+        };
+        let client = add(&plan.hosts[0].name, &format!("{CLIENT_NAME}{suffix}"))?;
+        let server = add(&plan.hosts[1].name, &format!("{SERVER_NAME}{suffix}"))?;
         let ep = Self {
             lab: plan.name.clone(),
             hosts: plan.hosts.iter().map(|h| h.name.clone()).collect(),

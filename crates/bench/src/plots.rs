@@ -321,3 +321,169 @@ pub fn rules_curve(
     };
     both(dir, stem, &f)
 }
+
+/// One point of a line against a numeric x (a sweep's streams).
+#[derive(Debug, Clone, Copy)]
+pub struct XyPoint {
+    /// x value.
+    pub x: f64,
+    /// Mean.
+    pub mean: f64,
+    /// CI (low, high).
+    pub ci: Option<(f64, f64)>,
+}
+
+/// A named line of [`XyPoint`]s.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Legend entry.
+    pub name: String,
+    /// Points in increasing x.
+    pub points: Vec<XyPoint>,
+    /// Line colour.
+    pub color: RGBColor,
+}
+
+/// One panel of a faceted figure: its axis descriptions and lines.
+#[derive(Debug, Clone)]
+pub struct Panel {
+    /// Panel title.
+    pub title: String,
+    /// y axis description.
+    pub y_desc: String,
+    /// Lines.
+    pub lines: Vec<Line>,
+}
+
+struct PanelsFig<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    panels: &'a [Panel],
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    x_desc: &str,
+    p: &Panel,
+) -> Result<(), String> {
+    let e = |x: &dyn std::fmt::Display| x.to_string();
+    let pts = p.lines.iter().flat_map(|l| l.points.iter());
+    let top = pts
+        .clone()
+        .map(|q| q.ci.map(|c| c.1).unwrap_or(q.mean).max(q.mean))
+        .filter(|v| v.is_finite())
+        .fold(1e-3_f64, f64::max)
+        * 1.15;
+    let max_x = pts.map(|q| q.x).fold(1.0_f64, f64::max);
+    // Room on both sides of the extreme points for their error bars.
+    let pad = (max_x * 0.08).max(0.5);
+    let (x0, x1) = (0.0_f64.max(1.0 - pad), max_x + pad);
+    let xs: Vec<f64> = p
+        .lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|q| q.x))
+        .collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (FAMILY, 22))
+        .margin(15)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, 0.0..top)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc(x_desc)
+        .y_desc(p.y_desc.as_str())
+        // Ticks every half unit, labelled only where a measured point is.
+        .x_labels((((x1 - x0) * 2.0) as usize + 1).min(64))
+        .x_label_formatter(&|x| {
+            if xs.iter().any(|v| (v - x).abs() < 1e-6) {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 18))
+        .draw()
+        .map_err(|x| e(&x))?;
+    let cap = (x1 - x0) * 0.012;
+    let n = p.lines.len() as f64;
+    for (li, l) in p.lines.iter().enumerate() {
+        let color = l.color;
+        // Lines side by side around each measured x, so overlapping error bars stay apart.
+        let dx = (li as f64 - (n - 1.0) / 2.0) * (x1 - x0) * 0.01;
+        chart
+            .draw_series(LineSeries::new(
+                l.points.iter().map(|q| (q.x + dx, q.mean)),
+                color.stroke_width(3),
+            ))
+            .map_err(|x| e(&x))?
+            .label(l.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(
+                l.points
+                    .iter()
+                    .map(|q| Circle::new((q.x + dx, q.mean), 5, color.filled())),
+            )
+            .map_err(|x| e(&x))?;
+        for q in &l.points {
+            if let Some((lo, hi)) = q.ci {
+                let lo = lo.max(0.0);
+                let hi = hi.min(top);
+                let x = q.x + dx;
+                let lines = [
+                    vec![(x, lo), (x, hi)],
+                    vec![(x - cap, lo), (x + cap, lo)],
+                    vec![(x - cap, hi), (x + cap, hi)],
+                ];
+                chart
+                    .draw_series(lines.into_iter().map(|v| PathElement::new(v, color)))
+                    .map_err(|x| e(&x))?;
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FAMILY, 16))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|x| e(&x))?;
+    Ok(())
+}
+
+impl Figure for PanelsFig<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |x: &dyn std::fmt::Display| x.to_string();
+        root.fill(&WHITE).map_err(|x| e(&x))?;
+        let root = root.titled(self.title, (FAMILY, 26)).map_err(|x| e(&x))?;
+        let areas = root.split_evenly((1, self.panels.len().max(1)));
+        for (area, p) in areas.iter().zip(self.panels) {
+            draw_panel(area, self.x_desc, p)?;
+        }
+        Ok(())
+    }
+}
+
+/// Side-by-side line panels sharing an x description (a sweep's throughput and CPU against
+/// streams), with 95 % CI error bars: `<dir>/<stem>.{png,svg}`.
+pub fn panels(
+    dir: &Path,
+    stem: &str,
+    title: &str,
+    x_desc: &str,
+    panels: &[Panel],
+) -> Result<(), BenchError> {
+    let f = PanelsFig {
+        title,
+        x_desc,
+        panels,
+    };
+    both(dir, stem, &f)
+}

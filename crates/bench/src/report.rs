@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::model::{CaseResult, Results};
-use crate::plots::{self, palette, Bar, Curve, Point};
+use crate::model::{paired_ratio, CaseResult, Results, RunRecord, SweepPoint};
+use crate::plots::{self, palette, Bar, Curve, Line, Panel, Point, XyPoint};
 use crate::stats::Summary;
 use crate::BenchError;
 
@@ -43,7 +43,9 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
     let mut csv = String::from(
         "case,series,extra_rules,total_rules,available,runs,samples,mean_gbps,median_gbps,std_gbps,\
          ci95_low_gbps,ci95_high_gbps,run_ci95_low_gbps,run_ci95_high_gbps,ratio,ratio_ci95_low,\
-         ratio_ci95_high,retransmits_per_run,cpu_sender_pct,cpu_receiver_pct,cpu_pct_per_gbps\n",
+         ratio_ci95_high,retransmits_per_run,cpu_sender_pct,cpu_receiver_pct,cpu_pct_per_gbps,\
+         scenario,pairs,streams,mtu,machine_cpu_pct_per_gbps,machine_cpu_ratio,\
+         machine_cpu_ratio_ci95_low,machine_cpu_ratio_ci95_high\n",
     );
     for c in &results.cases {
         let _ = write!(
@@ -58,7 +60,7 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
         match &c.summary {
             Some(s) => {
                 let r = s.ratio_to_baseline;
-                let _ = writeln!(
+                let _ = write!(
                     csv,
                     "{},{},{:.4},{:.4},{},{},{},{},{},{},{},{},{:.1},{:.1},{:.1},{:.2}",
                     s.runs,
@@ -79,8 +81,24 @@ pub fn save_data(dir: &Path, results: &Results) -> Result<(), BenchError> {
                     s.cpu_per_gbps
                 );
             }
-            None => csv.push_str(&format!("0,0{}\n", ",".repeat(14))),
+            None => csv.push_str(&format!("0,0{}", ",".repeat(14))),
         }
+        let cr = c
+            .summary
+            .as_ref()
+            .and_then(|s| s.machine_cpu_ratio_to_baseline);
+        let _ = writeln!(
+            csv,
+            ",{},{},{},{},{},{},{},{}",
+            c.scenario.clone().unwrap_or_default(),
+            c.point.map(|p| p.pairs.to_string()).unwrap_or_default(),
+            c.point.map(|p| p.streams.to_string()).unwrap_or_default(),
+            c.point.map(|p| p.mtu.to_string()).unwrap_or_default(),
+            opt(c.summary.as_ref().and_then(|s| s.machine_cpu_per_gbps), 3),
+            opt(cr.map(|r| r.mean), 4),
+            opt(cr.and_then(|r| r.ci_low), 4),
+            opt(cr.and_then(|r| r.ci_high), 4)
+        );
     }
     write(&dir.join(format!("{stem}.csv")), &csv)?;
 
@@ -166,11 +184,36 @@ fn color_of(case: &CaseResult) -> plotters::style::RGBColor {
 fn header(md: &mut String, r: &Results) {
     let s = &r.settings;
     let m = &r.machine;
+    let list = |v: Vec<String>| v.join(", ");
+    let what = match &s.sweep {
+        Some(w) if w.len() > 1 => format!(
+            "sweep of {} points: {{{}}} TCP stream(s) per pair × {{{}}} container pair(s) at once × \
+             underlay MTU {{{}}}",
+            w.len(),
+            list(w.streams.iter().map(u32::to_string).collect()),
+            list(w.pairs.iter().map(usize::to_string).collect()),
+            list(w.mtu.iter().map(u32::to_string).collect())
+        ),
+        Some(w) => format!(
+            "{} TCP stream(s), {} container pair(s), underlay MTU {}",
+            s.streams,
+            w.pairs.first().copied().unwrap_or(1),
+            s.mtu
+        ),
+        None => format!("{} TCP stream(s), underlay MTU {}", s.streams, s.mtu),
+    };
+    let order = match &s.sweep {
+        Some(w) if w.len() > 1 => {
+            "interleaved rounds: every case once per round, point by point, the scenarios \
+             alternating within each point (A B A B)"
+        }
+        _ => "interleaved rounds (every case once per round)",
+    };
     let _ = writeln!(
         md,
         "- Machine: {} ({} CPUs), {}, kernel {}\n- Tool: {}\n- Settings: {} runs × {} s, first {} \
-         interval(s) of each run dropped as warm-up, {} TCP stream(s), underlay MTU {}, server port {}\n\
-         - Order: interleaved rounds (every case once per round)\n- Started {}, last update {}{}\n",
+         interval(s) of each run dropped as warm-up, {what}, server port {}\n\
+         - Order: {order}\n- Started {}, last update {}{}\n",
         m.cpu,
         m.cpus,
         m.os,
@@ -179,8 +222,6 @@ fn header(md: &mut String, r: &Results) {
         s.runs,
         s.duration,
         s.skip,
-        s.streams,
-        s.mtu,
         s.port,
         r.started,
         r.updated,
@@ -194,7 +235,184 @@ fn header(md: &mut String, r: &Results) {
     );
 }
 
+/// Colour of a scenario's line in the sweep figures.
+fn scenario_color(scenario: &str) -> plotters::style::RGBColor {
+    match scenario {
+        "native" => palette::NATIVE,
+        "ila" => palette::ILA,
+        "ila+policy" => palette::EBPF,
+        "swarm+iptables" => palette::IPTABLES,
+        "evpn" => palette::EVPN,
+        s if s.starts_with("swarm") => palette::SWARM,
+        _ => plotters::style::RGBColor(0x33, 0x33, 0x33),
+    }
+}
+
+fn ratio_cell(x: Option<Summary>) -> String {
+    x.map(|x| format!("{:.3} [{}]", x.mean, ci(&x, 3)))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// The paper campaign over a sweep: per (pairs, MTU) a table and a figure of throughput and
+/// whole-machine CPU per Gbit/s against streams for every scenario, then the targets.
+fn sweep_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchError> {
+    md.push_str("## Throughput and CPU at scale: streams × container pairs × MTU\n\n");
+    header(md, r);
+    md.push_str(
+        "Each case is one scenario at one point; a run of *pairs* > 1 runs that many iperf3 \
+         client/server pairs at once, each between its own containers (one per pair on each of \
+         the two hosts), and its throughput is the sum over the pairs (1-s intervals summed \
+         pair by pair). Ratios are per round against `native` at the same point (same round, \
+         so the machine's drift cancels), with their 95 % t-interval over rounds. *Machine CPU \
+         per Gbit/s* is the whole machine's busy time from `/proc/stat` over each run (every \
+         CPU, softirq included, % of one core) over that run's received throughput; both hosts \
+         of a lab share this machine, so it covers sender and receiver — and anything else \
+         running on it.\n\n",
+    );
+    let scenarios: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for c in &r.cases {
+            let s = c.scenario.clone().unwrap_or_else(|| c.name.clone());
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        v
+    };
+    let mut groups: Vec<(usize, u32)> = Vec::new();
+    for p in points_of(r).into_iter().flatten() {
+        if !groups.contains(&(p.pairs, p.mtu)) {
+            groups.push((p.pairs, p.mtu));
+        }
+    }
+    for (pairs, mtu) in groups {
+        let _ = writeln!(md, "### {pairs} container pair(s), MTU {mtu}\n");
+        md.push_str(
+            "| streams/pair | scenario | Gbit/s (mean of runs) | 95 % CI (n) | ratio to native [95 % CI] | retransmits/run | machine CPU % (softirq) | machine CPU % per Gbit/s [95 % CI] | CPU ratio to native [95 % CI] |\n\
+             |---:|---|---:|---|---|---:|---:|---|---|\n",
+        );
+        let mut thr_lines: Vec<Line> = Vec::new();
+        let mut cpu_lines: Vec<Line> = Vec::new();
+        let in_group = |c: &&CaseResult| c.point.is_some_and(|p| p.pairs == pairs && p.mtu == mtu);
+        let mut rows: Vec<&CaseResult> = r.cases.iter().filter(in_group).collect();
+        rows.sort_by_key(|c| c.point.map(|p| p.streams).unwrap_or(0));
+        for c in rows {
+            let (Some(p), Some(sc)) = (c.point, c.scenario.as_deref()) else {
+                continue;
+            };
+            let Some(s) = &c.summary else {
+                let _ = writeln!(md, "| {} | {sc} | (no runs yet) | | | | | | |", p.streams);
+                continue;
+            };
+            let cpu = s.machine_cpu_per_gbps_runs;
+            let _ = writeln!(
+                md,
+                "| {} | {sc} | {:.3} | {} ({}) | {} | {:.1} | {} | {} | {} |",
+                p.streams,
+                s.run_means.mean,
+                ci(&s.run_means, 3),
+                s.runs,
+                ratio_cell(s.ratio_to_baseline),
+                s.retransmits_per_run,
+                match (s.machine_cpu_pct, s.machine_softirq_pct) {
+                    (Some(b), Some(si)) => format!("{b:.0} ({si:.0})"),
+                    _ => "–".into(),
+                },
+                cpu.map(|x| format!("{:.2} [{}]", x.mean, ci(&x, 2)))
+                    .unwrap_or_else(|| "–".into()),
+                ratio_cell(s.machine_cpu_ratio_to_baseline)
+            );
+            let add = |lines: &mut Vec<Line>, pt: XyPoint| match lines
+                .iter_mut()
+                .find(|l| l.name == sc)
+            {
+                Some(l) => l.points.push(pt),
+                None => lines.push(Line {
+                    name: sc.to_string(),
+                    points: vec![pt],
+                    color: scenario_color(sc),
+                }),
+            };
+            add(
+                &mut thr_lines,
+                XyPoint {
+                    x: f64::from(p.streams),
+                    mean: s.run_means.mean,
+                    ci: s.run_means.ci_low.zip(s.run_means.ci_high),
+                },
+            );
+            if let Some(x) = cpu {
+                add(
+                    &mut cpu_lines,
+                    XyPoint {
+                        x: f64::from(p.streams),
+                        mean: x.mean,
+                        ci: x.ci_low.zip(x.ci_high),
+                    },
+                );
+            }
+        }
+        // Lines in scenario order, whatever order their first point came in.
+        let order = |l: &Line| {
+            scenarios
+                .iter()
+                .position(|s| *s == l.name)
+                .unwrap_or(usize::MAX)
+        };
+        thr_lines.sort_by_key(order);
+        cpu_lines.sort_by_key(order);
+        let stem = format!("sweep-p{pairs}-m{mtu}");
+        plots::panels(
+            dir,
+            &stem,
+            &format!("{pairs} container pair(s) at once, underlay MTU {mtu} (95 % CI over runs)"),
+            "parallel TCP streams per pair (iperf3 -P)",
+            &[
+                Panel {
+                    title: "aggregate TCP throughput".into(),
+                    y_desc: "Gbit/s (sum over pairs)".into(),
+                    lines: thr_lines,
+                },
+                Panel {
+                    title: "whole-machine CPU per Gbit/s".into(),
+                    y_desc: "busy CPU % of one core per Gbit/s".into(),
+                    lines: cpu_lines,
+                },
+            ],
+        )?;
+        let _ = writeln!(
+            md,
+            "\n![{stem}]({stem}.png) ([SVG]({stem}.svg)) — left: aggregate throughput; right: \
+             whole-machine CPU per Gbit/s; error bars: 95 % t-interval over the runs.\n"
+        );
+    }
+    md.push_str("### Targets at every point\n\n");
+    checks_table(md, r);
+    for c in r.cases.iter().filter(|c| c.policy.is_some()) {
+        if let Some(p) = &c.policy {
+            let _ = writeln!(
+                md,
+                "- `{}`: policy {} checked in force on the first pair before measuring ({}); {} \
+                 `POLICY` map entries per host (every pair's endpoints carry the same labels)",
+                c.scenario.as_deref().unwrap_or(&c.name),
+                p.names.join(", "),
+                p.verified.join(", "),
+                entries_text(&p.entries)
+            );
+            break;
+        }
+    }
+    for n in &r.notes {
+        let _ = writeln!(md, "- {n}");
+    }
+    md.push('\n');
+    Ok(())
+}
+
 fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchError> {
+    if r.settings.sweep.as_ref().is_some_and(|w| w.len() > 1) {
+        return sweep_section(md, dir, r);
+    }
     md.push_str("## Fig. 14: TCP throughput between containers on two hosts\n\n");
     header(md, r);
     md.push_str(
@@ -301,6 +519,7 @@ fn paper_section(md: &mut String, dir: &Path, r: &Results) -> Result<(), BenchEr
          core), per Gbit/s of that run's whole-run throughput. Both hosts of a lab share this \
          machine, so it covers sender and receiver — and anything else running on it.\n\n",
     );
+    checks_table(md, r);
     md.push_str("### The paper's numbers (two Xeon E5620 servers, 10 GbE, MTU 9000)\n\n| paper case | Gbit/s |\n|---|---:|\n");
     for (name, v) in PAPER_FIG14 {
         let _ = writeln!(md, "| {name} | {v:.2} |");
@@ -365,6 +584,283 @@ fn entries_text(entries: &[usize]) -> String {
     }
 }
 
+/// Which side of a target a ratio must be on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// ratio ≥ target (throughput).
+    AtLeast,
+    /// ratio ≤ target (CPU).
+    AtMost,
+}
+
+/// A ratio judged against a target on its 95 % CI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// The whole interval is on the right side.
+    Met,
+    /// The whole interval is on the wrong side.
+    Missed,
+    /// The mean is on the right side, the interval reaches across.
+    MetOnMean,
+    /// The mean is on the wrong side, the interval reaches across.
+    NotShown,
+    /// One run: no interval.
+    NotJudged,
+}
+
+impl Judged {
+    /// Short word for a table cell.
+    pub fn word(self) -> &'static str {
+        match self {
+            Judged::Met => "met",
+            Judged::Missed => "**missed**",
+            Judged::MetOnMean => "met (mean)",
+            Judged::NotShown => "not shown",
+            Judged::NotJudged => "no CI",
+        }
+    }
+
+    /// What it means, as a clause.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Judged::Met => "met (the whole interval is on the target's side)",
+            Judged::Missed => "missed (the whole interval is on the wrong side)",
+            Judged::MetOnMean => {
+                "met on the mean, but the interval reaches across it (more runs would settle it)"
+            }
+            Judged::NotShown => {
+                "not shown: the mean is on the wrong side, the interval reaches across it (more runs would settle it)"
+            }
+            Judged::NotJudged => "not judged: one run gives no interval",
+        }
+    }
+}
+
+/// Judges `ratio` against `target` on its confidence interval.
+pub fn judge(ratio: &Summary, target: f64, bound: Bound) -> Judged {
+    // Flip CPU-type bounds so that "larger is better" holds for the comparisons below.
+    let (lo, hi, mean, t) = match bound {
+        Bound::AtLeast => (ratio.ci_low, ratio.ci_high, ratio.mean, target),
+        Bound::AtMost => (
+            ratio.ci_high.map(|x| -x),
+            ratio.ci_low.map(|x| -x),
+            -ratio.mean,
+            -target,
+        ),
+    };
+    match (lo, hi) {
+        (Some(lo), _) if lo >= t => Judged::Met,
+        (_, Some(hi)) if hi < t => Judged::Missed,
+        (Some(_), Some(_)) if mean >= t => Judged::MetOnMean,
+        (Some(_), Some(_)) => Judged::NotShown,
+        _ => Judged::NotJudged,
+    }
+}
+
+/// Issue 14: ILA throughput at least this share of native at every sweep point.
+pub const ILA_THROUGHPUT_TARGET: f64 = 0.98;
+/// Issue 14: ILA whole-machine CPU per Gbit/s at most this multiple of native's.
+pub const ILA_CPU_TARGET: f64 = 1.03;
+/// Issue 14: ILA + policy within this share of ILA (throughput no lower, CPU per Gbit/s no
+/// higher).
+pub const POLICY_TOLERANCE: f64 = 0.01;
+
+/// One target at one sweep point.
+#[derive(Debug, Clone)]
+pub struct ScaleCheck {
+    /// Sweep point.
+    pub point: SweepPoint,
+    /// What is compared (`ila / native throughput`).
+    pub what: String,
+    /// Target, as written (`≥ 0.98`).
+    pub target: String,
+    /// Paired per-round ratio, if both cases have runs.
+    pub ratio: Option<Summary>,
+    /// Verdict.
+    pub judged: Option<Judged>,
+}
+
+/// The case of scenario `scenario` at `point` (a result without points: the bare name).
+fn case_at<'a>(
+    r: &'a Results,
+    scenario: &str,
+    point: Option<SweepPoint>,
+) -> Option<&'a CaseResult> {
+    r.cases.iter().find(|c| match (&c.scenario, c.point) {
+        (Some(s), Some(p)) => s == scenario && Some(p) == point,
+        _ => point.is_none() && c.name == scenario,
+    })
+}
+
+/// The points of a paper campaign's cases, in case order (`[None]` for an older file without
+/// points).
+fn points_of(r: &Results) -> Vec<Option<SweepPoint>> {
+    let mut out: Vec<Option<SweepPoint>> = Vec::new();
+    for c in &r.cases {
+        if !out.contains(&c.point) {
+            out.push(c.point);
+        }
+    }
+    out
+}
+
+/// Issue 14's targets at every point of a paper campaign: ILA against native (throughput,
+/// whole-machine CPU per Gbit/s) and ILA + policy against ILA, each a per-round paired ratio
+/// judged on its 95 % CI. Checks whose cases were not selected are left out.
+pub fn scale_checks(r: &Results) -> Vec<ScaleCheck> {
+    let mut out = Vec::new();
+    let thr = |x: &RunRecord| Some(x.mean_gbps);
+    let cpu = RunRecord::machine_cpu_per_gbps;
+    for point in points_of(r) {
+        let p = point.unwrap_or(SweepPoint {
+            pairs: 1,
+            streams: r.settings.streams,
+            mtu: r.settings.mtu,
+        });
+        let at = |s: &str| case_at(r, s, point);
+        let pairs = [
+            ("ila", "native", ILA_THROUGHPUT_TARGET, ILA_CPU_TARGET),
+            (
+                "ila+policy",
+                "ila",
+                1.0 - POLICY_TOLERANCE,
+                1.0 + POLICY_TOLERANCE,
+            ),
+        ];
+        for (a, b, t_thr, t_cpu) in pairs {
+            let (Some(ca), Some(cb)) = (at(a), at(b)) else {
+                continue;
+            };
+            for (kind, target, bound, ratio) in [
+                (
+                    "throughput",
+                    t_thr,
+                    Bound::AtLeast,
+                    paired_ratio(ca, cb, thr),
+                ),
+                (
+                    "CPU per Gbit/s",
+                    t_cpu,
+                    Bound::AtMost,
+                    paired_ratio(ca, cb, cpu),
+                ),
+            ] {
+                out.push(ScaleCheck {
+                    point: p,
+                    what: format!("{a} / {b} {kind}"),
+                    target: format!(
+                        "{} {target:.2}",
+                        if bound == Bound::AtLeast {
+                            "≥"
+                        } else {
+                            "≤"
+                        }
+                    ),
+                    judged: ratio.as_ref().map(|x| judge(x, target, bound)),
+                    ratio,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One line on how many of the [`scale_checks`] are met, `None` without checks.
+pub fn scale_summary(r: &Results) -> Option<String> {
+    let checks = scale_checks(r);
+    if checks.is_empty() {
+        return None;
+    }
+    let count = |j: Judged| checks.iter().filter(|c| c.judged == Some(j)).count();
+    let missed: Vec<String> = checks
+        .iter()
+        .filter(|c| matches!(c.judged, Some(Judged::Missed | Judged::NotShown)))
+        .map(|c| {
+            format!(
+                "{} at {} ({:.3})",
+                c.what,
+                c.point.tag(),
+                c.ratio.map(|x| x.mean).unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    Some(format!(
+        "Issue 14 targets (ILA ≥ {ILA_THROUGHPUT_TARGET} × native throughput, ≤ {ILA_CPU_TARGET} × \
+         native CPU per Gbit/s; ILA + policy within {:.0} % of ILA), {} checks at {} point(s): {} \
+         met, {} met on the mean only, {} not shown, {} missed, {} without an interval{}",
+        POLICY_TOLERANCE * 100.0,
+        checks.len(),
+        points_of(r).len(),
+        count(Judged::Met),
+        count(Judged::MetOnMean),
+        count(Judged::NotShown),
+        count(Judged::Missed),
+        count(Judged::NotJudged),
+        if missed.is_empty() {
+            ".".to_string()
+        } else {
+            format!("; below target on the mean: {}.", missed.join(", "))
+        }
+    ))
+}
+
+/// Share of a campaign's runs in which the whole machine was busy (≥ 95 % of every CPU):
+/// there, CPU per Gbit/s is the machine's capacity over the throughput, not what the data
+/// path costs.
+pub fn saturated_share(r: &Results) -> Option<f64> {
+    let cpus = r.machine.cpus.max(1) as f64;
+    let (mut n, mut busy) = (0usize, 0usize);
+    for run in r.cases.iter().flat_map(|c| c.runs.iter()) {
+        if let Some(m) = run.machine_cpu {
+            n += 1;
+            if m.busy_pct >= 95.0 * cpus {
+                busy += 1;
+            }
+        }
+    }
+    (n > 0).then(|| busy as f64 / n as f64)
+}
+
+fn checks_table(md: &mut String, r: &Results) {
+    let checks = scale_checks(r);
+    if checks.is_empty() {
+        return;
+    }
+    if let Some(share) = saturated_share(r).filter(|s| *s > 0.0) {
+        let _ = writeln!(
+            md,
+            "In {:.0} % of the runs the whole machine was busy (≥ 95 % of every CPU): in those, \
+             CPU per Gbit/s is the machine's capacity over the throughput, so its ratio repeats \
+             the inverse throughput ratio rather than measuring the data path's cost.\n",
+            share * 100.0
+        );
+    }
+    md.push_str(
+        "| pairs | streams | MTU | comparison | target | ratio [95 % CI] (rounds) | verdict |\n\
+         |---:|---:|---:|---|---|---|---|\n",
+    );
+    for c in &checks {
+        let ratio = c
+            .ratio
+            .map(|x| format!("{:.3} [{}] ({})", x.mean, ci(&x, 3), x.n))
+            .unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {ratio} | {} |",
+            c.point.pairs,
+            c.point.streams,
+            c.point.mtu,
+            c.what,
+            c.target,
+            c.judged.map(Judged::word).unwrap_or("–")
+        );
+    }
+    md.push('\n');
+    if let Some(line) = scale_summary(r) {
+        let _ = writeln!(md, "**{line}**\n");
+    }
+}
+
 /// The eBPF target of issue 4: at the largest count, at least this share of the 0-rule
 /// throughput.
 pub const EBPF_TARGET: f64 = 0.97;
@@ -378,17 +874,7 @@ pub fn ebpf_verdict(r: &Results) -> Option<String> {
         .max_by_key(|c| c.extra_rules.unwrap_or(0))?;
     let ratio = c.summary.as_ref()?.ratio_to_baseline?;
     let base = r.baseline_of(c).unwrap_or("?");
-    let verdict = match (ratio.ci_low, ratio.ci_high) {
-        (Some(lo), _) if lo >= EBPF_TARGET => "met (the whole interval is above it)",
-        (_, Some(hi)) if hi < EBPF_TARGET => "missed (the whole interval is below it)",
-        (Some(_), Some(_)) if ratio.mean >= EBPF_TARGET => {
-            "met on the mean, but the interval reaches below it (more runs would settle it)"
-        }
-        (Some(_), Some(_)) => {
-            "not shown: the mean is below it, the interval reaches above it (more runs would settle it)"
-        }
-        _ => "not judged: one run gives no interval",
-    };
+    let verdict = judge(&ratio, EBPF_TARGET, Bound::AtLeast).sentence();
     Some(format!(
         "eBPF target (≥ {:.0} % of `{base}` at {} rules): ratio {:.3} [{}] — {verdict}.",
         EBPF_TARGET * 100.0,

@@ -5,6 +5,7 @@
 //! and adds nothing the interleaving does not already give (every case sees the same drift of
 //! the machine), while a lab kept up holds its conditions (routes, FDB, conntrack) constant.
 
+use std::cell::Cell;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +17,9 @@ use lab::{LabSpec, SwarmRules};
 use crate::ebpf::{Endpoints, PolicyChange, PolicyCheck, RuleSwitcher, LISTING10_PORT};
 use crate::iperf::{self, ClientSpec, IperfServer};
 use crate::machine::{self, Machine};
-use crate::model::{Campaign, CaseResult, PolicyStats, Results, RunRecord, Settings};
+use crate::model::{
+    Campaign, CaseResult, PolicyStats, Results, RunRecord, Settings, Sweep, SweepPoint,
+};
 use crate::scenario::{paper_scenarios, RuleSeries, Scenario, Setup};
 use crate::stats::interleaved;
 use crate::{report, BenchError};
@@ -47,6 +50,8 @@ pub struct PaperConfig {
     pub out: PathBuf,
     /// Prefix of the lab names (unique per process, so a stale lab never collides).
     pub lab_prefix: String,
+    /// Bound of a multi-point sweep's planned measuring time, hours.
+    pub max_hours: f64,
 }
 
 /// Options of the rule-count campaign.
@@ -78,21 +83,42 @@ impl Drop for Labs {
     }
 }
 
-/// A lab up and ready: its plan, the benchmark endpoints (ILA mode) and, once started, the
-/// iperf3 server in the receiving container.
+/// One container pair of a lab: the client's namespace, the server's and the address the
+/// client sends to.
+#[derive(Debug, Clone)]
+struct Pair {
+    client_netns: String,
+    server_netns: String,
+    server_addr: Ipv6Addr,
+}
+
+/// A lab up and ready: its plan, its container pairs (the first one is what a single-pair
+/// campaign measures), the benchmark endpoints (ILA mode) and, once started, one iperf3 server
+/// per pair in the receiving container.
 struct Testbed {
-    plan: Plan,
-    /// ILA labs get their two containers from the agents with `app=service1` (what Listing 10
-    /// selects), so `ila` and `ila+policy` run on identical endpoints.
-    endpoints: Option<Endpoints>,
-    server: Option<IperfServer>,
+    name: String,
+    /// ILA labs get their containers from the agents with `app=service1` (what Listing 10
+    /// selects), so `ila` and `ila+policy` run on identical endpoints; one [`Endpoints`] per
+    /// pair, the first being the one the policy is checked on.
+    endpoints: Vec<Endpoints>,
+    pairs: Vec<Pair>,
+    servers: Vec<IperfServer>,
+    /// MTU the lab is set to now (switched between sweep points).
+    mtu: Cell<u32>,
 }
 
 impl Testbed {
-    /// Builds the lab and its endpoints and sets the MTU; the iperf3 server is started later
-    /// ([`Testbed::start_server`]) so a policy check can use the server port first.
-    fn build(labs: &mut Labs, name: &str, mode: Mode, s: &Settings) -> Result<Self, BenchError> {
-        let planned = if mode == Mode::Ila { 0 } else { 1 };
+    /// Builds the lab with `pairs` container pairs (one container of each pair on each of the
+    /// two hosts) and sets the MTU; the iperf3 servers are started later
+    /// ([`Testbed::start_servers`]) so a policy check can use the server port first.
+    fn build(
+        labs: &mut Labs,
+        name: &str,
+        mode: Mode,
+        mtu: u32,
+        pairs: usize,
+    ) -> Result<Self, BenchError> {
+        let planned = if mode == Mode::Ila { 0 } else { pairs };
         let mut spec = LabSpec::generic(name, 2, planned);
         spec.mode = mode;
         if mode == Mode::Evpn {
@@ -102,58 +128,108 @@ impl Testbed {
         let plan = lab::up(&spec)?;
         labs.0.push(name.to_string());
         let endpoints = match mode {
-            Mode::Ila => Some(Endpoints::create(&plan)?),
-            Mode::Native | Mode::Swarm | Mode::Evpn => None,
+            Mode::Ila => (0..pairs)
+                .map(|i| Endpoints::create_pair(&plan, i))
+                .collect::<Result<Vec<_>, _>>()?,
+            Mode::Native | Mode::Swarm | Mode::Evpn => Vec::new(),
         };
-        lab::set_mtu(name, s.mtu)?;
-        if let Some(ep) = &endpoints {
-            ep.set_mtu(s.mtu)?;
-        }
-        Ok(Self {
-            plan,
+        let pairs: Vec<Pair> = if endpoints.is_empty() {
+            plan_pairs(&plan, pairs)?
+        } else {
+            endpoints
+                .iter()
+                .map(|ep| Pair {
+                    client_netns: ep.client.netns.clone(),
+                    server_netns: ep.server.netns.clone(),
+                    server_addr: ep.server.sir_addr,
+                })
+                .collect()
+        };
+        let bed = Self {
+            name: name.to_string(),
             endpoints,
-            server: None,
-        })
+            pairs,
+            servers: Vec::new(),
+            mtu: Cell::new(0),
+        };
+        bed.set_mtu(mtu)?;
+        Ok(bed)
     }
 
-    /// Namespace of the receiving container and the address the client sends to.
-    fn server_side(&self) -> (String, Ipv6Addr) {
-        match &self.endpoints {
-            Some(ep) => (ep.server.netns.clone(), ep.server.sir_addr),
-            None => {
-                let c = &self.plan.hosts[1].containers[0];
-                (c.netns.clone(), c.sir_addr)
-            }
+    /// Sets the lab's underlay MTU (and the endpoints' in ILA mode) unless it is set already.
+    fn set_mtu(&self, mtu: u32) -> Result<(), BenchError> {
+        if self.mtu.get() == mtu {
+            return Ok(());
         }
-    }
-
-    fn start_server(&mut self, s: &Settings) -> Result<(), BenchError> {
-        let (ns, _) = self.server_side();
-        self.server = Some(IperfServer::start(&ns, s.port)?);
+        lab::set_mtu(&self.name, mtu)?;
+        for ep in &self.endpoints {
+            ep.set_mtu(mtu)?;
+        }
+        self.mtu.set(mtu);
         Ok(())
     }
 
-    /// Client run from the first host's container to the second host's.
-    fn client(&self, s: &Settings) -> ClientSpec {
-        let netns = match &self.endpoints {
-            Some(ep) => ep.client.netns.clone(),
-            None => self.plan.hosts[0].containers[0].netns.clone(),
-        };
-        ClientSpec {
-            netns,
-            addr: self.server_side().1,
-            port: s.port,
-            duration: s.duration,
-            streams: s.streams,
+    /// The benchmark endpoints the policy is applied and checked on (ILA labs).
+    fn policy_endpoints(&self) -> Option<&Endpoints> {
+        self.endpoints.first()
+    }
+
+    fn start_servers(&mut self, s: &Settings) -> Result<(), BenchError> {
+        for p in &self.pairs {
+            self.servers
+                .push(IperfServer::start(&p.server_netns, s.port)?);
         }
+        Ok(())
+    }
+
+    /// Client runs of the first `pairs` pairs, `streams` streams each, from the first host's
+    /// containers to the second host's.
+    fn clients(&self, s: &Settings, pairs: usize, streams: u32) -> Vec<ClientSpec> {
+        self.pairs
+            .iter()
+            .take(pairs)
+            .map(|p| ClientSpec {
+                netns: p.client_netns.clone(),
+                addr: p.server_addr,
+                port: s.port,
+                duration: s.duration,
+                streams,
+            })
+            .collect()
     }
 }
 
-/// One case to measure: which result it fills, the client run, and what to set before each
-/// run (which may report an eBPF policy change to record).
+/// The first `n` container pairs of a lab with planned containers: container `i` of the
+/// first host sends to container `i` of the second.
+fn plan_pairs(plan: &Plan, n: usize) -> Result<Vec<Pair>, BenchError> {
+    let short = || {
+        BenchError::Invalid(format!(
+            "lab '{}' has fewer than {n} containers on each of two hosts",
+            plan.name
+        ))
+    };
+    let (a, b) = match plan.hosts.as_slice() {
+        [a, b, ..] => (a, b),
+        _ => return Err(short()),
+    };
+    (0..n)
+        .map(|i| {
+            let (c, d) = (a.containers.get(i), b.containers.get(i));
+            let (c, d) = c.zip(d).ok_or_else(short)?;
+            Ok(Pair {
+                client_netns: c.netns.clone(),
+                server_netns: d.netns.clone(),
+                server_addr: d.sir_addr,
+            })
+        })
+        .collect()
+}
+
+/// One case to measure: which result it fills, the client runs (several pairs run at once)
+/// and what to set before each run (which may report an eBPF policy change to record).
 struct Job<'a> {
     case: usize,
-    client: ClientSpec,
+    clients: Vec<ClientSpec>,
     before: Box<dyn Fn() -> Result<Option<PolicyChange>, BenchError> + 'a>,
 }
 
@@ -251,9 +327,9 @@ fn measure(
             }
             stats.apply_secs.extend(change.apply_secs);
         }
-        // The whole machine's CPU over exactly the client run (a retry gets its own window).
+        // The whole machine's CPU over exactly the client runs (a retry gets its own window).
         let mut cpu_before = crate::cpu::snapshot();
-        let text = match iperf::run_client(&job.client, stop) {
+        let texts = match run_clients(&job.clients, stop) {
             Ok(t) => t,
             Err(BenchError::Interrupted) => {
                 results.interrupted = true;
@@ -263,7 +339,7 @@ fn measure(
                 // One retry: a noisy machine can make a single run fail (e.g. connect timeout).
                 log::warn!("{name} round {round}: {e}; retrying once");
                 cpu_before = crate::cpu::snapshot();
-                match iperf::run_client(&job.client, stop) {
+                match run_clients(&job.clients, stop) {
                     Ok(t) => t,
                     Err(BenchError::Interrupted) => {
                         results.interrupted = true;
@@ -273,17 +349,21 @@ fn measure(
                 }
             }
         };
-        let file = format!(
-            "raw/{}-r{:03}.json",
-            name.replace(['/', '+'], "_"),
-            round + 1
-        );
-        std::fs::write(out.join(&file), &text).map_err(io(format!("writing {file}")))?;
-        let parsed = iperf::parse(&text)
-            .map_err(|e| BenchError::Iperf(format!("{name} round {}: {e}", round + 1)))?;
-        let mut record = RunRecord::new(round, file, &parsed, s.skip);
+        let cpu_after = crate::cpu::snapshot();
+        let multi = texts.len() > 1;
+        let mut parsed = Vec::with_capacity(texts.len());
+        for (k, text) in texts.iter().enumerate() {
+            let file = raw_file(&name, round, multi.then_some(k));
+            std::fs::write(out.join(&file), text).map_err(io(format!("writing {file}")))?;
+            let report = iperf::parse(text).map_err(|e| {
+                BenchError::Iperf(format!("{name} round {} pair {}: {e}", round + 1, k + 1))
+            })?;
+            parsed.push((file, report));
+        }
+        let mut record = RunRecord::aggregate(round, &parsed, s.skip)
+            .ok_or_else(|| BenchError::Invalid(format!("{name}: a job without clients")))?;
         record.machine_cpu = cpu_before
-            .zip(crate::cpu::snapshot())
+            .zip(cpu_after)
             .and_then(|(a, b)| crate::cpu::window(&a, &b));
         last = Some((name, record.mean_gbps));
         results.cases[job.case].runs.push(record);
@@ -295,6 +375,45 @@ fn measure(
     results.updated = machine::now_rfc3339();
     report::save_data(out, results)?;
     Ok(())
+}
+
+/// Raw iperf3 file of a run, relative to the output directory: `raw/<case>-r001.json`, with
+/// `-p<k>` for pair k of a run of several pairs.
+fn raw_file(case: &str, round: usize, pair: Option<usize>) -> String {
+    let stem = case.replace(['/', '+'], "_");
+    match pair {
+        None => format!("raw/{stem}-r{:03}.json", round + 1),
+        Some(k) => format!("raw/{stem}-r{:03}-p{}.json", round + 1, k + 1),
+    }
+}
+
+/// Runs every client at once (one thread each, so the pairs overlap for the whole run) and
+/// returns their JSON in order. The first error wins, an interruption over any other.
+fn run_clients(clients: &[ClientSpec], stop: &AtomicBool) -> Result<Vec<String>, BenchError> {
+    if let [only] = clients {
+        return iperf::run_client(only, stop).map(|t| vec![t]);
+    }
+    let outcomes: Vec<Result<String, BenchError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|c| scope.spawn(move || iperf::run_client(c, stop)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BenchError::Iperf("iperf3 client thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, Err(BenchError::Interrupted)))
+    {
+        return Err(BenchError::Interrupted);
+    }
+    outcomes.into_iter().collect()
 }
 
 /// Resolves scenario names (empty: all) against the registry.
@@ -316,7 +435,54 @@ pub fn select_scenarios(names: &[String]) -> Result<Vec<Scenario>, BenchError> {
         .collect()
 }
 
-/// The paper's Fig. 14 campaign. Returns the results (also written to `cfg.out`); on Ctrl-C
+/// The sweep a paper campaign runs: its settings' sweep, or the single point of `streams`
+/// and `mtu` with one pair.
+pub fn paper_sweep(s: &Settings) -> Sweep {
+    s.sweep.clone().unwrap_or_else(|| Sweep {
+        streams: vec![s.streams],
+        pairs: vec![1],
+        mtu: vec![s.mtu],
+    })
+}
+
+/// One case of a paper campaign: a scenario at a sweep point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedCase {
+    /// Case name (the scenario's alone in a single-point campaign).
+    pub name: String,
+    /// Index into the selected scenarios.
+    pub scenario: usize,
+    /// Sweep point.
+    pub point: SweepPoint,
+    /// Case its ratios are taken against (`native` at the same point), if selected.
+    pub baseline: Option<String>,
+}
+
+/// The cases of a paper campaign, point by point ([`Sweep::points`] order) and within a point
+/// in scenario order. Measured in rounds of every case ([`interleaved`]), the scenarios
+/// alternate A B A B within each point, every point once per round.
+pub fn paper_plan(scenarios: &[Scenario], sweep: &Sweep) -> Vec<PlannedCase> {
+    let points = sweep.points();
+    let single = points.len() == 1;
+    let has_native = scenarios.iter().any(|s| s.name == "native");
+    points
+        .iter()
+        .flat_map(|p| {
+            scenarios
+                .iter()
+                .enumerate()
+                .map(move |(i, sc)| PlannedCase {
+                    name: p.case_name(sc.name, single),
+                    scenario: i,
+                    point: *p,
+                    baseline: has_native.then(|| p.case_name("native", single)),
+                })
+        })
+        .collect()
+}
+
+/// The paper's Fig. 14 campaign, over a sweep of parallel streams, container pairs and MTUs
+/// when the settings hold one. Returns the results (also written to `cfg.out`); on Ctrl-C
 /// (`stop` set) returns what was gathered, marked `interrupted`.
 pub fn paper(
     cfg: &PaperConfig,
@@ -324,26 +490,44 @@ pub fn paper(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Results, BenchError> {
     cfg.settings.validate()?;
+    let sweep = paper_sweep(&cfg.settings);
+    sweep.validate()?;
     for program in ["iperf3", "ip", "iptables"] {
         lab::require(program)?;
     }
     let scenarios = select_scenarios(&cfg.scenarios)?;
+    sweep.check_time(
+        scenarios.len(),
+        cfg.settings.runs,
+        cfg.settings.duration,
+        cfg.max_hours,
+    )?;
     if scenarios.iter().any(|s| s.setup == Setup::EbpfPolicy) {
         check_policy_port(&cfg.settings)?;
     }
     prepare_out(&cfg.out)?;
+    let plan = paper_plan(&scenarios, &sweep);
+    let single = sweep.len() == 1;
     let baseline = scenarios
         .iter()
         .any(|s| s.name == "native")
         .then_some("native");
-    let mut results = new_results(Campaign::Paper, &cfg.settings, baseline);
-    for sc in &scenarios {
+    let mut settings = cfg.settings.clone();
+    settings.sweep = Some(sweep.clone());
+    // One point: the campaign's baseline is `native` as it always was; a sweep compares every
+    // case with `native` at its own point.
+    let mut results = new_results(Campaign::Paper, &settings, baseline.filter(|_| single));
+    for pc in &plan {
+        let sc = &scenarios[pc.scenario];
         let available = sc.setup.availability();
         results.cases.push(CaseResult {
             available: available.is_ok(),
             note: available.err(),
+            scenario: Some(sc.name.to_string()),
+            point: Some(pc.point),
+            baseline: pc.baseline.clone().filter(|_| !single),
             ..CaseResult::new(
-                sc.name.to_string(),
+                pc.name.clone(),
                 sc.description.to_string(),
                 sc.mode.to_string(),
             )
@@ -354,12 +538,21 @@ pub fn paper(
             .notes
             .push("`native` was not selected: no ratios to the physical limit.".into());
     }
+    results
+        .notes
+        .push(format!("Load average at the start: {}.", load_average()));
     report::save_data(&cfg.out, &results)?;
 
     let mut labs = Labs(Vec::new());
-    let mut beds = Vec::new();
+    // One lab per scenario (with as many pairs as the largest point), kept for every point.
+    let mut beds: Vec<(usize, Testbed)> = Vec::new();
+    let first_mtu = sweep
+        .points()
+        .first()
+        .map(|p| p.mtu)
+        .unwrap_or(settings.mtu);
     for (i, sc) in scenarios.iter().enumerate() {
-        if !results.cases[i].available {
+        if sc.setup.availability().is_err() {
             continue;
         }
         if stop.load(Ordering::SeqCst) {
@@ -369,13 +562,17 @@ pub fn paper(
         progress(&Progress {
             done: 0,
             total: 0,
-            doing: format!("building the {} lab", sc.name),
+            doing: format!(
+                "building the {} lab ({} container pair(s))",
+                sc.name,
+                sweep.max_pairs()
+            ),
             last: None,
             eta: Duration::ZERO,
         });
         let name = format!("{}-{}", cfg.lab_prefix, sc.tag);
-        let mut bed = Testbed::build(&mut labs, &name, sc.mode, &cfg.settings)?;
-        if let Some(check) = sc.setup.apply(&name, bed.endpoints.as_ref())? {
+        let mut bed = Testbed::build(&mut labs, &name, sc.mode, first_mtu, sweep.max_pairs())?;
+        if let Some(check) = sc.setup.apply(&name, bed.policy_endpoints())? {
             progress(&Progress {
                 done: 0,
                 total: 0,
@@ -394,28 +591,50 @@ pub fn paper(
                 last: None,
                 eta: Duration::ZERO,
             });
-            results.cases[i].policy = Some(stats_of_check(&check));
+            let stats = stats_of_check(&check);
+            for (case, pc) in results.cases.iter_mut().zip(&plan) {
+                if pc.scenario == i {
+                    case.policy = Some(stats.clone());
+                }
+            }
         }
-        bed.start_server(&cfg.settings)?;
+        bed.start_servers(&settings)?;
         beds.push((i, bed));
     }
     report::save_data(&cfg.out, &results)?;
-    let jobs: Vec<Job> = beds
+    let jobs: Vec<Job> = plan
         .iter()
-        .map(|(i, bed)| Job {
-            case: *i,
-            client: bed.client(&cfg.settings),
-            before: Box::new(|| Ok(None)),
+        .enumerate()
+        .filter_map(|(case, pc)| {
+            let (_, bed) = beds.iter().find(|(i, _)| *i == pc.scenario)?;
+            let mtu = pc.point.mtu;
+            Some(Job {
+                case,
+                clients: bed.clients(&settings, pc.point.pairs, pc.point.streams),
+                before: Box::new(move || bed.set_mtu(mtu).map(|()| None)),
+            })
         })
         .collect();
     if !results.interrupted {
         measure(&mut results, &jobs, &cfg.out, stop, progress)?;
     }
+    results
+        .notes
+        .push(format!("Load average at the end: {}.", load_average()));
+    report::save_data(&cfg.out, &results)?;
     drop(jobs);
     drop(beds);
     drop(labs);
     report::write_report(&cfg.out)?;
     Ok(results)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute figures (the machine may be shared).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Name of the unfiltered reference case of the rule-count campaign.
@@ -520,9 +739,9 @@ pub fn rules(
             eta: Duration::ZERO,
         });
         let name = format!("{}-r{}", cfg.lab_prefix, &mode.to_string()[..1]);
-        let mut bed = Testbed::build(&mut labs, &name, mode, &cfg.settings)?;
+        let mut bed = Testbed::build(&mut labs, &name, mode, cfg.settings.mtu, 1)?;
         if mode == RuleSeries::Ebpf.mode() {
-            if let Some(ep) = &bed.endpoints {
+            if let Some(ep) = bed.policy_endpoints() {
                 let check = ep.install_listing10()?;
                 results.notes.push(format!(
                     "eBPF lab: Listing 10 checked in force before measuring ({}); {} POLICY \
@@ -538,7 +757,7 @@ pub fn rules(
                 switcher = Some(RuleSwitcher::new(ep.clone(), check.names.clone()));
             }
         }
-        bed.start_server(&cfg.settings)?;
+        bed.start_servers(&cfg.settings)?;
         beds.push((mode, name, bed));
     }
     report::save_data(&cfg.out, &results)?;
@@ -548,7 +767,7 @@ pub fn rules(
         let lab_name = lab_name.clone();
         jobs.push(Job {
             case: 0,
-            client: bed.client(&cfg.settings),
+            clients: bed.clients(&cfg.settings, 1, cfg.settings.streams),
             before: Box::new(move || {
                 lab::set_swarm_rules(&lab_name, SwarmRules::Off)?;
                 Ok(None)
@@ -576,7 +795,7 @@ pub fn rules(
             };
             jobs.push(Job {
                 case,
-                client: bed.client(&cfg.settings),
+                clients: bed.clients(&cfg.settings, 1, cfg.settings.streams),
                 before,
             });
         }
@@ -590,4 +809,78 @@ pub fn rules(
     drop(labs);
     report::write_report(&cfg.out)?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_plans_every_scenario_at_every_point_and_alternates_them_per_point() {
+        let scenarios = select_scenarios(&["native".into(), "ila".into(), "ila+policy".into()])
+            .expect("scenarios");
+        let sweep = Sweep {
+            streams: vec![4, 1],
+            pairs: vec![1, 2],
+            mtu: vec![1500],
+        };
+        let plan = paper_plan(&scenarios, &sweep);
+        let names: Vec<&str> = plan.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "native/p1-s1-m1500",
+                "ila/p1-s1-m1500",
+                "ila+policy/p1-s1-m1500",
+                "native/p1-s4-m1500",
+                "ila/p1-s4-m1500",
+                "ila+policy/p1-s4-m1500",
+                "native/p2-s1-m1500",
+                "ila/p2-s1-m1500",
+                "ila+policy/p2-s1-m1500",
+                "native/p2-s4-m1500",
+                "ila/p2-s4-m1500",
+                "ila+policy/p2-s4-m1500",
+            ]
+        );
+        assert!(plan
+            .iter()
+            .all(|c| c.baseline.as_deref() == Some(&*c.point.case_name("native", false))));
+        // Measuring order: round by round every case once, so within a point the scenarios
+        // run back to back (A B C), and every point comes once per round.
+        let order = interleaved(plan.len(), 2);
+        assert_eq!(order.len(), 24);
+        let first_round: Vec<&str> = order[..3].iter().map(|(_, j)| names[*j]).collect();
+        assert_eq!(
+            first_round,
+            [
+                "native/p1-s1-m1500",
+                "ila/p1-s1-m1500",
+                "ila+policy/p1-s1-m1500"
+            ]
+        );
+        assert_eq!(order[12], (1, 0), "round 2 starts again at the first point");
+
+        // One point: the cases keep their bare names (what reports and scripts know).
+        let one = Sweep {
+            streams: vec![1],
+            pairs: vec![1],
+            mtu: vec![9000],
+        };
+        let plan = paper_plan(&scenarios[..2], &one);
+        let names: Vec<&str> = plan.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["native", "ila"]);
+        // Without native there is nothing to take ratios against.
+        let plan = paper_plan(&scenarios[1..], &sweep);
+        assert!(plan.iter().all(|c| c.baseline.is_none()));
+    }
+
+    #[test]
+    fn raw_files_name_the_round_and_the_pair() {
+        assert_eq!(raw_file("ila+policy", 0, None), "raw/ila_policy-r001.json");
+        assert_eq!(
+            raw_file("ila/p4-s8-m9000", 9, Some(3)),
+            "raw/ila_p4-s8-m9000-r010-p4.json"
+        );
+    }
 }

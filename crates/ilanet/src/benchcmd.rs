@@ -22,12 +22,14 @@ pub struct CommonArgs {
     /// Leading 1-second intervals dropped from each run (warm-up); overrides the preset.
     #[arg(long)]
     pub skip: Option<usize>,
-    /// Parallel TCP streams (iperf3 -P).
-    #[arg(long, default_value_t = 1)]
-    pub parallel: u32,
-    /// Underlay MTU: 1500 or 9000 (overlay devices get 70 bytes less in swarm mode).
-    #[arg(long, default_value_t = 1500, value_parser = parse_mtu)]
-    pub mtu: u32,
+    /// Parallel TCP streams per client (iperf3 -P): one value, or for `bench paper` a
+    /// comma-separated list to sweep over (`1,4,8`).
+    #[arg(long, visible_alias = "parallel", default_value = "1", value_parser = parse_streams)]
+    pub streams: List<u32>,
+    /// Underlay MTU: 1500 or 9000 (overlay devices get 70 bytes less in swarm mode); for
+    /// `bench paper` also both (`1500,9000`).
+    #[arg(long, default_value = "1500", value_parser = parse_mtus)]
+    pub mtu: List<u32>,
     /// Output directory (default: results/<UTC timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -39,12 +41,50 @@ pub struct CommonArgs {
     pub paper: bool,
 }
 
-fn parse_mtu(s: &str) -> Result<u32, String> {
-    match s {
-        "1500" => Ok(1500),
-        "9000" => Ok(9000),
-        other => Err(format!("expected 1500 or 9000, got '{other}'")),
+/// A comma-separated list of values on the command line (`4` is a one-value list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T: Copy> List<T> {
+    /// The only value; `Err` naming the flag if the list has more (a campaign that measures
+    /// one point).
+    fn single(&self, flag: &str, campaign: &str) -> Result<T> {
+        match self.0.as_slice() {
+            [v] => Ok(*v),
+            _ => anyhow::bail!(
+                "{campaign} measures one point: {flag} takes one value here (lists are for \
+                 `bench paper`)"
+            ),
+        }
     }
+}
+
+fn parse_streams(s: &str) -> Result<List<u32>, String> {
+    let v: Vec<u32> = bench::model::parse_list(s)?;
+    let max = bench::model::MAX_STREAMS;
+    if let Some(x) = v.iter().find(|x| !(1..=max).contains(*x)) {
+        return Err(format!("{x} streams: expected 1..={max}"));
+    }
+    Ok(List(v))
+}
+
+fn parse_mtus(s: &str) -> Result<List<u32>, String> {
+    let v: Vec<u32> = bench::model::parse_list(s)?;
+    if let Some(x) = v.iter().find(|x| !matches!(x, 1500 | 9000)) {
+        return Err(format!("expected 1500 or 9000, got '{x}'"));
+    }
+    Ok(List(v))
+}
+
+fn parse_pairs(s: &str) -> Result<List<usize>, String> {
+    let v: Vec<usize> = bench::model::parse_list(s)?;
+    let max = bench::model::MAX_PAIRS;
+    if let Some(x) = v.iter().find(|x| !(1..=max).contains(*x)) {
+        return Err(format!(
+            "{x} pairs: expected 1..={max} container pairs measured at once"
+        ));
+    }
+    Ok(List(v))
 }
 
 /// `ilanet bench paper`.
@@ -56,6 +96,14 @@ pub struct PaperArgs {
     /// evpn).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
+    /// Container pairs measured at once (one container of each pair on each host, one iperf3
+    /// client/server per pair, their throughput summed): one value or a comma-separated list.
+    #[arg(long, default_value = "1", value_parser = parse_pairs)]
+    pub pairs: List<usize>,
+    /// Bound of a sweep's planned measuring time (points × scenarios × runs × duration),
+    /// hours; a single-point campaign is not bounded.
+    #[arg(long, default_value_t = bench::model::MAX_SWEEP_HOURS)]
+    pub max_hours: f64,
 }
 
 /// `ilanet bench rules`.
@@ -72,7 +120,22 @@ pub struct RulesArgs {
 struct Preset(usize, u32, usize);
 
 impl CommonArgs {
-    fn settings(&self, quick: Preset, default: Preset, paper: Preset) -> Settings {
+    /// Settings of a campaign that measures one point (streams and MTU single values).
+    fn settings(
+        &self,
+        campaign: &str,
+        quick: Preset,
+        default: Preset,
+        paper: Preset,
+    ) -> Result<Settings> {
+        let mut s = self.sweep_settings(quick, default, paper);
+        s.streams = self.streams.single("--streams", campaign)?;
+        s.mtu = self.mtu.single("--mtu", campaign)?;
+        Ok(s)
+    }
+
+    /// Settings with the first streams and MTU values (the sweep is added by the caller).
+    fn sweep_settings(&self, quick: Preset, default: Preset, paper: Preset) -> Settings {
         let p = if self.quick {
             quick
         } else if self.paper {
@@ -84,9 +147,10 @@ impl CommonArgs {
             runs: self.runs.unwrap_or(p.0),
             duration: self.duration.unwrap_or(p.1),
             skip: self.skip.unwrap_or(p.2),
-            streams: self.parallel,
-            mtu: self.mtu,
+            streams: self.streams.0.first().copied().unwrap_or(1),
+            mtu: self.mtu.0.first().copied().unwrap_or(1500),
             port: lab::LISTING9_PORT,
+            sweep: None,
         }
     }
 
@@ -145,9 +209,32 @@ fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
     } else {
         String::new()
     };
+    // Sweep case names carry their point (`ila+policy/p4-s8-m9000`).
+    let w = results
+        .cases
+        .iter()
+        .map(|c| c.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
+    let bw = results
+        .cases
+        .iter()
+        .filter_map(|c| results.baseline_of(c).map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<16} {:>9} {:>19} {:>5} {:>24} {:<10} {:>9}{policy_head}",
-        "case", "Gbit/s", "95% CI (runs)", "runs", "ratio [95% CI]", "to", "CPU%/Gbps"
+        "{:<w$} {:>9} {:>19} {:>5} {:>24} {:<bw$} {:>9} {:>10} {:>24}{policy_head}",
+        "case",
+        "Gbit/s",
+        "95% CI (runs)",
+        "runs",
+        "ratio [95% CI]",
+        "to",
+        "CPU%/Gbps",
+        "mCPU%/Gbps",
+        "mCPU ratio [95% CI]"
     );
     for c in &results.cases {
         let policy_cols = match (&c.policy, policy) {
@@ -167,29 +254,42 @@ fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
                     (Some(l), Some(h)) => format!("{l:.2} – {h:.2}"),
                     _ => "–".into(),
                 };
-                let ratio = s
-                    .ratio_to_baseline
-                    .map(|r| match (r.ci_low, r.ci_high) {
+                let ratio_text = |r: Option<bench::stats::Summary>| {
+                    r.map(|r| match (r.ci_low, r.ci_high) {
                         (Some(l), Some(h)) => format!("{:.3} [{l:.3}, {h:.3}]", r.mean),
                         _ => format!("{:.3}", r.mean),
                     })
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                };
+                let ratio = ratio_text(s.ratio_to_baseline);
+                let machine = s
+                    .machine_cpu_per_gbps
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "–".into());
+                let machine_ratio = ratio_text(s.machine_cpu_ratio_to_baseline);
                 println!(
-                    "{:<16} {:>9.3} {:>19} {:>5} {:>24} {:<10} {:>9.1}{policy_cols}",
+                    "{:<w$} {:>9.3} {:>19} {:>5} {:>24} {:<bw$} {:>9.1} {:>10} {:>24}{policy_cols}",
                     c.name,
                     s.run_means.mean,
                     ci,
                     s.runs,
                     ratio,
                     results.baseline_of(c).unwrap_or(""),
-                    s.cpu_per_gbps
+                    s.cpu_per_gbps,
+                    machine,
+                    machine_ratio
                 );
             }
-            None => println!("{:<16} {}", c.name, c.note.as_deref().unwrap_or("no runs")),
+            None => println!("{:<w$} {}", c.name, c.note.as_deref().unwrap_or("no runs")),
         }
     }
     if let Some(v) = bench::report::ebpf_verdict(results) {
         println!("{v}");
+    }
+    if results.campaign == bench::model::Campaign::Paper {
+        if let Some(v) = bench::report::scale_summary(results) {
+            println!("{v}");
+        }
     }
     println!("report: {}", out.join("report.md").display());
     if results.interrupted {
@@ -204,27 +304,58 @@ fn finish(results: &Results, out: &std::path::Path) -> ExitCode {
 
 /// Runs `ilanet bench paper`.
 pub fn paper(args: &PaperArgs) -> Result<ExitCode> {
-    let settings = args
-        .common
-        .settings(Preset(2, 5, 1), Preset(10, 12, 2), Preset(100, 70, 10));
-    let out = args.common.out_dir();
-    let cfg = PaperConfig {
-        settings,
-        scenarios: args.scenarios.clone(),
-        out: out.clone(),
-        lab_prefix: format!("b{}", std::process::id()),
-    };
+    let cfg = paper_config(args, args.common.out_dir(), std::process::id())?;
+    let out = cfg.out.clone();
     crate::stop::install();
     let results = bench::paper(&cfg, &crate::stop::STOP, &mut progress_printer())
         .with_context(|| format!("bench paper (results so far in {})", out.display()))?;
     Ok(finish(&results, &out))
 }
 
+/// What `ilanet bench paper` runs: the presets, the sweep of streams × pairs × MTU, checked
+/// (sizes, ranges, the planned-time bound of a sweep) before any lab is built.
+fn paper_config(args: &PaperArgs, out: PathBuf, pid: u32) -> Result<PaperConfig> {
+    let mut settings =
+        args.common
+            .sweep_settings(Preset(2, 5, 1), Preset(10, 12, 2), Preset(100, 70, 10));
+    let sweep = bench::model::Sweep {
+        streams: args.common.streams.0.clone(),
+        pairs: args.pairs.0.clone(),
+        mtu: args.common.mtu.0.clone(),
+    };
+    sweep.validate()?;
+    if !(args.max_hours.is_finite() && args.max_hours > 0.0) {
+        anyhow::bail!(
+            "--max-hours must be a positive number of hours, got {}",
+            args.max_hours
+        );
+    }
+    let scenarios = bench::runner::select_scenarios(&args.scenarios)?;
+    sweep.check_time(
+        scenarios.len(),
+        settings.runs,
+        settings.duration,
+        args.max_hours,
+    )?;
+    settings.sweep = Some(sweep);
+    settings.validate()?;
+    Ok(PaperConfig {
+        settings,
+        scenarios: args.scenarios.clone(),
+        out,
+        lab_prefix: format!("b{pid}"),
+        max_hours: args.max_hours,
+    })
+}
+
 /// Runs `ilanet bench rules`.
 pub fn rules(args: &RulesArgs) -> Result<ExitCode> {
-    let settings = args
-        .common
-        .settings(Preset(1, 4, 1), Preset(3, 10, 2), Preset(20, 30, 5));
+    let settings = args.common.settings(
+        "bench rules",
+        Preset(1, 4, 1),
+        Preset(3, 10, 2),
+        Preset(20, 30, 5),
+    )?;
     let out = args.common.out_dir();
     let cfg = RulesConfig {
         settings,
@@ -720,4 +851,151 @@ pub fn latency(args: &LatencyArgs) -> Result<ExitCode> {
     }
     println!("report: {}", out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Paper {
+        #[command(flatten)]
+        args: PaperArgs,
+    }
+
+    #[derive(Parser)]
+    struct Rules {
+        #[command(flatten)]
+        args: RulesArgs,
+    }
+
+    fn paper_of(argv: &[&str]) -> Result<PaperConfig> {
+        let p = Paper::try_parse_from(std::iter::once("paper").chain(argv.iter().copied()))?;
+        paper_config(&p.args, PathBuf::from("/nonexistent"), 7)
+    }
+
+    fn paper_err(argv: &[&str]) -> String {
+        format!("{:#}", paper_of(argv).expect_err("refused"))
+    }
+
+    #[test]
+    fn paper_lists_become_a_sweep_and_single_values_still_work() {
+        let cfg = paper_of(&[
+            "--quick",
+            "--streams",
+            "1,4,8",
+            "--pairs",
+            "1,4",
+            "--mtu",
+            "1500,9000",
+        ])
+        .expect("config");
+        let sweep = cfg.settings.sweep.clone().expect("sweep");
+        assert_eq!(
+            (sweep.streams, sweep.pairs, sweep.mtu),
+            (vec![1, 4, 8], vec![1, 4], vec![1500, 9000])
+        );
+        assert_eq!(
+            (cfg.settings.runs, cfg.settings.duration),
+            (2, 5),
+            "--quick"
+        );
+        assert_eq!((cfg.settings.streams, cfg.settings.mtu), (1, 1500));
+        assert_eq!(cfg.lab_prefix, "b7");
+
+        // The old spelling: one value, and --parallel as an alias of --streams.
+        let cfg = paper_of(&["--parallel", "4", "--mtu", "9000"]).expect("config");
+        let sweep = cfg.settings.sweep.expect("sweep");
+        assert_eq!(
+            (sweep.streams, sweep.pairs, sweep.mtu),
+            (vec![4], vec![1], vec![9000])
+        );
+        assert_eq!((cfg.settings.streams, cfg.settings.mtu), (4, 9000));
+        let cfg = paper_of(&[]).expect("defaults");
+        assert_eq!(cfg.settings.sweep.map(|w| w.len()), Some(1));
+    }
+
+    #[test]
+    fn bad_paper_lists_are_refused_with_the_reason() {
+        let e = paper_err(&["--pairs", "0"]);
+        assert!(e.contains("0 pairs: expected 1..=8"), "{e}");
+        let e = paper_err(&["--streams", "1,,4"]);
+        assert!(e.contains("entry 2 of '1,,4' is empty"), "{e}");
+        let e = paper_err(&["--streams", "1,4,1"]);
+        assert!(e.contains("listed twice"), "{e}");
+        let e = paper_err(&["--streams", "0"]);
+        assert!(e.contains("expected 1..=128"), "{e}");
+        let e = paper_err(&["--mtu", "1500,1400"]);
+        assert!(e.contains("expected 1500 or 9000, got '1400'"), "{e}");
+        let e = paper_err(&[
+            "--streams",
+            "1,2,3,4,5,6,7,8",
+            "--pairs",
+            "1,2",
+            "--mtu",
+            "1500,9000",
+        ]);
+        assert!(e.contains("32 points; at most 24"), "{e}");
+        // Within the point bound, but hours of measuring with the default preset.
+        let e = paper_err(&[
+            "--streams",
+            "1,2,4,8",
+            "--pairs",
+            "1,2,4",
+            "--mtu",
+            "1500,9000",
+            "--runs",
+            "20",
+        ]);
+        assert!(e.contains("the bound is 8 h (--max-hours)"), "{e}");
+        assert!(paper_of(&[
+            "--streams",
+            "1,2,4,8",
+            "--pairs",
+            "1,2,4",
+            "--mtu",
+            "1500,9000",
+            "--runs",
+            "20",
+            "--max-hours",
+            "24"
+        ])
+        .is_ok());
+        let e = paper_err(&["--max-hours", "0"]);
+        assert!(e.contains("--max-hours must be a positive"), "{e}");
+        let e = paper_err(&["--scenarios", "nope"]);
+        assert!(e.contains("unknown scenario 'nope'"), "{e}");
+    }
+
+    #[test]
+    fn rules_measures_one_point() {
+        let r = Rules::try_parse_from(["rules", "--parallel", "2", "--mtu", "9000"]).expect("args");
+        let s = r
+            .args
+            .common
+            .settings(
+                "bench rules",
+                Preset(1, 4, 1),
+                Preset(3, 10, 2),
+                Preset(20, 30, 5),
+            )
+            .expect("settings");
+        assert_eq!((s.streams, s.mtu, s.sweep), (2, 9000, None));
+        let r = Rules::try_parse_from(["rules", "--streams", "1,4"]).expect("args");
+        let e = r
+            .args
+            .common
+            .settings(
+                "bench rules",
+                Preset(1, 4, 1),
+                Preset(3, 10, 2),
+                Preset(20, 30, 5),
+            )
+            .expect_err("a list");
+        assert!(
+            e.to_string().contains("--streams takes one value here"),
+            "{e}"
+        );
+    }
 }
