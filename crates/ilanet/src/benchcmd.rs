@@ -970,29 +970,21 @@ mod tests {
 
     #[test]
     fn rules_measures_one_point() {
-        let r = Rules::try_parse_from(["rules", "--parallel", "2", "--mtu", "9000"]).expect("args");
-        let s = r
-            .args
-            .common
-            .settings(
-                "bench rules",
-                Preset(1, 4, 1),
-                Preset(3, 10, 2),
-                Preset(20, 30, 5),
-            )
-            .expect("settings");
+        let settings = |argv: &[&str]| {
+            Rules::try_parse_from(argv)
+                .expect("args")
+                .args
+                .common
+                .settings(
+                    "bench rules",
+                    Preset(1, 4, 1),
+                    Preset(3, 10, 2),
+                    Preset(20, 30, 5),
+                )
+        };
+        let s = settings(&["rules", "--parallel", "2", "--mtu", "9000"]).expect("settings");
         assert_eq!((s.streams, s.mtu, s.sweep), (2, 9000, None));
-        let r = Rules::try_parse_from(["rules", "--streams", "1,4"]).expect("args");
-        let e = r
-            .args
-            .common
-            .settings(
-                "bench rules",
-                Preset(1, 4, 1),
-                Preset(3, 10, 2),
-                Preset(20, 30, 5),
-            )
-            .expect_err("a list");
+        let e = settings(&["rules", "--streams", "1,4"]).expect_err("a list");
         assert!(
             e.to_string().contains("--streams takes one value here"),
             "{e}"

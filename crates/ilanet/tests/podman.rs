@@ -265,18 +265,7 @@ fn podman_containers_on_two_machines_reach_each_other_over_ila() {
     )
     .expect("policy");
     // site2's certificate may only read policies; site1 holds the policy administrator's.
-    let refused = agents::call(
-        &lab,
-        "site2",
-        &Request::PolicyApply {
-            records: records.clone(),
-        },
-    )
-    .expect_err("site2 may not write policies");
-    assert!(
-        refused.to_string().contains("may only read policies"),
-        "{refused}"
-    );
+    common::assert_policy_writes_refused(&lab, "site2", &records);
     agents::call(&lab, "site1", &Request::PolicyApply { records }).expect("apply");
     lab::agents::wait_policies(
         &lab,

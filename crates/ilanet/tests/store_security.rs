@@ -268,18 +268,7 @@ fn a_host_can_neither_write_policies_nor_relabel_another_hosts_endpoints() {
         ila::Vnid::new(1).expect("vnid"),
     )
     .expect("policy");
-    let refused = agents::call(
-        &name,
-        "site2",
-        &Request::PolicyApply {
-            records: records.clone(),
-        },
-    )
-    .expect_err("site2 may not write policies");
-    assert!(
-        refused.to_string().contains("may only read policies"),
-        "{refused}"
-    );
+    common::assert_policy_writes_refused(&name, "site2", &records);
     let o = etcdctl(
         &as_user(&name, "site2"),
         &["put", "/ilanet/v1/policies/p1", "{}"],
