@@ -91,10 +91,17 @@ struct Testbed {
 impl Testbed {
     /// Builds the lab and its endpoints and sets the MTU; the iperf3 server is started later
     /// ([`Testbed::start_server`]) so a policy check can use the server port first.
-    fn build(labs: &mut Labs, name: &str, mode: Mode, s: &Settings) -> Result<Self, BenchError> {
+    fn build(
+        labs: &mut Labs,
+        name: &str,
+        mode: Mode,
+        hook: dataplane::UplinkHook,
+        s: &Settings,
+    ) -> Result<Self, BenchError> {
         let planned = if mode == Mode::Ila { 0 } else { 1 };
         let mut spec = LabSpec::generic(name, 2, planned);
         spec.mode = mode;
+        spec.uplink_hook = hook;
         if mode == Mode::Evpn {
             // The paper's EVPN: gobgpd as route server.
             spec.routing = lab::plan::RoutingMode::Gobgp;
@@ -374,7 +381,8 @@ pub fn paper(
             eta: Duration::ZERO,
         });
         let name = format!("{}-{}", cfg.lab_prefix, sc.tag);
-        let mut bed = Testbed::build(&mut labs, &name, sc.mode, &cfg.settings)?;
+        let hook = sc.setup.uplink_hook();
+        let mut bed = Testbed::build(&mut labs, &name, sc.mode, hook, &cfg.settings)?;
         if let Some(check) = sc.setup.apply(&name, bed.endpoints.as_ref())? {
             progress(&Progress {
                 done: 0,
@@ -520,7 +528,8 @@ pub fn rules(
             eta: Duration::ZERO,
         });
         let name = format!("{}-r{}", cfg.lab_prefix, &mode.to_string()[..1]);
-        let mut bed = Testbed::build(&mut labs, &name, mode, &cfg.settings)?;
+        let tcx = dataplane::UplinkHook::Tcx;
+        let mut bed = Testbed::build(&mut labs, &name, mode, tcx, &cfg.settings)?;
         if mode == RuleSeries::Ebpf.mode() {
             if let Some(ep) = &bed.endpoints {
                 let check = ep.install_listing10()?;

@@ -52,8 +52,8 @@ fn parse_mtu(s: &str) -> Result<u32, String> {
 pub struct PaperArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Scenarios to run, comma-separated (native, ila, ila+policy, swarm, swarm+iptables,
-    /// evpn).
+    /// Scenarios to run, comma-separated (native, ila, ila-xdp, ila+policy, swarm,
+    /// swarm+iptables, evpn).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
 }
