@@ -39,8 +39,16 @@ static __always_inline struct ipv6hdr *ipv6_header(ila_ctx *ctx)
 #endif
 	}
 	ip6 = data + L3_OFF;
-	if (ip6->version != 6 || ctx_len(ctx) < HDRS_LEN + bpf_ntohs(ip6->payload_len))
+	if (ip6->version != 6)
 		return NULL;
+#ifdef ILA_XDP
+	/* The frame is linear: a pointer compare instead of the bpf_xdp_get_buff_len call. */
+	if (data + HDRS_LEN + bpf_ntohs(ip6->payload_len) > data_end)
+		return NULL;
+#else
+	if (ctx_len(ctx) < HDRS_LEN + bpf_ntohs(ip6->payload_len))
+		return NULL;
+#endif
 	return ip6;
 }
 
