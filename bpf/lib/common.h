@@ -37,6 +37,73 @@ char LICENSE[] SEC("license") __ila_weak = "GPL";
 #define ILA_PINNING __uint(pinning, LIBBPF_PIN_BY_NAME);
 #endif
 
+/*
+ * One source, two hooks. from-wire also runs at XDP on the uplink (from_wire_xdp.c defines
+ * ILA_XDP and includes from_wire.c): the helpers take an `ila_ctx` (the skb at tc, the xdp_md at
+ * XDP) and reach the packet only through these accessors. XDP sees the frame before the stack:
+ * no skb, no skb->protocol, no checksum state, linear frames only (no frags flag).
+ */
+#ifdef ILA_XDP
+typedef struct xdp_md ila_ctx;
+#define ILA_PASS XDP_PASS
+#define ILA_DROP XDP_DROP
+
+static __always_inline void *ctx_data(const ila_ctx *c)
+{
+	return (void *)(long)c->data;
+}
+
+static __always_inline void *ctx_data_end(const ila_ctx *c)
+{
+	return (void *)(long)c->data_end;
+}
+
+/* The frame's length (a helper: the verifier forbids data_end - data on ctx pointers). */
+static __always_inline __u32 ctx_len(ila_ctx *c)
+{
+	return bpf_xdp_get_buff_len(c);
+}
+
+static __always_inline int ctx_load_bytes(ila_ctx *c, __u32 off, void *to, __u32 len)
+{
+	return bpf_xdp_load_bytes(c, off, to, len);
+}
+
+static __always_inline __u32 ctx_ifindex(const ila_ctx *c)
+{
+	return c->ingress_ifindex;
+}
+#else
+typedef struct __sk_buff ila_ctx;
+#define ILA_PASS TC_ACT_OK
+#define ILA_DROP TC_ACT_SHOT
+
+static __always_inline void *ctx_data(const ila_ctx *c)
+{
+	return (void *)(long)c->data;
+}
+
+static __always_inline void *ctx_data_end(const ila_ctx *c)
+{
+	return (void *)(long)c->data_end;
+}
+
+static __always_inline __u32 ctx_len(ila_ctx *c)
+{
+	return c->len;
+}
+
+static __always_inline int ctx_load_bytes(ila_ctx *c, __u32 off, void *to, __u32 len)
+{
+	return bpf_skb_load_bytes(c, off, to, len);
+}
+
+static __always_inline __u32 ctx_ifindex(const ila_ctx *c)
+{
+	return c->ifindex;
+}
+#endif
+
 #define L2_LEN ((__u32)sizeof(struct ethhdr))
 #define L3_OFF L2_LEN
 #define HDRS_LEN (L2_LEN + (__u32)sizeof(struct ipv6hdr))
