@@ -107,7 +107,7 @@ impl ConvergeConfig {
                 self.resync
             ));
         }
-        let max_rules = crate::ebpf::max_extra_rules();
+        let max_rules = 3 * 65535;
         if self.policy_rules > max_rules {
             return invalid(format!(
                 "--policy-rules must be at most {max_rules} (distinct port rules), got {}",
@@ -440,6 +440,41 @@ pub fn run(
     })
 }
 
+/// Rules per policy document of the policy measurement: a 100,000-rule document is over the
+/// store's 16 MiB value limit, so the rules go in several policies applied in one request.
+pub const POLICY_CHUNK_RULES: usize = 25_000;
+
+/// `n` rules as CiliumNetworkPolicy documents of at most [`POLICY_CHUNK_RULES`] rules each,
+/// all selecting `app=service1` and allowing `app=service1` in, each rule on its own
+/// (protocol, port) so that each is one `POLICY` entry.
+pub fn policy_chunks(n: usize) -> Vec<String> {
+    let ports = ["TCP", "UDP", "SCTP"]
+        .into_iter()
+        .flat_map(|proto| (1..=65535u16).map(move |p| (proto, p)));
+    let all: Vec<(&str, u16)> = ports.take(n).collect();
+    all.chunks(POLICY_CHUNK_RULES)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut s = String::with_capacity(130 * chunk.len() + 256);
+            s.push_str(&format!(
+                "{{\"apiVersion\":\"cilium.io/v2\",\"kind\":\"CiliumNetworkPolicy\",\"metadata\":{{\"name\":\"bench-scale-{n}-{i}\"}},\
+                 \"spec\":{{\"endpointSelector\":{{\"matchLabels\":{{\"app\":\"service1\"}}}},\"ingress\":["
+            ));
+            for (j, (proto, port)) in chunk.iter().enumerate() {
+                if j > 0 {
+                    s.push(',');
+                }
+                s.push_str(&format!(
+                    "{{\"fromEndpoints\":[{{\"matchLabels\":{{\"app\":\"service1\"}}}}],\
+                     \"toPorts\":[{{\"ports\":[{{\"port\":\"{port}\",\"protocol\":\"{proto}\"}}]}}]}}"
+                ));
+            }
+            s.push_str("]}}\n");
+            s
+        })
+        .collect()
+}
+
 /// Whether `identity`'s ingress is under policy on the host of `maps` (every local identity
 /// has a `POLICY_EP` entry; the flag says whether a policy selects it).
 fn enforced(maps: &HostMaps, identity: u32) -> Result<bool, BenchError> {
@@ -482,11 +517,18 @@ fn policy_bench(
             serde_json::from_value(reply).step(|| format!("reply to the creation of pol{i}"))?;
         identities.push(ep.identity);
     }
-    let text = crate::ebpf::extra_rules_policy(n)?;
-    let file = format!("{}.json", crate::ebpf::extra_policy_name(n));
-    let records =
-        agent::policy_sync::records_for_file(&file, text.as_bytes(), lab::plan::default_vnid())
-            .map_err(|e| BenchError::Invalid(format!("the {n}-rule policy does not parse: {e}")))?;
+    let mut records = Vec::new();
+    let mut file_bytes = 0;
+    for (i, text) in policy_chunks(n).iter().enumerate() {
+        let file = format!("bench-scale-{n}-{i}.json");
+        file_bytes += text.len();
+        records.extend(
+            agent::policy_sync::records_for_file(&file, text.as_bytes(), lab::plan::default_vnid())
+                .map_err(|e| {
+                    BenchError::Invalid(format!("the {n}-rule policy does not parse: {e}"))
+                })?,
+        );
+    }
     let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
     let timeout = Duration::from_secs(cfg.timeout_secs.max(30));
     let poll = Duration::from_micros(cfg.poll_us);
@@ -576,7 +618,7 @@ fn policy_bench(
     let everywhere = Summary::of(&every);
     Ok(PolicyReport {
         rules: n,
-        file_bytes: text.len(),
+        file_bytes,
         entries,
         target_met: everywhere
             .as_ref()
@@ -767,8 +809,11 @@ impl Pass {
     }
 }
 
+/// A store listing: (key, value) bytes of each record.
+type Listing = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The snapshot as the store lists it: (key, value) bytes of each mapping record.
-fn encode_snapshot(records: &[MappingRecord]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BenchError> {
+fn encode_snapshot(records: &[MappingRecord]) -> Result<Listing, BenchError> {
     records
         .iter()
         .map(|r| {
@@ -992,4 +1037,80 @@ pub fn write_out(dir: &Path, report: &Report) -> Result<PathBuf, BenchError> {
     writeln!(f, "{line}")
         .step(|| format!("appending to {}", log.display()))
         .map(|()| file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ConvergeConfig {
+        ConvergeConfig {
+            hosts: 2,
+            endpoints: 1,
+            store: StoreKind::Embedded,
+            concurrency: 1,
+            resync: 0,
+            policy_rules: 0,
+            policy_runs: 1,
+            poll_us: 100,
+            timeout_secs: 1,
+            agent_binary: PathBuf::from("ilanet"),
+        }
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        assert!(cfg().validate().is_ok());
+        let c = ConvergeConfig {
+            resync: 1_000_000,
+            ..cfg()
+        };
+        assert!(c.validate().is_ok(), "a million mappings fit the maps");
+        let c = ConvergeConfig {
+            resync: OUT_MAP_CAPACITY + 1,
+            ..cfg()
+        };
+        assert!(c.validate().is_err());
+        let c = ConvergeConfig {
+            policy_rules: 3 * 65535 + 1,
+            ..cfg()
+        };
+        assert!(c.validate().is_err());
+        let c = ConvergeConfig {
+            policy_rules: 10,
+            policy_runs: 0,
+            ..cfg()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn resync_targets_by_size() {
+        assert_eq!(resync_target_ms(1000).1, None);
+        assert_eq!(resync_target_ms(100_000).1, Some(TARGET_RESYNC_MS));
+        assert_eq!(
+            resync_target_ms(1_000_000).1,
+            Some(TARGET_RESYNC_MILLION_MS)
+        );
+    }
+
+    #[test]
+    fn policy_chunks_parse_and_hold_every_rule_once() {
+        let chunks = policy_chunks(POLICY_CHUNK_RULES + 3);
+        assert_eq!(chunks.len(), 2);
+        let vnid = lab::plan::default_vnid();
+        let mut names = Vec::new();
+        for (i, text) in chunks.iter().enumerate() {
+            let recs =
+                agent::policy_sync::records_for_file(&format!("c{i}.json"), text.as_bytes(), vnid)
+                    .expect("parses");
+            names.extend(recs.into_iter().map(|r| r.name));
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 2, "one policy per chunk: {names:?}");
+        let rules: usize = chunks.iter().map(|c| c.matches("toPorts").count()).sum();
+        assert_eq!(rules, POLICY_CHUNK_RULES + 3);
+        assert!(chunks.iter().all(|c| c.len() < store::MAX_VALUE_BYTES / 2));
+    }
 }
