@@ -17,10 +17,10 @@
 #include <linux/types.h>
 
 /* max_entries of the maps (lib/maps.h); ILA_FILTER_SLOTS and ILA_STAT_MAX below. */
-#define ILA_OUT_MAX_ENTRIES (1 << 20)    /* ILA_OUT: one per remote or local SIR address (no prealloc) */
+#define ILA_OUT_MAX_ENTRIES 131072       /* ILA_OUT: one per remote or local SIR address */
 #define ILA_IN_MAX_ENTRIES 65536         /* ILA_IN: one per local endpoint */
 #define ILA_ENDPOINTS_MAX_ENTRIES 65536  /* ILA_ENDPOINTS: local endpoints */
-#define ILA_IPCACHE_MAX_ENTRIES (1 << 20) /* ILA_IPCACHE: every endpoint of the network (no prealloc) */
+#define ILA_IPCACHE_MAX_ENTRIES 131072   /* ILA_IPCACHE: every endpoint of the network */
 #define ILA_CT_MAX_ENTRIES 131072        /* ILA_CT: flows (LRU) */
 #define ILA_EVENTS_BYTES (256 * 1024)    /* ILA_EVENTS: ring buffer size in bytes */
 

@@ -15,8 +15,6 @@ struct {
 	__type(key, struct ila_out_key);
 	__type(value, struct ila_out_val);
 	__uint(max_entries, ILA_OUT_MAX_ENTRIES);
-	/* Sized for a million mappings: allocate entries as they come, not max_entries up front. */
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	ILA_PINNING
 } ILA_OUT SEC(".maps") __ila_weak;
 
@@ -81,8 +79,6 @@ struct {
 	__type(key, struct ila_endpoint_key);
 	__type(value, struct ila_ipcache_val);
 	__uint(max_entries, ILA_IPCACHE_MAX_ENTRIES);
-	/* Sized for a million mappings: allocate entries as they come, not max_entries up front. */
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	ILA_PINNING
 } ILA_IPCACHE SEC(".maps") __ila_weak;
 

@@ -91,17 +91,33 @@ pub struct CreateEndpoint {
 /// The host's pinned eBPF maps.
 pub struct KernelMaps(pub Arc<Mutex<HostDataplane>>);
 
-/// Applies mapping operations to real maps: writes before removals, each kind in batches (a
-/// resync of a million mappings is a few hundred syscalls, not millions).
+/// Applies mapping operations to real maps: writes before removals.
 fn apply_mappings(maps: &mut dataplane::HostMaps, ops: &Ops) -> Result<(), DataplaneError> {
-    maps.insert_ipcache_many(&ops.ipcache_put)?;
-    maps.insert_endpoint_many(&ops.ep_put)?;
-    maps.insert_out_many(&ops.out_put)?;
-    maps.insert_in_many(&ops.in_put)?;
-    maps.remove_out_many(&ops.out_del)?;
-    maps.remove_in_many(&ops.in_del)?;
-    maps.remove_endpoint_many(&ops.ep_del)?;
-    maps.remove_ipcache_many(&ops.ipcache_del)
+    for (k, v) in &ops.ipcache_put {
+        maps.insert_ipcache(*k, v)?;
+    }
+    for (k, v) in &ops.ep_put {
+        maps.insert_endpoint(*k, v)?;
+    }
+    for (k, v) in &ops.out_put {
+        maps.insert_out(*k, v)?;
+    }
+    for (k, v) in &ops.in_put {
+        maps.insert_in(*k, v)?;
+    }
+    for k in &ops.out_del {
+        maps.remove_out(*k)?;
+    }
+    for k in &ops.in_del {
+        maps.remove_in(*k)?;
+    }
+    for k in &ops.ep_del {
+        maps.remove_endpoint(*k)?;
+    }
+    for k in &ops.ipcache_del {
+        maps.remove_ipcache(*k)?;
+    }
+    Ok(())
 }
 
 /// Reads everything the mapping reconciliation compares against.

@@ -35,25 +35,8 @@ pub const TARGET_P99_ETCD_MS: f64 = 200.0;
 pub const TARGET_RESYNC_MS: f64 = 1000.0;
 /// The resync target is stated for this many mappings.
 pub const TARGET_RESYNC_ENTRIES: usize = 100_000;
-/// Target of a cold resync of a million mappings, in milliseconds.
-pub const TARGET_RESYNC_MILLION_MS: f64 = 3000.0;
-/// The second resync target is stated for this many mappings.
-pub const TARGET_RESYNC_MILLION_ENTRIES: usize = 1_000_000;
-/// Target memory per mapping (kernel maps + the agent's view), in bytes.
-pub const TARGET_BYTES_PER_MAPPING: f64 = 300.0;
-/// Capacity of ILA_OUT and ILA_IPCACHE, the smaller (the ABI header defines them; the ABI test
-/// checks them against BTF): every mapping has one entry in each.
-pub const OUT_MAP_CAPACITY: usize = if dataplane::OUT_MAX_ENTRIES < dataplane::IPCACHE_MAX_ENTRIES {
-    dataplane::OUT_MAX_ENTRIES
-} else {
-    dataplane::IPCACHE_MAX_ENTRIES
-};
-/// Target: a 100,000-rule policy in force on every host this long after `apply` returns, ms.
-pub const TARGET_POLICY_MS: f64 = 1000.0;
-/// The policy target is stated for this many rules.
-pub const TARGET_POLICY_RULES: usize = 100_000;
-/// Most applications of the policy in one run.
-pub const MAX_POLICY_RUNS: usize = 20;
+/// Capacity of ILA_OUT (the ABI header defines it; the ABI test checks it against BTF).
+pub const OUT_MAP_CAPACITY: usize = dataplane::OUT_MAX_ENTRIES;
 /// Locators the resync's synthetic mappings are spread over.
 const RESYNC_HOSTS: u16 = 16;
 
@@ -70,10 +53,6 @@ pub struct ConvergeConfig {
     pub concurrency: usize,
     /// Mappings of the cold-resync measurement (0 skips it).
     pub resync: usize,
-    /// Rules of the policy-in-force measurement (0 skips it).
-    pub policy_rules: usize,
-    /// Times the policy is applied (and removed again) for that measurement.
-    pub policy_runs: usize,
     /// Sleep between two polls of the other hosts' maps, in microseconds (the resolution).
     pub poll_us: u64,
     /// Give up when a mapping has not reached every host after this many seconds.
@@ -103,21 +82,8 @@ impl ConvergeConfig {
         }
         if self.resync > OUT_MAP_CAPACITY {
             return invalid(format!(
-                "--resync must be at most {OUT_MAP_CAPACITY} (the capacity of ILA_OUT and ILA_IPCACHE), got {}",
+                "--resync must be at most {OUT_MAP_CAPACITY} (the capacity of ILA_OUT), got {}",
                 self.resync
-            ));
-        }
-        let max_rules = 3 * 65535;
-        if self.policy_rules > max_rules {
-            return invalid(format!(
-                "--policy-rules must be at most {max_rules} (distinct port rules), got {}",
-                self.policy_rules
-            ));
-        }
-        if self.policy_rules > 0 && !(1..=MAX_POLICY_RUNS).contains(&self.policy_runs) {
-            return invalid(format!(
-                "--policy-runs must be between 1 and {MAX_POLICY_RUNS}, got {}",
-                self.policy_runs
             ));
         }
         if self.timeout_secs == 0 {
@@ -192,8 +158,6 @@ pub struct Sample {
 pub struct ResyncReport {
     /// Mappings resynchronised.
     pub entries: usize,
-    /// Decoding the snapshot's key/value pairs (as the store holds them) into records.
-    pub decode_ms: f64,
     /// Building the agent's view (SIR address → record) from the snapshot's records.
     pub view_ms: f64,
     /// `reconcile::desired`.
@@ -204,8 +168,7 @@ pub struct ResyncReport {
     pub diff_ms: f64,
     /// Writing every entry (the agent's loop of inserts).
     pub write_ms: f64,
-    /// All of the above: what a cold agent spends before its maps match the store (from the
-    /// listing's bytes to the last map write).
+    /// All of the above: what a cold agent spends before its maps match the store.
     pub total_ms: f64,
     /// `total_ms` per entry, in microseconds.
     pub per_entry_us: f64,
@@ -217,38 +180,9 @@ pub struct ResyncReport {
     pub sweep_total_ms: f64,
     /// Entries removed by the sweep.
     pub sweep_removed: usize,
-    /// Target for this size: 1 s up to 100,000 entries, 3 s for a million.
+    /// Target for 100,000 entries.
     pub target_ms: f64,
     /// Whether `total_ms` meets it (only judged at 100,000 entries or more).
-    pub target_met: Option<bool>,
-    /// Memory the mappings cost.
-    pub memory: MemoryReport,
-}
-
-/// Memory per mapping after the cold resync: the kernel's maps and the agent's view.
-#[derive(Debug, Clone, Serialize)]
-pub struct MemoryReport {
-    /// Kernel `memlock` of each mapping map (fdinfo) before the resync (empty maps), bytes.
-    pub maps_empty: BTreeMap<String, u64>,
-    /// The same after the cold resync.
-    pub maps_full: BTreeMap<String, u64>,
-    /// `max_entries` of each mapping map.
-    pub max_entries: BTreeMap<String, u64>,
-    /// (full − empty) summed over the maps, per mapping: what one more mapping costs.
-    pub kernel_delta_bytes_per_mapping: f64,
-    /// Full `memlock` summed over the maps, per mapping (buckets included).
-    pub kernel_total_bytes_per_mapping: f64,
-    /// Resident set growth of this process for the agent's view (decoded records keyed by SIR
-    /// address, what the agent keeps), per mapping.
-    pub view_rss_bytes_per_mapping: f64,
-    /// Resident set growth at the peak of the resync (view + desired state + operations), per
-    /// mapping: transient, freed after the resync.
-    pub peak_rss_bytes_per_mapping: f64,
-    /// `kernel_total_bytes_per_mapping + view_rss_bytes_per_mapping`.
-    pub total_bytes_per_mapping: f64,
-    /// Target per mapping, bytes.
-    pub target_bytes: f64,
-    /// Whether `total_bytes_per_mapping` meets it (judged at 100,000 entries or more).
     pub target_met: Option<bool>,
 }
 
@@ -293,38 +227,6 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// The cold-resync measurement, unless skipped.
     pub resync: Option<ResyncReport>,
-    /// The policy-in-force measurement, unless skipped.
-    pub policy: Option<PolicyReport>,
-}
-
-/// One application of the big policy.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyRun {
-    /// Duration of the `policy apply` call (the agent stored the record).
-    pub apply_ms: f64,
-    /// Apply returned → the host's maps enforce the policy, per host (site order).
-    pub in_force_ms: Vec<f64>,
-    /// The slowest host: apply returned → the policy is in force everywhere.
-    pub everywhere_ms: f64,
-}
-
-/// Results of the policy-in-force measurement.
-#[derive(Debug, Clone, Serialize)]
-pub struct PolicyReport {
-    /// Rules of the policy (each a `POLICY` entry per selected identity).
-    pub rules: usize,
-    /// Size of the policy file, bytes.
-    pub file_bytes: usize,
-    /// `POLICY` entries each host held with the policy in force.
-    pub entries: Vec<usize>,
-    /// Every application, in order.
-    pub runs: Vec<PolicyRun>,
-    /// Summary of `everywhere_ms` over the runs.
-    pub everywhere: Option<Summary>,
-    /// The target, ms.
-    pub target_ms: f64,
-    /// Whether the p50 of `everywhere_ms` meets it (judged at 100,000 rules or more).
-    pub target_met: Option<bool>,
 }
 
 /// Attaches what was being done to an error, the way `anyhow::Context` does.
@@ -396,11 +298,6 @@ pub fn run(
         note,
     };
     let (samples, interrupted) = measure(&plan, cfg, stop, note)?;
-    let policy = if cfg.policy_rules > 0 && !stop.load(Ordering::SeqCst) {
-        Some(policy_bench(&plan, cfg, stop, note)?)
-    } else {
-        None
-    };
     drop(guard);
 
     let conv: Vec<f64> = samples.iter().map(|s| s.converge_ms).collect();
@@ -436,201 +333,6 @@ pub fn run(
         target_p99_ms,
         samples,
         resync,
-        policy,
-    })
-}
-
-/// Rules per policy document of the policy measurement: a 100,000-rule document is over the
-/// store's 16 MiB value limit, so the rules go in several policies applied in one request.
-pub const POLICY_CHUNK_RULES: usize = 25_000;
-
-/// `n` rules as CiliumNetworkPolicy documents of at most [`POLICY_CHUNK_RULES`] rules each,
-/// all selecting `app=service1` and allowing `app=service1` in, each rule on its own
-/// (protocol, port) so that each is one `POLICY` entry.
-pub fn policy_chunks(n: usize) -> Vec<String> {
-    let ports = ["TCP", "UDP", "SCTP"]
-        .into_iter()
-        .flat_map(|proto| (1..=65535u16).map(move |p| (proto, p)));
-    let all: Vec<(&str, u16)> = ports.take(n).collect();
-    all.chunks(POLICY_CHUNK_RULES)
-        .enumerate()
-        .map(|(i, chunk)| {
-            let mut s = String::with_capacity(130 * chunk.len() + 256);
-            s.push_str(&format!(
-                "{{\"apiVersion\":\"cilium.io/v2\",\"kind\":\"CiliumNetworkPolicy\",\"metadata\":{{\"name\":\"bench-scale-{n}-{i}\"}},\
-                 \"spec\":{{\"endpointSelector\":{{\"matchLabels\":{{\"app\":\"service1\"}}}},\"ingress\":["
-            ));
-            for (j, (proto, port)) in chunk.iter().enumerate() {
-                if j > 0 {
-                    s.push(',');
-                }
-                s.push_str(&format!(
-                    "{{\"fromEndpoints\":[{{\"matchLabels\":{{\"app\":\"service1\"}}}}],\
-                     \"toPorts\":[{{\"ports\":[{{\"port\":\"{port}\",\"protocol\":\"{proto}\"}}]}}]}}"
-                ));
-            }
-            s.push_str("]}}\n");
-            s
-        })
-        .collect()
-}
-
-/// Whether `identity`'s ingress is under policy on the host of `maps` (every local identity
-/// has a `POLICY_EP` entry; the flag says whether a policy selects it).
-fn enforced(maps: &HostMaps, identity: u32) -> Result<bool, BenchError> {
-    Ok(maps
-        .get_policy_ep(identity)?
-        .is_some_and(|e| e.flags & policy::abi::EP_F_INGRESS_ENFORCED != 0))
-}
-
-/// Applies a policy of `cfg.policy_rules` rules selecting one endpoint on every host,
-/// `cfg.policy_runs` times, and measures when each host's maps enforce all of it: its
-/// endpoint's `POLICY_EP` entry enforcing and `POLICY` holding every rule (the agents put the
-/// policies in one by one; the first makes the entry enforcing). The count is a batched dump
-/// of the map, which bounds the resolution to one dump (milliseconds).
-fn policy_bench(
-    plan: &Plan,
-    cfg: &ConvergeConfig,
-    stop: &AtomicBool,
-    note: &(dyn Fn(&str) + Sync),
-) -> Result<PolicyReport, BenchError> {
-    let n = cfg.policy_rules;
-    let maps: Vec<HostMaps> = plan
-        .hosts
-        .iter()
-        .map(|h| {
-            HostMaps::open_pinned(&lab::state::host_pin_dir(&plan.name, &h.name))
-                .step(|| format!("opening the maps of host {}", h.name))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut identities = Vec::new();
-    for (i, h) in plan.hosts.iter().enumerate() {
-        let req = Request::EndpointAdd {
-            tenant: None,
-            name: format!("pol{i}"),
-            identifier: None,
-            replace: false,
-            labels: BTreeMap::from([("app".to_string(), "service1".to_string())]),
-        };
-        let reply = agents::call(&plan.name, &h.name, &req)
-            .step(|| format!("creating the policy endpoint on host {}", h.name))?;
-        let ep: LocalEndpoint =
-            serde_json::from_value(reply).step(|| format!("reply to the creation of pol{i}"))?;
-        identities.push(ep.identity);
-    }
-    let mut records = Vec::new();
-    let mut file_bytes = 0;
-    for (i, text) in policy_chunks(n).iter().enumerate() {
-        let file = format!("bench-scale-{n}-{i}.json");
-        file_bytes += text.len();
-        records.extend(
-            agent::policy_sync::records_for_file(&file, text.as_bytes(), lab::plan::default_vnid())
-                .map_err(|e| {
-                    BenchError::Invalid(format!("the {n}-rule policy does not parse: {e}"))
-                })?,
-        );
-    }
-    let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
-    let timeout = Duration::from_secs(cfg.timeout_secs.max(30));
-    let poll = Duration::from_micros(cfg.poll_us);
-    let first = &plan.hosts[0].name;
-    let mut runs = Vec::new();
-    let mut entries = Vec::new();
-    for run in 0..cfg.policy_runs {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let started = Instant::now();
-        agents::call(
-            &plan.name,
-            first,
-            &Request::PolicyApply {
-                records: records.clone(),
-            },
-        )
-        .step(|| format!("applying the {n}-rule policy"))?;
-        let returned = Instant::now();
-        let mut done: Vec<Option<f64>> = vec![None; maps.len()];
-        while done.iter().any(Option::is_none) {
-            for (h, m) in maps.iter().enumerate() {
-                if done[h].is_none()
-                    && enforced(m, identities[h])?
-                    && m.policy_entries()?.len() >= n
-                {
-                    done[h] = Some(ms(returned.elapsed()));
-                }
-            }
-            if returned.elapsed() > timeout {
-                return failed(format!(
-                    "the {n}-rule policy is not in force on every host after {timeout:?}"
-                ));
-            }
-            std::thread::sleep(poll);
-        }
-        let in_force_ms: Vec<f64> = done.into_iter().map(|d| d.unwrap_or(0.0)).collect();
-        if run == 0 {
-            entries = maps
-                .iter()
-                .map(|m| m.policy_entries().map(|v| v.len()))
-                .collect::<Result<_, _>>()?;
-            if let Some((h, e)) = entries.iter().enumerate().find(|(_, e)| **e < n) {
-                return failed(format!(
-                    "host {} enforces the policy with {e} POLICY entries, fewer than its {n} rules",
-                    plan.hosts[h].name
-                ));
-            }
-        }
-        let r = PolicyRun {
-            apply_ms: ms(returned - started),
-            everywhere_ms: in_force_ms.iter().copied().fold(0.0, f64::max),
-            in_force_ms,
-        };
-        note(&format!(
-            "policy run {}/{}: apply {:.1} ms, in force everywhere {:.1} ms later",
-            run + 1,
-            cfg.policy_runs,
-            r.apply_ms,
-            r.everywhere_ms
-        ));
-        runs.push(r);
-        for name in &names {
-            agents::call(
-                &plan.name,
-                first,
-                &Request::PolicyDelete { name: name.clone() },
-            )
-            .step(|| format!("deleting policy {name}"))?;
-        }
-        let gone = Instant::now();
-        loop {
-            let mut left = false;
-            for (h, m) in maps.iter().enumerate() {
-                left |= enforced(m, identities[h])?;
-            }
-            if !left {
-                break;
-            }
-            if gone.elapsed() > timeout {
-                return failed(format!(
-                    "the {n}-rule policy is still in force somewhere {timeout:?} after its removal"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    let every: Vec<f64> = runs.iter().map(|r| r.everywhere_ms).collect();
-    let everywhere = Summary::of(&every);
-    Ok(PolicyReport {
-        rules: n,
-        file_bytes,
-        entries,
-        target_met: everywhere
-            .as_ref()
-            .filter(|_| n >= TARGET_POLICY_RULES)
-            .map(|s| s.p50_ms <= TARGET_POLICY_MS),
-        everywhere,
-        runs,
-        target_ms: TARGET_POLICY_MS,
     })
 }
 
@@ -795,7 +497,6 @@ fn synthetic_records(n: usize) -> Result<Vec<MappingRecord>, BenchError> {
 
 /// Phase timings of one resync.
 struct Pass {
-    decode: Duration,
     view: Duration,
     desired: Duration,
     read: Duration,
@@ -803,70 +504,28 @@ struct Pass {
     write: Duration,
     written: usize,
     removed: usize,
-    /// Resident set (bytes) once the view is built, and at the end of the writes.
-    rss_view: u64,
-    rss_peak: u64,
 }
 
 impl Pass {
     fn total(&self) -> Duration {
-        self.decode + self.view + self.desired + self.read + self.diff + self.write
+        self.view + self.desired + self.read + self.diff + self.write
     }
 }
 
-/// A store listing: (key, value) bytes of each record.
-type Listing = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// The snapshot as the store lists it: (key, value) bytes of each mapping record.
-fn encode_snapshot(records: &[MappingRecord]) -> Result<Listing, BenchError> {
-    records
-        .iter()
-        .map(|r| {
-            let key = store::mapping_key(&r.host, r.sir_address()).into_bytes();
-            Ok((key, serde_json::to_vec(r)?))
-        })
-        .collect()
-}
-
-/// Resident set size of this process, bytes (0 if unreadable: the figure is then absent).
-fn rss_bytes() -> u64 {
-    // SAFETY: malloc_trim only returns free heap memory to the kernel; it makes the RSS
-    // figures reflect live allocations rather than what the allocator kept.
-    unsafe { libc::malloc_trim(0) };
-    let page = 4096u64;
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |p| p * page)
-}
-
-/// One full resync of `dp` to the listed `snapshot` as seen from host `host`, on the agent's
-/// code path: decode, view, `reconcile::desired`, read the maps, `reconcile::diff`, then the
-/// agent's write path.
+/// One full resync of `dp` to `records` as seen from host `host`, on the agent's code path:
+/// view, `reconcile::desired`, read the maps, `reconcile::diff`, then the agent's write loop.
 fn resync_pass(
     dp: &mut HostDataplane,
     host: &str,
-    snapshot: &[(Vec<u8>, Vec<u8>)],
+    records: &[MappingRecord],
 ) -> Result<Pass, BenchError> {
     let t = Instant::now();
-    let mut records = Vec::with_capacity(snapshot.len());
-    for (k, v) in snapshot {
-        match store::decode_record(k, Some(v)).step(|| "decoding a mapping record".into())? {
-            Some(store::StoreEvent::PutMapping(r)) => records.push(r),
-            other => return failed(format!("a mapping key decoded as {other:?}")),
-        }
-    }
-    let decode_t = t.elapsed();
-
-    // Owned records keyed by SIR address: what the agent keeps as its view.
-    let t = Instant::now();
-    let view: BTreeMap<Ipv6Addr, MappingRecord> =
-        records.into_iter().map(|r| (r.sir_address(), r)).collect();
+    let view: BTreeMap<Ipv6Addr, &MappingRecord> =
+        records.iter().map(|r| (r.sir_address(), r)).collect();
     let view_t = t.elapsed();
-    let rss_view = rss_bytes();
 
     let t = Instant::now();
-    let (desired, unusable) = reconcile::desired(host, view.values(), &BTreeMap::new());
+    let (desired, unusable) = reconcile::desired(host, view.values().copied(), &BTreeMap::new());
     let desired_t = t.elapsed();
     if let Some(u) = unusable.first() {
         return failed(format!(
@@ -895,9 +554,7 @@ fn resync_pass(
     agent::io::write_ops(maps, &ops)?;
     let ops = ops.mappings;
     let write_t = t.elapsed();
-    let rss_peak = rss_bytes();
     Ok(Pass {
-        decode: decode_t,
         view: view_t,
         desired: desired_t,
         read: read_t,
@@ -905,38 +562,17 @@ fn resync_pass(
         write: write_t,
         written: ops.out_put.len() + ops.in_put.len() + ops.ipcache_put.len(),
         removed: ops.out_del.len() + ops.in_del.len() + ops.ipcache_del.len(),
-        rss_view,
-        rss_peak,
     })
-}
-
-/// The resync target for `n` entries: `None` below 100,000 (not judged).
-pub fn resync_target_ms(n: usize) -> (f64, Option<f64>) {
-    if n >= TARGET_RESYNC_MILLION_ENTRIES {
-        (TARGET_RESYNC_MILLION_MS, Some(TARGET_RESYNC_MILLION_MS))
-    } else if n >= TARGET_RESYNC_ENTRIES {
-        (TARGET_RESYNC_MS, Some(TARGET_RESYNC_MS))
-    } else {
-        (TARGET_RESYNC_MS, None)
-    }
-}
-
-fn memlocks(dp: &mut HostDataplane) -> Result<Vec<(&'static str, u64, u64)>, BenchError> {
-    Ok(dp.maps().mapping_memory()?)
 }
 
 /// Cold resync of `n` mappings into fresh (unpinned) maps, then a warm one and a sweep.
 fn resync_bench(n: usize) -> Result<ResyncReport, BenchError> {
     let records = synthetic_records(n)?;
-    let snapshot = encode_snapshot(&records)?;
     let mut dp =
         HostDataplane::load_unpinned().step(|| "loading the data path (unpinned)".into())?;
     let host = "site1";
 
-    let empty = memlocks(&mut dp)?;
-    let rss0 = rss_bytes();
-    let cold = resync_pass(&mut dp, host, &snapshot)?;
-    let full = memlocks(&mut dp)?;
+    let cold = resync_pass(&mut dp, host, &records)?;
     let held = dp.maps().out_entries()?.len();
     if held != n {
         return failed(format!(
@@ -952,9 +588,8 @@ fn resync_bench(n: usize) -> Result<ResyncReport, BenchError> {
             ));
         }
     }
-    drop(records);
 
-    let warm = resync_pass(&mut dp, host, &snapshot)?;
+    let warm = resync_pass(&mut dp, host, &records)?;
     let sweep = resync_pass(&mut dp, host, &[])?;
     let left = dp.maps().out_entries()?.len();
     if left != 0 {
@@ -963,11 +598,8 @@ fn resync_bench(n: usize) -> Result<ResyncReport, BenchError> {
         ));
     }
     let total_ms = ms(cold.total());
-    let (target_ms, judged) = resync_target_ms(n);
-    let memory = memory_report(n, &empty, &full, rss0, &cold);
     Ok(ResyncReport {
         entries: n,
-        decode_ms: ms(cold.decode),
         view_ms: ms(cold.view),
         desired_ms: ms(cold.desired),
         read_ms: ms(cold.read),
@@ -979,39 +611,9 @@ fn resync_bench(n: usize) -> Result<ResyncReport, BenchError> {
         warm_written: warm.written,
         sweep_total_ms: ms(sweep.total()),
         sweep_removed: sweep.removed,
-        target_ms,
-        target_met: judged.map(|t| total_ms <= t),
-        memory,
+        target_ms: TARGET_RESYNC_MS,
+        target_met: (n >= TARGET_RESYNC_ENTRIES).then_some(total_ms <= TARGET_RESYNC_MS),
     })
-}
-
-/// Per-mapping memory from the maps' `memlock` before and after and the RSS figures of a pass.
-fn memory_report(
-    n: usize,
-    empty: &[(&'static str, u64, u64)],
-    full: &[(&'static str, u64, u64)],
-    rss0: u64,
-    cold: &Pass,
-) -> MemoryReport {
-    let per = |bytes: f64| if n == 0 { 0.0 } else { bytes / n as f64 };
-    let sum = |v: &[(&'static str, u64, u64)]| v.iter().map(|(_, m, _)| *m).sum::<u64>();
-    let kernel_total = per(sum(full) as f64);
-    let kernel_delta = per(sum(full).saturating_sub(sum(empty)) as f64);
-    let view = per(cold.rss_view.saturating_sub(rss0) as f64);
-    let peak = per(cold.rss_peak.max(cold.rss_view).saturating_sub(rss0) as f64);
-    let total = kernel_total + view;
-    MemoryReport {
-        maps_empty: empty.iter().map(|(k, m, _)| (k.to_string(), *m)).collect(),
-        maps_full: full.iter().map(|(k, m, _)| (k.to_string(), *m)).collect(),
-        max_entries: full.iter().map(|(k, _, e)| (k.to_string(), *e)).collect(),
-        kernel_delta_bytes_per_mapping: kernel_delta,
-        kernel_total_bytes_per_mapping: kernel_total,
-        view_rss_bytes_per_mapping: view,
-        peak_rss_bytes_per_mapping: peak,
-        total_bytes_per_mapping: total,
-        target_bytes: TARGET_BYTES_PER_MAPPING,
-        target_met: (n >= TARGET_RESYNC_ENTRIES).then_some(total <= TARGET_BYTES_PER_MAPPING),
-    }
 }
 
 /// Writes `report` into `dir` (created if needed) as one JSON file named after the run, and
@@ -1042,80 +644,4 @@ pub fn write_out(dir: &Path, report: &Report) -> Result<PathBuf, BenchError> {
     writeln!(f, "{line}")
         .step(|| format!("appending to {}", log.display()))
         .map(|()| file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> ConvergeConfig {
-        ConvergeConfig {
-            hosts: 2,
-            endpoints: 1,
-            store: StoreKind::Embedded,
-            concurrency: 1,
-            resync: 0,
-            policy_rules: 0,
-            policy_runs: 1,
-            poll_us: 100,
-            timeout_secs: 1,
-            agent_binary: PathBuf::from("ilanet"),
-        }
-    }
-
-    #[test]
-    fn sizes_are_bounded() {
-        assert!(cfg().validate().is_ok());
-        let c = ConvergeConfig {
-            resync: 1_000_000,
-            ..cfg()
-        };
-        assert!(c.validate().is_ok(), "a million mappings fit the maps");
-        let c = ConvergeConfig {
-            resync: OUT_MAP_CAPACITY + 1,
-            ..cfg()
-        };
-        assert!(c.validate().is_err());
-        let c = ConvergeConfig {
-            policy_rules: 3 * 65535 + 1,
-            ..cfg()
-        };
-        assert!(c.validate().is_err());
-        let c = ConvergeConfig {
-            policy_rules: 10,
-            policy_runs: 0,
-            ..cfg()
-        };
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn resync_targets_by_size() {
-        assert_eq!(resync_target_ms(1000).1, None);
-        assert_eq!(resync_target_ms(100_000).1, Some(TARGET_RESYNC_MS));
-        assert_eq!(
-            resync_target_ms(1_000_000).1,
-            Some(TARGET_RESYNC_MILLION_MS)
-        );
-    }
-
-    #[test]
-    fn policy_chunks_parse_and_hold_every_rule_once() {
-        let chunks = policy_chunks(POLICY_CHUNK_RULES + 3);
-        assert_eq!(chunks.len(), 2);
-        let vnid = lab::plan::default_vnid();
-        let mut names = Vec::new();
-        for (i, text) in chunks.iter().enumerate() {
-            let recs =
-                agent::policy_sync::records_for_file(&format!("c{i}.json"), text.as_bytes(), vnid)
-                    .expect("parses");
-            names.extend(recs.into_iter().map(|r| r.name));
-        }
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), 2, "one policy per chunk: {names:?}");
-        let rules: usize = chunks.iter().map(|c| c.matches("toPorts").count()).sum();
-        assert_eq!(rules, POLICY_CHUNK_RULES + 3);
-        assert!(chunks.iter().all(|c| c.len() < store::MAX_VALUE_BYTES / 2));
-    }
 }

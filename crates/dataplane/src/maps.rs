@@ -38,13 +38,13 @@ pub(crate) const MAP_POLICY: &str = "POLICY";
 pub(crate) const MAP_POLICY_CIDR: &str = "POLICY_CIDR";
 
 /// `ILA_OUT_MAX_ENTRIES`: `max_entries` of `ILA_OUT`.
-pub const OUT_MAX_ENTRIES: usize = 1 << 20;
+pub const OUT_MAX_ENTRIES: usize = 131072;
 /// `ILA_IN_MAX_ENTRIES`: `max_entries` of `ILA_IN`.
 pub const IN_MAX_ENTRIES: usize = 65536;
 /// `ILA_ENDPOINTS_MAX_ENTRIES`: `max_entries` of `ILA_ENDPOINTS`.
 pub const ENDPOINTS_MAX_ENTRIES: usize = 65536;
 /// `ILA_IPCACHE_MAX_ENTRIES`: `max_entries` of `ILA_IPCACHE`.
-pub const IPCACHE_MAX_ENTRIES: usize = 1 << 20;
+pub const IPCACHE_MAX_ENTRIES: usize = 131072;
 /// `ILA_CT_MAX_ENTRIES`: `max_entries` of `ILA_CT`.
 pub const CT_MAX_ENTRIES: usize = 131072;
 /// `ILA_EVENTS_BYTES`: size of the `ILA_EVENTS` ring buffer in bytes.
@@ -56,7 +56,7 @@ pub use policy::abi::{POLICY_CIDR_MAX_ENTRIES, POLICY_EP_MAX_ENTRIES, POLICY_MAX
 /// `POLICY_CIDR` keys after `prefixlen` (the rest of [`CidrKey`]).
 type CidrData = [u8; CidrKey::SIZE - 4];
 
-use policy::sync::PolicyOps;
+use policy::sync::{PolicyOps, PolicyWrite};
 
 /// What [`HostMaps::replace_policy`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -158,29 +158,34 @@ impl HostMaps {
     /// Marks the /64 of every key of `ILA_OUT` and `ILA_IN` in the prefix filters. Needed when
     /// the tables were filled by a version without filters; harmless (idempotent) otherwise.
     pub(crate) fn rebuild_filters(&mut self) -> Result<(), DataplaneError> {
-        let outs = self.out_entries()?;
-        mark_many(
-            &self.out_filter,
-            MAP_OUT_FILTER,
-            outs.iter().map(|(k, _)| *k),
-        )?;
-        let ins = self.in_entries()?;
-        mark_many(&self.in_filter, MAP_IN_FILTER, ins.iter().map(|(k, _)| *k))?;
+        let outs: Vec<Ipv6Addr> = self.out_entries()?.into_iter().map(|(k, _)| k).collect();
+        for k in outs {
+            mark(&mut self.out_filter, MAP_OUT_FILTER, k)?;
+        }
+        let ins: Vec<Ipv6Addr> = self.in_entries()?.into_iter().map(|(k, _)| k).collect();
+        for k in ins {
+            mark(&mut self.in_filter, MAP_IN_FILTER, k)?;
+        }
         // from-wire checks SIR destinations of local endpoints through the ILA_OUT filter.
-        let eps = self.endpoints()?;
-        mark_many(
-            &self.out_filter,
-            MAP_OUT_FILTER,
-            eps.iter().map(|(k, _)| *k),
-        )
+        let eps: Vec<Ipv6Addr> = self.endpoints()?.into_iter().map(|(k, _)| k).collect();
+        for k in eps {
+            mark(&mut self.out_filter, MAP_OUT_FILTER, k)?;
+        }
+        Ok(())
     }
 
     /// Inserts or replaces the `ILA_OUT` entry for SIR destination `sir`.
     pub fn insert_out(&mut self, sir: Ipv6Addr, e: &OutEntry) -> Result<(), DataplaneError> {
         // Filter first: the entry must never be in the table while its prefix is filtered out.
         mark(&mut self.out_filter, MAP_OUT_FILTER, sir)?;
+        let val = IlaOutVal {
+            ila: e.ila.octets(),
+            csum_mode: e.csum_mode.as_u8(),
+            flags: if e.local { abi::ILA_OUT_F_LOCAL } else { 0 },
+            pad: [0; 2],
+        };
         self.out
-            .insert(IlaOutKey { sir: sir.octets() }, out_val(e), 0)
+            .insert(IlaOutKey { sir: sir.octets() }, val, 0)
             .map_err(map_err(format!("inserting {sir} into {MAP_OUT}")))
     }
 
@@ -209,53 +214,39 @@ impl HostMaps {
 
     /// All `ILA_OUT` entries (SIR address, entry).
     pub fn out_entries(&self) -> Result<Vec<(Ipv6Addr, OutEntry)>, DataplaneError> {
-        dump_hash(&self.out, MAP_OUT)?
-            .into_iter()
-            .map(|(k, val)| {
-                Ok((
-                    Ipv6Addr::from(k.sir),
-                    OutEntry {
-                        ila: Ipv6Addr::from(val.ila),
-                        csum_mode: csum_mode(val.csum_mode)?,
-                        local: val.flags & abi::ILA_OUT_F_LOCAL != 0,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    /// Inserts or replaces many `ILA_OUT` entries: their filter slots first (as
-    /// [`Self::insert_out`]), then the entries, in batches.
-    pub fn insert_out_many(
-        &mut self,
-        entries: &[(Ipv6Addr, OutEntry)],
-    ) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        mark_many(
-            &self.out_filter,
-            MAP_OUT_FILTER,
-            entries.iter().map(|(k, _)| *k),
-        )?;
-        let keys: Vec<IlaOutKey> = entries
-            .iter()
-            .map(|(k, _)| IlaOutKey { sir: k.octets() })
-            .collect();
-        let vals: Vec<IlaOutVal> = entries.iter().map(|(_, e)| out_val(e)).collect();
-        update_batch(self.out.map(), MAP_OUT, &keys, &vals)
-    }
-
-    /// Removes many `ILA_OUT` entries in batches; absent ones are not an error.
-    pub fn remove_out_many(&mut self, sirs: &[Ipv6Addr]) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        let keys: Vec<IlaOutKey> = sirs.iter().map(|k| IlaOutKey { sir: k.octets() }).collect();
-        delete_batch(self.out.map(), MAP_OUT, &keys)
+        let mut v = Vec::new();
+        for item in self.out.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_OUT}")))?;
+            v.push((
+                Ipv6Addr::from(k.sir),
+                OutEntry {
+                    ila: Ipv6Addr::from(val.ila),
+                    csum_mode: csum_mode(val.csum_mode)?,
+                    local: val.flags & abi::ILA_OUT_F_LOCAL != 0,
+                },
+            ));
+        }
+        Ok(v)
     }
 
     /// Inserts or replaces the `ILA_IN` entry for ILA destination `ila`.
     pub fn insert_in(&mut self, ila: Ipv6Addr, e: &InEntry) -> Result<(), DataplaneError> {
         mark(&mut self.in_filter, MAP_IN_FILTER, ila)?;
+        let (flags, ep_mac, host_mac) = match e.redirect {
+            Some(r) => (abi::ILA_IN_F_REDIRECT, r.endpoint_mac, r.host_mac),
+            None => (0, [0; 6], [0; 6]),
+        };
+        let val = IlaInVal {
+            sir: e.sir.octets(),
+            ifindex: e.ifindex,
+            csum_mode: e.csum_mode.as_u8(),
+            flags,
+            ep_mac,
+            host_mac,
+            pad: [0; 2],
+        };
         self.inn
-            .insert(IlaInKey { ila: ila.octets() }, in_val(e), 0)
+            .insert(IlaInKey { ila: ila.octets() }, val, 0)
             .map_err(map_err(format!("inserting {ila} into {MAP_IN}")))
     }
 
@@ -278,36 +269,12 @@ impl HostMaps {
 
     /// All `ILA_IN` entries (ILA address, entry).
     pub fn in_entries(&self) -> Result<Vec<(Ipv6Addr, InEntry)>, DataplaneError> {
-        dump_hash(&self.inn, MAP_IN)?
-            .into_iter()
-            .map(|(k, val)| Ok((Ipv6Addr::from(k.ila), in_entry(&val)?)))
-            .collect()
-    }
-
-    /// Inserts or replaces many `ILA_IN` entries (filter slots first), in batches.
-    pub fn insert_in_many(
-        &mut self,
-        entries: &[(Ipv6Addr, InEntry)],
-    ) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        mark_many(
-            &self.in_filter,
-            MAP_IN_FILTER,
-            entries.iter().map(|(k, _)| *k),
-        )?;
-        let keys: Vec<IlaInKey> = entries
-            .iter()
-            .map(|(k, _)| IlaInKey { ila: k.octets() })
-            .collect();
-        let vals: Vec<IlaInVal> = entries.iter().map(|(_, e)| in_val(e)).collect();
-        update_batch(self.inn.map(), MAP_IN, &keys, &vals)
-    }
-
-    /// Removes many `ILA_IN` entries in batches; absent ones are not an error.
-    pub fn remove_in_many(&mut self, ilas: &[Ipv6Addr]) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        let keys: Vec<IlaInKey> = ilas.iter().map(|k| IlaInKey { ila: k.octets() }).collect();
-        delete_batch(self.inn.map(), MAP_IN, &keys)
+        let mut v = Vec::new();
+        for item in self.inn.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_IN}")))?;
+            v.push((Ipv6Addr::from(k.ila), in_entry(&val)?));
+        }
+        Ok(v)
     }
 
     /// The counters, summed over CPUs.
@@ -427,8 +394,14 @@ impl HostMaps {
     ) -> Result<(), DataplaneError> {
         // from-wire polices packets already addressed to a local SIR behind this filter.
         mark(&mut self.out_filter, MAP_OUT_FILTER, sir)?;
+        let val = IlaEndpointVal {
+            identity: ep.identity,
+            vnid: ep.vnid,
+            ifindex: ep.ifindex,
+            flags: ep.flags,
+        };
         self.endpoints
-            .insert(sir.octets(), endpoint_val(ep), 0)
+            .insert(sir.octets(), val, 0)
             .map_err(map_err(format!("inserting {sir} into {MAP_ENDPOINTS}")))
     }
 
@@ -451,33 +424,12 @@ impl HostMaps {
 
     /// All `ILA_ENDPOINTS` entries (SIR address, endpoint).
     pub fn endpoints(&self) -> Result<Vec<(Ipv6Addr, LocalEndpoint)>, DataplaneError> {
-        Ok(dump_hash(&self.endpoints, MAP_ENDPOINTS)?
-            .into_iter()
-            .map(|(k, val)| (Ipv6Addr::from(k), local_endpoint(val)))
-            .collect())
-    }
-
-    /// Inserts or replaces many `ILA_ENDPOINTS` entries (filter slots first), in batches.
-    pub fn insert_endpoint_many(
-        &mut self,
-        entries: &[(Ipv6Addr, LocalEndpoint)],
-    ) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        mark_many(
-            &self.out_filter,
-            MAP_OUT_FILTER,
-            entries.iter().map(|(k, _)| *k),
-        )?;
-        let keys: Vec<[u8; 16]> = entries.iter().map(|(k, _)| k.octets()).collect();
-        let vals: Vec<IlaEndpointVal> = entries.iter().map(|(_, e)| endpoint_val(e)).collect();
-        update_batch(self.endpoints.map(), MAP_ENDPOINTS, &keys, &vals)
-    }
-
-    /// Removes many `ILA_ENDPOINTS` entries in batches; absent ones are not an error.
-    pub fn remove_endpoint_many(&mut self, sirs: &[Ipv6Addr]) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        let keys: Vec<[u8; 16]> = sirs.iter().map(|k| k.octets()).collect();
-        delete_batch(self.endpoints.map(), MAP_ENDPOINTS, &keys)
+        let mut v = Vec::new();
+        for item in self.endpoints.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_ENDPOINTS}")))?;
+            v.push((Ipv6Addr::from(k), local_endpoint(val)));
+        }
+        Ok(v)
     }
 
     /// Inserts or replaces the `ILA_IPCACHE` entry of `addr`.
@@ -517,42 +469,18 @@ impl HostMaps {
 
     /// All `ILA_IPCACHE` entries.
     pub fn ipcache(&self) -> Result<Vec<(Ipv6Addr, IpcacheEntry)>, DataplaneError> {
-        Ok(dump_hash(&self.ipcache, MAP_IPCACHE)?
-            .into_iter()
-            .map(|(k, val)| {
-                (
-                    Ipv6Addr::from(k),
-                    IpcacheEntry {
-                        identity: val.identity,
-                        vnid: val.vnid,
-                    },
-                )
-            })
-            .collect())
-    }
-
-    /// Inserts or replaces many `ILA_IPCACHE` entries, in batches.
-    pub fn insert_ipcache_many(
-        &mut self,
-        entries: &[(Ipv6Addr, IpcacheEntry)],
-    ) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        let keys: Vec<[u8; 16]> = entries.iter().map(|(k, _)| k.octets()).collect();
-        let vals: Vec<IlaIpcacheVal> = entries
-            .iter()
-            .map(|(_, e)| IlaIpcacheVal {
-                identity: e.identity,
-                vnid: e.vnid,
-            })
-            .collect();
-        update_batch(self.ipcache.map(), MAP_IPCACHE, &keys, &vals)
-    }
-
-    /// Removes many `ILA_IPCACHE` entries in batches; absent ones are not an error.
-    pub fn remove_ipcache_many(&mut self, addrs: &[Ipv6Addr]) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        let keys: Vec<[u8; 16]> = addrs.iter().map(|k| k.octets()).collect();
-        delete_batch(self.ipcache.map(), MAP_IPCACHE, &keys)
+        let mut v = Vec::new();
+        for item in self.ipcache.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_IPCACHE}")))?;
+            v.push((
+                Ipv6Addr::from(k),
+                IpcacheEntry {
+                    identity: val.identity,
+                    vnid: val.vnid,
+                },
+            ));
+        }
+        Ok(v)
     }
 
     /// Inserts or replaces the `POLICY_EP` entry of endpoint identity `identity`.
@@ -577,21 +505,14 @@ impl HostMaps {
         )
     }
 
-    /// The `POLICY_EP` entry of `identity`, if any (one lookup syscall: cheap enough to poll).
-    pub fn get_policy_ep(&self, identity: u32) -> Result<Option<EndpointPolicy>, DataplaneError> {
-        let v = absent_as_none(
-            self.policy_ep.get(&identity, 0),
-            format!("looking up identity {identity} in {MAP_POLICY_EP}"),
-        )?;
-        Ok(v.map(|b| EndpointPolicy::from_bytes(&b)))
-    }
-
     /// All `POLICY_EP` entries.
     pub fn policy_eps(&self) -> Result<Vec<(u32, EndpointPolicy)>, DataplaneError> {
-        Ok(dump_hash(&self.policy_ep, MAP_POLICY_EP)?
-            .into_iter()
-            .map(|(k, val)| (k, EndpointPolicy::from_bytes(&val)))
-            .collect())
+        let mut v = Vec::new();
+        for item in self.policy_ep.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_POLICY_EP}")))?;
+            v.push((k, EndpointPolicy::from_bytes(&val)));
+        }
+        Ok(v)
     }
 
     /// Inserts or replaces one `POLICY` entry.
@@ -611,10 +532,12 @@ impl HostMaps {
 
     /// All `POLICY` entries.
     pub fn policy_entries(&self) -> Result<Vec<(PolicyKey, PolicyValue)>, DataplaneError> {
-        Ok(dump_hash(&self.policy, MAP_POLICY)?
-            .into_iter()
-            .map(|(k, val)| (PolicyKey::from_bytes(&k), PolicyValue::from_bytes(&val)))
-            .collect())
+        let mut v = Vec::new();
+        for item in self.policy.iter() {
+            let (k, val) = item.map_err(map_err(format!("iterating {MAP_POLICY}")))?;
+            v.push((PolicyKey::from_bytes(&k), PolicyValue::from_bytes(&val)));
+        }
+        Ok(v)
     }
 
     /// Inserts or replaces one `POLICY_CIDR` entry.
@@ -679,40 +602,17 @@ impl HostMaps {
     /// Applies policy changes in the one safe order of [`PolicyOps::ordered`] (every policy
     /// change, by the agent or a test, is written this way).
     pub fn apply_policy(&mut self, ops: &PolicyOps) -> Result<(), DataplaneError> {
-        use aya::maps::IterableMap;
-        // The groups of [`PolicyOps::ordered`], in its order, each group as batches (the LPM
-        // trie, with few entries, keeps single writes).
-        let keys: Vec<_> = ops.put.iter().map(|(k, _)| k.to_bytes()).collect();
-        let vals: Vec<_> = ops.put.iter().map(|(_, v)| v.to_bytes()).collect();
-        update_batch(self.policy.map(), MAP_POLICY, &keys, &vals)?;
-        for (k, v) in &ops.cidr_put {
-            self.insert_cidr(k, v)?;
+        for w in ops.ordered() {
+            match w {
+                PolicyWrite::Rule(k, v) => self.insert_policy(&k, &v)?,
+                PolicyWrite::Cidr(k, v) => self.insert_cidr(&k, &v)?,
+                PolicyWrite::Endpoint(k, v) => self.insert_policy_ep(k, &v)?,
+                PolicyWrite::RemoveRule(k) => self.remove_policy(&k)?,
+                PolicyWrite::RemoveCidr(k) => self.remove_cidr(&k)?,
+                PolicyWrite::RemoveEndpoint(k) => self.remove_policy_ep(k)?,
+            }
         }
-        let keys: Vec<u32> = ops.ep_put.iter().map(|(k, _)| *k).collect();
-        let vals: Vec<_> = ops.ep_put.iter().map(|(_, v)| v.to_bytes()).collect();
-        update_batch(self.policy_ep.map(), MAP_POLICY_EP, &keys, &vals)?;
-        let keys: Vec<_> = ops.del.iter().map(|k| k.to_bytes()).collect();
-        delete_batch(self.policy.map(), MAP_POLICY, &keys)?;
-        for k in &ops.cidr_del {
-            self.remove_cidr(k)?;
-        }
-        delete_batch(self.policy_ep.map(), MAP_POLICY_EP, &ops.ep_del)
-    }
-
-    /// What the kernel charges for each mapping map (`memlock` of `/proc/self/fdinfo`, which
-    /// since Linux 6.4 counts a hash map's buckets plus the entries it holds), in map order
-    /// `ILA_OUT`, `ILA_IN`, `ILA_ENDPOINTS`, `ILA_IPCACHE`: (name, memlock bytes, max_entries).
-    pub fn mapping_memory(&self) -> Result<Vec<(&'static str, u64, u64)>, DataplaneError> {
-        use aya::maps::IterableMap;
-        [
-            (MAP_OUT, self.out.map()),
-            (MAP_IN, self.inn.map()),
-            (MAP_ENDPOINTS, self.endpoints.map()),
-            (MAP_IPCACHE, self.ipcache.map()),
-        ]
-        .into_iter()
-        .map(|(name, m)| map_memory(name, m))
-        .collect()
+        Ok(())
     }
 
     /// All conntrack entries, oriented as their flows were opened.
@@ -777,40 +677,6 @@ fn absent_as_none<T>(r: Result<T, MapError>, context: String) -> Result<Option<T
         Ok(v) => Ok(Some(v)),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(map_err(context)(e)),
-    }
-}
-
-fn out_val(e: &OutEntry) -> IlaOutVal {
-    IlaOutVal {
-        ila: e.ila.octets(),
-        csum_mode: e.csum_mode.as_u8(),
-        flags: if e.local { abi::ILA_OUT_F_LOCAL } else { 0 },
-        pad: [0; 2],
-    }
-}
-
-fn in_val(e: &InEntry) -> IlaInVal {
-    let (flags, ep_mac, host_mac) = match e.redirect {
-        Some(r) => (abi::ILA_IN_F_REDIRECT, r.endpoint_mac, r.host_mac),
-        None => (0, [0; 6], [0; 6]),
-    };
-    IlaInVal {
-        sir: e.sir.octets(),
-        ifindex: e.ifindex,
-        csum_mode: e.csum_mode.as_u8(),
-        flags,
-        ep_mac,
-        host_mac,
-        pad: [0; 2],
-    }
-}
-
-fn endpoint_val(ep: &LocalEndpoint) -> IlaEndpointVal {
-    IlaEndpointVal {
-        identity: ep.identity,
-        vnid: ep.vnid,
-        ifindex: ep.ifindex,
-        flags: ep.flags,
     }
 }
 
@@ -948,236 +814,4 @@ fn decode_event(b: &[u8]) -> Option<TranslationEvent> {
         dst_before: Ipv6Addr::from(ev.dst_before),
         dst_after: Ipv6Addr::from(ev.dst_after),
     })
-}
-
-// ---- Batched map syscalls ----
-//
-// aya 0.14 has no batch operations, and a resync of a million mappings spent most of its time
-// in one bpf() syscall per entry (two for ILA_OUT: entry and filter slot). The kernel's
-// BPF_MAP_{UPDATE,DELETE,LOOKUP}_BATCH (Linux 5.6) take whole arrays instead.
-
-/// `BPF_MAP_LOOKUP_BATCH`.
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// `BPF_MAP_UPDATE_BATCH`.
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-/// `BPF_MAP_DELETE_BATCH`.
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
-/// Entries per batch syscall: bounds the time one call holds the CPU and the size of one
-/// lookup buffer (a hash bucket never holds this many).
-pub const BATCH_CHUNK: usize = 16 * 1024;
-
-/// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-fn raw_fd(map: &MapData) -> u32 {
-    use std::os::fd::{AsFd, AsRawFd};
-    // A valid descriptor is never negative.
-    map.fd().as_fd().as_raw_fd().unsigned_abs()
-}
-
-/// One batch syscall; `Err` carries errno and how many elements the kernel processed.
-fn batch_syscall(cmd: libc::c_long, attr: &mut BatchAttr) -> Result<(), (std::io::Error, u32)> {
-    // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the pointers in it point
-    // to buffers of `count` keys / values of the map's sizes, alive for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if r < 0 {
-        Err((std::io::Error::last_os_error(), attr.count))
-    } else {
-        Ok(())
-    }
-}
-
-fn batch_error(context: String, e: std::io::Error) -> DataplaneError {
-    DataplaneError::Map {
-        context,
-        error: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_batch",
-            io_error: e,
-        })),
-    }
-}
-
-/// Writes `keys[i] → vals[i]` into `map` (any flags 0: insert or replace), in chunks.
-fn update_batch<K: aya::Pod, V: aya::Pod>(
-    map: &MapData,
-    name: &str,
-    keys: &[K],
-    vals: &[V],
-) -> Result<(), DataplaneError> {
-    debug_assert_eq!(keys.len(), vals.len());
-    for (ks, vs) in keys.chunks(BATCH_CHUNK).zip(vals.chunks(BATCH_CHUNK)) {
-        let mut attr = BatchAttr {
-            keys: ks.as_ptr() as u64,
-            values: vs.as_ptr() as u64,
-            count: ks.len() as u32,
-            map_fd: raw_fd(map),
-            ..Default::default()
-        };
-        batch_syscall(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|(e, done)| {
-            batch_error(
-                format!(
-                    "writing {} entries into {name} (failed after {done}: {e})",
-                    ks.len()
-                ),
-                e,
-            )
-        })?;
-    }
-    Ok(())
-}
-
-/// Removes `keys` from `map`; absent keys are skipped (the kernel stops at the first one,
-/// so the batch resumes after it).
-fn delete_batch<K: aya::Pod>(map: &MapData, name: &str, keys: &[K]) -> Result<(), DataplaneError> {
-    let mut rest = keys;
-    while !rest.is_empty() {
-        let n = rest.len().min(BATCH_CHUNK);
-        let mut attr = BatchAttr {
-            keys: rest.as_ptr() as u64,
-            count: n as u32,
-            map_fd: raw_fd(map),
-            ..Default::default()
-        };
-        match batch_syscall(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => rest = &rest[n..],
-            Err((e, done)) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // keys[done] was absent: not an error, go on after it.
-                rest = &rest[(done as usize + 1).min(rest.len())..];
-            }
-            Err((e, done)) => {
-                return Err(batch_error(
-                    format!("removing {n} entries from {name} (failed after {done}: {e})"),
-                    e,
-                ))
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Every entry of hash map `map` with `BPF_MAP_LOOKUP_BATCH` (bucket by bucket: one syscall
-/// per [`BATCH_CHUNK`] entries instead of two per entry). `None`: the kernel does not
-/// support it for this map (the caller iterates instead).
-fn lookup_batch_hash<K: aya::Pod, V: aya::Pod>(
-    map: &MapData,
-    name: &str,
-) -> Result<Option<Vec<(K, V)>>, DataplaneError> {
-    let mut keys: Vec<K> = Vec::with_capacity(BATCH_CHUNK);
-    let mut vals: Vec<V> = Vec::with_capacity(BATCH_CHUNK);
-    let mut out = Vec::new();
-    // The hash map's cursor is a u32 bucket index; in_batch 0 = from the start.
-    let mut token: u64 = 0;
-    let mut next: u64 = 0;
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                std::ptr::addr_of!(token) as u64
-            },
-            out_batch: std::ptr::addr_of_mut!(next) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: vals.as_mut_ptr() as u64,
-            count: BATCH_CHUNK as u32,
-            map_fd: raw_fd(map),
-            ..Default::default()
-        };
-        let r = batch_syscall(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let done = match &r {
-            Ok(()) => false,
-            Err((e, _)) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err((e, _))
-                if first
-                    && matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(524)
-                    ) =>
-            {
-                // 524 = ENOTSUPP (kernel-internal "operation not supported").
-                return Ok(None);
-            }
-            Err((e, _)) => {
-                return Err(batch_error(
-                    format!("reading {name} in batches"),
-                    std::io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO)),
-                ))
-            }
-        };
-        let n = (attr.count as usize).min(BATCH_CHUNK);
-        // SAFETY: the kernel wrote `n` keys and values (plain old data) into the buffers.
-        unsafe {
-            keys.set_len(n);
-            vals.set_len(n);
-        }
-        out.extend(keys.drain(..).zip(vals.drain(..)));
-        if done {
-            return Ok(Some(out));
-        }
-        token = next;
-        first = false;
-    }
-}
-
-/// All entries of a hash map: batched where the kernel can, else aya's iterator.
-fn dump_hash<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &str,
-) -> Result<Vec<(K, V)>, DataplaneError> {
-    use aya::maps::IterableMap;
-    if let Some(v) = lookup_batch_hash::<K, V>(map.map(), name)? {
-        return Ok(v);
-    }
-    map.iter()
-        .map(|item| item.map_err(map_err(format!("iterating {name}"))))
-        .collect()
-}
-
-/// The distinct filter slots of `addrs`' /64s, to be marked with one batch.
-fn filter_slots(addrs: impl Iterator<Item = Ipv6Addr>) -> Vec<u32> {
-    let mut slots: Vec<u32> = addrs.map(|a| abi::filter_slot(&a.octets())).collect();
-    slots.sort_unstable();
-    slots.dedup();
-    slots
-}
-
-fn mark_many(
-    filter: &Array<MapData, u32>,
-    name: &str,
-    addrs: impl Iterator<Item = Ipv6Addr>,
-) -> Result<(), DataplaneError> {
-    use aya::maps::IterableMap;
-    let slots = filter_slots(addrs);
-    let ones = vec![1u32; slots.len()];
-    update_batch(filter.map(), name, &slots, &ones)
-}
-
-fn map_memory(name: &'static str, m: &MapData) -> Result<(&'static str, u64, u64), DataplaneError> {
-    let path = format!("/proc/self/fdinfo/{}", raw_fd(m));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| DataplaneError::Invalid(format!("reading {path} (map {name}): {e}")))?;
-    let field = |f: &str| -> Result<u64, DataplaneError> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(f)?.trim().parse().ok())
-            .ok_or_else(|| DataplaneError::Invalid(format!("{path} (map {name}) has no {f}")))
-    };
-    Ok((name, field("memlock:")?, field("max_entries:")?))
 }

@@ -24,17 +24,9 @@ pub struct ConvergeArgs {
     /// Endpoints being created at the same time (1 = one at a time: clean measurements).
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
-    /// Mappings of the cold-resync measurement (0 skips it; at most 1,048,576, the capacity of
-    /// the maps).
+    /// Mappings of the cold-resync measurement (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     resync: usize,
-    /// Rules of a policy applied on the lab after the convergence measurement, timed from
-    /// `apply` returning until every host's maps enforce it (0 skips it).
-    #[arg(long, default_value_t = 0)]
-    policy_rules: usize,
-    /// Applications (each then removed) of that policy.
-    #[arg(long, default_value_t = 3)]
-    policy_runs: usize,
     /// Sleep between two polls of the other hosts' maps, in microseconds (the resolution).
     #[arg(long, default_value_t = 100)]
     poll_us: u64,
@@ -58,8 +50,6 @@ impl ConvergeArgs {
             store: self.store,
             concurrency: self.concurrency,
             resync: self.resync,
-            policy_rules: self.policy_rules,
-            policy_runs: self.policy_runs,
             poll_us: self.poll_us,
             timeout_secs: self.timeout,
             agent_binary,
@@ -129,11 +119,10 @@ fn print_table(r: &Report) {
     );
     if let Some(x) = &r.resync {
         println!(
-            "cold resync of {} mappings: {:.1} ms ({:.2} µs/entry; decode {:.1}, view {:.1}, desired {:.1}, read {:.1}, diff {:.1}, write {:.1} ms); target ≤ {} ms: {}",
+            "cold resync of {} mappings: {:.1} ms ({:.2} µs/entry; view {:.1}, desired {:.1}, read {:.1}, diff {:.1}, write {:.1} ms); target ≤ {} ms: {}",
             x.entries,
             x.total_ms,
             x.per_entry_us,
-            x.decode_ms,
             x.view_ms,
             x.desired_ms,
             x.read_ms,
@@ -146,36 +135,5 @@ fn print_table(r: &Report) {
             "warm resync (all equal): {:.1} ms, {} written; sweep of {}: {:.1} ms",
             x.warm_total_ms, x.warm_written, x.sweep_removed, x.sweep_total_ms
         );
-        let m = &x.memory;
-        println!(
-            "memory per mapping: {:.0} B = kernel maps {:.0} B (memlock, buckets included; {:.0} B per added entry) + agent view {:.0} B (RSS; peak during the resync {:.0} B); target ≤ {} B: {}",
-            m.total_bytes_per_mapping,
-            m.kernel_total_bytes_per_mapping,
-            m.kernel_delta_bytes_per_mapping,
-            m.view_rss_bytes_per_mapping,
-            m.peak_rss_bytes_per_mapping,
-            m.target_bytes,
-            verdict(m.target_met)
-        );
-    }
-    if let Some(p) = &r.policy {
-        if let Some(s) = &p.everywhere {
-            println!(
-                "policy of {} rules ({} bytes, POLICY entries per host {:?}): apply returned → in force on every host: p50 {:.1} ms, max {:.1} ms over {} runs (apply call p50 {:.1} ms); target ≤ {} ms: {}",
-                p.rules,
-                p.file_bytes,
-                p.entries,
-                s.p50_ms,
-                s.max_ms,
-                s.count,
-                {
-                    let mut a: Vec<f64> = p.runs.iter().map(|r| r.apply_ms).collect();
-                    a.sort_by(f64::total_cmp);
-                    a.get(a.len() / 2).copied().unwrap_or(0.0)
-                },
-                p.target_ms,
-                verdict(p.target_met)
-            );
-        }
     }
 }
