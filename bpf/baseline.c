@@ -16,10 +16,3 @@ int baseline(struct __sk_buff *skb)
 {
 	return TC_ACT_OK;
 }
-
-/* The same for XDP: the floor of the XDP from-wire program (BPF_PROG_TEST_RUN with an xdp_md). */
-SEC("xdp")
-int baseline_xdp(struct xdp_md *ctx)
-{
-	return XDP_PASS;
-}

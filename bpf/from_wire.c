@@ -5,9 +5,6 @@
  * ingress policy of the local endpoint first (ila_abi.h "Enforcement", policy_abi.h).
  *
  * Linked with from_container.c into one object (build.rs): the maps (lib/maps.h) are shared.
- * The same source is the uplink's XDP program (from_wire_xdp.c, ILA_XDP, lib/common.h):
- * there the IPv6 check reads the Ethernet header, and the stack delivers (no redirect_peer at
- * XDP).
  */
 #include "lib/common.h"
 #include "lib/maps.h"
@@ -20,9 +17,9 @@
 
 /*
  * from-wire enforcement for a packet to the local SIR address `dst` (before it is written).
- * `dep` is the endpoint if already looked up. Returns ILA_PASS or ILA_DROP (counted).
+ * `dep` is the endpoint if already looked up. Returns TC_ACT_OK or TC_ACT_SHOT (counted).
  */
-static __always_inline int enforce_in(ila_ctx *skb, struct ipv6hdr *ip6, const void *dst,
+static __always_inline int enforce_in(struct __sk_buff *skb, struct ipv6hdr *ip6, const void *dst,
 				      struct ila_endpoint_val *dep, bool trace)
 {
 	struct ila_ipcache_val *ipc;
@@ -41,7 +38,7 @@ static __always_inline int enforce_in(ila_ctx *skb, struct ipv6hdr *ip6, const v
 
 	if (f.related && ct_related(&f)) {
 		count(ILA_STAT_CT_HIT);
-		return ILA_PASS;
+		return TC_ACT_OK;
 	}
 	orig_b = ct_key_init(&ck, &ip6->saddr, dst, f.sport, f.dport, f.proto);
 	ct = ct_find(&ck, &f, orig_b);
@@ -49,7 +46,7 @@ static __always_inline int enforce_in(ila_ctx *skb, struct ipv6hdr *ip6, const v
 	if (ct && !!(ct->flags & ILA_CT_F_LOCAL_B) == !orig_b) {
 		ct_touch(ct);
 		count(ILA_STAT_CT_HIT);
-		return ILA_PASS;
+		return TC_ACT_OK;
 	}
 
 	ipc = bpf_map_lookup_elem(&ILA_IPCACHE, &ip6->saddr);
@@ -83,39 +80,11 @@ static __always_inline int enforce_in(ila_ctx *skb, struct ipv6hdr *ip6, const v
 	/* The destination is the local side. */
 	ct_create(&ck, orig_b, ILA_CT_F_FROM_WIRE, dep->ifindex, !orig_b);
 	count(ILA_STAT_CT_NEW);
-	return ILA_PASS;
+	return TC_ACT_OK;
 }
 
-#ifdef ILA_XDP
-/* XDP has no skb->protocol: the Ethernet header says it. */
-static __always_inline bool is_ipv6(ila_ctx *ctx)
-{
-	struct ethhdr *eth = ctx_data(ctx);
-
-	return (void *)(eth + 1) <= ctx_data_end(ctx) && eth->h_proto == bpf_htons(ETH_P_IPV6);
-}
-
-/*
- * No redirect at XDP: bpf_redirect into a veth is dropped unless its peer (inside the
- * container) runs NAPI, which endpoints do not. The stack routes the SIR address to the veth.
- */
-#define ILA_DELIVER_BY_REDIRECT 0
-#define FROM_WIRE_SEC "xdp"
-#define FROM_WIRE_FN from_wire_xdp
-#else
-static __always_inline bool is_ipv6(ila_ctx *ctx)
-{
-	return ctx->protocol == bpf_htons(ETH_P_IPV6);
-}
-
-/* Skip the host's neighbour lookup and routing: hand the frame to the container's side. */
-#define ILA_DELIVER_BY_REDIRECT 1
-#define FROM_WIRE_SEC "classifier"
-#define FROM_WIRE_FN from_wire
-#endif
-
-SEC(FROM_WIRE_SEC)
-int FROM_WIRE_FN(ila_ctx *skb)
+SEC("classifier")
+int from_wire(struct __sk_buff *skb)
 {
 	struct ila_endpoint_val *dep;
 	struct ila_in_val *val;
@@ -126,14 +95,14 @@ int FROM_WIRE_FN(ila_ctx *skb)
 	__u32 cfg;
 	int drop;
 
-	if (!is_ipv6(skb)) {
+	if (skb->protocol != bpf_htons(ETH_P_IPV6)) {
 		count(ILA_STAT_NOT_IPV6);
-		return ILA_PASS;
+		return TC_ACT_OK;
 	}
 	ip6 = ipv6_header(skb);
 	if (!ip6) {
 		count(ILA_STAT_DROP_MALFORMED);
-		return ILA_DROP;
+		return TC_ACT_SHOT;
 	}
 	cfg = config_flags();
 
@@ -149,32 +118,33 @@ int FROM_WIRE_FN(ila_ctx *skb)
 		} else {
 			dst = NULL;
 		}
-		if (dst && enforce_in(skb, ip6, dst, dep, cfg & ILA_CFG_TRACE) != ILA_PASS)
-			return ILA_DROP;
+		if (dst && enforce_in(skb, ip6, dst, dep, cfg & ILA_CFG_TRACE) != TC_ACT_OK)
+			return TC_ACT_SHOT;
 	}
 	if (!val) {
 		count(ILA_STAT_IN_MISS);
-		return ILA_PASS;
+		return TC_ACT_OK;
 	}
 
 	drop = rewrite_dst(skb, ip6, val->sir, val->csum_mode, ILA_EV_IN, cfg & ILA_CFG_TRACE);
 	if (drop) {
 		count(drop);
-		return ILA_DROP;
+		return TC_ACT_SHOT;
 	}
 	count(ILA_STAT_IN_TRANSLATED);
 
-	if (!ILA_DELIVER_BY_REDIRECT || !(val->flags & ILA_IN_F_REDIRECT))
-		return ILA_PASS; /* the kernel routes the SIR address to the veth */
+	if (!(val->flags & ILA_IN_F_REDIRECT))
+		return TC_ACT_OK; /* the kernel routes the SIR address to the veth */
 
 	/* Checksum helpers may have moved the data: re-derive the pointers. */
-	data = ctx_data(skb);
-	data_end = ctx_data_end(skb);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
 	eth = data;
 	if ((void *)(eth + 1) > data_end) {
 		count(ILA_STAT_DROP_REWRITE);
-		return ILA_DROP;
+		return TC_ACT_SHOT;
 	}
+	/* Skip the host's neighbour lookup and routing: hand the frame to the container's side. */
 	copy_mac(eth->h_dest, val->ep_mac);
 	copy_mac(eth->h_source, val->host_mac);
 	count(ILA_STAT_IN_REDIRECTED);

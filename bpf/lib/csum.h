@@ -40,7 +40,7 @@ struct l4_info {
  * Walks the extension headers and finds the L4 checksum. Returns 0, or -1 if the chain was not
  * walked to its end or the checksum field lies past `end`.
  */
-static __always_inline int l4_locate(ila_ctx *ctx, __u32 end, __u8 nexthdr, struct l4_info *l4)
+static __always_inline int l4_locate(struct __sk_buff *skb, __u32 end, __u8 nexthdr, struct l4_info *l4)
 {
 	__u32 off = HDRS_LEN;
 	bool first_frag = true;
@@ -49,7 +49,7 @@ static __always_inline int l4_locate(ila_ctx *ctx, __u32 end, __u8 nexthdr, stru
 	l4->proto = 0;
 	l4->udp = 0;
 
-	if (ext_walk(ctx, end, &nexthdr, &off, &first_frag))
+	if (ext_walk(skb, end, &nexthdr, &off, &first_frag))
 		return -1;
 
 	l4->proto = nexthdr;

@@ -10,7 +10,7 @@
 #include "flow.h"
 
 /* One ila_event per translated packet while tracing; `walked`: `l4` was filled by rewrite_dst. */
-static __always_inline void emit_event(ila_ctx *ctx, __u8 kind, __u8 csum_mode, __u8 nexthdr,
+static __always_inline void emit_event(struct __sk_buff *skb, __u8 kind, __u8 csum_mode, __u8 nexthdr,
 				       __u32 end, const struct in6_addr *saddr, const struct in6_addr *before,
 				       const __u8 *after, const struct l4_info *l4, bool walked)
 {
@@ -21,10 +21,10 @@ static __always_inline void emit_event(ila_ctx *ctx, __u8 kind, __u8 csum_mode, 
 	ev.csum_mode = csum_mode;
 	if (walked) {
 		ev.l4_proto = l4->proto;
-	} else if (l4_locate(ctx, end, nexthdr, &tmp) == 0) {
+	} else if (l4_locate(skb, end, nexthdr, &tmp) == 0) {
 		ev.l4_proto = tmp.proto;
 	}
-	ev.ifindex = ctx_ifindex(ctx);
+	ev.ifindex = skb->ifindex;
 	__builtin_memcpy(ev.src, saddr, 16);
 	__builtin_memcpy(ev.dst_before, before, 16);
 	__builtin_memcpy(ev.dst_after, after, 16);
@@ -41,7 +41,7 @@ struct ends {
 	__u32 dst_vnid;
 };
 
-static __always_inline void emit_verdict(ila_ctx *ctx, __u8 program, __u8 verdict, __u8 reason,
+static __always_inline void emit_verdict(struct __sk_buff *skb, __u8 program, __u8 verdict, __u8 reason,
 					 __u8 dir, __u32 rule_id, const struct flow *f, const void *src,
 					 const void *dst, const struct ends *e)
 {
@@ -55,7 +55,7 @@ static __always_inline void emit_verdict(ila_ctx *ctx, __u8 program, __u8 verdic
 	ev.proto = f->proto;
 	ev.sport = f->sport;
 	ev.dport = f->dport;
-	ev.ifindex = ctx_ifindex(ctx);
+	ev.ifindex = skb->ifindex;
 	ev.src_identity = e->src_identity;
 	ev.dst_identity = e->dst_identity;
 	ev.src_vnid = e->src_vnid;
@@ -67,14 +67,14 @@ static __always_inline void emit_verdict(ila_ctx *ctx, __u8 program, __u8 verdic
 }
 
 /* A drop outside policy (checksum, rewrite): addresses and protocol only. */
-static __always_inline void emit_drop(ila_ctx *ctx, __u8 program, __u8 reason, __u8 proto,
+static __always_inline void emit_drop(struct __sk_buff *skb, __u8 program, __u8 reason, __u8 proto,
 				      const void *src, const void *dst)
 {
 	struct flow f = {};
 	struct ends e = {};
 
 	f.proto = proto;
-	emit_verdict(ctx, program, ILA_VERDICT_DROP, reason, ILA_DIR_NONE, 0, &f, src, dst, &e);
+	emit_verdict(skb, program, ILA_VERDICT_DROP, reason, ILA_DIR_NONE, 0, &f, src, dst, &e);
 }
 
 static __always_inline __u32 drop_stat(__u8 reason)
@@ -98,15 +98,15 @@ static __always_inline __u32 drop_stat(__u8 reason)
 	}
 }
 
-/* Counts and (while tracing) reports a drop; returns ILA_DROP. */
-static __always_inline int deny(ila_ctx *ctx, bool trace, __u8 program, __u8 reason, __u8 dir,
+/* Counts and (while tracing) reports a drop; returns TC_ACT_SHOT. */
+static __always_inline int deny(struct __sk_buff *skb, bool trace, __u8 program, __u8 reason, __u8 dir,
 				__u32 rule_id, const struct flow *f, const void *src, const void *dst,
 				const struct ends *e)
 {
 	count(drop_stat(reason));
 	if (trace)
-		emit_verdict(ctx, program, ILA_VERDICT_DROP, reason, dir, rule_id, f, src, dst, e);
-	return ILA_DROP;
+		emit_verdict(skb, program, ILA_VERDICT_DROP, reason, dir, rule_id, f, src, dst, e);
+	return TC_ACT_SHOT;
 }
 
 #endif

@@ -31,24 +31,24 @@ union l4_head {
 };
 
 /* ICMPv6 error (types 1-4): the quoted packet's flow, if readable (extension headers not followed). */
-static __always_inline void icmp_related(ila_ctx *ctx, __u32 off, struct flow *f)
+static __always_inline void icmp_related(struct __sk_buff *skb, __u32 off, struct flow *f)
 {
 	struct ipv6hdr in;
 	union l4_head l4;
 
-	if (ctx_load_bytes(ctx, off + 8, &in, sizeof(in)) || in.version != 6)
+	if (bpf_skb_load_bytes(skb, off + 8, &in, sizeof(in)) || in.version != 6)
 		return;
 	switch (in.nexthdr) {
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		if (ctx_load_bytes(ctx, off + 8 + sizeof(in), &l4, 4))
+		if (bpf_skb_load_bytes(skb, off + 8 + sizeof(in), &l4, 4))
 			return;
 		f->rel_sport = l4.w[0];
 		f->rel_dport = l4.w[1];
 		break;
 	case IPPROTO_ICMPV6:
-		if (ctx_load_bytes(ctx, off + 8 + sizeof(in), &l4, 8) || (l4.b[0] != 128 && l4.b[0] != 129))
+		if (bpf_skb_load_bytes(skb, off + 8 + sizeof(in), &l4, 8) || (l4.b[0] != 128 && l4.b[0] != 129))
 			return;
 		f->rel_sport = l4.w[2];
 		f->rel_dport = l4.w[2];
@@ -97,11 +97,11 @@ static __always_inline __u32 l4_min_len(__u8 proto)
  *                            flow. A first fragment must carry the whole L4 header (RFC 7112);
  *                            it is classified and policed like any packet.
  */
-static __always_inline __u8 flow_parse(ila_ctx *ctx, const struct ipv6hdr *ip6, struct flow *f)
+static __always_inline __u8 flow_parse(struct __sk_buff *skb, const struct ipv6hdr *ip6, struct flow *f)
 {
-	void *data = ctx_data(ctx);
-	void *data_end = ctx_data_end(ctx);
-	__u32 end = payload_end(ctx, ip6);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 end = payload_end(skb, ip6);
 	__u8 nexthdr = ip6->nexthdr;
 	__u32 off = HDRS_LEN;
 	bool first_frag = true;
@@ -109,7 +109,7 @@ static __always_inline __u8 flow_parse(ila_ctx *ctx, const struct ipv6hdr *ip6, 
 	__u32 need;
 
 	__builtin_memset(f, 0, sizeof(*f));
-	if (is_ext_hdr(nexthdr) && ext_walk(ctx, end, &nexthdr, &off, &first_frag))
+	if (is_ext_hdr(nexthdr) && ext_walk(skb, end, &nexthdr, &off, &first_frag))
 		return ILA_REASON_UNCLASSIFIED;
 	f->proto = nexthdr;
 	if (!first_frag)
@@ -124,7 +124,7 @@ static __always_inline __u8 flow_parse(ila_ctx *ctx, const struct ipv6hdr *ip6, 
 	if (off == HDRS_LEN && data + HDRS_LEN + sizeof(l4) <= data_end) {
 		/* Common case: L4 right after the IPv6 header, in the linear area. */
 		l4.q = *(__u64 *)(data + HDRS_LEN);
-	} else if (ctx_load_bytes(ctx, off, &l4, 8)) {
+	} else if (bpf_skb_load_bytes(skb, off, &l4, 8)) {
 		return ILA_REASON_UNCLASSIFIED;
 	}
 
@@ -139,7 +139,7 @@ static __always_inline __u8 flow_parse(ila_ctx *ctx, const struct ipv6hdr *ip6, 
 		f->sport = l4.w[2];
 		f->dport = l4.w[2];
 	} else if (l4.b[0] >= 1 && l4.b[0] <= 4) {
-		icmp_related(ctx, off, f);
+		icmp_related(skb, off, f);
 	}
 	return 0;
 }

@@ -19,36 +19,23 @@
  * NULL if the header is truncated, is not version 6, or announces more payload than there is
  * (ipv6_rcv would drop those anyway; a payload length of 0, as in BIG TCP, passes).
  */
-static __always_inline struct ipv6hdr *ipv6_header(ila_ctx *ctx)
+static __always_inline struct ipv6hdr *ipv6_header(struct __sk_buff *skb)
 {
-	void *data = ctx_data(ctx);
-	void *data_end = ctx_data_end(ctx);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6;
 
 	if (data + HDRS_LEN > data_end) {
-#ifdef ILA_XDP
-		/* XDP frames are linear here: nothing to pull. */
-		return NULL;
-#else
-		if (ctx->len < HDRS_LEN || bpf_skb_pull_data(ctx, HDRS_LEN))
+		if (skb->len < HDRS_LEN || bpf_skb_pull_data(skb, HDRS_LEN))
 			return NULL;
-		data = ctx_data(ctx);
-		data_end = ctx_data_end(ctx);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
 		if (data + HDRS_LEN > data_end)
 			return NULL;
-#endif
 	}
 	ip6 = data + L3_OFF;
-	if (ip6->version != 6)
+	if (ip6->version != 6 || skb->len < HDRS_LEN + bpf_ntohs(ip6->payload_len))
 		return NULL;
-#ifdef ILA_XDP
-	/* The frame is linear: a pointer compare instead of the bpf_xdp_get_buff_len call. */
-	if (data + HDRS_LEN + bpf_ntohs(ip6->payload_len) > data_end)
-		return NULL;
-#else
-	if (ctx_len(ctx) < HDRS_LEN + bpf_ntohs(ip6->payload_len))
-		return NULL;
-#endif
 	return ip6;
 }
 
@@ -56,11 +43,11 @@ static __always_inline struct ipv6hdr *ipv6_header(ila_ctx *ctx)
  * Absolute offset of the end of the IPv6 payload: what follows (Ethernet padding) is not part
  * of any header. A payload length of 0 (BIG TCP, jumbogram) extends to the end of the skb.
  */
-static __always_inline __u32 payload_end(ila_ctx *ctx, const struct ipv6hdr *ip6)
+static __always_inline __u32 payload_end(const struct __sk_buff *skb, const struct ipv6hdr *ip6)
 {
 	__u32 plen = bpf_ntohs(ip6->payload_len);
 
-	return plen ? HDRS_LEN + plen : ctx_len(ctx);
+	return plen ? HDRS_LEN + plen : skb->len;
 }
 
 
@@ -85,7 +72,7 @@ static __always_inline bool is_ext_hdr(__u8 nexthdr)
  * runs with extension headers, in adj-transport mode or while tracing, so verifier-friendliness
  * beats a few ns.
  */
-static __always_inline int ext_walk(ila_ctx *ctx, __u32 end, __u8 *nexthdr, __u32 *off,
+static __always_inline int ext_walk(struct __sk_buff *skb, __u32 end, __u8 *nexthdr, __u32 *off,
 				    bool *first_frag)
 {
 	__u8 nh = *nexthdr;
@@ -94,7 +81,7 @@ static __always_inline int ext_walk(ila_ctx *ctx, __u32 end, __u8 *nexthdr, __u3
 
 	*first_frag = true;
 	for (int i = 0; i < MAX_EXT_HDRS && is_ext_hdr(nh); i++) {
-		if (ctx_load_bytes(ctx, o, hdr, sizeof(hdr)))
+		if (bpf_skb_load_bytes(skb, o, hdr, sizeof(hdr)))
 			return -1;
 		if (nh == IPPROTO_FRAGMENT) {
 			o += 8;

@@ -27,43 +27,10 @@ static __always_inline bool may_be_mapped(void *filter, const struct ipv6hdr *ip
 }
 
 /*
- * Adds `diff` (addr_csum_diff) to the L4 checksum at `off`; `udp`: a zero checksum means "none"
- * and stays zero, a result of zero is sent as 0xffff. Returns 0 or a negative error.
- * At tc the kernel helper does it (and knows CHECKSUM_PARTIAL skbs). At XDP the frame comes from
- * the wire with its checksum complete, so the field is updated like the helper does for such a
- * packet.
- */
-static __always_inline int l4_csum_replace(ila_ctx *ctx, __u32 off, __u32 diff, bool udp)
-{
-#ifdef ILA_XDP
-	__u16 old, new;
-	__u32 x, s;
-
-	if (ctx_load_bytes(ctx, off, &old, sizeof(old)))
-		return -1;
-	if (udp && !old)
-		return 0;
-	/* Exactly the kernel's csum_fold(csum_add(diff, ~csum_unfold(old))), zero forms included. */
-	x = ~(__u32)old;
-	s = diff + x;
-	s += s < x;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	new = ~(__u16)s;
-	if (udp && !new)
-		new = 0xffff;
-	return bpf_xdp_store_bytes(ctx, off, &new, sizeof(new));
-#else
-	return bpf_l4_csum_replace(ctx, off, 0, diff,
-				   ILA_F_PSEUDO_HDR | ILA_F_IPV6 | (udp ? ILA_F_MARK_MANGLED_0 : 0));
-#endif
-}
-
-/*
  * Writes `new_dst` as destination and handles the checksum per `csum_mode`.
  * Returns 0, or the ila_stat drop counter to bump. Packet pointers are invalid afterwards.
  */
-static __always_inline int rewrite_dst(ila_ctx *ctx, struct ipv6hdr *ip6, const __u8 *new_dst,
+static __always_inline int rewrite_dst(struct __sk_buff *skb, struct ipv6hdr *ip6, const __u8 *new_dst,
 				       __u8 csum_mode, __u8 ev_kind, bool trace)
 {
 	struct in6_addr old_dst, saddr;
@@ -81,13 +48,13 @@ static __always_inline int rewrite_dst(ila_ctx *ctx, struct ipv6hdr *ip6, const 
 	old_dst = ip6->daddr;
 	if (trace)
 		saddr = ip6->saddr;
-	end = payload_end(ctx, ip6);
+	end = payload_end(skb, ip6);
 	copy_addr(&ip6->daddr, new_dst);
 
 	if (csum_mode == ILA_CSUM_ADJ_TRANSPORT) {
 		/* A chain it cannot walk hides the checksum: dropped rather than sent out wrong. */
 		walked = true;
-		if (l4_locate(ctx, end, nexthdr, &l4))
+		if (l4_locate(skb, end, nexthdr, &l4))
 			goto csum_drop;
 		if (l4.csum_off) {
 			diff = addr_csum_diff(&old_dst, new_dst);
@@ -96,28 +63,27 @@ static __always_inline int rewrite_dst(ila_ctx *ctx, struct ipv6hdr *ip6, const 
 			 * CHECKSUM_PARTIAL). IPV6: the address change and the checksum change cancel
 			 * in a CHECKSUM_COMPLETE skb->csum, so the helper must leave it alone.
 			 */
-			if (l4_csum_replace(ctx, l4.csum_off, diff, l4.udp))
+			if (bpf_l4_csum_replace(skb, l4.csum_off, 0, diff,
+						ILA_F_PSEUDO_HDR | ILA_F_IPV6 |
+							(l4.udp ? ILA_F_MARK_MANGLED_0 : 0)))
 				goto csum_drop;
 		}
 	} else if (csum_mode == ILA_CSUM_NO_ACTION) {
-#ifndef ILA_XDP
 		/*
 		 * The L4 checksum is left wrong on purpose, but a driver-supplied CHECKSUM_COMPLETE
 		 * sum must follow the new bytes or the stack reports a hardware checksum fault. The
 		 * helper is a no-op for other skbs.
 		 */
-		bpf_csum_update(ctx, addr_csum_diff(&old_dst, new_dst));
-#endif
-		/* At XDP there is no skb checksum state yet: the rewrite is all. */
+		bpf_csum_update(skb, addr_csum_diff(&old_dst, new_dst));
 	}
 
 	if (trace)
-		emit_event(ctx, ev_kind, csum_mode, nexthdr, end, &saddr, &old_dst, new_dst, &l4, walked);
+		emit_event(skb, ev_kind, csum_mode, nexthdr, end, &saddr, &old_dst, new_dst, &l4, walked);
 	return 0;
 
 csum_drop:
 	if (trace)
-		emit_drop(ctx, ev_kind, ILA_REASON_CSUM, l4.proto, &saddr, &old_dst);
+		emit_drop(skb, ev_kind, ILA_REASON_CSUM, l4.proto, &saddr, &old_dst);
 	return ILA_STAT_DROP_CSUM;
 }
 

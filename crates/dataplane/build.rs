@@ -19,7 +19,7 @@ const BPFTOOL_MISSING: &str =
      (or run `make setup`), or point $BPFTOOL at it";
 
 /// The program files, one per attach point, linked into one object.
-const PROGRAMS: [&str; 3] = ["from_container", "from_wire", "from_wire_xdp"];
+const PROGRAMS: [&str; 2] = ["from_container", "from_wire"];
 
 fn main() {
     let manifest =

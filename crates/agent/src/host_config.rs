@@ -146,8 +146,6 @@ impl HostConfig {
 struct RawConfig {
     host: String,
     uplink: String,
-    #[serde(default)]
-    uplink_hook: dataplane::UplinkHook,
     locator: String,
     underlay: String,
     tenants: Vec<RawTenant>,
@@ -586,7 +584,6 @@ pub fn parse_with(
         host: raw.host.clone(),
         host_netns: raw.netns.unwrap_or_else(|| host_netns.to_string()),
         uplink: raw.uplink,
-        uplink_hook: raw.uplink_hook,
         locator,
         underlay,
         tenants,

@@ -189,7 +189,7 @@ impl Plumbing for KernelPlumbing {
     fn attach_uplink(&self) -> Result<(), AgentError> {
         hostnet::netns::run_in(&self.cfg.host_netns, || {
             lock(&self.dp)
-                .attach_uplink(self.cfg.uplink_hook, &self.cfg.uplink)
+                .attach(ProgramKind::FromWire, &self.cfg.uplink)
                 .map_err(AgentError::from)
         })
     }

@@ -68,8 +68,6 @@ pub struct AgentConfig {
     pub host_netns: String,
     /// The host's uplink (from-wire is attached to it).
     pub uplink: String,
-    /// Where from-wire runs on the uplink (TCX ingress by default, or XDP).
-    pub uplink_hook: dataplane::UplinkHook,
     /// The host's locator.
     pub locator: Locator,
     /// The host's underlay address.

@@ -65,7 +65,6 @@ fn config(dir: &TempDir, i: u16, ttl: Duration) -> AgentConfig {
         host: host.clone(),
         host_netns: format!("mem-{host}"),
         uplink: "eth0".into(),
-        uplink_hook: Default::default(),
         locator: locator(i),
         underlay: Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, i),
         tenants: vec![tenant()],

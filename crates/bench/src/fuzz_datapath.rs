@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;
 
-use dataplane::testrun::{TC_ACT_OK, TC_ACT_SHOT, XDP_DROP, XDP_PASS};
+use dataplane::testrun::{TC_ACT_OK, TC_ACT_SHOT};
 use dataplane::{
     FlowEvent, FlowVerdict, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint, OutEntry,
     PolicyDirection, ProgramKind, VerdictReason,
@@ -1344,9 +1344,6 @@ fn run_one(
     frame: &[u8],
     outcomes: &mut Vec<String>,
 ) -> Result<RunResult, BenchError> {
-    // Every other from-wire run takes the XDP build instead of the TCX one: the reference is
-    // the same (no redirect in these worlds), its verdicts mapped to XDP_PASS / XDP_DROP.
-    let xdp = matches!(hop, Hop::In { .. }) && s.runs % 2 == 1;
     let State { dps, world, .. } = s;
     let (host, kind, ifindex) = match hop {
         Hop::Out { host, ifindex } => (host, ProgramKind::FromContainer, ifindex),
@@ -1359,20 +1356,7 @@ fn run_one(
         Hop::In { .. } => expect_in(world, &mut ct, &eval, host, frame),
     };
     world.ct[host] = ct;
-    let run = if xdp && !not_testable(frame) {
-        dps[host].test_run_xdp(frame, 1).map(|mut o| {
-            o.retval = match o.retval {
-                XDP_PASS => TC_ACT_OK,
-                XDP_DROP => TC_ACT_SHOT,
-                // Anything else is a mismatch the comparison below reports.
-                r => 1000 + r,
-            };
-            o
-        })
-    } else {
-        dps[host].test_run_on(kind, frame, 1, ifindex)
-    };
-    let o = match run {
+    let o = match dps[host].test_run_on(kind, frame, 1, ifindex) {
         Ok(o) => o,
         // The kernel's test harness refuses it before the program runs; any other refusal
         // is an error.

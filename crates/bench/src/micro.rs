@@ -1,6 +1,5 @@
 //! Micro-benchmark of both programs through `BPF_PROG_TEST_RUN` (`ilanet bench micro`): the per-packet cost of the
-//! program alone (no driver, no stack), for every checksum mode, on a mapping hit and a miss;
-//! from-wire both at TCX and in its XDP build (`…/xdp` cases, paired with the XDP empty program).
+//! program alone (no driver, no stack), for every checksum mode, on a mapping hit and a miss.
 //!
 //! **Against the floor.** `BPF_PROG_TEST_RUN` has a cost of its own (skb setup, the timer, the
 //! indirect call). Every measurement is paired with one of the empty program
@@ -37,7 +36,7 @@ use policy::abi::{
     VERDICT_ALLOW,
 };
 
-use dataplane::testrun::{Baseline, TC_ACT_OK, TC_ACT_REDIRECT, XDP_PASS};
+use dataplane::testrun::{Baseline, TC_ACT_OK, TC_ACT_REDIRECT};
 use dataplane::{
     ChecksumMode, Counters, HostDataplane, InEntry, IpcacheEntry, LocalEndpoint, OutEntry,
     ProgramKind, Redirect,
@@ -80,8 +79,7 @@ pub struct MicroResult {
     pub program: ProgramKind,
     /// Checksum mode of the mapping.
     pub csum_mode: ChecksumMode,
-    /// `"hit"` or `"miss"` (translation; `"hit/xdp"`, `"miss/xdp"` for from-wire's XDP build
-    /// against the XDP empty program), `"ct-hit"`, `"ct-hit-1run"`, `"ct-miss"` and the
+    /// `"hit"` or `"miss"` (translation), `"ct-hit"`, `"ct-hit-1run"`, `"ct-miss"` and the
     /// same with `"/100k-rules"` (enforcement).
     pub case: String,
     /// Packet kind, e.g. `"tcp"`.
@@ -214,30 +212,13 @@ fn paired<T>(
     repeat: u32,
     ifindex: u32,
     case_first: bool,
-    case: impl FnMut() -> Result<T, BenchError>,
-) -> Result<(T, u32), BenchError> {
-    paired_on(base, false, frame, repeat, ifindex, case_first, case)
-}
-
-/// [`paired`] against the XDP empty program when `xdp` (the XDP build of from-wire).
-fn paired_on<T>(
-    base: &Baseline,
-    xdp: bool,
-    frame: &[u8],
-    repeat: u32,
-    ifindex: u32,
-    case_first: bool,
     mut case: impl FnMut() -> Result<T, BenchError>,
 ) -> Result<(T, u32), BenchError> {
     let run_base = || -> Result<u32, BenchError> {
-        let (o, want) = if xdp {
-            (base.test_run_xdp(frame, repeat)?, XDP_PASS)
-        } else {
-            (base.test_run_on(frame, repeat, ifindex)?, TC_ACT_OK)
-        };
-        if o.retval != want {
+        let o = base.test_run_on(frame, repeat, ifindex)?;
+        if o.retval != TC_ACT_OK {
             return Err(BenchError::Measurement(format!(
-                "the baseline program returned {} instead of {want}",
+                "the baseline program returned {} instead of TC_ACT_OK",
                 o.retval
             )));
         }
@@ -254,8 +235,6 @@ fn paired_on<T>(
 
 struct Config {
     program: ProgramKind,
-    /// from-wire's XDP build (`…/xdp` cases), against the XDP empty program.
-    xdp: bool,
     mode: ChecksumMode,
     hit: bool,
     frame: Vec<u8>,
@@ -519,22 +498,15 @@ pub fn run_translation(base: &Baseline, repeat: u32) -> Result<Vec<MicroResult>,
                 ProgramKind::FromContainer => sir,
                 ProgramKind::FromWire => ila,
             };
-            let hooks: &[bool] = match program {
-                ProgramKind::FromContainer => &[false],
-                ProgramKind::FromWire => &[false, true],
-            };
-            for &xdp in hooks {
-                for hit in [true, false] {
-                    let dst = if hit { hit_dst } else { MISS_DST };
-                    configs.push(Config {
-                        program,
-                        xdp,
-                        mode,
-                        hit,
-                        frame: tcp_frame(src, dst, &[0x5a; 64]),
-                        pairs: Pairs::default(),
-                    });
-                }
+            for hit in [true, false] {
+                let dst = if hit { hit_dst } else { MISS_DST };
+                configs.push(Config {
+                    program,
+                    mode,
+                    hit,
+                    frame: tcp_frame(src, dst, &[0x5a; 64]),
+                    pairs: Pairs::default(),
+                });
             }
         }
     }
@@ -542,12 +514,8 @@ pub fn run_translation(base: &Baseline, repeat: u32) -> Result<Vec<MicroResult>,
     for round in 0..ROUNDS {
         for c in configs.iter_mut() {
             let before = dp.maps().counters()?;
-            let (o, b) = paired_on(base, c.xdp, &c.frame, repeat, 0, round % 2 == 1, || {
-                Ok(if c.xdp {
-                    dp.test_run_xdp(&c.frame, repeat)?
-                } else {
-                    dp.test_run(c.program, &c.frame, repeat)?
-                })
+            let (o, b) = paired(base, &c.frame, repeat, 0, round % 2 == 1, || {
+                Ok(dp.test_run(c.program, &c.frame, repeat)?)
             })?;
             let after = dp.maps().counters()?;
             check(c, o.retval, &before, &after, repeat)?;
@@ -558,13 +526,12 @@ pub fn run_translation(base: &Baseline, repeat: u32) -> Result<Vec<MicroResult>,
     Ok(configs
         .into_iter()
         .map(|c| {
-            let case = match (c.hit, c.xdp) {
-                (true, false) => "hit",
-                (false, false) => "miss",
-                (true, true) => "hit/xdp",
-                (false, true) => "miss/xdp",
-            };
-            c.pairs.result(c.program, c.mode, case, repeat)
+            c.pairs.result(
+                c.program,
+                c.mode,
+                if c.hit { "hit" } else { "miss" },
+                repeat,
+            )
         })
         .collect())
 }
@@ -583,12 +550,6 @@ fn check(
             after.out_translated - before.out_translated,
             after.out_miss - before.out_miss,
             TC_ACT_OK,
-        ),
-        // At XDP the stack delivers: XDP_PASS, hit or miss.
-        ProgramKind::FromWire if c.xdp => (
-            after.in_translated - before.in_translated,
-            after.in_miss - before.in_miss,
-            XDP_PASS,
         ),
         ProgramKind::FromWire => (
             after.in_translated - before.in_translated,

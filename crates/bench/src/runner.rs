@@ -109,7 +109,7 @@ struct Testbed {
 
 impl Testbed {
     /// Builds the lab with `pairs` container pairs (one container of each pair on each of the
-    /// two hosts), from-wire at `hook`, and sets the MTU; the iperf3 servers are started later
+    /// two hosts) and sets the MTU; the iperf3 servers are started later
     /// ([`Testbed::start_servers`]) so a policy check can use the server port first.
     fn build(
         labs: &mut Labs,
@@ -117,12 +117,10 @@ impl Testbed {
         mode: Mode,
         mtu: u32,
         pairs: usize,
-        hook: dataplane::UplinkHook,
     ) -> Result<Self, BenchError> {
         let planned = if mode == Mode::Ila { 0 } else { pairs };
         let mut spec = LabSpec::generic(name, 2, planned);
         spec.mode = mode;
-        spec.uplink_hook = hook;
         if mode == Mode::Evpn {
             // The paper's EVPN: gobgpd as route server.
             spec.routing = lab::plan::RoutingMode::Gobgp;
@@ -418,15 +416,11 @@ fn run_clients(clients: &[ClientSpec], stop: &AtomicBool) -> Result<Vec<String>,
     outcomes.into_iter().collect()
 }
 
-/// Resolves scenario names (empty: the default campaign, every scenario but the alternative
-/// uplink hook, which is measured on request) against the registry.
+/// Resolves scenario names (empty: all) against the registry.
 pub fn select_scenarios(names: &[String]) -> Result<Vec<Scenario>, BenchError> {
     let all = paper_scenarios();
     if names.is_empty() {
-        return Ok(all
-            .into_iter()
-            .filter(|s| s.setup != crate::scenario::Setup::XdpUplink)
-            .collect());
+        return Ok(all);
     }
     names
         .iter()
@@ -577,15 +571,7 @@ pub fn paper(
             eta: Duration::ZERO,
         });
         let name = format!("{}-{}", cfg.lab_prefix, sc.tag);
-        let hook = sc.setup.uplink_hook();
-        let mut bed = Testbed::build(
-            &mut labs,
-            &name,
-            sc.mode,
-            first_mtu,
-            sweep.max_pairs(),
-            hook,
-        )?;
+        let mut bed = Testbed::build(&mut labs, &name, sc.mode, first_mtu, sweep.max_pairs())?;
         if let Some(check) = sc.setup.apply(&name, bed.policy_endpoints())? {
             progress(&Progress {
                 done: 0,
@@ -753,8 +739,7 @@ pub fn rules(
             eta: Duration::ZERO,
         });
         let name = format!("{}-r{}", cfg.lab_prefix, &mode.to_string()[..1]);
-        let tcx = dataplane::UplinkHook::Tcx;
-        let mut bed = Testbed::build(&mut labs, &name, mode, cfg.settings.mtu, 1, tcx)?;
+        let mut bed = Testbed::build(&mut labs, &name, mode, cfg.settings.mtu, 1)?;
         if mode == RuleSeries::Ebpf.mode() {
             if let Some(ep) = bed.policy_endpoints() {
                 let check = ep.install_listing10()?;

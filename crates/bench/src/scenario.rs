@@ -17,20 +17,9 @@ pub enum Setup {
     /// The paper's Listing 10 as eBPF policy, applied through the agents and checked to be
     /// enforced (ILA mode).
     EbpfPolicy,
-    /// from-wire at XDP on the hosts' uplinks instead of TCX (ILA mode; set when the lab is
-    /// built, see [`Setup::uplink_hook`]).
-    XdpUplink,
 }
 
 impl Setup {
-    /// The hook the lab's agents attach from-wire to (a lab option, not a later change).
-    pub fn uplink_hook(&self) -> dataplane::UplinkHook {
-        match self {
-            Setup::XdpUplink => dataplane::UplinkHook::Xdp,
-            _ => dataplane::UplinkHook::Tcx,
-        }
-    }
-
     /// `Err(reason)` if this setup cannot be built (every setup can today; kept so a future
     /// case can be listed before it works).
     pub fn availability(&self) -> Result<(), String> {
@@ -45,7 +34,7 @@ impl Setup {
         endpoints: Option<&Endpoints>,
     ) -> Result<Option<PolicyCheck>, BenchError> {
         match self {
-            Setup::Plain | Setup::XdpUplink => Ok(None),
+            Setup::Plain => Ok(None),
             Setup::Iptables(rules) => {
                 lab::set_swarm_rules(lab_name, *rules)?;
                 Ok(None)
@@ -93,13 +82,6 @@ pub fn paper_scenarios() -> Vec<Scenario> {
             description: "ILA translation in eBPF, no policy",
             mode: Mode::Ila,
             setup: Setup::Plain,
-        },
-        Scenario {
-            name: "ila-xdp",
-            tag: "ilx",
-            description: "ILA translation in eBPF, from-wire at XDP on the uplink, no policy",
-            mode: Mode::Ila,
-            setup: Setup::XdpUplink,
         },
         Scenario {
             name: "ila+policy",

@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
-use aya::programs::xdp::XdpLink;
-use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpMode};
+use aya::programs::{SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use serde::{Deserialize, Serialize};
 
@@ -128,63 +127,6 @@ fn prog_err(
         error: Box::new(error),
     }
 }
-
-/// Where from-wire runs on the uplink: TCX ingress (`bpf/from_wire.c`, the default) or XDP
-/// (`bpf/from_wire_xdp.c`, the same source on the XDP context: before the stack allocates an
-/// skb on drivers with native XDP). One of them is attached to an uplink at a time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UplinkHook {
-    /// TCX ingress (tc, after the skb exists).
-    #[default]
-    Tcx,
-    /// XDP (native mode where the driver has it, else generic).
-    Xdp,
-}
-
-impl UplinkHook {
-    /// Both hooks.
-    pub const ALL: [UplinkHook; 2] = [Self::Tcx, Self::Xdp];
-
-    /// `tcx` / `xdp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcx => "tcx",
-            Self::Xdp => "xdp",
-        }
-    }
-
-    /// The directory of the pinned uplink link under `<pin_dir>/links`: the TCX link keeps the
-    /// place it always had (pins of older versions are found), XDP links live in `xdp/` (bpffs
-    /// refuses dots in names, and an interface may be called anything else).
-    fn link_dir(self, pin_dir: &Path) -> PathBuf {
-        match self {
-            Self::Tcx => pin_dir.join("links"),
-            Self::Xdp => pin_dir.join("links").join("xdp"),
-        }
-    }
-}
-
-impl fmt::Display for UplinkHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for UplinkHook {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "tcx" => Ok(Self::Tcx),
-            "xdp" => Ok(Self::Xdp),
-            _ => Err(format!("unknown uplink hook '{s}' (tcx or xdp)")),
-        }
-    }
-}
-
-/// The XDP build of from-wire (`bpf/from_wire_xdp.c`).
-const FROM_WIRE_XDP: &str = "from_wire_xdp";
 
 /// Which of the two programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -640,9 +582,6 @@ impl HostDataplane {
                 .load()
                 .map_err(prog_err(format!("loading program {}", kind.program_name())))?;
         }
-        xdp_mut(&mut ebpf)?
-            .load()
-            .map_err(prog_err(format!("loading program {FROM_WIRE_XDP}")))?;
         let maps = HostMaps::from_ebpf(&mut ebpf)?;
         Ok(Self {
             ebpf,
@@ -728,123 +667,6 @@ impl HostDataplane {
         Ok(())
     }
 
-    /// Attaches from-wire to the uplink `ifname` at `hook` ([`Self::attach`] for TCX; for XDP a
-    /// bpf_link pinned at `pin_dir/links/xdp/<ifname>`, updated in place on restart), then
-    /// removes the pinned link of the other hook, so a host switching hooks never runs both for
-    /// long and never runs neither.
-    ///
-    /// At XDP the translated frame goes up the stack (`XDP_PASS`), which routes the SIR address
-    /// to the endpoint's veth: `ILA_IN_F_REDIRECT` is a TCX shortcut (`bpf_redirect_peer`), and
-    /// an XDP redirect into a veth needs NAPI on the container's side, which endpoints lack.
-    pub fn attach_uplink(&mut self, hook: UplinkHook, ifname: &str) -> Result<(), DataplaneError> {
-        validate_ifname(ifname)?;
-        match hook {
-            UplinkHook::Tcx => self.attach(ProgramKind::FromWire, ifname)?,
-            UplinkHook::Xdp => self.attach_xdp(ifname)?,
-        }
-        if let Some(pin_dir) = &self.pin_dir {
-            let other = match hook {
-                UplinkHook::Tcx => UplinkHook::Xdp,
-                UplinkHook::Xdp => UplinkHook::Tcx,
-            };
-            let path = other.link_dir(pin_dir).join(ifname);
-            if path.exists() {
-                // Unpinning and dropping the last reference detaches the link.
-                match PinnedLink::from_pin(&path) {
-                    Ok(pinned) => drop(
-                        pinned
-                            .unpin()
-                            .map_err(io_err(format!("unpinning {}", path.display())))?,
-                    ),
-                    Err(_) => std::fs::remove_file(&path)
-                        .map_err(io_err(format!("removing stale pin {}", path.display())))?,
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn attach_xdp(&mut self, ifname: &str) -> Result<(), DataplaneError> {
-        let pin_dir = self.pin_dir.clone();
-        let prog = xdp_mut(&mut self.ebpf)?;
-        let attach = |prog: &mut Xdp| {
-            // Native where the driver has it (veth does); generic otherwise.
-            prog.attach(ifname, XdpMode::Driver)
-                .or_else(|_| prog.attach(ifname, XdpMode::Default))
-                .map_err(prog_err(format!(
-                    "attaching {FROM_WIRE_XDP} to XDP of {ifname}"
-                )))
-        };
-        let Some(pin_dir) = pin_dir else {
-            attach(prog)?;
-            return Ok(());
-        };
-        let links = UplinkHook::Xdp.link_dir(&pin_dir);
-        std::fs::create_dir_all(&links).map_err(io_err(format!("creating {}", links.display())))?;
-        let path = links.join(ifname);
-        let mut id = None;
-        if path.exists() {
-            // Restart path, as for TCX: swap the program inside the pinned link.
-            match PinnedLink::from_pin(&path) {
-                Ok(pinned) => {
-                    let old = pinned
-                        .unpin()
-                        .map_err(io_err(format!("unpinning {}", path.display())))?;
-                    match XdpLink::try_from(old) {
-                        Ok(link) => match prog.attach_to_link(link) {
-                            Ok(new_id) => id = Some(new_id),
-                            Err(e) => log::info!(
-                                "pinned link {} not reusable ({e}); attaching anew",
-                                path.display()
-                            ),
-                        },
-                        Err(e) => log::info!(
-                            "pinned object {} is not an XDP link ({e}); attaching anew",
-                            path.display()
-                        ),
-                    }
-                }
-                Err(e) => {
-                    log::info!("stale pin {} ({e}); removing", path.display());
-                    std::fs::remove_file(&path)
-                        .map_err(io_err(format!("removing stale pin {}", path.display())))?;
-                }
-            }
-        }
-        let id = match id {
-            Some(id) => id,
-            None => attach(prog)?,
-        };
-        let link = prog
-            .take_link(id)
-            .map_err(prog_err(format!("taking the XDP link of {ifname}")))?;
-        let fd_link = FdLink::try_from(link).map_err(|error| DataplaneError::Link {
-            error: Box::new(error),
-            context: format!("XDP link of {ifname} is not an fd link"),
-        })?;
-        fd_link.pin(&path).map_err(|error| DataplaneError::Pin {
-            error: Box::new(error),
-            context: format!("pinning the XDP link at {}", path.display()),
-        })?;
-        Ok(())
-    }
-
-    /// Runs the XDP build of from-wire on `packet` `repeat` times with `BPF_PROG_TEST_RUN`
-    /// (no interface: `ingress_ifindex` is 0). Return values are `XDP_*`.
-    pub fn test_run_xdp(
-        &self,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<testrun::Outcome, DataplaneError> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(FROM_WIRE_XDP)
-            .ok_or_else(|| DataplaneError::Invalid(format!("program {FROM_WIRE_XDP} missing")))?
-            .try_into()
-            .map_err(prog_err(format!("{FROM_WIRE_XDP} is not an XDP program")))?;
-        testrun::run(prog, FROM_WIRE_XDP, packet, repeat, 0)
-    }
-
     /// The maps of this data path.
     pub fn maps(&mut self) -> &mut HostMaps {
         &mut self.maps
@@ -901,13 +723,6 @@ fn classifier_mut(
             "{} is not a classifier",
             kind.program_name()
         )))
-}
-
-fn xdp_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(FROM_WIRE_XDP)
-        .ok_or_else(|| DataplaneError::Invalid(format!("program {FROM_WIRE_XDP} missing")))?
-        .try_into()
-        .map_err(prog_err(format!("{FROM_WIRE_XDP} is not an XDP program")))
 }
 
 fn tcx_default() -> TcAttachOptions {

@@ -2,7 +2,7 @@
 //! See [`crate::HostDataplane::test_run`], and [`Baseline`], the empty program whose time is
 //! the floor of the harness itself.
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
+use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use serde::Serialize;
 
@@ -13,8 +13,6 @@ static OBJ_BASELINE: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline.bpf.o"));
 /// Its program name.
 const BASELINE_NAME: &str = "baseline";
-/// The XDP empty program in the same object.
-const BASELINE_XDP_NAME: &str = "baseline_xdp";
 
 /// `TC_ACT_OK`: pass the packet on.
 pub const TC_ACT_OK: i32 = 0;
@@ -22,12 +20,6 @@ pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 /// `TC_ACT_REDIRECT`: what `bpf_redirect_peer` returns.
 pub const TC_ACT_REDIRECT: i32 = 7;
-/// `XDP_DROP`.
-pub const XDP_DROP: i32 = 1;
-/// `XDP_PASS`.
-pub const XDP_PASS: i32 = 2;
-/// `XDP_REDIRECT`: what `bpf_redirect` returns at XDP.
-pub const XDP_REDIRECT: i32 = 4;
 
 /// Result of one `BPF_PROG_TEST_RUN` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -55,16 +47,13 @@ pub(crate) fn skb_ctx(ingress_ifindex: u32) -> [u8; SKB_CTX_LEN] {
 
 /// Runs `prog` (named `name` in errors) on `packet` `repeat` times, as if the frame had arrived
 /// on `ingress_ifindex` (0: no context given).
-pub(crate) fn run<P>(
-    prog: &P,
+pub(crate) fn run(
+    prog: &SchedClassifier,
     name: &str,
     packet: &[u8],
     repeat: u32,
     ingress_ifindex: u32,
-) -> Result<Outcome, DataplaneError>
-where
-    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
-{
+) -> Result<Outcome, DataplaneError> {
     // Room to spare: the kernel fails with ENOSPC rather than truncate.
     let mut out = vec![0u8; packet.len() + 256];
     let ctx = skb_ctx(ingress_ifindex);
@@ -114,15 +103,6 @@ impl Baseline {
             .map_err(prog_err(format!("{BASELINE_NAME} is not a classifier")))?;
         prog.load()
             .map_err(prog_err(format!("loading program {BASELINE_NAME}")))?;
-        let xdp: &mut Xdp = ebpf
-            .program_mut(BASELINE_XDP_NAME)
-            .ok_or_else(missing)?
-            .try_into()
-            .map_err(prog_err(format!(
-                "{BASELINE_XDP_NAME} is not an XDP program"
-            )))?;
-        xdp.load()
-            .map_err(prog_err(format!("loading program {BASELINE_XDP_NAME}")))?;
         Ok(Self { ebpf })
     }
 
@@ -143,23 +123,8 @@ impl Baseline {
     }
 }
 
-impl Baseline {
-    /// The XDP empty program on `packet` (the floor of [`crate::HostDataplane::test_run_xdp`]).
-    pub fn test_run_xdp(&self, packet: &[u8], repeat: u32) -> Result<Outcome, DataplaneError> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(BASELINE_XDP_NAME)
-            .ok_or_else(missing)?
-            .try_into()
-            .map_err(prog_err(format!(
-                "{BASELINE_XDP_NAME} is not an XDP program"
-            )))?;
-        run(prog, BASELINE_XDP_NAME, packet, repeat, 0)
-    }
-}
-
 fn missing() -> DataplaneError {
     DataplaneError::Invalid(format!(
-        "program {BASELINE_NAME} or {BASELINE_XDP_NAME} missing from baseline.bpf.o"
+        "program {BASELINE_NAME} missing from baseline.bpf.o"
     ))
 }

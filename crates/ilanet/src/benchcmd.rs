@@ -93,7 +93,7 @@ pub struct PaperArgs {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Scenarios to run, comma-separated (native, ila, ila+policy, swarm, swarm+iptables,
-    /// evpn — the default — and ila-xdp: from-wire at XDP on the uplink, on request).
+    /// evpn).
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Container pairs measured at once (one container of each pair on each host, one iperf3

@@ -88,9 +88,6 @@ pub struct UpArgs {
     /// certificate and an etcd user per host whose role may write only that host's keys.
     #[arg(long)]
     pub insecure_store: bool,
-    /// Where the agents attach from-wire on the hosts' uplinks: tcx (tc ingress) or xdp.
-    #[arg(long, default_value = "tcx")]
-    pub uplink_hook: dataplane::UplinkHook,
 }
 
 #[derive(Args)]
@@ -111,7 +108,6 @@ pub fn run(cmd: &LabCommand) -> Result<ExitCode> {
             spec.store = args.store;
             spec.insecure_store = args.insecure_store;
             spec.runtime = args.runtime;
-            spec.uplink_hook = args.uplink_hook;
             spec.routing = args.routing.unwrap_or(match args.mode {
                 Mode::Ila => RoutingMode::Bird,
                 // The paper's EVPN route server.

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use dataplane::UplinkHook;
 use ila::ChecksumMode;
 use lab::plan::Plan;
 use lab::state::{self, LabState};
@@ -55,15 +54,10 @@ fn check_all_pairs(plan: &Plan, bytes: usize) {
 }
 
 fn run_mode(tag: &str, mode: ChecksumMode) {
-    run_mode_on(tag, mode, UplinkHook::Tcx);
-}
-
-fn run_mode_on(tag: &str, mode: ChecksumMode, hook: UplinkHook) {
     let name = lab_name(tag);
     let _cleanup = Cleanup(name.clone());
     let mut spec = spec(&name, 2, 2);
     spec.csum_mode = mode;
-    spec.uplink_hook = hook;
     let plan = lab::up(&spec).expect("lab up");
     check_all_pairs(&plan, 200_000);
     let status = lab::status(&name).expect("status");
@@ -79,11 +73,7 @@ fn run_mode_on(tag: &str, mode: ChecksumMode, hook: UplinkHook) {
         // Each host sent to and received from the other host's containers.
         assert!(c.out_translated > 0, "{}: {c:?}", h.name);
         assert!(c.in_translated > 0, "{}: {c:?}", h.name);
-        match hook {
-            UplinkHook::Tcx => assert!(c.in_redirected > 0, "{}: {c:?}", h.name),
-            // XDP hands the translated frame to the stack, which routes it to the veth.
-            UplinkHook::Xdp => assert_eq!(c.in_redirected, 0, "{}: {c:?}", h.name),
-        }
+        assert!(c.in_redirected > 0, "{}: {c:?}", h.name);
         assert!(
             c.out_local > 0,
             "same-host pairs pass untranslated on {}: {c:?}",
@@ -102,50 +92,6 @@ fn run_mode_on(tag: &str, mode: ChecksumMode, hook: UplinkHook) {
 #[ignore = "needs root: network namespaces, eBPF"]
 fn neutral_map_lab_reaches_every_pair() {
     run_mode("nm", ChecksumMode::NeutralMap);
-}
-
-#[test]
-#[ignore = "needs root: network namespaces, eBPF"]
-fn xdp_uplink_lab_reaches_every_pair() {
-    let name = lab_name("xdp");
-    run_mode_on("xdp", ChecksumMode::NeutralMap, UplinkHook::Xdp);
-    // The lab is down again: nothing of it is left attached anywhere (its namespaces are gone).
-    assert!(
-        !netns::exists(&format!("{name}-site1")),
-        "host namespace of {name} left behind"
-    );
-}
-
-#[test]
-#[ignore = "needs root: network namespaces, eBPF"]
-fn xdp_uplink_is_the_only_from_wire_program() {
-    let name = lab_name("xdq");
-    let _cleanup = Cleanup(name.clone());
-    let mut spec = spec(&name, 1, 1);
-    spec.uplink_hook = UplinkHook::Xdp;
-    let plan = lab::up(&spec).expect("lab up");
-    let host = &plan.hosts[0].netns;
-    let link = ns_output(host, &["ip", "-d", "link", "show", "dev", "uplink"]);
-    assert!(
-        link.contains("prog/xdp") && link.contains("from_wire_xdp"),
-        "XDP from-wire on the uplink: {link}"
-    );
-    let net = ns_output(host, &["bpftool", "net", "show", "dev", "uplink"]);
-    assert!(
-        !net.contains("tcx/ingress"),
-        "no TCX program beside the XDP one: {net}"
-    );
-}
-
-/// stdout of `cmd` run inside namespace `ns` (panics if it fails).
-fn ns_output(ns: &str, cmd: &[&str]) -> String {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(cmd)
-        .output()
-        .expect("ip netns exec");
-    assert!(out.status.success(), "{cmd:?} in {ns}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

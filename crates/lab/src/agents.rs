@@ -128,7 +128,6 @@ pub fn agent_config(plan: &Plan, host: &HostPlan, lease_ttl: Duration) -> AgentC
         host: host.name.clone(),
         host_netns: host.netns.clone(),
         uplink: UPLINK_IFNAME.to_string(),
-        uplink_hook: plan.uplink_hook,
         locator: host.locator,
         underlay: host.uplink_addr,
         tenants: plan.tenants.clone(),
@@ -209,7 +208,6 @@ fn host_config_yaml(
     let _ = writeln!(y, "host: {}", cfg.host);
     let _ = writeln!(y, "netns: {}", cfg.host_netns);
     let _ = writeln!(y, "uplink: {}", cfg.uplink);
-    let _ = writeln!(y, "uplink_hook: {}", cfg.uplink_hook);
     let _ = writeln!(y, "locator: \"{}\"", cfg.locator);
     let _ = writeln!(y, "underlay: \"{}\"", cfg.underlay);
     let _ = writeln!(y, "tenants:");

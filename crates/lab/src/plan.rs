@@ -132,9 +132,6 @@ pub struct LabSpec {
     pub routing: RoutingMode,
     /// BGP timers of the hosts' sessions (with BGP routing).
     pub bgp: BgpTimers,
-    /// Where the agents attach from-wire on the hosts' uplinks (ILA mode).
-    #[serde(default)]
-    pub uplink_hook: dataplane::UplinkHook,
 }
 
 /// How locator reachability is distributed in a lab.
@@ -244,7 +241,6 @@ impl LabSpec {
             // Library users (tests, benchmarks) keep static routes unless they ask for BGP.
             routing: RoutingMode::Static,
             bgp: BgpTimers::default(),
-            uplink_hook: dataplane::UplinkHook::Tcx,
         }
     }
 
@@ -341,9 +337,6 @@ pub struct Plan {
     /// BGP timers (with BGP routing).
     #[serde(default)]
     pub bgp: BgpTimers,
-    /// Where the agents attach from-wire on the uplinks (absent in plans of older versions).
-    #[serde(default)]
-    pub uplink_hook: dataplane::UplinkHook,
     /// Hosts, in site order.
     pub hosts: Vec<HostPlan>,
 }
@@ -540,7 +533,6 @@ impl Plan {
             runtime: spec.runtime,
             routing: spec.routing,
             bgp: spec.bgp,
-            uplink_hook: spec.uplink_hook,
             hosts,
         })
     }
