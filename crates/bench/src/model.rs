@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::iperf::IperfReport;
 use crate::machine::Machine;
-use crate::stats::{drop_warmup, summarize, Summary};
+use crate::stats::{drop_warmup, mean_after_warmup, summarize, Summary};
 
 /// Confidence level of every interval in the reports.
 pub const CONFIDENCE: f64 = 0.95;
@@ -467,12 +467,7 @@ impl RunRecord {
             .iter()
             .map(|i| i.bits_per_second / 1e9)
             .collect();
-        let kept = drop_warmup(&interval_gbps, skip);
-        let mean_gbps = if kept.is_empty() {
-            0.0
-        } else {
-            kept.iter().sum::<f64>() / kept.len() as f64
-        };
+        let mean_gbps = mean_after_warmup(&interval_gbps, skip);
         Self {
             round,
             raw,
@@ -509,12 +504,7 @@ impl RunRecord {
                     .sum()
             })
             .collect();
-        let kept = drop_warmup(&interval_gbps, skip);
-        let mean_gbps = if kept.is_empty() {
-            0.0
-        } else {
-            kept.iter().sum::<f64>() / kept.len() as f64
-        };
+        let mean_gbps = mean_after_warmup(&interval_gbps, skip);
         let sum = |f: &dyn Fn(&IperfReport) -> f64| pairs.iter().map(|(_, r)| f(r)).sum::<f64>();
         Some(Self {
             round,

@@ -120,6 +120,16 @@ pub fn median(values: &[f64]) -> Option<f64> {
     Sorted::new(values).map(|s| s.median())
 }
 
+/// The mean of `values` after the warm-up ([`drop_warmup`]; 0 when none is left).
+pub fn mean_after_warmup(values: &[f64], skip: usize) -> f64 {
+    let kept = drop_warmup(values, skip);
+    if kept.is_empty() {
+        0.0
+    } else {
+        kept.iter().sum::<f64>() / kept.len() as f64
+    }
+}
+
 /// The values after the first `skip` (warm-up intervals of an iperf3 run).
 pub fn drop_warmup(values: &[f64], skip: usize) -> &[f64] {
     &values[skip.min(values.len())..]
